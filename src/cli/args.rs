@@ -1,0 +1,101 @@
+//! The command line, as clap sees it. Validation into typed configs lives
+//! in `config`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "swarm",
+    version,
+    about = "Distribute a big file or directory to many hosts, BitTorrent-style over QUIC",
+    after_help = "Exit codes: 0 success, 1 internal error, 2 usage error, 3 network failure, \
+                  4 verification failure, 5 local I/O failure, 130 interrupted."
+)]
+pub struct Cli {
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// No progress output.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Hash PATH into a manifest, print a ticket, and serve it.
+    Seed(SeedArgs),
+    /// Join a swarm with a ticket and place the copy inside DEST_DIR.
+    Join(JoinArgs),
+    /// Run a local demo: a seed and N joiners as separate processes on loopback.
+    Demo(DemoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SeedArgs {
+    /// File or directory to distribute.
+    pub path: PathBuf,
+    /// Address to listen on (IP:PORT); port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// Piece size, a power of two from 4KiB to 1GiB (default: 4MiB, larger for huge images).
+    #[arg(long)]
+    pub piece_size: Option<String>,
+    /// Also write the ticket to FILE.
+    #[arg(long)]
+    pub ticket_file: Option<PathBuf>,
+    /// Exit once N peers have reported a complete copy.
+    #[arg(long, value_name = "N")]
+    pub until_done: Option<usize>,
+    /// Datacenter group of this host.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// Write a JSON report of the run to FILE.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    /// The ticket printed by `swarm seed`, or @FILE to read it from a file.
+    pub ticket: String,
+    /// Directory in which the file or directory is placed.
+    pub dest_dir: PathBuf,
+    /// Address to listen on for other peers (IP:PORT).
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// After completing, keep serving until all known peers are complete, plus this long.
+    #[arg(long, default_value = "3s")]
+    pub linger: String,
+    /// Exit as soon as the copy is complete instead of serving others.
+    #[arg(long)]
+    pub exit_on_complete: bool,
+    /// Replace an existing destination.
+    #[arg(long)]
+    pub force: bool,
+    /// Datacenter group of this host.
+    #[arg(long, default_value = "default")]
+    pub group: String,
+    /// How long to try reaching the seed.
+    #[arg(long, default_value = "15s")]
+    pub connect_timeout: String,
+    /// Write a JSON report of the run to FILE.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Number of joining processes.
+    #[arg(long, default_value_t = 8)]
+    pub peers: usize,
+    /// Size of the generated random image.
+    #[arg(long, default_value = "512MiB")]
+    pub size: String,
+    /// Work directory (default: a new temporary directory, removed afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+}

@@ -1,0 +1,414 @@
+//! A joiner's download state: which pieces it has, which peers hold what,
+//! and which requests are in flight. The node feeds it events and asks it
+//! which requests to start (`poll_requests`).
+//!
+//! Invariants (checked by `check_invariants` in tests):
+//! * `availability[i]` = number of peers whose bitfield has `i`.
+//! * `inflight[i]` = number of peers with `i` in their `requested` set; a
+//!   piece we have is never in flight (receiving it cancels the others).
+//! * A peer's requests number at most `per_peer`, all peers' at most `total`.
+//!
+//! Picking: while we hold fewer than `random_first` pieces, a random piece
+//! (so new hosts soon have something to trade); after that the rarest
+//! piece among the peer's, random tie-break. Peers are served in order of
+//! measured throughput and each fills its slots before the next, so fast
+//! sources get the slots. When every missing
+//! piece is already requested (endgame), a peer with a free slot duplicates
+//! a request (at most `endgame_dup` per piece); the first copy to arrive
+//! wins and `piece_received` returns the others to cancel.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use thiserror::Error;
+
+/// The node's handle for a connected peer.
+pub type PeerKey = u64;
+
+#[derive(Clone, Debug)]
+pub struct DownloadConfig {
+    pub per_peer: usize,
+    pub total: usize,
+    pub random_first: usize,
+    pub endgame_dup: u8,
+    /// How long a peer that answered `Elsewhere` is not asked for that piece.
+    pub elsewhere_backoff: Duration,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            per_peer: 3,
+            total: 12,
+            random_first: 4,
+            endgame_dup: 2,
+            elsewhere_backoff: Duration::from_millis(500),
+        }
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ProtocolViolation {
+    #[error("bitfield has {got} bits, the manifest has {want} pieces")]
+    BitfieldLength { got: usize, want: usize },
+    #[error("piece index {index} out of range ({count} pieces)")]
+    PieceIndex { index: usize, count: usize },
+    #[error("unknown peer")]
+    UnknownPeer,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The data failed its hash: the caller drops the peer.
+    Corrupt,
+    /// Deadline missed, stream reset, connection lost, or local I/O error.
+    Failed,
+    /// The peer does not have the piece after all.
+    Missing,
+    /// The peer asks us to fetch it elsewhere for now.
+    Elsewhere,
+}
+
+/// A duplicate request to cancel (endgame).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancel {
+    pub peer: PeerKey,
+    pub piece: u32,
+}
+
+struct Peer {
+    bits: BitVec,
+    has_bitfield: bool,
+    requested: Vec<u32>,
+    /// piece -> until when not to ask this peer for it
+    avoid: HashMap<u32, Instant>,
+    /// Exponentially weighted bytes/second of completed pieces.
+    rate: f64,
+}
+
+pub struct Download {
+    cfg: DownloadConfig,
+    have: BitVec,
+    have_count: usize,
+    availability: Vec<u32>,
+    inflight: Vec<u8>,
+    inflight_total: usize,
+    peers: HashMap<PeerKey, Peer>,
+    rng: SmallRng,
+}
+
+impl Download {
+    pub fn new(have: BitVec, cfg: DownloadConfig, seed: u64) -> Self {
+        let n = have.len();
+        Download {
+            cfg,
+            have_count: have.count_ones(),
+            have,
+            availability: vec![0; n],
+            inflight: vec![0; n],
+            inflight_total: 0,
+            peers: HashMap::new(),
+            rng: SmallRng::seed_from_u64(seed),
+        }
+    }
+
+    pub fn piece_count(&self) -> usize {
+        self.have.len()
+    }
+    pub fn have(&self) -> &BitSlice {
+        &self.have
+    }
+    pub fn have_count(&self) -> usize {
+        self.have_count
+    }
+    pub fn is_complete(&self) -> bool {
+        self.have_count == self.have.len()
+    }
+    pub fn inflight_total(&self) -> usize {
+        self.inflight_total
+    }
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn add_peer(&mut self, peer: PeerKey) {
+        let n = self.piece_count();
+        self.peers.entry(peer).or_insert_with(|| Peer {
+            bits: bitvec![0; n],
+            has_bitfield: false,
+            requested: Vec::new(),
+            avoid: HashMap::new(),
+            rate: 0.0,
+        });
+    }
+
+    /// Forgets a peer; its in-flight requests become requestable again.
+    pub fn remove_peer(&mut self, peer: PeerKey) {
+        if let Some(p) = self.peers.remove(&peer) {
+            for i in p.bits.iter_ones() {
+                self.availability[i] -= 1;
+            }
+            for i in p.requested {
+                self.inflight[i as usize] -= 1;
+                self.inflight_total -= 1;
+            }
+        }
+    }
+
+    pub fn peer_bitfield(
+        &mut self,
+        peer: PeerKey,
+        bits: &BitSlice,
+    ) -> Result<(), ProtocolViolation> {
+        let n = self.piece_count();
+        if bits.len() != n {
+            return Err(ProtocolViolation::BitfieldLength {
+                got: bits.len(),
+                want: n,
+            });
+        }
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(ProtocolViolation::UnknownPeer)?;
+        for i in bits.iter_ones() {
+            if !p.bits[i] {
+                p.bits.set(i, true);
+                self.availability[i] += 1;
+            }
+        }
+        p.has_bitfield = true;
+        Ok(())
+    }
+
+    pub fn peer_have(&mut self, peer: PeerKey, i: usize) -> Result<(), ProtocolViolation> {
+        let count = self.piece_count();
+        if i >= count {
+            return Err(ProtocolViolation::PieceIndex { index: i, count });
+        }
+        let p = self
+            .peers
+            .get_mut(&peer)
+            .ok_or(ProtocolViolation::UnknownPeer)?;
+        if !p.bits[i] {
+            p.bits.set(i, true);
+            self.availability[i] += 1;
+        }
+        Ok(())
+    }
+
+    /// Whether `peer` has every piece (a seed or a finished joiner).
+    pub fn peer_is_complete(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.bits.all())
+    }
+
+    /// Whether `peer` holds a piece we lack.
+    pub fn peer_is_interesting(&self, peer: PeerKey) -> bool {
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.bits.iter_ones().any(|i| !self.have[i]))
+    }
+
+    fn finish_request(&mut self, peer: PeerKey, i: u32) -> bool {
+        let Some(p) = self.peers.get_mut(&peer) else {
+            return false;
+        };
+        let Some(pos) = p.requested.iter().position(|&r| r == i) else {
+            return false;
+        };
+        p.requested.swap_remove(pos);
+        self.inflight[i as usize] -= 1;
+        self.inflight_total -= 1;
+        true
+    }
+
+    /// A piece arrived from `peer` and verified, taking `elapsed`. Returns
+    /// duplicate requests for it to cancel.
+    pub fn piece_received(
+        &mut self,
+        peer: PeerKey,
+        i: u32,
+        bytes: u64,
+        elapsed: Duration,
+    ) -> Vec<Cancel> {
+        self.finish_request(peer, i);
+        if let Some(p) = self.peers.get_mut(&peer) {
+            let sample = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
+            p.rate = if p.rate == 0.0 {
+                sample
+            } else {
+                0.7 * p.rate + 0.3 * sample
+            };
+        }
+        if (i as usize) < self.have.len() && !self.have[i as usize] {
+            self.have.set(i as usize, true);
+            self.have_count += 1;
+        }
+        let dups: Vec<Cancel> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.requested.contains(&i))
+            .map(|(&peer, _)| Cancel { peer, piece: i })
+            .collect();
+        for c in &dups {
+            self.finish_request(c.peer, c.piece);
+        }
+        dups
+    }
+
+    /// A request ended without a verified piece.
+    pub fn piece_failed(&mut self, peer: PeerKey, i: u32, why: Failure, now: Instant) {
+        if !self.finish_request(peer, i) {
+            return;
+        }
+        let backoff = self.cfg.elsewhere_backoff;
+        if let Some(p) = self.peers.get_mut(&peer) {
+            match why {
+                Failure::Missing => {
+                    if p.bits[i as usize] {
+                        p.bits.set(i as usize, false);
+                        self.availability[i as usize] -= 1;
+                    }
+                }
+                Failure::Elsewhere => {
+                    p.avoid.insert(i, now + backoff);
+                }
+                Failure::Failed => {
+                    // slow or broken: halve its rate so others go first
+                    p.rate /= 2.0;
+                    p.avoid.insert(i, now + backoff);
+                }
+                Failure::Corrupt => {}
+            }
+        }
+    }
+
+    /// The earliest time a backoff expires, for the caller's timer.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.peers
+            .values()
+            .flat_map(|p| p.avoid.values())
+            .min()
+            .copied()
+    }
+
+    /// Decides which requests to start now.
+    pub fn poll_requests(&mut self, now: Instant) -> Vec<(PeerKey, u32)> {
+        let mut out = Vec::new();
+        if self.is_complete() {
+            return out;
+        }
+        for p in self.peers.values_mut() {
+            p.avoid.retain(|_, until| *until > now);
+        }
+        // fastest first; unmeasured peers count as fast so they get tried
+        let mut order: Vec<(PeerKey, f64, u64)> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.has_bitfield && p.requested.len() < self.cfg.per_peer)
+            .map(|(&k, p)| {
+                (
+                    k,
+                    if p.rate == 0.0 { f64::MAX } else { p.rate },
+                    self.rng.random(),
+                )
+            })
+            .collect();
+        order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+        // fill the fastest peer's slots first, then the next one's
+        for (key, _, _) in order {
+            while self.inflight_total < self.cfg.total
+                && self.peers[&key].requested.len() < self.cfg.per_peer
+            {
+                let Some(i) = self.pick(key) else { break };
+                let p = self.peers.get_mut(&key).expect("peer in order");
+                p.requested.push(i as u32);
+                self.inflight[i] += 1;
+                self.inflight_total += 1;
+                out.push((key, i as u32));
+            }
+        }
+        out
+    }
+
+    fn pick(&mut self, key: PeerKey) -> Option<usize> {
+        let p = &self.peers[&key];
+        let usable = |i: usize| !self.have[i] && p.bits[i] && !p.avoid.contains_key(&(i as u32));
+        let random_phase = self.have_count < self.cfg.random_first;
+        // reservoir sampling over the best candidates
+        let mut best: Option<usize> = None;
+        let mut best_score = u32::MAX;
+        let mut ties = 0u32;
+        for i in p.bits.iter_ones() {
+            if !usable(i) || self.inflight[i] > 0 {
+                continue;
+            }
+            let score = if random_phase {
+                0
+            } else {
+                self.availability[i]
+            };
+            if score < best_score {
+                best_score = score;
+                best = Some(i);
+                ties = 1;
+            } else if score == best_score {
+                ties += 1;
+                if self.rng.random_range(0..ties) == 0 {
+                    best = Some(i);
+                }
+            }
+        }
+        if best.is_some() {
+            return best;
+        }
+        // Endgame: only when nothing unrequested is left anywhere.
+        let unrequested_left = (0..self.have.len()).any(|i| !self.have[i] && self.inflight[i] == 0);
+        if unrequested_left {
+            return None;
+        }
+        let mut best_inflight = u8::MAX;
+        for i in p.bits.iter_ones() {
+            if !usable(i) || p.requested.contains(&(i as u32)) {
+                continue;
+            }
+            let n = self.inflight[i];
+            if n < self.cfg.endgame_dup && n < best_inflight {
+                best_inflight = n;
+                best = Some(i);
+            }
+        }
+        best
+    }
+
+    #[cfg(test)]
+    pub(crate) fn check_invariants(&self) {
+        let n = self.piece_count();
+        let mut avail = vec![0u32; n];
+        let mut infl = vec![0u8; n];
+        let mut total = 0;
+        for p in self.peers.values() {
+            for i in p.bits.iter_ones() {
+                avail[i] += 1;
+            }
+            assert!(p.requested.len() <= self.cfg.per_peer);
+            for &i in &p.requested {
+                infl[i as usize] += 1;
+                total += 1;
+                assert!(!self.have[i as usize], "piece {i} in flight but held");
+            }
+        }
+        assert_eq!(avail, self.availability);
+        assert_eq!(infl, self.inflight);
+        assert_eq!(total, self.inflight_total);
+        assert!(total <= self.cfg.total);
+        assert_eq!(self.have.count_ones(), self.have_count);
+    }
+}
+
+#[cfg(test)]
+#[path = "download_tests.rs"]
+mod tests;

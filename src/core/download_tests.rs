@@ -1,0 +1,224 @@
+use super::*;
+use proptest::prelude::*;
+
+fn t0() -> Instant {
+    Instant::now()
+}
+
+fn full(n: usize) -> BitVec {
+    bitvec![1; n]
+}
+
+fn cfg() -> DownloadConfig {
+    DownloadConfig {
+        random_first: 0,
+        ..DownloadConfig::default()
+    }
+}
+
+#[test]
+fn picks_rarest_first() {
+    let mut d = Download::new(bitvec![0; 4], cfg(), 1);
+    d.add_peer(1);
+    d.add_peer(2);
+    d.add_peer(3);
+    d.peer_bitfield(1, &full(4)).unwrap();
+    d.peer_bitfield(2, &bitvec![1, 1, 0, 1]).unwrap();
+    d.peer_bitfield(3, &bitvec![1, 0, 0, 1]).unwrap();
+    // availability: [3, 2, 1, 3]; peer 1 alone has piece 2, then piece 1 is rarest
+    let reqs = d.poll_requests(t0());
+    d.check_invariants();
+    let from1: Vec<u32> = reqs.iter().filter(|r| r.0 == 1).map(|r| r.1).collect();
+    assert!(from1.contains(&2), "{reqs:?}");
+    let all: std::collections::HashSet<u32> = reqs.iter().map(|r| r.1).collect();
+    assert_eq!(
+        all.len(),
+        4,
+        "distinct pieces while unrequested ones remain: {reqs:?}"
+    );
+}
+
+#[test]
+fn respects_per_peer_and_total_limits() {
+    let c = DownloadConfig {
+        per_peer: 2,
+        total: 3,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 100], c, 7);
+    for k in 0..5 {
+        d.add_peer(k);
+        d.peer_bitfield(k, &full(100)).unwrap();
+    }
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.len(), 3);
+    d.check_invariants();
+    assert!(d.poll_requests(t0()).is_empty());
+}
+
+#[test]
+fn no_requests_before_a_bitfield_and_none_when_complete() {
+    let mut d = Download::new(bitvec![0; 3], cfg(), 1);
+    d.add_peer(1);
+    assert!(d.poll_requests(t0()).is_empty());
+    let mut done = Download::new(bitvec![1; 3], cfg(), 1);
+    done.add_peer(1);
+    done.peer_bitfield(1, &full(3)).unwrap();
+    assert!(done.poll_requests(t0()).is_empty());
+    assert!(done.is_complete());
+}
+
+#[test]
+fn endgame_duplicates_then_cancels_losers() {
+    let mut d = Download::new(bitvec![1, 1, 0], cfg(), 3);
+    d.add_peer(1);
+    d.add_peer(2);
+    d.peer_bitfield(1, &full(3)).unwrap();
+    d.peer_bitfield(2, &full(3)).unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(
+        reqs.len(),
+        2,
+        "the last piece asked of both peers: {reqs:?}"
+    );
+    assert!(reqs.iter().all(|r| r.1 == 2));
+    d.check_invariants();
+    let winner = reqs[0].0;
+    let cancels = d.piece_received(winner, 2, 100, Duration::from_millis(10));
+    assert_eq!(
+        cancels,
+        vec![Cancel {
+            peer: reqs[1].0,
+            piece: 2
+        }]
+    );
+    assert!(d.is_complete());
+    d.check_invariants();
+}
+
+#[test]
+fn lost_peer_releases_its_requests() {
+    let mut d = Download::new(bitvec![0; 2], cfg(), 3);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(2)).unwrap();
+    assert_eq!(d.poll_requests(t0()).len(), 2);
+    d.remove_peer(1);
+    d.check_invariants();
+    d.add_peer(2);
+    d.peer_bitfield(2, &full(2)).unwrap();
+    assert_eq!(d.poll_requests(t0()).len(), 2);
+}
+
+#[test]
+fn elsewhere_backs_off_then_retries() {
+    let mut d = Download::new(bitvec![0; 1], cfg(), 3);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(1)).unwrap();
+    let now = t0();
+    assert_eq!(d.poll_requests(now), vec![(1, 0)]);
+    d.piece_failed(1, 0, Failure::Elsewhere, now);
+    assert!(d.poll_requests(now).is_empty());
+    let wake = d.poll_timeout().unwrap();
+    assert!(wake > now);
+    assert_eq!(
+        d.poll_requests(wake + Duration::from_millis(1)),
+        vec![(1, 0)]
+    );
+}
+
+#[test]
+fn missing_corrects_the_peer_bitfield() {
+    let mut d = Download::new(bitvec![0; 2], cfg(), 3);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(2)).unwrap();
+    let now = t0();
+    for (k, i) in d.poll_requests(now) {
+        d.piece_failed(k, i, Failure::Missing, now);
+    }
+    d.check_invariants();
+    assert!(d.poll_requests(now).is_empty());
+    assert!(!d.peer_is_interesting(1));
+}
+
+#[test]
+fn bad_input_is_an_error() {
+    let mut d = Download::new(bitvec![0; 2], cfg(), 3);
+    assert_eq!(d.peer_have(9, 0), Err(ProtocolViolation::UnknownPeer));
+    d.add_peer(1);
+    assert_eq!(
+        d.peer_bitfield(1, &bitvec![1; 3]),
+        Err(ProtocolViolation::BitfieldLength { got: 3, want: 2 })
+    );
+    assert_eq!(
+        d.peer_have(1, 2),
+        Err(ProtocolViolation::PieceIndex { index: 2, count: 2 })
+    );
+}
+
+#[test]
+fn faster_peers_get_slots_first() {
+    let c = DownloadConfig {
+        per_peer: 1,
+        total: 2,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 50], c, 9);
+    d.add_peer(1);
+    d.add_peer(2);
+    d.peer_bitfield(1, &full(50)).unwrap();
+    d.peer_bitfield(2, &full(50)).unwrap();
+    let now = t0();
+    // measure: peer 1 slow, peer 2 fast
+    for (k, i) in d.poll_requests(now) {
+        let ms = if k == 1 { 1000 } else { 10 };
+        d.piece_received(k, i, 1 << 20, Duration::from_millis(ms));
+    }
+    let reqs = d.poll_requests(now);
+    assert_eq!(reqs.len(), 2);
+    assert_eq!(reqs[0].0, 2, "the fast peer is served first: {reqs:?}");
+}
+
+proptest! {
+    /// Random event sequences keep the invariants and always finish when a
+    /// complete peer stays connected.
+    #[test]
+    fn random_events_keep_invariants(seed in any::<u64>(), ops in proptest::collection::vec((0u8..6, 0u64..4, 0u32..20), 0..200)) {
+        let n = 20;
+        let mut d = Download::new(bitvec![0; n], DownloadConfig::default(), seed);
+        let now = t0();
+        d.add_peer(100);
+        d.peer_bitfield(100, &full(n)).unwrap();
+        let mut outstanding: Vec<(PeerKey, u32)> = Vec::new();
+        for (op, peer, piece) in ops {
+            match op {
+                0 => { d.add_peer(peer); let _ = d.peer_have(peer, piece as usize); }
+                1 => { d.remove_peer(peer); outstanding.retain(|r| r.0 != peer); }
+                2 => outstanding.extend(d.poll_requests(now)),
+                3 => if let Some(r) = outstanding.pop() {
+                    for c in d.piece_received(r.0, r.1, 10, Duration::from_millis(1)) {
+                        outstanding.retain(|o| *o != (c.peer, c.piece));
+                    }
+                },
+                4 => if let Some(r) = outstanding.pop() { d.piece_failed(r.0, r.1, Failure::Failed, now) },
+                _ => if let Some(r) = outstanding.pop() {
+                    let why = if r.0 == 100 { Failure::Failed } else { Failure::Missing };
+                    d.piece_failed(r.0, r.1, why, now)
+                },
+            }
+            d.check_invariants();
+        }
+        // drain with the complete peer only
+        for r in outstanding.drain(..) { d.piece_failed(r.0, r.1, Failure::Failed, now); }
+        for k in 0..4 { d.remove_peer(k); }
+        let mut t = now;
+        for _ in 0..1000 {
+            if d.is_complete() { break; }
+            t += Duration::from_secs(1);
+            for (k, i) in d.poll_requests(t) {
+                d.piece_received(k, i, 10, Duration::from_millis(1));
+            }
+            d.check_invariants();
+        }
+        prop_assert!(d.is_complete());
+    }
+}

@@ -1,0 +1,18 @@
+//! The sans-IO core: plain state machines that take events (a peer's
+//! bitfield, a verified piece, a failed request, the time `now`) and return
+//! decisions (which piece to request from whom, which duplicates to cancel,
+//! whether the seed serves a request). No sockets, no clock, no tokio:
+//! randomness comes from a seeded RNG, time from the caller. That makes the
+//! scheduling unit-testable and usable by a simulator.
+//!
+//! * `Download`: a joiner's view of its peers and its missing pieces;
+//!   rarest-first with random first pieces, throughput-ordered sources,
+//!   endgame duplicates with cancellation.
+//! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
+//!   once before serving any piece twice.
+
+mod download;
+mod spread;
+
+pub use download::{Cancel, Download, DownloadConfig, Failure, PeerKey, ProtocolViolation};
+pub use spread::Spreader;

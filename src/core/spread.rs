@@ -1,0 +1,134 @@
+//! The seed's upload policy: spread distinct pieces first.
+//!
+//! While some piece has never been delivered by the seed, the seed serves a
+//! request for piece `i` only if nobody else is known to hold `i` and the
+//! seed is not already sending `i` to someone. Otherwise it answers
+//! `Elsewhere`, and the requester picks another piece (and fetches `i` from
+//! a peer). So one full copy leaves the seed as early as possible and the
+//! seed's NIC carries about one copy of the image. Once every piece has been
+//! delivered once, the seed serves every request, as one source among many.
+//!
+//! State invariants: `holders[i]` counts connected peers that announced `i`;
+//! `active[i]` counts serves of `i` in progress; `delivered[i]` is set once a
+//! serve of `i` has completed, and `undelivered` counts the unset ones.
+
+use bitvec::prelude::*;
+
+use super::PeerKey;
+use std::collections::HashMap;
+
+pub struct Spreader {
+    holders: Vec<u32>,
+    active: Vec<u32>,
+    delivered: BitVec,
+    undelivered: usize,
+    peers: HashMap<PeerKey, BitVec>,
+}
+
+impl Spreader {
+    pub fn new(pieces: usize) -> Self {
+        Spreader {
+            holders: vec![0; pieces],
+            active: vec![0; pieces],
+            delivered: bitvec![0; pieces],
+            undelivered: pieces,
+            peers: HashMap::new(),
+        }
+    }
+
+    /// Whether the spreading phase is over (every piece delivered once).
+    pub fn spread_done(&self) -> bool {
+        self.undelivered == 0
+    }
+
+    pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice) {
+        let n = self.holders.len();
+        let entry = self.peers.entry(peer).or_insert_with(|| bitvec![0; n]);
+        for i in bits.iter_ones().take_while(|&i| i < n) {
+            if !entry[i] {
+                entry.set(i, true);
+                self.holders[i] += 1;
+            }
+        }
+    }
+
+    pub fn peer_have(&mut self, peer: PeerKey, i: usize) {
+        if i < self.holders.len() {
+            let mut b = bitvec![0; self.holders.len()];
+            b.set(i, true);
+            self.peer_bitfield(peer, &b);
+        }
+    }
+
+    pub fn peer_gone(&mut self, peer: PeerKey) {
+        if let Some(bits) = self.peers.remove(&peer) {
+            for i in bits.iter_ones() {
+                self.holders[i] -= 1;
+            }
+        }
+    }
+
+    /// Decides a request for piece `i` by `peer`; on `true` the caller
+    /// serves it and must call `serve_ended`.
+    pub fn should_serve(&mut self, peer: PeerKey, i: usize) -> bool {
+        if i >= self.holders.len() {
+            return false;
+        }
+        let others = self.holders[i] - self.peers.get(&peer).map_or(0, |b| u32::from(b[i]));
+        let ok = self.spread_done() || (others == 0 && self.active[i] == 0);
+        if ok {
+            self.active[i] += 1;
+        }
+        ok
+    }
+
+    pub fn serve_ended(&mut self, i: usize, completed: bool) {
+        self.active[i] -= 1;
+        if completed && !self.delivered[i] {
+            self.delivered.set(i, true);
+            self.undelivered -= 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serves_each_piece_once_before_any_twice() {
+        let mut s = Spreader::new(2);
+        assert!(s.should_serve(1, 0));
+        assert!(
+            !s.should_serve(2, 0),
+            "piece 0 is already on its way to peer 1"
+        );
+        assert!(s.should_serve(2, 1));
+        s.serve_ended(0, true);
+        s.peer_have(1, 0);
+        assert!(!s.should_serve(2, 0), "peer 1 holds piece 0 now");
+        s.serve_ended(1, true);
+        assert!(s.spread_done());
+        assert!(
+            s.should_serve(2, 0),
+            "after spreading, the seed serves everything"
+        );
+    }
+
+    #[test]
+    fn a_failed_serve_or_a_lost_holder_frees_the_piece() {
+        let mut s = Spreader::new(1);
+        assert!(s.should_serve(1, 0));
+        s.serve_ended(0, false);
+        assert!(!s.spread_done());
+        s.peer_have(1, 0);
+        assert!(!s.should_serve(2, 0));
+        s.peer_gone(1);
+        assert!(s.should_serve(2, 0), "the only other holder left");
+        // a holder asking again (e.g. after a restart lost the data) is not its own source
+        s.serve_ended(0, false);
+        s.peer_have(3, 0);
+        assert!(s.should_serve(3, 0));
+        assert!(!s.should_serve(4, 5), "out of range");
+    }
+}

@@ -1,0 +1,215 @@
+//! Building a manifest from a file or directory on disk: walk, then hash all
+//! pieces on all cores (one sequential read of a piece per task).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+use super::{Entry, EntryKind, MODE_MASK, Manifest, Root, codec, path};
+use crate::storage::Content;
+
+#[derive(Debug, Error)]
+pub enum BuildError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}: not a regular file or directory (symlinks and special files are not supported)")]
+    Unsupported(PathBuf),
+    #[error("{0}: name is not valid UTF-8 or not a plain name")]
+    BadName(PathBuf),
+    #[error("piece size {0} must be a power of two between 4KiB and 1GiB")]
+    BadPieceSize(u64),
+    #[error("{what}: {got} exceeds the limit of {max}")]
+    TooBig {
+        what: &'static str,
+        got: u64,
+        max: u64,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
+    move |source| BuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// 4 MiB, doubled until the image needs at most 65536 pieces (a 2 MiB
+/// manifest of hashes).
+pub fn default_piece_size(total: u64) -> u32 {
+    let mut size: u64 = 4 << 20;
+    while total.div_ceil(size) > 65536 && size < (1 << codec::MAX_PIECE_LOG2) {
+        size *= 2;
+    }
+    size as u32
+}
+
+/// Walks `root` and hashes it. `piece_size` of `None` picks the default.
+pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildError> {
+    let meta = fs::symlink_metadata(root).map_err(io_err(root))?;
+    let name = root
+        .canonicalize()
+        .map_err(io_err(root))?
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .ok_or_else(|| BuildError::BadName(root.to_path_buf()))?;
+    path::check_component(&name).map_err(|_| BuildError::BadName(root.to_path_buf()))?;
+    let mode = meta.permissions().mode() & MODE_MASK;
+    let tree = if meta.is_file() {
+        Root::File {
+            size: meta.len(),
+            mode,
+        }
+    } else if meta.is_dir() {
+        let mut entries = Vec::new();
+        walk(root, "", &mut entries)?;
+        if entries.len() > codec::MAX_ENTRIES {
+            return Err(BuildError::TooBig {
+                what: "entry count",
+                got: entries.len() as u64,
+                max: codec::MAX_ENTRIES as u64,
+            });
+        }
+        Root::Dir { mode, entries }
+    } else {
+        return Err(BuildError::Unsupported(root.to_path_buf()));
+    };
+    let mut m = Manifest {
+        name,
+        root: tree,
+        piece_size: 0,
+        hashes: Vec::new(),
+    };
+    let total = m.total_size();
+    let piece_size = match piece_size {
+        None => default_piece_size(total),
+        Some(p) if p.is_power_of_two() && (4096..=1 << 30).contains(&p) => p as u32,
+        Some(p) => return Err(BuildError::BadPieceSize(p)),
+    };
+    m.piece_size = piece_size;
+    let n = Manifest::pieces_for(total, piece_size);
+    if n > codec::MAX_PIECES as u64 {
+        return Err(BuildError::TooBig {
+            what: "piece count",
+            got: n,
+            max: codec::MAX_PIECES as u64,
+        });
+    }
+    let content = Content::open(root.to_path_buf(), &m.files(), false).map_err(io_err(root))?;
+    m.hashes = (0..n as usize)
+        .into_par_iter()
+        .map_init(Vec::new, |buf, i| {
+            let (offset, len) = m.piece_range(i);
+            buf.resize(len as usize, 0);
+            content.read_at(offset, buf).map_err(io_err(root))?;
+            Ok(*blake3::hash(buf).as_bytes())
+        })
+        .collect::<Result<_, BuildError>>()?;
+    Ok(m)
+}
+
+/// Appends the entries under `dir` (relative prefix `rel`) in component order.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<Entry>) -> Result<(), BuildError> {
+    let mut children = Vec::new();
+    for item in fs::read_dir(dir).map_err(io_err(dir))? {
+        let item = item.map_err(io_err(dir))?;
+        let p = item.path();
+        let name = item
+            .file_name()
+            .to_str()
+            .filter(|n| path::check_component(n).is_ok())
+            .ok_or_else(|| BuildError::BadName(p.clone()))?
+            .to_string();
+        children.push((name, p));
+    }
+    children.sort();
+    for (name, p) in children {
+        let meta = fs::symlink_metadata(&p).map_err(io_err(&p))?;
+        let rel_path = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        if rel_path.len() > path::MAX_PATH_LEN {
+            return Err(BuildError::BadName(p));
+        }
+        let mode = meta.permissions().mode() & MODE_MASK;
+        if meta.is_file() {
+            out.push(Entry {
+                path: rel_path,
+                kind: EntryKind::File { size: meta.len() },
+                mode,
+            });
+        } else if meta.is_dir() {
+            out.push(Entry {
+                path: rel_path.clone(),
+                kind: EntryKind::Dir,
+                mode,
+            });
+            walk(&p, &rel_path, out)?;
+        } else {
+            return Err(BuildError::Unsupported(p));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_a_tree_in_canonical_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("img");
+        fs::create_dir_all(root.join("b/c")).unwrap();
+        fs::create_dir_all(root.join("empty")).unwrap();
+        fs::write(root.join("b/c/data"), vec![7u8; 10_000]).unwrap();
+        fs::write(root.join("a-file"), b"hello").unwrap();
+        fs::write(root.join("zero"), b"").unwrap();
+        let m = build(&root, Some(4096)).unwrap();
+        let Root::Dir { entries, .. } = &m.root else {
+            panic!("not a dir")
+        };
+        let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(paths, ["a-file", "b", "b/c", "b/c/data", "empty", "zero"]);
+        assert_eq!(m.total_size(), 10_005);
+        assert_eq!(m.piece_count(), 3);
+        // piece 0 = "hello" + 4091 bytes of 7
+        let mut p0 = b"hello".to_vec();
+        p0.extend(vec![7u8; 4091]);
+        assert!(m.verify_piece(0, &p0));
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    #[test]
+    fn rejects_symlinks_and_bad_piece_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("img");
+        fs::create_dir(&root).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        assert!(matches!(
+            build(&root, None),
+            Err(BuildError::Unsupported(_))
+        ));
+        let f = dir.path().join("f");
+        fs::write(&f, b"x").unwrap();
+        assert!(matches!(
+            build(&f, Some(5000)),
+            Err(BuildError::BadPieceSize(5000))
+        ));
+    }
+
+    #[test]
+    fn default_piece_size_keeps_manifest_small() {
+        assert_eq!(default_piece_size(0), 4 << 20);
+        assert_eq!(default_piece_size(256 << 30), 4 << 20);
+        assert_eq!(default_piece_size(1 << 40), 16 << 20);
+    }
+}

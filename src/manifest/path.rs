@@ -1,0 +1,80 @@
+//! Checks for paths that arrive from the network. A manifest path is relative,
+//! `/`-separated, and every component is a plain name: no empty component, no
+//! `.` or `..`, no NUL, no backslash. Anything else is rejected before it can
+//! reach the disk.
+
+use crate::codec::DecodeError;
+
+pub const MAX_PATH_LEN: usize = 4096;
+pub const MAX_NAME_LEN: usize = 255;
+
+/// Checks one path component (also used for the manifest's root name).
+pub fn check_component(c: &str) -> Result<(), DecodeError> {
+    let bad = |why: &str| {
+        Err(DecodeError::invalid(
+            "path component",
+            format!("{c:?}: {why}"),
+        ))
+    };
+    if c.is_empty() {
+        return bad("empty");
+    }
+    if c == "." || c == ".." {
+        return bad("dot component");
+    }
+    if c.len() > MAX_NAME_LEN {
+        return bad("longer than 255 bytes");
+    }
+    if c.contains(['/', '\\', '\0']) {
+        return bad("contains '/', '\\' or NUL");
+    }
+    Ok(())
+}
+
+/// Checks a relative path; returns its components.
+pub fn check_rel_path(p: &str) -> Result<Vec<&str>, DecodeError> {
+    if p.len() > MAX_PATH_LEN {
+        return Err(DecodeError::invalid(
+            "path",
+            format!("longer than {MAX_PATH_LEN} bytes"),
+        ));
+    }
+    if p.starts_with('/') {
+        return Err(DecodeError::invalid("path", format!("{p:?} is absolute")));
+    }
+    let parts: Vec<&str> = p.split('/').collect();
+    for c in &parts {
+        check_component(c)?;
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_plain_paths() {
+        assert_eq!(check_rel_path("a/b/c.db").unwrap(), vec!["a", "b", "c.db"]);
+        assert!(check_rel_path(".hidden/x..y").is_ok());
+    }
+
+    #[test]
+    fn rejects_hostile_paths() {
+        for p in [
+            "",
+            "/etc/passwd",
+            "a//b",
+            "a/../b",
+            "..",
+            ".",
+            "a/",
+            "a\\..\\b",
+            "a\0b",
+        ] {
+            assert!(check_rel_path(p).is_err(), "{p:?} accepted");
+        }
+        assert!(check_rel_path(&"a/".repeat(3000)).is_err());
+        assert!(check_component(&"x".repeat(256)).is_err());
+    }
+}

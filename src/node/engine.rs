@@ -1,0 +1,703 @@
+//! The engine: the one task that owns the swarm state. Connection tasks and
+//! fetch tasks send it `Event`s; it feeds them to the sans-IO core and acts
+//! on the decisions (start fetches, cancel duplicates, answer serve
+//! requests, dial peers, publish our bitfield, decide when to exit).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+use quinn::{ConnectionError, Endpoint};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
+use super::{ALONE_TIMEOUT, NodeError, Report, Status, fetch, hex};
+use crate::core::{Download, Failure, PeerKey, Spreader};
+use crate::manifest::Manifest;
+use crate::storage::{Content, Partial, StorageError};
+use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, Request, Status as WireStatus};
+
+pub const EVENT_QUEUE: usize = 1024;
+const TICK: Duration = Duration::from_millis(250);
+/// Connections this host keeps at most; more are refused or not dialed.
+const MAX_CONNECTIONS: usize = 128;
+const MAX_KNOWN: usize = 4096;
+const REDIAL_AFTER: Duration = Duration::from_secs(2);
+const MAX_DIAL_FAILURES: u32 = 5;
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub enum Event {
+    Connected(Box<Handshaken>),
+    DialFailed {
+        id: PeerId,
+        why: String,
+    },
+    PeerMsg {
+        key: PeerKey,
+        msg: Message,
+    },
+    PeerDown {
+        key: PeerKey,
+        why: String,
+    },
+    PieceDone {
+        key: PeerKey,
+        piece: u32,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    PieceFailed {
+        key: PeerKey,
+        piece: u32,
+        why: Failure,
+    },
+    WriteFailed(String),
+    ServeAsk {
+        key: PeerKey,
+        req: Request,
+        reply: oneshot::Sender<ServeAnswer>,
+    },
+    ServeEnded {
+        key: PeerKey,
+        piece: u32,
+        bytes: u64,
+        completed: bool,
+    },
+    Finalized(Result<PathBuf, StorageError>),
+}
+
+/// How the engine's run ends when nothing goes wrong.
+pub struct Exit {
+    pub linger: Duration,
+    pub exit_on_complete: bool,
+    pub until_done: Option<usize>,
+    pub force: bool,
+}
+
+struct Peer {
+    handle: PeerHandle,
+    info: PeerInfo,
+    done: bool,
+}
+
+struct Known {
+    info: PeerInfo,
+    next_dial: Instant,
+    failures: u32,
+    dialing: bool,
+}
+
+pub struct Engine {
+    pub id: Identity,
+    manifest: Arc<Manifest>,
+    manifest_bytes: Arc<Vec<u8>>,
+    content: Arc<Content>,
+    /// Joiners: the download state; `None` on the seed.
+    download: Option<Download>,
+    /// The seed: its upload policy.
+    spreader: Option<Spreader>,
+    partial: Option<Partial>,
+    finalizing: bool,
+    complete: bool,
+    have: watch::Sender<Arc<BitVec>>,
+    peers: HashMap<PeerKey, Peer>,
+    by_id: HashMap<PeerId, PeerKey>,
+    known: HashMap<PeerId, Known>,
+    banned: HashSet<PeerId>,
+    fetches: HashMap<(PeerKey, u32), CancellationToken>,
+    done_ids: HashSet<PeerId>,
+    endpoint: Endpoint,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    status: watch::Sender<Status>,
+    pub report: Report,
+    exit: Exit,
+    started: Instant,
+    alone_since: Option<Instant>,
+    all_done_since: Option<Instant>,
+    seed_id: Option<PeerId>,
+}
+
+pub struct Parts {
+    pub id: Identity,
+    pub manifest: Arc<Manifest>,
+    pub manifest_bytes: Arc<Vec<u8>>,
+    pub content: Content,
+    pub have: BitVec,
+    pub partial: Option<Partial>,
+    pub endpoint: Endpoint,
+    pub exit: Exit,
+    pub status: watch::Sender<Status>,
+    pub started: Instant,
+    pub seed_id: Option<PeerId>,
+    pub report: Report,
+}
+
+impl Engine {
+    pub fn new(p: Parts, events_tx: mpsc::Sender<Event>, events: mpsc::Receiver<Event>) -> Engine {
+        let n = p.manifest.piece_count();
+        let is_seed = p.partial.is_none();
+        let complete = p.have.all();
+        let download =
+            (!is_seed).then(|| Download::new(p.have.clone(), Default::default(), rand::random()));
+        let (have, _) = watch::channel(Arc::new(p.have));
+        Engine {
+            id: p.id,
+            content: Arc::new(p.content),
+            download,
+            spreader: is_seed.then(|| Spreader::new(n)),
+            partial: p.partial,
+            manifest: p.manifest,
+            manifest_bytes: p.manifest_bytes,
+            finalizing: false,
+            complete: is_seed && complete,
+            have,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            known: HashMap::new(),
+            banned: HashSet::new(),
+            fetches: HashMap::new(),
+            done_ids: HashSet::new(),
+            endpoint: p.endpoint,
+            events_tx,
+            events,
+            status: p.status,
+            report: p.report,
+            exit: p.exit,
+            started: p.started,
+            alone_since: None,
+            all_done_since: None,
+            seed_id: p.seed_id,
+        }
+    }
+
+    pub fn have_rx(&self) -> watch::Receiver<Arc<BitVec>> {
+        self.have.subscribe()
+    }
+
+    /// Runs until the exit condition holds, a fatal error, or `stop`.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<Report, NodeError> {
+        // A joiner that resumed a complete copy only needs to finalize.
+        if !self.complete && self.download.as_ref().is_some_and(|d| d.is_complete()) {
+            self.start_finalize();
+        }
+        let result = loop {
+            let wake = self
+                .download
+                .as_ref()
+                .and_then(|d| d.poll_timeout())
+                .map_or(Instant::now() + TICK, |t| t.min(Instant::now() + TICK));
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break Err(NodeError::Network("event channel closed".into())) };
+                    if let Err(e) = self.handle(ev) {
+                        break Err(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = stop.cancelled() => break Err(NodeError::Interrupted),
+            }
+            if let Err(e) = self.tick() {
+                break Err(e);
+            }
+            if self.should_exit() {
+                break Ok(());
+            }
+            self.schedule();
+        };
+        for t in self.fetches.values() {
+            t.cancel();
+        }
+        self.endpoint.close(close::DONE.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
+        result.map(|_| self.report)
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<(), NodeError> {
+        match ev {
+            Event::Connected(h) => self.on_connected(*h),
+            Event::DialFailed { id, why } => {
+                tracing::debug!(peer = hex(&id[..4]), "dial failed: {why}");
+                if let Some(k) = self.known.get_mut(&id) {
+                    k.dialing = false;
+                    k.failures += 1;
+                    k.next_dial = Instant::now() + REDIAL_AFTER * k.failures;
+                    if k.failures >= MAX_DIAL_FAILURES {
+                        self.known.remove(&id);
+                    }
+                }
+            }
+            Event::PeerMsg { key, msg } => self.on_message(key, msg),
+            Event::PeerDown { key, why } => self.drop_peer(key, &why),
+            Event::PieceDone {
+                key,
+                piece,
+                bytes,
+                elapsed,
+            } => self.on_piece(key, piece, bytes, elapsed),
+            Event::PieceFailed { key, piece, why } => {
+                self.fetches.remove(&(key, piece));
+                if why == Failure::Corrupt {
+                    self.report.pieces_corrupt += 1;
+                    if let Some(p) = self.peers.get(&key) {
+                        tracing::warn!(
+                            peer = hex(&p.info.id[..4]),
+                            piece,
+                            "piece failed verification; dropping the peer"
+                        );
+                        self.banned.insert(p.info.id);
+                        p.handle.conn.close(close::CORRUPT.into(), b"corrupt piece");
+                    }
+                    if let Some(d) = &mut self.download {
+                        d.remove_peer(key);
+                    }
+                } else if let Some(d) = &mut self.download {
+                    d.piece_failed(key, piece, why, Instant::now());
+                }
+            }
+            Event::WriteFailed(e) => {
+                return Err(NodeError::Other(anyhow::anyhow!("writing a piece: {e}")));
+            }
+            Event::ServeAsk { key, req, reply } => {
+                let answer = self.serve_answer(key, req);
+                let _ = reply.send(answer);
+            }
+            Event::ServeEnded {
+                key,
+                piece,
+                bytes,
+                completed,
+            } => {
+                if let Some(s) = &mut self.spreader {
+                    s.serve_ended(piece as usize, completed);
+                }
+                self.report.bytes_served += bytes;
+                if let Some(p) = self.peers.get(&key) {
+                    *self.report.served_to.entry(hex(&p.info.id)).or_default() += bytes;
+                }
+            }
+            Event::Finalized(r) => {
+                let path = r?;
+                let files = self.manifest.files();
+                let content = Content::open(path.clone(), &files, false).map_err(|e| {
+                    NodeError::Other(anyhow::anyhow!("reopening {}: {e}", path.display()))
+                })?;
+                self.content = Arc::new(content);
+                self.complete = true;
+                self.finalizing = false;
+                self.report.output = Some(path);
+                self.report.complete_secs = Some(self.started.elapsed().as_secs_f64());
+                for p in self.peers.values() {
+                    let _ = p.handle.control.try_send(Message::Done);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_connected(&mut self, h: Handshaken) {
+        let id = h.hello.peer_id;
+        if self.banned.contains(&id) || self.peers.len() >= MAX_CONNECTIONS {
+            h.conn.close(close::DUPLICATE.into(), b"not accepted");
+            return;
+        }
+        if let Some(k) = self.known.get_mut(&id) {
+            k.dialing = false;
+        }
+        let dialer = |dialed: bool, them: PeerId| if dialed { self.id.peer_id } else { them };
+        if let Some(&old_key) = self.by_id.get(&id) {
+            let old = &self.peers[&old_key];
+            // Keep the connection dialed by the lower peer id; both sides
+            // apply the same rule. Same dialer: the newer one wins.
+            let (old_d, new_d) = (dialer(old.handle.dialed, id), dialer(h.dialed, id));
+            if new_d > old_d {
+                h.conn.close(close::DUPLICATE.into(), b"duplicate");
+                return;
+            }
+            old.handle.conn.close(close::DUPLICATE.into(), b"duplicate");
+            self.drop_peer(old_key, "replaced by a new connection");
+        }
+        let remote = h.conn.remote_address();
+        let info = PeerInfo {
+            id,
+            group: h.hello.group.clone(),
+            addrs: resolve_addrs(&h.hello.addrs, remote),
+        };
+        let handle = peer::start(h, self.events_tx.clone(), self.have_rx());
+        let key = handle.key;
+        tracing::debug!(peer = hex(&id[..4]), %remote, "peer up");
+        // Tell the newcomer about everyone, and everyone about the newcomer.
+        let others: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| p.info.clone())
+            .take(MAX_PEERS)
+            .collect();
+        if !others.is_empty() {
+            let _ = handle.control.try_send(Message::Peers(others));
+        }
+        for p in self.peers.values() {
+            let _ = p
+                .handle
+                .control
+                .try_send(Message::Peers(vec![info.clone()]));
+        }
+        if self.complete {
+            let _ = handle.control.try_send(Message::Done);
+        }
+        if let Some(d) = &mut self.download {
+            d.add_peer(key);
+        }
+        self.known.remove(&id);
+        self.by_id.insert(id, key);
+        self.peers.insert(
+            key,
+            Peer {
+                handle,
+                info,
+                done: false,
+            },
+        );
+    }
+
+    fn on_message(&mut self, key: PeerKey, msg: Message) {
+        if !self.peers.contains_key(&key) {
+            return;
+        }
+        let res = match msg {
+            Message::Bitfield(bits) => {
+                let bits: BitVec = bits.iter().by_vals().collect();
+                if let Some(s) = &mut self.spreader {
+                    s.peer_bitfield(key, &bits);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_bitfield(key, &bits).map_err(|e| e.to_string()),
+                    None if bits.len() != self.manifest.piece_count() => {
+                        Err("bitfield length".into())
+                    }
+                    None => Ok(()),
+                }
+            }
+            Message::Have(i) => {
+                if let Some(s) = &mut self.spreader {
+                    s.peer_have(key, i as usize);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_have(key, i as usize).map_err(|e| e.to_string()),
+                    None if i as usize >= self.manifest.piece_count() => Err("piece index".into()),
+                    None => Ok(()),
+                }
+            }
+            Message::Peers(list) => {
+                for info in list {
+                    self.learn(info);
+                }
+                Ok(())
+            }
+            Message::Done => {
+                let p = self.peers.get_mut(&key).expect("checked above");
+                p.done = true;
+                self.done_ids.insert(p.info.id);
+                Ok(())
+            }
+            Message::Hello(_) => Err("second hello".into()),
+        };
+        if let Err(why) = res {
+            if let Some(p) = self.peers.get(&key) {
+                tracing::warn!(peer = hex(&p.info.id[..4]), "protocol violation: {why}");
+                p.handle.conn.close(close::PROTOCOL.into(), why.as_bytes());
+            }
+            self.drop_peer(key, &why);
+        }
+    }
+
+    fn learn(&mut self, info: PeerInfo) {
+        if info.id == self.id.peer_id
+            || self.by_id.contains_key(&info.id)
+            || self.banned.contains(&info.id)
+            || self.known.len() >= MAX_KNOWN
+            || info.addrs.is_empty()
+        {
+            return;
+        }
+        self.known.entry(info.id).or_insert(Known {
+            info,
+            next_dial: Instant::now(),
+            failures: 0,
+            dialing: false,
+        });
+    }
+
+    fn drop_peer(&mut self, key: PeerKey, why: &str) {
+        let Some(p) = self.peers.remove(&key) else {
+            return;
+        };
+        let id = p.info.id;
+        tracing::debug!(peer = hex(&id[..4]), "peer down: {why}");
+        if self.by_id.get(&id) == Some(&key) {
+            self.by_id.remove(&id);
+        }
+        if let Some(d) = &mut self.download {
+            d.remove_peer(key);
+        }
+        if let Some(s) = &mut self.spreader {
+            s.peer_gone(key);
+        }
+        self.fetches.retain(|(k, _), t| {
+            if *k == key {
+                t.cancel();
+            }
+            *k != key
+        });
+        // A peer that left normally, or that we refused, is not redialed.
+        let normal = matches!(p.handle.conn.close_reason(), Some(ConnectionError::ApplicationClosed(ref c)) if c.error_code == close::DONE.into() || c.error_code == close::DUPLICATE.into())
+            || matches!(
+                p.handle.conn.close_reason(),
+                Some(ConnectionError::LocallyClosed)
+            );
+        if !normal && !p.done && !self.banned.contains(&id) && !self.by_id.contains_key(&id) {
+            self.known.insert(
+                id,
+                Known {
+                    info: p.info,
+                    next_dial: Instant::now() + REDIAL_AFTER,
+                    failures: 1,
+                    dialing: false,
+                },
+            );
+        }
+    }
+
+    fn on_piece(&mut self, key: PeerKey, piece: u32, bytes: u64, elapsed: Duration) {
+        self.fetches.remove(&(key, piece));
+        let Some(d) = &mut self.download else { return };
+        if d.have()[piece as usize] {
+            return; // a duplicate that finished after the winner
+        }
+        for c in d.piece_received(key, piece, bytes, elapsed) {
+            if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
+                t.cancel();
+            }
+        }
+        self.report.pieces_fetched += 1;
+        self.report.bytes_received += bytes;
+        if let Some(p) = self.peers.get(&key) {
+            *self
+                .report
+                .received_from
+                .entry(hex(&p.info.id))
+                .or_default() += bytes;
+            if Some(p.info.id) == self.seed_id {
+                self.report.received_from_seed += bytes;
+            }
+        }
+        let have: BitVec = d.have().to_bitvec();
+        let complete = d.is_complete();
+        self.have.send_replace(Arc::new(have));
+        if complete {
+            self.start_finalize();
+        }
+    }
+
+    fn start_finalize(&mut self) {
+        let Some(partial) = self.partial.take() else {
+            return;
+        };
+        self.finalizing = true;
+        let m = self.manifest.clone();
+        let force = self.exit.force;
+        let tx = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = partial.finish(&m, force);
+            let _ = tx.blocking_send(Event::Finalized(r));
+        });
+    }
+
+    fn serve_answer(&mut self, key: PeerKey, req: Request) -> ServeAnswer {
+        let i = match req {
+            Request::Manifest => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
+            Request::Piece(i) => i as usize,
+        };
+        if i >= self.manifest.piece_count() || !self.have.borrow()[i] {
+            return ServeAnswer::Refuse(WireStatus::Missing);
+        }
+        if let Some(s) = &mut self.spreader
+            && !s.should_serve(key, i)
+        {
+            return ServeAnswer::Refuse(WireStatus::Elsewhere);
+        }
+        let (offset, len) = self.manifest.piece_range(i);
+        ServeAnswer::Piece {
+            content: self.content.clone(),
+            offset,
+            len,
+        }
+    }
+
+    /// Starts the requests the core decides on.
+    fn schedule(&mut self) {
+        let Some(d) = &mut self.download else { return };
+        for (key, piece) in d.poll_requests(Instant::now()) {
+            let Some(p) = self.peers.get(&key) else {
+                continue;
+            };
+            let cancel = CancellationToken::new();
+            self.fetches.insert((key, piece), cancel.clone());
+            let job = fetch::Job {
+                key,
+                conn: p.handle.conn.clone(),
+                piece,
+                manifest: self.manifest.clone(),
+                content: self.content.clone(),
+                cancel,
+            };
+            tokio::spawn(fetch::run(job, self.events_tx.clone()));
+        }
+    }
+
+    fn tick(&mut self) -> Result<(), NodeError> {
+        let now = Instant::now();
+        // dial peers we learned about
+        let due: Vec<PeerInfo> = self
+            .known
+            .values_mut()
+            .filter(|k| !k.dialing && k.next_dial <= now)
+            .take(MAX_CONNECTIONS.saturating_sub(self.peers.len()))
+            .map(|k| {
+                k.dialing = true;
+                k.info.clone()
+            })
+            .collect();
+        for info in due {
+            tokio::spawn(dial(
+                self.endpoint.clone(),
+                self.id.clone(),
+                info,
+                self.events_tx.clone(),
+            ));
+        }
+        // a joiner left with nobody to talk to gives up after a while
+        let dialing = self.known.values().any(|k| k.dialing);
+        if !self.complete && self.download.is_some() && self.peers.is_empty() && !dialing {
+            let since = *self.alone_since.get_or_insert(now);
+            if now - since > ALONE_TIMEOUT {
+                return Err(NodeError::Network(format!(
+                    "no peer reachable for {}s with {} of {} pieces",
+                    ALONE_TIMEOUT.as_secs(),
+                    self.download.as_ref().map_or(0, |d| d.have_count()),
+                    self.manifest.piece_count()
+                )));
+            }
+        } else {
+            self.alone_since = None;
+        }
+        let all_done = self.complete && !dialing && self.peers.values().all(|p| p.done);
+        self.all_done_since = if all_done {
+            Some(self.all_done_since.unwrap_or(now))
+        } else {
+            None
+        };
+        let have_count = self
+            .download
+            .as_ref()
+            .map_or(self.manifest.piece_count(), |d| d.have_count());
+        self.status.send_replace(Status {
+            pieces_have: have_count,
+            pieces_total: self.manifest.piece_count(),
+            bytes_total: self.manifest.total_size(),
+            bytes_received: self.report.bytes_received,
+            bytes_served: self.report.bytes_served,
+            peers: self.peers.len(),
+            peers_done: self.done_ids.len(),
+            complete: self.complete,
+        });
+        Ok(())
+    }
+
+    fn should_exit(&self) -> bool {
+        if let Some(n) = self.exit.until_done {
+            return self.done_ids.len() >= n;
+        }
+        if self.download.is_none() || !self.complete {
+            return false;
+        }
+        self.exit.exit_on_complete
+            || self
+                .all_done_since
+                .is_some_and(|t| t.elapsed() >= self.exit.linger)
+    }
+}
+
+/// An unspecified advertised IP means "the address you see me at".
+fn resolve_addrs(addrs: &[SocketAddr], remote: SocketAddr) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .map(|a| {
+            if a.ip().is_unspecified() {
+                SocketAddr::new(remote.ip(), a.port())
+            } else {
+                *a
+            }
+        })
+        .collect()
+}
+
+async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc::Sender<Event>) {
+    let mut why = String::from("no address");
+    for addr in &info.addrs {
+        match connect(&endpoint, &id, *addr).await {
+            Ok(h) if h.hello.peer_id == info.id => {
+                let _ = events.send(Event::Connected(Box::new(h))).await;
+                return;
+            }
+            Ok(h) => {
+                h.conn.close(close::DUPLICATE.into(), b"unexpected peer id");
+                why = format!("{addr} answered with another peer id");
+            }
+            Err(e) => why = format!("{addr}: {e:#}"),
+        }
+    }
+    let _ = events.send(Event::DialFailed { id: info.id, why }).await;
+}
+
+/// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake timeout.
+pub async fn connect(
+    endpoint: &Endpoint,
+    id: &Identity,
+    addr: SocketAddr,
+) -> anyhow::Result<Handshaken> {
+    let connecting = endpoint.connect(addr, "swarm")?;
+    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", DIAL_TIMEOUT.as_secs()))??;
+    peer::handshake_dialer(id, conn).await
+}
+
+/// Accepts connections, authenticates them, and hands them to the engine.
+pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<Event>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(64));
+    while let Some(incoming) = endpoint.accept().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let (id, events) = (id.clone(), events.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                _ => return,
+            };
+            match peer::handshake_acceptor(&id, conn).await {
+                Ok(h) => {
+                    let _ = events.send(Event::Connected(Box::new(h))).await;
+                }
+                Err(e) => tracing::info!("refused a connection: {e:#}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,152 @@
+//! Fetching one piece: a request stream, a deadline, verification against
+//! the manifest, and a positional write. The result goes to the engine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use quinn::Connection;
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+
+use super::engine::Event;
+use super::peer::close;
+use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
+use crate::core::{Failure, PeerKey};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
+use crate::storage::Content;
+use crate::wire::{Request, Status};
+
+pub struct Job {
+    pub key: PeerKey,
+    pub conn: Connection,
+    pub piece: u32,
+    pub manifest: Arc<Manifest>,
+    pub content: Arc<Content>,
+    pub cancel: CancellationToken,
+}
+
+pub fn deadline(len: u64) -> Duration {
+    REQUEST_DEADLINE_BASE + REQUEST_DEADLINE_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
+}
+
+enum Outcome {
+    Data(Vec<u8>),
+    Refused(Status),
+}
+
+pub async fn run(job: Job, events: mpsc::Sender<Event>) {
+    let started = Instant::now();
+    let (offset, len) = job.manifest.piece_range(job.piece as usize);
+    let got = tokio::select! {
+        r = timeout(deadline(len), request(&job.conn, job.piece, len)) => match r {
+            Ok(r) => r,
+            Err(_) => Err(anyhow::anyhow!("deadline of {:?} missed", deadline(len))),
+        },
+        _ = job.cancel.cancelled() => return,
+    };
+    let event = match got {
+        Ok(Outcome::Data(data)) => {
+            let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
+            let stored = tokio::task::spawn_blocking(move || {
+                if !m.verify_piece(piece as usize, &data) {
+                    return Ok(false);
+                }
+                c.write_at(offset, &data).map(|_| true)
+            })
+            .await;
+            match stored {
+                Ok(Ok(true)) => Event::PieceDone {
+                    key: job.key,
+                    piece: job.piece,
+                    bytes: len,
+                    elapsed: started.elapsed(),
+                },
+                Ok(Ok(false)) => Event::PieceFailed {
+                    key: job.key,
+                    piece: job.piece,
+                    why: Failure::Corrupt,
+                },
+                Ok(Err(e)) => Event::WriteFailed(e.to_string()),
+                Err(e) => Event::WriteFailed(e.to_string()),
+            }
+        }
+        Ok(Outcome::Refused(Status::Elsewhere)) => Event::PieceFailed {
+            key: job.key,
+            piece: job.piece,
+            why: Failure::Elsewhere,
+        },
+        Ok(Outcome::Refused(_)) => Event::PieceFailed {
+            key: job.key,
+            piece: job.piece,
+            why: Failure::Missing,
+        },
+        Err(e) => {
+            tracing::debug!(peer = job.key, piece = job.piece, "request failed: {e:#}");
+            Event::PieceFailed {
+                key: job.key,
+                piece: job.piece,
+                why: Failure::Failed,
+            }
+        }
+    };
+    let _ = events.send(event).await;
+}
+
+async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outcome> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&Request::Piece(piece).encode()).await?;
+    send.finish()?;
+    let mut status = [0u8; 1];
+    recv.read_exact(&mut status).await?;
+    match Status::decode(status[0])? {
+        Status::Ok => {
+            let mut data = vec![0u8; len as usize];
+            if let Err(e) = recv.read_exact(&mut data).await {
+                let _ = recv.stop(close::CANCEL.into());
+                return Err(e.into());
+            }
+            Ok(Outcome::Data(data))
+        }
+        s => Ok(Outcome::Refused(s)),
+    }
+}
+
+/// Fetches the manifest from a peer and checks it against the ticket's id.
+pub async fn manifest(
+    conn: &Connection,
+    want: crate::manifest::ManifestId,
+) -> Result<(Manifest, Vec<u8>), super::NodeError> {
+    use super::NodeError;
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&Request::Manifest.encode()).await?;
+        send.finish()?;
+        let mut status = [0u8; 1];
+        recv.read_exact(&mut status).await?;
+        if Status::decode(status[0])? != Status::Ok {
+            anyhow::bail!("peer refused to send the manifest");
+        }
+        let mut len = [0u8; 4];
+        recv.read_exact(&mut len).await?;
+        let len = u32::from_le_bytes(len) as usize;
+        crate::codec::check_limit("manifest length", len as u64, MAX_MANIFEST_BYTES as u64)?;
+        let mut bytes = vec![0u8; len];
+        recv.read_exact(&mut bytes).await?;
+        Ok::<_, anyhow::Error>(bytes)
+    };
+    let bytes = timeout(super::MANIFEST_TIMEOUT, work)
+        .await
+        .map_err(|_| NodeError::Network("timed out fetching the manifest".into()))?
+        .map_err(|e| NodeError::Network(format!("fetching the manifest: {e:#}")))?;
+    let got = blake3::hash(&bytes);
+    if got.as_bytes() != &want.0 {
+        return Err(NodeError::Verification(format!(
+            "manifest from peer hashes to {}, the ticket says {want}",
+            crate::manifest::ManifestId(*got.as_bytes())
+        )));
+    }
+    let m =
+        Manifest::decode(&bytes).map_err(|e| NodeError::Verification(format!("manifest: {e}")))?;
+    Ok((m, bytes))
+}

@@ -1,0 +1,126 @@
+//! The runtime: a quinn endpoint, one task per connection direction, and one
+//! engine task that owns all swarm state (the sans-IO core) and talks to the
+//! connection tasks through bounded channels.
+//!
+//! ```text
+//!   accept / dial ──handshake──▶ peer tasks (control reader, control writer,
+//!        │                        request-stream server)
+//!        ▼                               │ Event (bounded mpsc)
+//!   fetch tasks ◀── spawn ── engine ◀────┘  owns Download / Spreader, peers,
+//!                                           Have bitfield (watch), report
+//! ```
+
+mod auth;
+mod engine;
+mod fetch;
+mod peer;
+mod run;
+mod tls;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+pub use run::{join, seed};
+pub use tls::Tuning;
+
+/// How long to wait for a handshake or a request's first byte.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A piece request's deadline: `BASE + PER_MIB * size_in_MiB`.
+pub const REQUEST_DEADLINE_BASE: Duration = Duration::from_secs(10);
+pub const REQUEST_DEADLINE_PER_MIB: Duration = Duration::from_secs(4);
+/// A joiner with no peer at all for this long gives up.
+pub const ALONE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fetching the manifest from the first peer.
+pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Clone, Debug)]
+pub struct SeedConfig {
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub piece_size: Option<u64>,
+    pub until_done: Option<usize>,
+    pub group: String,
+    pub tuning: Tuning,
+}
+
+#[derive(Clone, Debug)]
+pub struct JoinConfig {
+    pub ticket: crate::ticket::Ticket,
+    pub dest_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub linger: Duration,
+    pub exit_on_complete: bool,
+    pub force: bool,
+    pub group: String,
+    pub connect_timeout: Duration,
+    pub tuning: Tuning,
+}
+
+/// A live view for progress displays.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub pieces_have: usize,
+    pub pieces_total: usize,
+    pub bytes_total: u64,
+    pub bytes_received: u64,
+    pub bytes_served: u64,
+    pub peers: usize,
+    pub peers_done: usize,
+    pub complete: bool,
+}
+
+/// What a run did, printed at the end and written as JSON with `--report`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub role: String,
+    pub peer_id: String,
+    pub manifest_id: String,
+    pub bytes_total: u64,
+    pub pieces_total: usize,
+    /// Pieces found valid on disk at start (resume).
+    pub pieces_resumed: usize,
+    pub pieces_fetched: usize,
+    pub pieces_corrupt: usize,
+    pub elapsed_secs: f64,
+    /// Seconds from start until the copy was complete and in place.
+    pub complete_secs: Option<f64>,
+    pub bytes_received: u64,
+    pub bytes_served: u64,
+    /// The peer id of the seed (joiners: the host the ticket named).
+    pub seed_peer_id: Option<String>,
+    pub received_from_seed: u64,
+    pub received_from: BTreeMap<String, u64>,
+    pub served_to: BTreeMap<String, u64>,
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Debug, Error)]
+pub enum NodeError {
+    #[error("could not reach {addrs} within {secs}s: {why}")]
+    Unreachable {
+        addrs: String,
+        secs: u64,
+        why: String,
+    },
+    #[error("network: {0}")]
+    Network(String),
+    #[error("verification failed: {0}")]
+    Verification(String),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Build(#[from] crate::manifest::BuildError),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

@@ -1,0 +1,344 @@
+//! One connection's tasks: the authenticated handshake, the control-stream
+//! reader and writer, and the server for the peer's request streams. They
+//! report to the engine through its bounded event channel and never touch
+//! swarm state themselves.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::{Context, bail};
+use bitvec::prelude::*;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::timeout;
+
+use super::HANDSHAKE_TIMEOUT;
+use super::auth::{self, Role};
+use super::engine::Event;
+use crate::core::PeerKey;
+use crate::manifest::ManifestId;
+use crate::storage::Content;
+use crate::wire::{
+    Hello, MAX_FRAME, Message, PROTOCOL_VERSION, PeerId, REQUEST_LEN, Request, Status,
+};
+
+/// Application close codes.
+pub mod close {
+    pub const DONE: u32 = 0;
+    pub const AUTH: u32 = 1;
+    pub const PROTOCOL: u32 = 2;
+    pub const DUPLICATE: u32 = 3;
+    pub const CORRUPT: u32 = 4;
+    pub const CANCEL: u32 = 5;
+}
+
+/// Concurrent request streams served per connection.
+const SERVE_CONCURRENCY: usize = 16;
+/// Chunk size when streaming a piece from disk.
+const SERVE_CHUNK: usize = 1 << 20;
+/// Capacity of each peer's outgoing control-message queue.
+pub const CONTROL_QUEUE: usize = 256;
+
+static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
+
+/// What this host says about itself in a handshake.
+#[derive(Clone)]
+pub struct Identity {
+    pub manifest_id: ManifestId,
+    pub secret: [u8; 32],
+    pub peer_id: PeerId,
+    pub group: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+/// An authenticated connection, ready to hand to the engine.
+pub struct Handshaken {
+    pub conn: Connection,
+    pub hello: Hello,
+    pub send: SendStream,
+    pub recv: RecvStream,
+    pub dialed: bool,
+}
+
+pub async fn read_frame(recv: &mut RecvStream) -> anyhow::Result<Message> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let n = Message::frame_len(len)?;
+    let mut body = vec![0u8; n.min(MAX_FRAME)];
+    recv.read_exact(&mut body).await?;
+    Ok(Message::decode(&body)?)
+}
+
+fn hello(id: &Identity, conn: &Connection, role: Role) -> anyhow::Result<Message> {
+    Ok(Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        manifest_id: id.manifest_id,
+        peer_id: id.peer_id,
+        group: id.group.clone(),
+        addrs: id.addrs.clone(),
+        proof: auth::proof(conn, &id.secret, role)?,
+    }))
+}
+
+/// Checks the peer's Hello; on failure closes the connection before
+/// anything else is sent.
+fn check_hello(
+    id: &Identity,
+    conn: &Connection,
+    msg: Message,
+    their_role: Role,
+) -> anyhow::Result<Hello> {
+    let Message::Hello(h) = msg else {
+        conn.close(close::PROTOCOL.into(), b"expected hello");
+        bail!("peer did not start with a hello");
+    };
+    if !auth::check(conn, &id.secret, their_role, &h.proof) {
+        conn.close(close::AUTH.into(), b"auth failed");
+        bail!("peer failed authentication (wrong swarm secret)");
+    }
+    if h.version != PROTOCOL_VERSION || h.manifest_id != id.manifest_id {
+        conn.close(close::PROTOCOL.into(), b"version or manifest mismatch");
+        bail!(
+            "peer speaks version {} for manifest {}",
+            h.version,
+            h.manifest_id
+        );
+    }
+    if h.peer_id == id.peer_id {
+        conn.close(close::DUPLICATE.into(), b"self");
+        bail!("connected to ourselves");
+    }
+    Ok(h)
+}
+
+pub async fn handshake_dialer(id: &Identity, conn: Connection) -> anyhow::Result<Handshaken> {
+    let work = async {
+        let (mut send, mut recv) = conn.open_bi().await?;
+        send.write_all(&hello(id, &conn, Role::Dialer)?.encode_frame())
+            .await?;
+        let msg = read_frame(&mut recv).await?;
+        let hello = check_hello(id, &conn, msg, Role::Acceptor)?;
+        Ok::<_, anyhow::Error>((hello, send, recv))
+    };
+    let (hello, send, recv) = timeout(HANDSHAKE_TIMEOUT, work)
+        .await
+        .context("handshake timed out")??;
+    Ok(Handshaken {
+        conn,
+        hello,
+        send,
+        recv,
+        dialed: true,
+    })
+}
+
+pub async fn handshake_acceptor(id: &Identity, conn: Connection) -> anyhow::Result<Handshaken> {
+    let work = async {
+        let (mut send, mut recv) = conn.accept_bi().await?;
+        let msg = read_frame(&mut recv).await?;
+        let hello = check_hello(id, &conn, msg, Role::Dialer)?;
+        send.write_all(&hello_msg_or_close(id, &conn)?.encode_frame())
+            .await?;
+        Ok::<_, anyhow::Error>((hello, send, recv))
+    };
+    let r = timeout(HANDSHAKE_TIMEOUT, work).await;
+    match r {
+        Ok(Ok((hello, send, recv))) => Ok(Handshaken {
+            conn,
+            hello,
+            send,
+            recv,
+            dialed: false,
+        }),
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            conn.close(close::PROTOCOL.into(), b"handshake timeout");
+            bail!("handshake timed out")
+        }
+    }
+}
+
+fn hello_msg_or_close(id: &Identity, conn: &Connection) -> anyhow::Result<Message> {
+    hello(id, conn, Role::Acceptor).inspect_err(|_| conn.close(close::PROTOCOL.into(), b"internal"))
+}
+
+/// The engine's handle to a running peer.
+pub struct PeerHandle {
+    pub key: PeerKey,
+    pub conn: Connection,
+    pub dialed: bool,
+    pub control: mpsc::Sender<Message>,
+}
+
+/// Starts the peer's tasks; returns the engine's handle.
+pub fn start(
+    h: Handshaken,
+    events: mpsc::Sender<Event>,
+    have: watch::Receiver<Arc<BitVec>>,
+) -> PeerHandle {
+    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
+    let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
+    tokio::spawn(control_writer(h.send, rx, have));
+    tokio::spawn(control_reader(key, h.recv, events.clone()));
+    tokio::spawn(serve_requests(key, h.conn.clone(), events));
+    PeerHandle {
+        key,
+        conn: h.conn,
+        dialed: h.dialed,
+        control: tx,
+    }
+}
+
+async fn control_reader(key: PeerKey, mut recv: RecvStream, events: mpsc::Sender<Event>) {
+    let why = loop {
+        match read_frame(&mut recv).await {
+            Ok(msg) => {
+                if events.send(Event::PeerMsg { key, msg }).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => break e.to_string(),
+        }
+    };
+    let _ = events.send(Event::PeerDown { key, why }).await;
+}
+
+/// Sends our bitfield first, then a Have for every piece we gain (from the
+/// engine's watch channel: coalesced, never an unbounded queue), and the
+/// messages the engine queues.
+async fn control_writer(
+    mut send: SendStream,
+    mut rx: mpsc::Receiver<Message>,
+    mut have: watch::Receiver<Arc<BitVec>>,
+) {
+    let mut sent: BitVec = have.borrow_and_update().as_ref().clone();
+    let first: BitVec<u8, Lsb0> = sent.iter().by_vals().collect();
+    if send
+        .write_all(&Message::Bitfield(first).encode_frame())
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let frames: Vec<u8> = tokio::select! {
+            changed = have.changed() => {
+                if changed.is_err() { return; }
+                let now = have.borrow_and_update().clone();
+                let mut out = Vec::new();
+                for i in now.iter_ones() {
+                    if !sent[i] {
+                        out.extend(Message::Have(i as u32).encode_frame());
+                    }
+                }
+                sent = now.as_ref().clone();
+                out
+            }
+            msg = rx.recv() => match msg {
+                Some(m) => m.encode_frame(),
+                None => return,
+            },
+        };
+        if !frames.is_empty() && send.write_all(&frames).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Why the engine allowed or refused a request, with what to read from.
+pub enum ServeAnswer {
+    Piece {
+        content: Arc<Content>,
+        offset: u64,
+        len: u64,
+    },
+    Manifest(Arc<Vec<u8>>),
+    Refuse(Status),
+}
+
+async fn serve_requests(key: PeerKey, conn: Connection, events: mpsc::Sender<Event>) {
+    let limit = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
+        };
+        let events = events.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = serve_one(key, send, recv, &events).await {
+                tracing::debug!(peer = key, "serving a request failed: {e:#}");
+            }
+        });
+    }
+}
+
+async fn serve_one(
+    key: PeerKey,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    events: &mpsc::Sender<Event>,
+) -> anyhow::Result<()> {
+    let mut raw = [0u8; REQUEST_LEN];
+    timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut raw))
+        .await
+        .context("request timed out")??;
+    let req = Request::decode(raw)?;
+    let (reply, answer) = oneshot::channel();
+    events.send(Event::ServeAsk { key, req, reply }).await?;
+    match answer.await? {
+        ServeAnswer::Refuse(status) => {
+            send.write_all(&[status as u8]).await?;
+            send.finish()?;
+        }
+        ServeAnswer::Manifest(bytes) => {
+            send.write_all(&[Status::Ok as u8]).await?;
+            send.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+            send.write_all(&bytes).await?;
+            send.finish()?;
+        }
+        ServeAnswer::Piece {
+            content,
+            offset,
+            len,
+        } => {
+            let Request::Piece(piece) = req else {
+                bail!("piece answer to a manifest request")
+            };
+            let result = send_piece(&mut send, content, offset, len).await;
+            let sent = *result.as_ref().unwrap_or(&0);
+            events
+                .send(Event::ServeEnded {
+                    key,
+                    piece,
+                    bytes: sent,
+                    completed: result.is_ok(),
+                })
+                .await?;
+            result?;
+        }
+    }
+    Ok(())
+}
+
+async fn send_piece(
+    send: &mut SendStream,
+    content: Arc<Content>,
+    offset: u64,
+    len: u64,
+) -> anyhow::Result<u64> {
+    send.write_all(&[Status::Ok as u8]).await?;
+    let mut done = 0u64;
+    let mut buf = Vec::with_capacity(SERVE_CHUNK);
+    while done < len {
+        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+        let c = content.clone();
+        buf.resize(n, 0);
+        let at = offset + done;
+        buf = tokio::task::spawn_blocking(move || c.read_at(at, &mut buf).map(|_| buf)).await??;
+        send.write_all(&buf).await?;
+        done += n as u64;
+    }
+    send.finish()?;
+    Ok(done)
+}

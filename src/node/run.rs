@@ -1,0 +1,275 @@
+//! Entry points: `seed` and `join`. They set up the endpoint, the identity
+//! and the storage, then hand everything to the engine.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::engine::{self, EVENT_QUEUE, Engine, Event, Exit, Parts};
+use super::peer::{Handshaken, Identity};
+use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, tls};
+use crate::manifest::{self, Manifest};
+use crate::storage::{Content, Partial};
+use crate::ticket::Ticket;
+
+fn endpoint(listen: SocketAddr, tuning: &tls::Tuning) -> Result<quinn::Endpoint, NodeError> {
+    let mut ep = quinn::Endpoint::server(tls::server_config(tuning)?, listen)
+        .map_err(|e| NodeError::Network(format!("cannot listen on {listen}: {e}")))?;
+    ep.set_default_client_config(tls::client_config(tuning)?);
+    Ok(ep)
+}
+
+/// What we advertise: an unspecified IP stands for "where you see me".
+fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
+    let local = ep
+        .local_addr()
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    Ok(vec![local])
+}
+
+/// Addresses for the ticket: the listen address, or every non-loopback
+/// interface address when listening on all of them.
+fn ticket_addrs(local: SocketAddr) -> Vec<SocketAddr> {
+    if !local.ip().is_unspecified() {
+        return vec![local];
+    }
+    let v4 = local.is_ipv4();
+    let mut addrs: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| !i.is_loopback() && i.ip().is_ipv4() == v4)
+        .filter(|i| !matches!(i.ip(), IpAddr::V6(ip) if ip.is_unicast_link_local()))
+        .map(|i| SocketAddr::new(i.ip(), local.port()))
+        .collect();
+    if addrs.is_empty() {
+        let lo: IpAddr = if v4 {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        };
+        addrs.push(SocketAddr::new(lo, local.port()));
+    }
+    addrs.truncate(crate::ticket::MAX_ADDRS);
+    addrs
+}
+
+/// Seeds `cfg.path`. `on_ticket` receives the ticket once the manifest is
+/// built and the endpoint listens.
+pub async fn seed(
+    cfg: SeedConfig,
+    on_ticket: impl FnOnce(&Ticket, &Manifest),
+    status: watch::Sender<Status>,
+    stop: CancellationToken,
+) -> Result<Report, NodeError> {
+    let started = Instant::now();
+    let path = cfg.path.clone();
+    let piece_size = cfg.piece_size;
+    let m = tokio::task::spawn_blocking(move || manifest::build(&path, piece_size))
+        .await
+        .map_err(anyhow::Error::from)??;
+    let bytes = m.encode();
+    let ep = endpoint(cfg.listen, &cfg.tuning)?;
+    let local = ep
+        .local_addr()
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    let ticket = Ticket {
+        manifest_id: m.id(),
+        secret: rand::random(),
+        addrs: ticket_addrs(local),
+    };
+    on_ticket(&ticket, &m);
+    let content = Content::open(cfg.path.clone(), &m.files(), false)
+        .map_err(|e| NodeError::Other(anyhow::anyhow!("{}: {e}", cfg.path.display())))?;
+    let id = Identity {
+        manifest_id: ticket.manifest_id,
+        secret: ticket.secret,
+        peer_id: rand::random(),
+        group: cfg.group.clone(),
+        addrs: advertised(&ep)?,
+    };
+    let n = m.piece_count();
+    let report = Report {
+        role: "seed".into(),
+        peer_id: hex(&id.peer_id),
+        manifest_id: hex(&m.id().0),
+        bytes_total: m.total_size(),
+        pieces_total: n,
+        seed_peer_id: Some(hex(&id.peer_id)),
+        ..Default::default()
+    };
+    let parts = Parts {
+        id,
+        manifest: Arc::new(m),
+        manifest_bytes: Arc::new(bytes),
+        content,
+        have: bitvec::bitvec![1; n],
+        partial: None,
+        endpoint: ep,
+        exit: Exit {
+            linger: Default::default(),
+            exit_on_complete: false,
+            until_done: cfg.until_done,
+            force: false,
+        },
+        status,
+        started,
+        seed_id: None,
+        report,
+    };
+    run_engine(parts, None, stop).await
+}
+
+async fn run_engine(
+    parts: Parts,
+    first: Option<Handshaken>,
+    stop: CancellationToken,
+) -> Result<Report, NodeError> {
+    let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+    let ep = parts.endpoint.clone();
+    let id = parts.id.clone();
+    let engine = Engine::new(parts, tx.clone(), rx);
+    if let Some(h) = first {
+        tx.send(Event::Connected(Box::new(h)))
+            .await
+            .map_err(anyhow::Error::from)?;
+    }
+    let acceptor = tokio::spawn(engine::accept_loop(ep, id, tx));
+    let r = engine.run(stop).await;
+    acceptor.abort();
+    r
+}
+
+/// Joins the swarm of `cfg.ticket` and places the copy in `cfg.dest_dir`.
+pub async fn join(
+    cfg: JoinConfig,
+    status: watch::Sender<Status>,
+    stop: CancellationToken,
+) -> Result<Report, NodeError> {
+    let started = Instant::now();
+    if !cfg.dest_dir.is_dir() {
+        return Err(crate::storage::StorageError::NoDestDir(cfg.dest_dir.clone()).into());
+    }
+    let ep = endpoint(cfg.listen, &cfg.tuning)?;
+    let mut id = Identity {
+        manifest_id: cfg.ticket.manifest_id,
+        secret: cfg.ticket.secret,
+        peer_id: rand::random(),
+        group: cfg.group.clone(),
+        addrs: advertised(&ep)?,
+    };
+    id.addrs.truncate(crate::wire::MAX_ADDRS);
+    let first = tokio::select! {
+        r = bootstrap(&ep, &id, &cfg) => r?,
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
+    let (m, bytes) = tokio::select! {
+        r = fetch::manifest(&first.conn, cfg.ticket.manifest_id) => r?,
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
+    let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
+    let m = Arc::new(m);
+    let m2 = m.clone();
+    let (partial, content, have) = tokio::task::spawn_blocking(move || {
+        let partial = Partial::prepare(&dest, &m2, force)?;
+        let content = partial.content(&m2)?;
+        let have = if partial.resumed {
+            partial.scan(&m2, &content)?
+        } else {
+            bitvec::bitvec![0; m2.piece_count()]
+        };
+        Ok::<_, crate::storage::StorageError>((partial, content, have))
+    })
+    .await
+    .map_err(anyhow::Error::from)??;
+    let resumed = have.count_ones();
+    if resumed > 0 {
+        tracing::info!(
+            "resuming: {resumed} of {} pieces already on disk",
+            m.piece_count()
+        );
+    }
+    let report = Report {
+        role: "join".into(),
+        peer_id: hex(&id.peer_id),
+        manifest_id: hex(&m.id().0),
+        bytes_total: m.total_size(),
+        pieces_total: m.piece_count(),
+        pieces_resumed: resumed,
+        seed_peer_id: Some(hex(&first.hello.peer_id)),
+        ..Default::default()
+    };
+    let parts = Parts {
+        seed_id: Some(first.hello.peer_id),
+        id,
+        manifest: m,
+        manifest_bytes: Arc::new(bytes),
+        content,
+        have,
+        partial: Some(partial),
+        endpoint: ep,
+        exit: Exit {
+            linger: cfg.linger,
+            exit_on_complete: cfg.exit_on_complete,
+            until_done: None,
+            force: cfg.force,
+        },
+        status,
+        started,
+        report,
+    };
+    run_engine(parts, Some(first), stop).await
+}
+
+/// Dials every ticket address at once; the first authenticated connection wins.
+async fn bootstrap(
+    ep: &quinn::Endpoint,
+    id: &Identity,
+    cfg: &JoinConfig,
+) -> Result<Handshaken, NodeError> {
+    let mut set = tokio::task::JoinSet::new();
+    for &addr in &cfg.ticket.addrs {
+        let (ep, id) = (ep.clone(), id.clone());
+        set.spawn(async move { (addr, engine::connect(&ep, &id, addr).await) });
+    }
+    let all = cfg
+        .ticket
+        .addrs
+        .iter()
+        .map(|a| a.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut errors = Vec::new();
+    let deadline = tokio::time::sleep(cfg.connect_timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            r = set.join_next() => match r {
+                Some(Ok((_, Ok(h)))) => return Ok(h),
+                Some(Ok((addr, Err(e)))) => errors.push(format!("{addr}: {e:#}")),
+                Some(Err(e)) => errors.push(e.to_string()),
+                None => break,
+            },
+            _ = &mut deadline => {
+                errors.push("timed out".into());
+                break;
+            }
+        }
+    }
+    let authish = errors
+        .iter()
+        .any(|e| e.contains("authentication") || e.contains("manifest"));
+    let why = errors.join("; ");
+    if authish {
+        return Err(NodeError::Verification(format!(
+            "the seed at {all} rejected the ticket: {why}"
+        )));
+    }
+    Err(NodeError::Unreachable {
+        addrs: all,
+        secs: cfg.connect_timeout.as_secs(),
+        why,
+    })
+}

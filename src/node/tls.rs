@@ -1,0 +1,144 @@
+//! QUIC endpoint configuration: TLS 1.3 with a certificate made at start by
+//! rcgen, and transport parameters sized for bulk transfer.
+//!
+//! Certificates are not how peers trust each other (there is no CA); the
+//! swarm secret is, through a proof bound to the TLS session (`auth`). The
+//! client therefore accepts any certificate but still checks that the server
+//! holds its key (handshake signatures are verified), so the TLS exporter
+//! value is unique to this session.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use quinn::congestion;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
+
+use crate::wire::ALPN;
+
+/// Transport choices; see docs/architecture.md ("QUIC tuning") for the
+/// measurements behind the defaults. `SWARM_QUIC_CC` (cubic, bbr, newreno)
+/// and `SWARM_QUIC_WINDOW` (bytes) override them for experiments.
+#[derive(Clone, Debug)]
+pub struct Tuning {
+    pub congestion: String,
+    pub stream_window: u64,
+    pub conn_window: u64,
+    pub send_window: u64,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        let env = |k: &str| std::env::var(k).ok();
+        let window = env("SWARM_QUIC_WINDOW").and_then(|w| w.parse().ok());
+        Tuning {
+            congestion: env("SWARM_QUIC_CC").unwrap_or_else(|| "cubic".into()),
+            stream_window: window.unwrap_or(8 << 20),
+            conn_window: window.map_or(32 << 20, |w| w * 4),
+            send_window: window.map_or(32 << 20, |w| w * 4),
+        }
+    }
+}
+
+fn transport(t: &Tuning) -> anyhow::Result<quinn::TransportConfig> {
+    let mut c = quinn::TransportConfig::default();
+    c.max_concurrent_bidi_streams(256u32.into())
+        .max_concurrent_uni_streams(0u32.into())
+        .stream_receive_window(quinn::VarInt::from_u64(t.stream_window)?)
+        .receive_window(quinn::VarInt::from_u64(t.conn_window)?)
+        .send_window(t.send_window)
+        .keep_alive_interval(Some(Duration::from_secs(3)))
+        .max_idle_timeout(Some(Duration::from_secs(15).try_into()?))
+        .initial_rtt(Duration::from_millis(10));
+    match t.congestion.as_str() {
+        "cubic" => c.congestion_controller_factory(Arc::new(congestion::CubicConfig::default())),
+        "bbr" => c.congestion_controller_factory(Arc::new(congestion::BbrConfig::default())),
+        "newreno" => {
+            c.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
+        }
+        other => anyhow::bail!("unknown congestion controller {other:?} (cubic, bbr, newreno)"),
+    };
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    // Probe up to jumbo frames; on a 1500-byte network the probes simply fail.
+    mtu.upper_bound(8952);
+    c.mtu_discovery_config(Some(mtu));
+    Ok(c)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn server_config(t: &Tuning) -> anyhow::Result<quinn::ServerConfig> {
+    let key = rcgen::generate_simple_self_signed(vec!["swarm".to_string()])
+        .context("making a certificate")?;
+    let cert = CertificateDer::from(key.cert);
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.signing_key.serialize_der()));
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.max_early_data_size = 0;
+    let mut c = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
+    c.transport_config(Arc::new(transport(t)?));
+    Ok(c)
+}
+
+pub fn client_config(t: &Tuning) -> anyhow::Result<quinn::ClientConfig> {
+    let p = provider();
+    let verifier = Arc::new(AnyCert(p.signature_verification_algorithms));
+    let mut tls = rustls::ClientConfig::builder_with_provider(p)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .dangerous()
+        .with_custom_certificate_verifier(verifier)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
+    c.transport_config(Arc::new(transport(t)?));
+    Ok(c)
+}
+
+/// Accepts any certificate; checks handshake signatures.
+#[derive(Debug)]
+struct AnyCert(WebPkiSupportedAlgorithms);
+
+impl ServerCertVerifier for AnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_schemes()
+    }
+}

@@ -1,0 +1,9 @@
+//! Disk I/O: reading and writing pieces in place (`Content`), and the
+//! download target (`Partial`): a partial file or tree next to the final
+//! destination, verified on resume and renamed into place when complete.
+
+mod content;
+mod partial;
+
+pub use content::Content;
+pub use partial::{Partial, StorageError};

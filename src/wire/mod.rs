@@ -1,0 +1,240 @@
+//! Wire messages (see docs/protocol.md). Pure encode/decode with named limits;
+//! decoders return errors and never panic.
+//!
+//! * Control stream (the first bidirectional stream the dialer opens): a
+//!   sequence of frames `len u32 | type u8 | body`, `len` covering type and
+//!   body and at most `MAX_FRAME`.
+//! * Request streams (one bidirectional stream per request): the requester
+//!   writes a `Request`, the holder answers with a status byte and then the
+//!   bytes (a piece, or `len u32` + the manifest).
+
+use std::net::SocketAddr;
+
+use bitvec::prelude::*;
+
+use crate::codec::{DecodeError, Reader, Writer, check_limit};
+use crate::manifest::ManifestId;
+use crate::ticket::{decode_addr, encode_addr};
+
+pub const PROTOCOL_VERSION: u16 = 1;
+pub const ALPN: &[u8] = b"swarm/1";
+pub const MAX_FRAME: usize = 1 << 20;
+pub const MAX_GROUP_LEN: usize = 64;
+pub const MAX_ADDRS: usize = 16;
+pub const MAX_PEERS: usize = 512;
+pub const MAX_BITFIELD_BITS: usize = crate::manifest::MAX_PIECES;
+
+pub type PeerId = [u8; 16];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub id: PeerId,
+    pub group: String,
+    pub addrs: Vec<SocketAddr>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u16,
+    pub manifest_id: ManifestId,
+    pub peer_id: PeerId,
+    pub group: String,
+    /// Where this host accepts connections. An unspecified IP (0.0.0.0)
+    /// means "the address you see me at", with this port.
+    pub addrs: Vec<SocketAddr>,
+    /// keyed blake3 of the TLS exporter value under the swarm secret.
+    pub proof: [u8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Bitfield(BitVec<u8, Lsb0>),
+    Have(u32),
+    Peers(Vec<PeerInfo>),
+    /// The sender has every piece.
+    Done,
+}
+
+mod code {
+    pub const HELLO: u8 = 1;
+    pub const BITFIELD: u8 = 2;
+    pub const HAVE: u8 = 3;
+    pub const PEERS: u8 = 4;
+    pub const DONE: u8 = 5;
+}
+
+impl Message {
+    /// Encodes a whole frame, length prefix included.
+    pub fn encode_frame(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.u32(0);
+        match self {
+            Message::Hello(h) => {
+                w.u8(code::HELLO);
+                w.u16(h.version);
+                w.bytes(&h.manifest_id.0);
+                w.bytes(&h.peer_id);
+                w.str16(&h.group);
+                encode_addrs(&mut w, &h.addrs);
+                w.bytes(&h.proof);
+            }
+            Message::Bitfield(bits) => {
+                w.u8(code::BITFIELD);
+                w.u32(bits.len() as u32);
+                w.bytes(bits.as_raw_slice());
+            }
+            Message::Have(i) => {
+                w.u8(code::HAVE);
+                w.u32(*i);
+            }
+            Message::Peers(peers) => {
+                w.u8(code::PEERS);
+                let peers = &peers[..peers.len().min(MAX_PEERS)];
+                w.u16(peers.len() as u16);
+                for p in peers {
+                    w.bytes(&p.id);
+                    w.str16(&p.group);
+                    encode_addrs(&mut w, &p.addrs);
+                }
+            }
+            Message::Done => w.u8(code::DONE),
+        }
+        let len = (w.buf.len() - 4) as u32;
+        w.buf[..4].copy_from_slice(&len.to_le_bytes());
+        w.buf
+    }
+
+    /// Reads a frame's length prefix; rejects empty or oversized frames.
+    pub fn frame_len(header: [u8; 4]) -> Result<usize, DecodeError> {
+        let len = u32::from_le_bytes(header) as usize;
+        check_limit("frame length", len as u64, MAX_FRAME as u64)?;
+        if len == 0 {
+            return Err(DecodeError::invalid("frame", "empty"));
+        }
+        Ok(len)
+    }
+
+    /// Decodes a frame body (type byte and body, without the length prefix).
+    pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
+        check_limit("frame length", frame.len() as u64, MAX_FRAME as u64)?;
+        let mut r = Reader::new(frame);
+        let msg = match r.u8()? {
+            code::HELLO => Message::Hello(Hello {
+                version: r.u16()?,
+                manifest_id: ManifestId(r.array()?),
+                peer_id: r.array()?,
+                group: group(&mut r)?,
+                addrs: decode_addrs(&mut r)?,
+                proof: r.array()?,
+            }),
+            code::BITFIELD => {
+                let n = r.u32()? as usize;
+                check_limit("bitfield length", n as u64, MAX_BITFIELD_BITS as u64)?;
+                let raw = r.bytes(n.div_ceil(8))?;
+                let mut bits = BitVec::<u8, Lsb0>::from_slice(raw);
+                if bits[n..].any() {
+                    return Err(DecodeError::invalid("bitfield", "padding bits set"));
+                }
+                bits.truncate(n);
+                Message::Bitfield(bits)
+            }
+            code::HAVE => Message::Have(r.u32()?),
+            code::PEERS => {
+                let n = r.u16()? as usize;
+                check_limit("peer count", n as u64, MAX_PEERS as u64)?;
+                let mut peers = Vec::with_capacity(n.min(r.remaining() / 19));
+                for _ in 0..n {
+                    peers.push(PeerInfo {
+                        id: r.array()?,
+                        group: group(&mut r)?,
+                        addrs: decode_addrs(&mut r)?,
+                    });
+                }
+                Message::Peers(peers)
+            }
+            code::DONE => Message::Done,
+            t => return Err(DecodeError::invalid("message type", t.to_string())),
+        };
+        r.finish()?;
+        Ok(msg)
+    }
+}
+
+fn group(r: &mut Reader) -> Result<String, DecodeError> {
+    Ok(r.str16("group name", MAX_GROUP_LEN)?.to_string())
+}
+
+fn encode_addrs(w: &mut Writer, addrs: &[SocketAddr]) {
+    let addrs = &addrs[..addrs.len().min(MAX_ADDRS)];
+    w.u8(addrs.len() as u8);
+    for a in addrs {
+        encode_addr(w, a);
+    }
+}
+
+fn decode_addrs(r: &mut Reader) -> Result<Vec<SocketAddr>, DecodeError> {
+    let n = r.u8()? as usize;
+    check_limit("address count", n as u64, MAX_ADDRS as u64)?;
+    (0..n).map(|_| decode_addr(r)).collect()
+}
+
+/// First bytes of a request stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    Piece(u32),
+    Manifest,
+}
+
+pub const REQUEST_LEN: usize = 5;
+
+impl Request {
+    pub fn encode(&self) -> [u8; REQUEST_LEN] {
+        let (t, i) = match self {
+            Request::Piece(i) => (1u8, *i),
+            Request::Manifest => (2u8, 0),
+        };
+        let mut out = [0u8; REQUEST_LEN];
+        out[0] = t;
+        out[1..].copy_from_slice(&i.to_le_bytes());
+        out
+    }
+
+    pub fn decode(b: [u8; REQUEST_LEN]) -> Result<Request, DecodeError> {
+        let i = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
+        match b[0] {
+            1 => Ok(Request::Piece(i)),
+            2 if i == 0 => Ok(Request::Manifest),
+            t => Err(DecodeError::invalid(
+                "request",
+                format!("type {t}, argument {i}"),
+            )),
+        }
+    }
+}
+
+/// First byte of an answer on a request stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// The bytes follow.
+    Ok = 0,
+    /// The holder does not have it.
+    Missing = 1,
+    /// The holder wants the requester to fetch this piece elsewhere for now
+    /// (the seed spreading distinct pieces first).
+    Elsewhere = 2,
+}
+
+impl Status {
+    pub fn decode(b: u8) -> Result<Status, DecodeError> {
+        match b {
+            0 => Ok(Status::Ok),
+            1 => Ok(Status::Missing),
+            2 => Ok(Status::Elsewhere),
+            s => Err(DecodeError::invalid("status", s.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,96 @@
+use super::*;
+use proptest::prelude::*;
+
+fn hello() -> Hello {
+    Hello {
+        version: PROTOCOL_VERSION,
+        manifest_id: ManifestId([7; 32]),
+        peer_id: [1; 16],
+        group: "dc1".into(),
+        addrs: vec!["10.0.0.1:7000".parse().unwrap()],
+        proof: [9; 32],
+    }
+}
+
+fn round_trip(m: &Message) -> Message {
+    let frame = m.encode_frame();
+    let len = Message::frame_len(frame[..4].try_into().unwrap()).unwrap();
+    assert_eq!(len, frame.len() - 4);
+    Message::decode(&frame[4..]).unwrap()
+}
+
+#[test]
+fn pinned_bytes() {
+    assert_eq!(
+        Message::Have(0x0102_0304).encode_frame(),
+        [5, 0, 0, 0, 3, 4, 3, 2, 1]
+    );
+    assert_eq!(Message::Done.encode_frame(), [1, 0, 0, 0, 5]);
+    let bits: BitVec<u8, Lsb0> = [true, false, true, true, false, false, false, false, true]
+        .into_iter()
+        .collect();
+    assert_eq!(
+        Message::Bitfield(bits).encode_frame(),
+        [7, 0, 0, 0, 2, 9, 0, 0, 0, 0b0000_1101, 0b0000_0001]
+    );
+    assert_eq!(Request::Piece(258).encode(), [1, 2, 1, 0, 0]);
+    assert_eq!(Request::Manifest.encode(), [2, 0, 0, 0, 0]);
+}
+
+#[test]
+fn every_message_round_trips() {
+    let msgs = [
+        Message::Hello(hello()),
+        Message::Bitfield(bitvec![u8, Lsb0; 1, 0, 1]),
+        Message::Have(42),
+        Message::Peers(vec![PeerInfo {
+            id: [3; 16],
+            group: "dc2".into(),
+            addrs: vec!["[::1]:5".parse().unwrap(), "1.2.3.4:5".parse().unwrap()],
+        }]),
+        Message::Done,
+    ];
+    for m in &msgs {
+        assert_eq!(&round_trip(m), m);
+    }
+}
+
+#[test]
+fn limits_are_enforced() {
+    assert!(Message::frame_len((MAX_FRAME as u32 + 1).to_le_bytes()).is_err());
+    assert!(Message::frame_len([0; 4]).is_err());
+    // bitfield claiming more bits than allowed
+    let mut f = vec![code::BITFIELD];
+    f.extend_from_slice(&u32::MAX.to_le_bytes());
+    assert!(matches!(
+        Message::decode(&f),
+        Err(DecodeError::TooLarge { .. })
+    ));
+    // padding bits set
+    assert!(Message::decode(&[code::BITFIELD, 3, 0, 0, 0, 0xff]).is_err());
+    // group name too long
+    let mut h = hello();
+    h.group = "x".repeat(65);
+    assert!(Message::decode(&Message::Hello(h).encode_frame()[4..]).is_err());
+    assert!(Message::decode(&[99]).is_err());
+    assert!(Message::decode(&[]).is_err());
+    assert!(Request::decode([2, 1, 0, 0, 0]).is_err());
+    assert!(Status::decode(3).is_err());
+}
+
+proptest! {
+    #[test]
+    fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        if let Ok(m) = Message::decode(&bytes) {
+            // whatever decodes re-encodes to the same bytes
+            prop_assert_eq!(&m.encode_frame()[4..], &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn bitfields_round_trip(bits in proptest::collection::vec(any::<bool>(), 0..3000)) {
+        let bv: BitVec<u8, Lsb0> = bits.into_iter().collect();
+        let m = Message::Bitfield(bv);
+        prop_assert_eq!(round_trip(&m), m);
+    }
+}
