@@ -53,6 +53,9 @@ pub struct SeedArgs {
     /// Datacenter group of this host.
     #[arg(long, default_value = "default")]
     pub group: String,
+    /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
+    #[arg(long, value_name = "RATE")]
+    pub upload_limit: Option<String>,
     /// Write a JSON report of the run to FILE.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -82,6 +85,9 @@ pub struct JoinArgs {
     /// How long to try reaching the seed.
     #[arg(long, default_value = "15s")]
     pub connect_timeout: String,
+    /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
+    #[arg(long, value_name = "RATE")]
+    pub upload_limit: Option<String>,
     /// Write a JSON report of the run to FILE.
     #[arg(long)]
     pub report: Option<PathBuf>,

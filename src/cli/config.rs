@@ -43,8 +43,15 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
         piece_size,
         until_done: a.until_done,
         group: group(&a.group)?,
+        upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
     })
+}
+
+fn upload_limit(a: &Option<String>) -> Result<Option<u64>, String> {
+    a.as_deref()
+        .map(|s| units::rate("--upload-limit", s))
+        .transpose()
 }
 
 pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
@@ -69,6 +76,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         force: a.force,
         group: group(&a.group)?,
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
+        upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
     })
 }

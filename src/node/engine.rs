@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
+use super::rate::RateLimit;
 use super::{ALONE_TIMEOUT, NodeError, Report, Status, fetch, hex};
 use crate::core::{Download, Failure, PeerKey, Spreader};
 use crate::manifest::Manifest;
@@ -120,6 +121,7 @@ pub struct Engine {
     alone_since: Option<Instant>,
     all_done_since: Option<Instant>,
     seed_id: Option<PeerId>,
+    upload_limit: Option<Arc<RateLimit>>,
 }
 
 pub struct Parts {
@@ -135,6 +137,7 @@ pub struct Parts {
     pub started: Instant,
     pub seed_id: Option<PeerId>,
     pub report: Report,
+    pub upload_limit: Option<u64>,
 }
 
 impl Engine {
@@ -172,6 +175,7 @@ impl Engine {
             alone_since: None,
             all_done_since: None,
             seed_id: p.seed_id,
+            upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
         }
     }
 
@@ -212,6 +216,15 @@ impl Engine {
         for t in self.fetches.values() {
             t.cancel();
         }
+        // Let the control writers deliver what is queued (Done above all),
+        // then close every connection.
+        let writers: Vec<_> = self.peers.drain().map(|(_, p)| p.handle.writer).collect();
+        let _ = tokio::time::timeout(peer::FLUSH_TIMEOUT, async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
         self.endpoint.close(close::DONE.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
@@ -536,6 +549,7 @@ impl Engine {
             content: self.content.clone(),
             offset,
             len,
+            limit: self.upload_limit.clone(),
         }
     }
 

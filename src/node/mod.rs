@@ -10,12 +10,13 @@
 //!                                           Have bitfield (watch), report
 //! ```
 
-mod auth;
+pub mod auth;
 mod engine;
 mod fetch;
 mod peer;
+mod rate;
 mod run;
-mod tls;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -45,6 +46,8 @@ pub struct SeedConfig {
     pub piece_size: Option<u64>,
     pub until_done: Option<usize>,
     pub group: String,
+    /// Bytes per second this host uploads at most.
+    pub upload_limit: Option<u64>,
     pub tuning: Tuning,
 }
 
@@ -58,6 +61,7 @@ pub struct JoinConfig {
     pub force: bool,
     pub group: String,
     pub connect_timeout: Duration,
+    pub upload_limit: Option<u64>,
     pub tuning: Tuning,
 }
 

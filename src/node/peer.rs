@@ -16,6 +16,7 @@ use tokio::time::timeout;
 use super::HANDSHAKE_TIMEOUT;
 use super::auth::{self, Role};
 use super::engine::Event;
+use super::rate::RateLimit;
 use crate::core::PeerKey;
 use crate::manifest::ManifestId;
 use crate::storage::Content;
@@ -39,6 +40,12 @@ const SERVE_CONCURRENCY: usize = 16;
 const SERVE_CHUNK: usize = 1 << 20;
 /// Capacity of each peer's outgoing control-message queue.
 pub const CONTROL_QUEUE: usize = 256;
+/// How long a closing host waits for its last control messages to arrive.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Close reasons a dialer recognizes as "the ticket is wrong".
+pub const REJECTED_AUTH: &str = "auth failed";
+pub const REJECTED_MANIFEST: &str = "version or manifest mismatch";
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
@@ -94,11 +101,11 @@ fn check_hello(
         bail!("peer did not start with a hello");
     };
     if !auth::check(conn, &id.secret, their_role, &h.proof) {
-        conn.close(close::AUTH.into(), b"auth failed");
+        conn.close(close::AUTH.into(), REJECTED_AUTH.as_bytes());
         bail!("peer failed authentication (wrong swarm secret)");
     }
     if h.version != PROTOCOL_VERSION || h.manifest_id != id.manifest_id {
-        conn.close(close::PROTOCOL.into(), b"version or manifest mismatch");
+        conn.close(close::PROTOCOL.into(), REJECTED_MANIFEST.as_bytes());
         bail!(
             "peer speaks version {} for manifest {}",
             h.version,
@@ -169,6 +176,8 @@ pub struct PeerHandle {
     pub conn: Connection,
     pub dialed: bool,
     pub control: mpsc::Sender<Message>,
+    /// The control writer; it finishes once `control` is dropped.
+    pub writer: tokio::task::JoinHandle<()>,
 }
 
 /// Starts the peer's tasks; returns the engine's handle.
@@ -179,18 +188,24 @@ pub fn start(
 ) -> PeerHandle {
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    tokio::spawn(control_writer(h.send, rx, have));
-    tokio::spawn(control_reader(key, h.recv, events.clone()));
+    let writer = tokio::spawn(control_writer(h.send, rx, have));
+    tokio::spawn(control_reader(key, h.conn.clone(), h.recv, events.clone()));
     tokio::spawn(serve_requests(key, h.conn.clone(), events));
     PeerHandle {
         key,
         conn: h.conn,
         dialed: h.dialed,
         control: tx,
+        writer,
     }
 }
 
-async fn control_reader(key: PeerKey, mut recv: RecvStream, events: mpsc::Sender<Event>) {
+async fn control_reader(
+    key: PeerKey,
+    conn: Connection,
+    mut recv: RecvStream,
+    events: mpsc::Sender<Event>,
+) {
     let why = loop {
         match read_frame(&mut recv).await {
             Ok(msg) => {
@@ -198,7 +213,12 @@ async fn control_reader(key: PeerKey, mut recv: RecvStream, events: mpsc::Sender
                     return;
                 }
             }
-            Err(e) => break e.to_string(),
+            Err(e) => {
+                if e.downcast_ref::<crate::codec::DecodeError>().is_some() {
+                    conn.close(close::PROTOCOL.into(), b"malformed frame");
+                }
+                break format!("{e:#}");
+            }
         }
     };
     let _ = events.send(Event::PeerDown { key, why }).await;
@@ -237,7 +257,12 @@ async fn control_writer(
             }
             msg = rx.recv() => match msg {
                 Some(m) => m.encode_frame(),
-                None => return,
+                None => {
+                    // the engine is done with this peer: flush and finish
+                    let _ = send.finish();
+                    let _ = tokio::time::timeout(FLUSH_TIMEOUT, send.stopped()).await;
+                    return;
+                }
             },
         };
         if !frames.is_empty() && send.write_all(&frames).await.is_err() {
@@ -252,6 +277,7 @@ pub enum ServeAnswer {
         content: Arc<Content>,
         offset: u64,
         len: u64,
+        limit: Option<Arc<RateLimit>>,
     },
     Manifest(Arc<Vec<u8>>),
     Refuse(Status),
@@ -301,11 +327,12 @@ async fn serve_one(
             content,
             offset,
             len,
+            limit,
         } => {
             let Request::Piece(piece) = req else {
                 bail!("piece answer to a manifest request")
             };
-            let result = send_piece(&mut send, content, offset, len).await;
+            let result = send_piece(&mut send, content, offset, len, limit).await;
             let sent = *result.as_ref().unwrap_or(&0);
             events
                 .send(Event::ServeEnded {
@@ -326,6 +353,7 @@ async fn send_piece(
     content: Arc<Content>,
     offset: u64,
     len: u64,
+    limit: Option<Arc<RateLimit>>,
 ) -> anyhow::Result<u64> {
     send.write_all(&[Status::Ok as u8]).await?;
     let mut done = 0u64;
@@ -336,6 +364,9 @@ async fn send_piece(
         buf.resize(n, 0);
         let at = offset + done;
         buf = tokio::task::spawn_blocking(move || c.read_at(at, &mut buf).map(|_| buf)).await??;
+        if let Some(l) = &limit {
+            l.acquire(n).await;
+        }
         send.write_all(&buf).await?;
         done += n as u64;
     }

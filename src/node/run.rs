@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::engine::{self, EVENT_QUEUE, Engine, Event, Exit, Parts};
-use super::peer::{Handshaken, Identity};
+use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
@@ -118,6 +118,7 @@ pub async fn seed(
         started,
         seed_id: None,
         report,
+        upload_limit: cfg.upload_limit,
     };
     run_engine(parts, None, stop).await
 }
@@ -219,6 +220,7 @@ pub async fn join(
         status,
         started,
         report,
+        upload_limit: cfg.upload_limit,
     };
     run_engine(parts, Some(first), stop).await
 }
@@ -260,7 +262,7 @@ async fn bootstrap(
     }
     let authish = errors
         .iter()
-        .any(|e| e.contains("authentication") || e.contains("manifest"));
+        .any(|e| e.contains(REJECTED_AUTH) || e.contains(REJECTED_MANIFEST));
     let why = errors.join("; ");
     if authish {
         return Err(NodeError::Verification(format!(

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs every check CI runs. Installs what the tests and benchmarks need
+# first (Debian packages via apt-get when run as root), so it works on a
+# fresh machine that has only the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# command:package pairs
+need=()
+for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 mount:mount; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
+done
+if ((${#need[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  else
+    echo "missing tools; install these packages first: ${need[*]}" >&2
+    exit 1
+  fi
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,136 @@
+//! Peers that misbehave on the wire are dropped; honest hosts finish.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use swarm::node::auth::{self, Role};
+use swarm::node::tls::{self, Tuning};
+use swarm::ticket::Ticket;
+use swarm::wire::{Hello, Message, PROTOCOL_VERSION};
+
+use crate::util::*;
+
+struct Hostile {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    _ep: quinn::Endpoint,
+}
+
+/// Connects to `addr` and sends a Hello, with a valid proof or not.
+async fn connect(addr: SocketAddr, t: &Ticket, valid_proof: bool) -> Hostile {
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(tls::client_config(&Tuning::default()).unwrap());
+    let conn = ep.connect(addr, "swarm").unwrap().await.unwrap();
+    let (mut send, recv) = conn.open_bi().await.unwrap();
+    let proof = if valid_proof {
+        auth::proof(&conn, &t.secret, Role::Dialer).unwrap()
+    } else {
+        [7; 32]
+    };
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        manifest_id: t.manifest_id,
+        peer_id: rand::random(),
+        group: "default".into(),
+        addrs: vec![],
+        proof,
+    });
+    send.write_all(&hello.encode_frame()).await.unwrap();
+    Hostile {
+        conn,
+        send,
+        recv,
+        _ep: ep,
+    }
+}
+
+async fn closed_with(conn: &quinn::Connection) -> u64 {
+    let e = tokio::time::timeout(Duration::from_secs(10), conn.closed())
+        .await
+        .expect("peer was not dropped");
+    match e {
+        quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+        other => panic!("closed by {other}"),
+    }
+}
+
+async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Message> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; Message::frame_len(len).ok()?];
+    recv.read_exact(&mut body).await.ok()?;
+    Message::decode(&body).ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peers_are_dropped_and_honest_ones_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    random_file(&src, 8 << 20, 3);
+    let seed = seed(&d, &src, &["--until-done", "2", "--piece-size", "256KiB"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let addr = t.addrs[0];
+
+    // no valid proof: closed, and nothing about the swarm is sent
+    let mut h = connect(addr, &t, false).await;
+    assert!(
+        read_frame(&mut h.recv).await.is_none(),
+        "an unauthenticated peer got a message"
+    );
+    assert_eq!(
+        closed_with(&h.conn).await,
+        1,
+        "expected the auth close code"
+    );
+
+    // valid proof, then an oversized frame length
+    let mut h = connect(addr, &t, true).await;
+    assert!(matches!(
+        read_frame(&mut h.recv).await,
+        Some(Message::Hello(_))
+    ));
+    let _ = h.send.write_all(&u32::MAX.to_le_bytes()).await;
+    let _ = h.send.write_all(&[0u8; 64]).await;
+    closed_with(&h.conn).await;
+
+    // valid proof, then a Have for a piece that does not exist
+    let mut h = connect(addr, &t, true).await;
+    assert!(matches!(
+        read_frame(&mut h.recv).await,
+        Some(Message::Hello(_))
+    ));
+    let _ = h
+        .send
+        .write_all(&Message::Have(1 << 30).encode_frame())
+        .await;
+    assert_eq!(
+        closed_with(&h.conn).await,
+        2,
+        "expected the protocol close code"
+    );
+
+    // garbage message type
+    let mut h = connect(addr, &t, true).await;
+    assert!(matches!(
+        read_frame(&mut h.recv).await,
+        Some(Message::Hello(_))
+    ));
+    let _ = h.send.write_all(&[3, 0, 0, 0, 0xee, 1, 2]).await;
+    closed_with(&h.conn).await;
+
+    // honest joiners still finish, with a hostile peer attacking one of them
+    let d2 = d.clone();
+    let honest = tokio::task::spawn_blocking(move || {
+        let mut a = join(&d2, &seed, "a", &[]);
+        let mut b = join(&d2, &seed, "b", &[]);
+        a.wait_ok(LIMIT);
+        b.wait_ok(LIMIT);
+        let mut seed = seed;
+        seed.proc.wait_ok(LIMIT);
+    });
+    honest.await.unwrap();
+    assert_same(&src, &d.join("a/image.bin"));
+    assert_same(&src, &d.join("b/image.bin"));
+}

@@ -1,0 +1,129 @@
+//! One seed and six joiners on loopback, every copy compared byte for byte.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use crate::util::*;
+
+const JOINERS: usize = 6;
+const PIECE: usize = 64 << 10;
+
+/// Seeds `src`, runs six joiners, checks every copy; returns the reports.
+fn swarm_of_six(
+    dir: &Path,
+    src: &Path,
+    seed_args: &[&str],
+) -> (Vec<serde_json::Value>, serde_json::Value) {
+    let n = JOINERS.to_string();
+    let mut args = vec!["--until-done", &n];
+    args.extend_from_slice(seed_args);
+    let mut seed = seed(dir, src, &args);
+    let mut joiners: Vec<Proc> = (0..JOINERS)
+        .map(|k| join(dir, &seed, &format!("j{k}"), &[]))
+        .collect();
+    for j in &mut joiners {
+        j.wait_ok(LIMIT);
+    }
+    seed.proc.wait_ok(LIMIT);
+    let name = src.file_name().unwrap();
+    for k in 0..JOINERS {
+        let dest = dir.join(format!("j{k}"));
+        assert_same(src, &dest.join(name));
+        // nothing else left behind: no partial data
+        assert_eq!(
+            fs::read_dir(&dest).unwrap().count(),
+            1,
+            "stray files in {}",
+            dest.display()
+        );
+    }
+    let reports = (0..JOINERS)
+        .map(|k| report(&dir.join(format!("j{k}.json"))))
+        .collect();
+    (reports, report(&seed.report))
+}
+
+fn file_of_size(size: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("image.bin");
+    random_file(&src, size, size as u64);
+    let (reports, _) = swarm_of_six(dir.path(), &src, &["--piece-size", "64KiB"]);
+    for r in reports {
+        assert_eq!(r["bytes_total"], size as u64);
+        assert_eq!(r["pieces_total"], size.div_ceil(PIECE) as u64);
+    }
+}
+
+#[test]
+fn empty_file() {
+    file_of_size(0);
+}
+
+#[test]
+fn one_byte_file() {
+    file_of_size(1);
+}
+
+#[test]
+fn one_byte_short_of_a_piece() {
+    file_of_size(PIECE - 1);
+}
+
+#[test]
+fn one_byte_over_a_piece() {
+    file_of_size(PIECE + 1);
+}
+
+#[test]
+fn random_64mib_mostly_from_peers() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("db.img");
+    let size = 64 << 20;
+    random_file(&src, size, 64);
+    let (reports, seed) = swarm_of_six(dir.path(), &src, &[]);
+    let from_seed: u64 = reports
+        .iter()
+        .map(|r| r["received_from_seed"].as_u64().unwrap())
+        .sum();
+    let copies = from_seed as f64 / size as f64;
+    eprintln!("the seed delivered {copies:.2} copies to {JOINERS} joiners");
+    assert!(
+        copies < 3.0,
+        "the seed delivered {copies:.2} copies; peers should carry most of the load"
+    );
+    let from_peers: u64 = reports
+        .iter()
+        .map(|r| r["bytes_received"].as_u64().unwrap() - r["received_from_seed"].as_u64().unwrap())
+        .sum();
+    assert!(
+        from_peers > 2 * size as u64,
+        "joiners got only {from_peers} bytes from each other"
+    );
+    assert!(
+        seed["bytes_served"].as_u64().unwrap() >= size as u64,
+        "the seed must have sent at least one copy"
+    );
+}
+
+#[test]
+fn directory_tree_with_empty_parts_and_modes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("datadir");
+    fs::create_dir_all(root.join("base/16384")).unwrap();
+    fs::create_dir_all(root.join("pg_wal/archive_status")).unwrap(); // empty dir
+    fs::create_dir_all(root.join("empty")).unwrap();
+    random_file(&root.join("base/16384/1259"), 300_000, 1);
+    random_file(&root.join("base/16384/2608"), 70_001, 2);
+    random_file(&root.join("pg_wal/000000010000000000000001"), 1 << 20, 3);
+    fs::write(root.join("postmaster.opts"), b"").unwrap(); // empty file
+    fs::write(root.join("PG_VERSION"), b"16\n").unwrap();
+    fs::set_permissions(root.join("base"), fs::Permissions::from_mode(0o700)).unwrap();
+    fs::set_permissions(root.join("PG_VERSION"), fs::Permissions::from_mode(0o600)).unwrap();
+    fs::set_permissions(
+        root.join("pg_wal/000000010000000000000001"),
+        fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    swarm_of_six(dir.path(), &root, &["--piece-size", "64KiB"]);
+}

@@ -1,0 +1,210 @@
+//! Helpers: run the real binary, wait with timeouts, compare trees.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{RngCore, SeedableRng};
+
+pub fn swarm() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_swarm"));
+    c.stdin(Stdio::null());
+    c
+}
+
+/// A child process that is killed when dropped (a failing test leaves
+/// nothing running). Only PIDs we started are ever killed.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    pub fn spawn(mut cmd: Command, name: &str, dir: &Path) -> Proc {
+        let log = dir.join(format!("{name}.log"));
+        let f = fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(f))
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
+        Proc {
+            child,
+            name: name.into(),
+            log,
+        }
+    }
+
+    /// Waits for exit; kills the process and panics after `limit`.
+    pub fn wait(&mut self, limit: Duration) -> ExitStatus {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            if t.elapsed() > limit {
+                let _ = self.child.kill();
+                panic!(
+                    "{} did not exit within {limit:?}; log:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn wait_ok(&mut self, limit: Duration) {
+        let st = self.wait(limit);
+        assert!(
+            st.success(),
+            "{} exited with {st}; log:\n{}",
+            self.name,
+            self.log_text()
+        );
+    }
+
+    pub fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        // SIGKILL to the PID we spawned
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Seed {
+    pub proc: Proc,
+    pub ticket: String,
+    pub ticket_file: PathBuf,
+    pub report: PathBuf,
+}
+
+/// Starts `swarm seed` on loopback and waits for its ticket.
+pub fn seed(dir: &Path, path: &Path, extra: &[&str]) -> Seed {
+    let ticket_file = dir.join("ticket");
+    let report = dir.join("seed.json");
+    let mut cmd = swarm();
+    cmd.arg("seed")
+        .arg(path)
+        .args(["--listen", "127.0.0.1:0", "--ticket-file"]);
+    cmd.arg(&ticket_file)
+        .arg("--report")
+        .arg(&report)
+        .args(extra);
+    let mut proc = Proc::spawn(cmd, "seed", dir);
+    let t = Instant::now();
+    while !ticket_file.exists() {
+        if let Some(st) = proc.child.try_wait().unwrap() {
+            panic!("seed exited with {st}: {}", proc.log_text());
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "no ticket after 60s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ticket = fs::read_to_string(&ticket_file).unwrap().trim().to_string();
+    Seed {
+        proc,
+        ticket,
+        ticket_file,
+        report,
+    }
+}
+
+/// Starts `swarm join` into `dir/name/`, reporting to `dir/name.json`.
+pub fn join(dir: &Path, seed: &Seed, name: &str, extra: &[&str]) -> Proc {
+    let dest = dir.join(name);
+    fs::create_dir_all(&dest).unwrap();
+    let mut cmd = swarm();
+    cmd.arg("join")
+        .arg(format!("@{}", seed.ticket_file.display()))
+        .arg(&dest);
+    cmd.args(["--listen", "127.0.0.1:0", "--linger", "1s", "--report"]);
+    cmd.arg(dir.join(format!("{name}.json"))).args(extra);
+    Proc::spawn(cmd, name, dir)
+}
+
+pub fn report(path: &Path) -> serde_json::Value {
+    let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+pub fn random_file(path: &Path, size: usize, seed: u64) {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(seed);
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    fs::write(path, data).unwrap();
+}
+
+/// Runs the command to completion with a time limit.
+pub fn run(mut cmd: Command, limit: Duration) -> Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            panic!("command did not finish within {limit:?}: {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Asserts that two files or trees are identical: kinds, contents, modes.
+pub fn assert_same(a: &Path, b: &Path) {
+    let (ma, mb) = (
+        fs::symlink_metadata(a).unwrap(),
+        fs::symlink_metadata(b).unwrap(),
+    );
+    assert_eq!(
+        ma.file_type(),
+        mb.file_type(),
+        "{} vs {}",
+        a.display(),
+        b.display()
+    );
+    assert_eq!(
+        ma.permissions().mode() & 0o777,
+        mb.permissions().mode() & 0o777,
+        "mode of {}",
+        b.display()
+    );
+    if ma.is_dir() {
+        let names = |p: &Path| {
+            let mut v: Vec<_> = fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            v.sort();
+            v
+        };
+        let (na, nb) = (names(a), names(b));
+        assert_eq!(na, nb, "entries of {}", b.display());
+        for n in na {
+            assert_same(&a.join(&n), &b.join(&n));
+        }
+    } else {
+        assert!(
+            fs::read(a).unwrap() == fs::read(b).unwrap(),
+            "contents of {} differ",
+            b.display()
+        );
+    }
+}
+
+pub const LIMIT: Duration = Duration::from_secs(120);
