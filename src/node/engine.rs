@@ -306,7 +306,8 @@ impl Engine {
                 self.report.output = Some(path);
                 self.report.complete_secs = Some(self.started.elapsed().as_secs_f64());
                 for p in self.peers.values() {
-                    let _ = p.handle.control.try_send(Message::Done);
+                    let r = p.handle.control.try_send(Message::Done);
+                    tracing::debug!(peer = hex(&p.info.id[..4]), ok = r.is_ok(), "sent done");
                 }
             }
         }
@@ -416,6 +417,7 @@ impl Engine {
                 let p = self.peers.get_mut(&key).expect("checked above");
                 p.done = true;
                 self.done_ids.insert(p.info.id);
+                tracing::debug!(peer = hex(&p.info.id[..4]), "peer is done");
                 Ok(())
             }
             Message::Hello(_) => Err("second hello".into()),

@@ -28,6 +28,8 @@ pub struct Tuning {
     pub stream_window: u64,
     pub conn_window: u64,
     pub send_window: u64,
+    pub max_mtu: u16,
+    pub initial_mtu: Option<u16>,
 }
 
 impl Default for Tuning {
@@ -39,6 +41,8 @@ impl Default for Tuning {
             stream_window: window.unwrap_or(8 << 20),
             conn_window: window.map_or(32 << 20, |w| w * 4),
             send_window: window.map_or(32 << 20, |w| w * 4),
+            max_mtu: env("SWARM_QUIC_MAX_MTU").and_then(|m| m.parse().ok()).unwrap_or(8952),
+            initial_mtu: env("SWARM_QUIC_INITIAL_MTU").and_then(|m| m.parse().ok()),
         }
     }
 }
@@ -63,8 +67,11 @@ fn transport(t: &Tuning) -> anyhow::Result<quinn::TransportConfig> {
     };
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     // Probe up to jumbo frames; on a 1500-byte network the probes simply fail.
-    mtu.upper_bound(8952);
+    mtu.upper_bound(t.max_mtu);
     c.mtu_discovery_config(Some(mtu));
+    if let Some(m) = t.initial_mtu {
+        c.initial_mtu(m);
+    }
     Ok(c)
 }
 

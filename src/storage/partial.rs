@@ -163,8 +163,11 @@ fn mkdir(p: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Creates the file (owner-only while in progress) and reserves its blocks,
-/// so a full disk shows up now rather than half way.
+/// Creates the file (owner-only while in progress) at its final size, sparse.
+/// Free space is checked up front; blocks are not reserved with fallocate,
+/// because writing into unwritten extents made ext4 writes 4x slower here
+/// (1 GiB: 1.57 s against 0.38 s with dd), and a disk that fills up anyway
+/// fails the write with a clear error and keeps the partial data.
 fn create_file(p: &Path, size: u64) -> Result<(), StorageError> {
     let f = OpenOptions::new()
         .read(true)
@@ -177,9 +180,6 @@ fn create_file(p: &Path, size: u64) -> Result<(), StorageError> {
         .map_err(io_at(p))?;
     if f.metadata().map_err(io_at(p))?.len() != size {
         f.set_len(size).map_err(io_at(p))?;
-    }
-    if size > 0 {
-        fs4::FileExt::allocate(&f, size).map_err(io_at(p))?;
     }
     Ok(())
 }
