@@ -6,7 +6,9 @@
 //! `Elsewhere`, and the requester picks another piece (and fetches `i` from
 //! a peer). So one full copy leaves the seed as early as possible and the
 //! seed's NIC carries about one copy of the image. Once every piece has been
-//! delivered once, the seed serves every request, as one source among many.
+//! delivered once, the seed is one source among many: it serves pieces that
+//! no other peer holds, and anything while it is otherwise idle,
+//! so its NIC stays busy without taking load the peers can carry.
 //!
 //! State invariants: `holders[i]` counts connected peers that announced `i`;
 //! `active[i]` counts serves of `i` in progress; `delivered[i]` is set once a
@@ -17,9 +19,15 @@ use bitvec::prelude::*;
 use super::PeerKey;
 use std::collections::HashMap;
 
+/// After spreading, the seed still serves pieces held by fewer other peers.
+/// 1 measured best: with 2 the seed sent 2.75-2.88 copies to 6 joiners on
+/// loopback (64 MiB), with 1 it sent 2.31-2.44, in the same time.
+const RARE: u32 = 1;
+
 pub struct Spreader {
     holders: Vec<u32>,
     active: Vec<u32>,
+    active_total: u32,
     delivered: BitVec,
     undelivered: usize,
     peers: HashMap<PeerKey, BitVec>,
@@ -30,6 +38,7 @@ impl Spreader {
         Spreader {
             holders: vec![0; pieces],
             active: vec![0; pieces],
+            active_total: 0,
             delivered: bitvec![0; pieces],
             undelivered: pieces,
             peers: HashMap::new(),
@@ -75,15 +84,22 @@ impl Spreader {
             return false;
         }
         let others = self.holders[i] - self.peers.get(&peer).map_or(0, |b| u32::from(b[i]));
-        let ok = self.spread_done() || (others == 0 && self.active[i] == 0);
+        let ok = if self.spread_done() {
+            // one source among many: rare pieces, or anything when idle
+            others < RARE || self.active_total == 0
+        } else {
+            others == 0 && self.active[i] == 0
+        };
         if ok {
             self.active[i] += 1;
+            self.active_total += 1;
         }
         ok
     }
 
     pub fn serve_ended(&mut self, i: usize, completed: bool) {
         self.active[i] -= 1;
+        self.active_total -= 1;
         if completed && !self.delivered[i] {
             self.delivered.set(i, true);
             self.undelivered -= 1;
@@ -109,10 +125,12 @@ mod tests {
         assert!(!s.should_serve(2, 0), "peer 1 holds piece 0 now");
         s.serve_ended(1, true);
         assert!(s.spread_done());
-        assert!(
-            s.should_serve(2, 0),
-            "after spreading, the seed serves everything"
-        );
+        assert!(s.should_serve(2, 0), "an idle seed serves anything");
+        assert!(!s.should_serve(3, 0), "busy, and peer 1 holds piece 0");
+        assert!(s.should_serve(3, 1), "busy, but nobody else holds piece 1");
+        s.serve_ended(0, true);
+        s.serve_ended(1, true);
+        assert!(s.should_serve(3, 0), "idle again");
     }
 
     #[test]

@@ -122,6 +122,7 @@ pub struct Engine {
     all_done_since: Option<Instant>,
     seed_id: Option<PeerId>,
     upload_limit: Option<Arc<RateLimit>>,
+    serve_limit: Arc<tokio::sync::Semaphore>,
 }
 
 pub struct Parts {
@@ -176,6 +177,7 @@ impl Engine {
             all_done_since: None,
             seed_id: p.seed_id,
             upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
+            serve_limit: Arc::new(tokio::sync::Semaphore::new(peer::SERVE_TOTAL)),
         }
     }
 
@@ -342,7 +344,12 @@ impl Engine {
             group: h.hello.group.clone(),
             addrs: resolve_addrs(&h.hello.addrs, remote),
         };
-        let handle = peer::start(h, self.events_tx.clone(), self.have_rx());
+        let handle = peer::start(
+            h,
+            self.events_tx.clone(),
+            self.have_rx(),
+            self.serve_limit.clone(),
+        );
         let key = handle.key;
         tracing::debug!(peer = hex(&id[..4]), %remote, "peer up");
         // Tell the newcomer about everyone, and everyone about the newcomer.

@@ -101,10 +101,17 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
     recv.read_exact(&mut status).await?;
     match Status::decode(status[0])? {
         Status::Ok => {
-            let mut data = vec![0u8; len as usize];
-            if let Err(e) = recv.read_exact(&mut data).await {
-                let _ = recv.stop(close::CANCEL.into());
-                return Err(e.into());
+            // read chunks as quinn hands them over: no zero-fill, one copy
+            let mut data = Vec::with_capacity(len as usize);
+            while data.len() < len as usize {
+                match recv.read_chunk(len as usize - data.len(), true).await {
+                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                    Ok(None) => anyhow::bail!("stream ended after {} of {len} bytes", data.len()),
+                    Err(e) => {
+                        let _ = recv.stop(close::CANCEL.into());
+                        return Err(e.into());
+                    }
+                }
             }
             Ok(Outcome::Data(data))
         }

@@ -16,6 +16,7 @@ mod fetch;
 mod peer;
 mod rate;
 mod run;
+mod socket;
 pub mod tls;
 
 use std::collections::BTreeMap;

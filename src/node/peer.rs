@@ -35,9 +35,13 @@ pub mod close {
 }
 
 /// Concurrent request streams served per connection.
-const SERVE_CONCURRENCY: usize = 16;
+/// Concurrent request streams served per connection; a process also caps
+/// its serves in total (`SERVE_TOTAL`), so memory for serve buffers stays
+/// below `SERVE_TOTAL * SERVE_CHUNK` however many peers connect.
+const SERVE_CONCURRENCY: usize = 8;
+pub const SERVE_TOTAL: usize = 32;
 /// Chunk size when streaming a piece from disk.
-const SERVE_CHUNK: usize = 1 << 20;
+const SERVE_CHUNK: usize = 512 << 10;
 /// Capacity of each peer's outgoing control-message queue.
 pub const CONTROL_QUEUE: usize = 256;
 /// How long a closing host waits for its last control messages to arrive.
@@ -185,12 +189,13 @@ pub fn start(
     h: Handshaken,
     events: mpsc::Sender<Event>,
     have: watch::Receiver<Arc<BitVec>>,
+    serve_limit: Arc<Semaphore>,
 ) -> PeerHandle {
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let writer = tokio::spawn(control_writer(h.send, rx, have));
     tokio::spawn(control_reader(key, h.conn.clone(), h.recv, events.clone()));
-    tokio::spawn(serve_requests(key, h.conn.clone(), events));
+    tokio::spawn(serve_requests(key, h.conn.clone(), events, serve_limit));
     PeerHandle {
         key,
         conn: h.conn,
@@ -283,15 +288,23 @@ pub enum ServeAnswer {
     Refuse(Status),
 }
 
-async fn serve_requests(key: PeerKey, conn: Connection, events: mpsc::Sender<Event>) {
+async fn serve_requests(
+    key: PeerKey,
+    conn: Connection,
+    events: mpsc::Sender<Event>,
+    total: Arc<Semaphore>,
+) {
     let limit = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
     while let Ok((send, recv)) = conn.accept_bi().await {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
+        let (Ok(permit), Ok(global)) = (
+            limit.clone().acquire_owned().await,
+            total.clone().acquire_owned().await,
+        ) else {
             return;
         };
         let events = events.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _permits = (permit, global);
             if let Err(e) = serve_one(key, send, recv, &events).await {
                 tracing::debug!(peer = key, "serving a request failed: {e:#}");
             }

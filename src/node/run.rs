@@ -10,14 +10,23 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::{self, EVENT_QUEUE, Engine, Event, Exit, Parts};
 use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST};
-use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, tls};
+use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
 use crate::ticket::Ticket;
 
 fn endpoint(listen: SocketAddr, tuning: &tls::Tuning) -> Result<quinn::Endpoint, NodeError> {
-    let mut ep = quinn::Endpoint::server(tls::server_config(tuning)?, listen)
-        .map_err(|e| NodeError::Network(format!("cannot listen on {listen}: {e}")))?;
+    let cannot = |e: std::io::Error| NodeError::Network(format!("cannot listen on {listen}: {e}"));
+    let socket = socket::bind(listen).map_err(cannot)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| NodeError::Other(anyhow::anyhow!("no async runtime")))?;
+    let mut ep = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(tls::server_config(tuning)?),
+        socket,
+        runtime,
+    )
+    .map_err(cannot)?;
     ep.set_default_client_config(tls::client_config(tuning)?);
     Ok(ep)
 }

@@ -41,7 +41,9 @@ impl Default for Tuning {
             stream_window: window.unwrap_or(8 << 20),
             conn_window: window.map_or(32 << 20, |w| w * 4),
             send_window: window.map_or(32 << 20, |w| w * 4),
-            max_mtu: env("SWARM_QUIC_MAX_MTU").and_then(|m| m.parse().ok()).unwrap_or(8952),
+            max_mtu: env("SWARM_QUIC_MAX_MTU")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(8952),
             initial_mtu: env("SWARM_QUIC_INITIAL_MTU").and_then(|m| m.parse().ok()),
         }
     }
