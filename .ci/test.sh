@@ -23,4 +23,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+# the benchmark in quick mode: real rsync, iperf3 and swarm side by side, small image
+SWARM_BENCH_QUICK=1 cargo bench --bench loopback
+cargo test

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
 use super::rate::RateLimit;
 use super::{ALONE_TIMEOUT, NodeError, Report, Status, fetch, hex};
-use crate::core::{Download, Failure, PeerKey, Spreader};
+use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
 use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, Request, Status as WireStatus};
@@ -146,8 +146,8 @@ impl Engine {
         let n = p.manifest.piece_count();
         let is_seed = p.partial.is_none();
         let complete = p.have.all();
-        let download =
-            (!is_seed).then(|| Download::new(p.have.clone(), Default::default(), rand::random()));
+        let download = (!is_seed)
+            .then(|| Download::new(p.have.clone(), download_config(&p.manifest), rand::random()));
         let (have, _) = watch::channel(Arc::new(p.have));
         Engine {
             id: p.id,
@@ -653,6 +653,21 @@ impl Engine {
             || self
                 .all_done_since
                 .is_some_and(|t| t.elapsed() >= self.exit.linger)
+    }
+}
+
+/// Bytes of piece buffers a joiner holds at most (requests in flight).
+const INFLIGHT_BYTES: u64 = 32 << 20;
+
+/// In-flight limits that keep download buffers under `INFLIGHT_BYTES`
+/// whatever the piece size: 8 requests of 4 MiB, at least 2.
+fn download_config(m: &Manifest) -> DownloadConfig {
+    let d = DownloadConfig::default();
+    let total = (INFLIGHT_BYTES / m.piece_size as u64).clamp(2, d.total as u64) as usize;
+    DownloadConfig {
+        total,
+        per_peer: d.per_peer.min(total),
+        ..d
     }
 }
 
