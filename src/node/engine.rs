@@ -26,6 +26,10 @@ pub const EVENT_QUEUE: usize = 1024;
 const TICK: Duration = Duration::from_millis(250);
 /// Connections this host keeps at most; more are refused or not dialed.
 const MAX_CONNECTIONS: usize = 128;
+/// This host dials known peers only while it has fewer connections than
+/// this; others may still dial it (up to `MAX_CONNECTIONS`). Like
+/// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
+const DIAL_TARGET: usize = 24;
 const MAX_KNOWN: usize = 4096;
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
 const MAX_DIAL_FAILURES: u32 = 5;
@@ -585,12 +589,14 @@ impl Engine {
 
     fn tick(&mut self) -> Result<(), NodeError> {
         let now = Instant::now();
-        // dial peers we learned about
+        // dial peers we learned about, up to the dial target
+        let dialing = self.known.values().filter(|k| k.dialing).count();
+        let room = DIAL_TARGET.saturating_sub(self.peers.len() + dialing);
         let due: Vec<PeerInfo> = self
             .known
             .values_mut()
             .filter(|k| !k.dialing && k.next_dial <= now)
-            .take(MAX_CONNECTIONS.saturating_sub(self.peers.len()))
+            .take(room)
             .map(|k| {
                 k.dialing = true;
                 k.info.clone()
