@@ -48,6 +48,9 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
     let event = match got {
         Ok(Outcome::Data(data)) => {
             let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
+            // One contiguous buffer: hashing it whole uses blake3's SIMD
+            // width and writing it is one pwrite. Keeping quinn's ~9 KB
+            // chunks instead cost more (joiner user time 1.9 -> 2.8 s/GiB).
             let stored = tokio::task::spawn_blocking(move || {
                 if !m.verify_piece(piece as usize, &data) {
                     return Ok(false);

@@ -370,17 +370,20 @@ async fn send_piece(
 ) -> anyhow::Result<u64> {
     send.write_all(&[Status::Ok as u8]).await?;
     let mut done = 0u64;
-    let mut buf = Vec::with_capacity(SERVE_CHUNK);
     while done < len {
         let n = (len - done).min(SERVE_CHUNK as u64) as usize;
         let c = content.clone();
-        buf.resize(n, 0);
         let at = offset + done;
-        buf = tokio::task::spawn_blocking(move || c.read_at(at, &mut buf).map(|_| buf)).await??;
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            c.read_at(at, &mut buf).map(|_| buf)
+        })
+        .await??;
         if let Some(l) = &limit {
             l.acquire(n).await;
         }
-        send.write_all(&buf).await?;
+        // hand the buffer to quinn instead of copying it
+        send.write_chunk(bytes::Bytes::from(buf)).await?;
         done += n as u64;
     }
     send.finish()?;
