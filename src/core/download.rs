@@ -25,6 +25,10 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
+/// The rate (bytes/s) given to a peer whose first request failed, so that
+/// measured peers are asked before it.
+const FAILED_RATE: f64 = 1.0;
+
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
 
@@ -277,8 +281,13 @@ impl Download {
                     p.avoid.insert(i, now + backoff);
                 }
                 Failure::Failed => {
-                    // slow or broken: halve its rate so others go first
-                    p.rate /= 2.0;
+                    // slow or broken: halve its rate so others go first; an
+                    // unmeasured peer (rate 0 sorts first) gets a low one
+                    p.rate = if p.rate == 0.0 {
+                        FAILED_RATE
+                    } else {
+                        p.rate / 2.0
+                    };
                     p.avoid.insert(i, now + backoff);
                 }
                 Failure::Corrupt => {}
@@ -286,11 +295,17 @@ impl Download {
         }
     }
 
-    /// The earliest time a backoff expires, for the caller's timer.
-    pub fn poll_timeout(&self) -> Option<Instant> {
+    /// The earliest backoff still pending after `now`, for the caller's
+    /// timer (expired ones are not reported, or a finished download, which
+    /// no longer purges them, would wake its caller in a loop).
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        if self.is_complete() {
+            return None;
+        }
         self.peers
             .values()
             .flat_map(|p| p.avoid.values())
+            .filter(|t| **t > now)
             .min()
             .copied()
     }

@@ -118,7 +118,12 @@ fn elsewhere_backs_off_then_retries() {
     assert_eq!(d.poll_requests(now), vec![(1, 0)]);
     d.piece_failed(1, 0, Failure::Elsewhere, now);
     assert!(d.poll_requests(now).is_empty());
-    let wake = d.poll_timeout().unwrap();
+    let wake = d.poll_timeout(now).unwrap();
+    assert_eq!(
+        d.poll_timeout(wake),
+        None,
+        "an expired backoff is not a wake-up"
+    );
     assert!(wake > now);
     assert_eq!(
         d.poll_requests(wake + Duration::from_millis(1)),
@@ -220,5 +225,34 @@ proptest! {
             d.check_invariants();
         }
         prop_assert!(d.is_complete());
+    }
+}
+
+#[test]
+fn a_failing_unmeasured_peer_goes_behind_measured_ones() {
+    let c = DownloadConfig {
+        per_peer: 1,
+        total: 1,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 20], c, 5);
+    d.add_peer(1);
+    d.add_peer(2);
+    d.peer_bitfield(1, &full(20)).unwrap();
+    d.peer_bitfield(2, &full(20)).unwrap();
+    let now = t0();
+    // one request at a time: whichever peer is asked first fails, the other succeeds
+    let (first, i) = d.poll_requests(now)[0];
+    d.piece_failed(first, i, Failure::Failed, now);
+    let (second, j) = d.poll_requests(now)[0];
+    assert_ne!(first, second);
+    d.piece_received(second, j, 1 << 20, Duration::from_millis(10));
+    for _ in 0..5 {
+        let (k, p) = d.poll_requests(now)[0];
+        assert_eq!(
+            k, second,
+            "the peer that delivers is asked before the one that failed"
+        );
+        d.piece_received(k, p, 1 << 20, Duration::from_millis(10));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! While some piece has never been delivered by the seed, the seed serves a
 //! request for piece `i` only if nobody else is known to hold `i` and the
-//! seed is not already sending `i` to someone. Otherwise it answers
+//! seed is not already sending `i` to someone (or if it is sending nothing at
+//! all: an idle seed always serves). Otherwise it answers
 //! `Elsewhere`, and the requester picks another piece (and fetches `i` from
 //! a peer). So one full copy leaves the seed as early as possible and the
 //! seed's NIC carries about one copy of the image. Once every piece has been
@@ -12,7 +13,8 @@
 //!
 //! State invariants: `holders[i]` counts connected peers that announced `i`;
 //! `active[i]` counts serves of `i` in progress; `delivered[i]` is set once a
-//! serve of `i` has completed, and `undelivered` counts the unset ones.
+//! serve of `i` has completed or a peer announced `i` (a resumed joiner needs
+//! no spreading), and `undelivered` counts the unset ones.
 
 use bitvec::prelude::*;
 
@@ -58,6 +60,12 @@ impl Spreader {
                 entry.set(i, true);
                 self.holders[i] += 1;
             }
+            // a piece a peer already holds (resumed, or from a peer) counts
+            // as delivered: the seed need not spread it
+            if !self.delivered[i] {
+                self.delivered.set(i, true);
+                self.undelivered -= 1;
+            }
         }
     }
 
@@ -84,12 +92,14 @@ impl Spreader {
             return false;
         }
         let others = self.holders[i] - self.peers.get(&peer).map_or(0, |b| u32::from(b[i]));
-        let ok = if self.spread_done() {
-            // one source among many: rare pieces, or anything when idle
-            others < RARE || self.active_total == 0
-        } else {
-            others == 0 && self.active[i] == 0
-        };
+        // an idle seed always serves: refusing would waste its upload
+        let ok = self.active_total == 0
+            || if self.spread_done() {
+                // one source among many: rare pieces only
+                others < RARE
+            } else {
+                others == 0 && self.active[i] == 0
+            };
         if ok {
             self.active[i] += 1;
             self.active_total += 1;
@@ -134,19 +144,28 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_serve_or_a_lost_holder_frees_the_piece() {
-        let mut s = Spreader::new(1);
-        assert!(s.should_serve(1, 0));
+    fn a_busy_seed_refuses_held_pieces_until_the_holder_leaves() {
+        let mut s = Spreader::new(3);
+        assert!(s.should_serve(1, 0), "idle");
+        s.peer_have(2, 1);
+        assert!(!s.should_serve(3, 1), "busy, and peer 2 holds piece 1");
+        s.peer_gone(2);
+        assert!(s.should_serve(3, 1), "its only holder left");
         s.serve_ended(0, false);
-        assert!(!s.spread_done());
-        s.peer_have(1, 0);
-        assert!(!s.should_serve(2, 0));
-        s.peer_gone(1);
-        assert!(s.should_serve(2, 0), "the only other holder left");
-        // a holder asking again (e.g. after a restart lost the data) is not its own source
-        s.serve_ended(0, false);
-        s.peer_have(3, 0);
-        assert!(s.should_serve(3, 0));
-        assert!(!s.should_serve(4, 5), "out of range");
+        s.serve_ended(1, true);
+        assert!(
+            !s.spread_done(),
+            "piece 0 never arrived, piece 2 never left"
+        );
+        assert!(!s.should_serve(5, 7), "out of range");
+    }
+
+    #[test]
+    fn pieces_peers_already_hold_need_no_spreading() {
+        let mut s = Spreader::new(3);
+        s.peer_bitfield(1, &bitvec![1, 1, 1]);
+        assert!(s.spread_done(), "a resumed joiner holds everything");
+        assert!(s.should_serve(2, 0), "idle");
+        assert!(!s.should_serve(3, 1), "busy, and peer 1 holds piece 1");
     }
 }

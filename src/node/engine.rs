@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
 use super::rate::RateLimit;
-use super::{ALONE_TIMEOUT, NodeError, Report, Status, fetch, hex};
+use super::{ALONE_TIMEOUT, NodeError, Report, STALL_TIMEOUT, Status, fetch, hex};
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
@@ -25,7 +25,7 @@ use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, Request, Status as WireS
 pub const EVENT_QUEUE: usize = 1024;
 const TICK: Duration = Duration::from_millis(250);
 /// Connections this host keeps at most; more are refused or not dialed.
-const MAX_CONNECTIONS: usize = 128;
+const MAX_CONNECTIONS: usize = 512;
 /// This host dials known peers only while it has fewer connections than
 /// this; others may still dial it (up to `MAX_CONNECTIONS`). Like
 /// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
@@ -60,7 +60,10 @@ pub enum Event {
         piece: u32,
         why: Failure,
     },
-    WriteFailed(String),
+    WriteFailed {
+        piece: u32,
+        why: String,
+    },
     ServeAsk {
         key: PeerKey,
         req: Request,
@@ -123,6 +126,8 @@ pub struct Engine {
     exit: Exit,
     started: Instant,
     alone_since: Option<Instant>,
+    /// When the last piece arrived (or the run started).
+    last_progress: Instant,
     all_done_since: Option<Instant>,
     seed_id: Option<PeerId>,
     upload_limit: Option<Arc<RateLimit>>,
@@ -178,6 +183,7 @@ impl Engine {
             exit: p.exit,
             started: p.started,
             alone_since: None,
+            last_progress: p.started,
             all_done_since: None,
             seed_id: p.seed_id,
             upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
@@ -199,7 +205,7 @@ impl Engine {
             let wake = self
                 .download
                 .as_ref()
-                .and_then(|d| d.poll_timeout())
+                .and_then(|d| d.poll_timeout(Instant::now()))
                 .map_or(Instant::now() + TICK, |t| t.min(Instant::now() + TICK));
             tokio::select! {
                 ev = self.events.recv() => {
@@ -279,8 +285,20 @@ impl Engine {
                     d.piece_failed(key, piece, why, Instant::now());
                 }
             }
-            Event::WriteFailed(e) => {
-                return Err(NodeError::Other(anyhow::anyhow!("writing a piece: {e}")));
+            Event::WriteFailed { piece, why } => {
+                // A late endgame duplicate may fail to write after the copy
+                // was finished and renamed; only a piece we lack is fatal.
+                if self
+                    .download
+                    .as_ref()
+                    .is_some_and(|d| d.have()[piece as usize])
+                {
+                    tracing::debug!(piece, "late duplicate not written: {why}");
+                } else {
+                    return Err(NodeError::Other(anyhow::anyhow!(
+                        "writing piece {piece}: {why}"
+                    )));
+                }
             }
             Event::ServeAsk { key, req, reply } => {
                 let answer = self.serve_answer(key, req);
@@ -322,12 +340,12 @@ impl Engine {
 
     fn on_connected(&mut self, h: Handshaken) {
         let id = h.hello.peer_id;
+        if let Some(k) = self.known.get_mut(&id) {
+            k.dialing = false;
+        }
         if self.banned.contains(&id) || self.peers.len() >= MAX_CONNECTIONS {
             h.conn.close(close::DUPLICATE.into(), b"not accepted");
             return;
-        }
-        if let Some(k) = self.known.get_mut(&id) {
-            k.dialing = false;
         }
         let dialer = |dialed: bool, them: PeerId| if dialed { self.id.peer_id } else { them };
         if let Some(&old_key) = self.by_id.get(&id) {
@@ -511,6 +529,7 @@ impl Engine {
             }
         }
         self.report.pieces_fetched += 1;
+        self.last_progress = Instant::now();
         self.report.bytes_received += bytes;
         if let Some(p) = self.peers.get(&key) {
             *self
@@ -624,6 +643,21 @@ impl Engine {
             }
         } else {
             self.alone_since = None;
+        }
+        // connected, but nobody has what we miss (e.g. the seed died before
+        // every piece left it): give up rather than wait forever
+        if !self.complete
+            && !self.finalizing
+            && self.download.is_some()
+            && self.fetches.is_empty()
+            && now - self.last_progress > STALL_TIMEOUT
+        {
+            return Err(NodeError::Network(format!(
+                "no piece arrived for {}s and no connected peer offers a missing one ({} of {} pieces)",
+                STALL_TIMEOUT.as_secs(),
+                self.download.as_ref().map_or(0, |d| d.have_count()),
+                self.manifest.piece_count()
+            )));
         }
         let all_done = self.complete && !dialing && self.peers.values().all(|p| p.done);
         self.all_done_since = if all_done {

@@ -70,8 +70,14 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
                     piece: job.piece,
                     why: Failure::Corrupt,
                 },
-                Ok(Err(e)) => Event::WriteFailed(e.to_string()),
-                Err(e) => Event::WriteFailed(e.to_string()),
+                Ok(Err(e)) => Event::WriteFailed {
+                    piece: job.piece,
+                    why: e.to_string(),
+                },
+                Err(e) => Event::WriteFailed {
+                    piece: job.piece,
+                    why: e.to_string(),
+                },
             }
         }
         Ok(Outcome::Refused(Status::Elsewhere)) => Event::PieceFailed {

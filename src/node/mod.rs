@@ -37,6 +37,9 @@ pub const REQUEST_DEADLINE_BASE: Duration = Duration::from_secs(10);
 pub const REQUEST_DEADLINE_PER_MIB: Duration = Duration::from_secs(4);
 /// A joiner with no peer at all for this long gives up.
 pub const ALONE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A joiner that received no piece for this long, with no request in
+/// flight, gives up: no reachable peer holds what it misses.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Fetching the manifest from the first peer.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -345,7 +345,19 @@ async fn serve_one(
             let Request::Piece(piece) = req else {
                 bail!("piece answer to a manifest request")
             };
-            let result = send_piece(&mut send, content, offset, len, limit).await;
+            // The same deadline the requester applies: a peer that stops
+            // reading cannot hold a serve slot (of 32 per process) forever.
+            let deadline = super::fetch::deadline(len);
+            let result =
+                match timeout(deadline, send_piece(&mut send, content, offset, len, limit)).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        let _ = send.reset(close::CANCEL.into());
+                        Err(anyhow::anyhow!(
+                            "peer did not take the piece within {deadline:?}"
+                        ))
+                    }
+                };
             let sent = *result.as_ref().unwrap_or(&0);
             events
                 .send(Event::ServeEnded {

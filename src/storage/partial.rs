@@ -138,7 +138,7 @@ impl Partial {
         if force && final_path.symlink_metadata().is_ok() {
             let old = dest_dir.join(format!(".{}.swarm-replaced", m.name));
             fs::rename(&final_path, &old).map_err(io_at(&final_path))?;
-            fs::rename(&partial_path, &final_path).map_err(io_at(&final_path))?;
+            rename_noreplace(&partial_path, &final_path)?;
             let removed = if old.is_dir() {
                 fs::remove_dir_all(&old)
             } else {
@@ -146,12 +146,49 @@ impl Partial {
             };
             removed.map_err(io_at(&old))?;
         } else {
-            fs::rename(&partial_path, &final_path).map_err(io_at(&final_path))?;
+            rename_noreplace(&partial_path, &final_path)?;
         }
         File::open(&dest_dir)
             .and_then(|d| d.sync_all())
             .map_err(io_at(&dest_dir))?;
         Ok(final_path)
+    }
+}
+
+/// Renames without ever replacing: something that appeared at `to` while we
+/// downloaded (another join of an image with the same name) is kept and
+/// reported, not overwritten.
+fn rename_noreplace(from: &Path, to: &Path) -> Result<(), StorageError> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|e| io_at(p)(io::Error::other(e)))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: two valid NUL-terminated paths relative to the working directory.
+    let r = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Err(StorageError::Exists(to.to_path_buf())),
+        // file systems without RENAME_NOREPLACE: check, then rename
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+            if to.symlink_metadata().is_ok() {
+                return Err(StorageError::Exists(to.to_path_buf()));
+            }
+            fs::rename(from, to).map_err(io_at(to))
+        }
+        _ => Err(io_at(to)(e)),
     }
 }
 
@@ -205,5 +242,26 @@ fn allocated_bytes(p: &Path) -> u64 {
             .sum()
     } else {
         meta.blocks() * 512
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rename_never_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let (a, b) = (d.path().join("a"), d.path().join("b"));
+        fs::write(&a, b"new").unwrap();
+        fs::write(&b, b"precious").unwrap();
+        assert!(matches!(
+            rename_noreplace(&a, &b),
+            Err(StorageError::Exists(_))
+        ));
+        assert_eq!(fs::read(&b).unwrap(), b"precious");
+        fs::remove_file(&b).unwrap();
+        rename_noreplace(&a, &b).unwrap();
+        assert_eq!(fs::read(&b).unwrap(), b"new");
     }
 }
