@@ -380,8 +380,11 @@ impl Download {
         if best.is_some() {
             return best;
         }
-        // Endgame: only when nothing unrequested is left anywhere.
-        let unrequested_left = (0..self.have.len()).any(|i| !self.have[i] && self.inflight[i] == 0);
+        // Endgame: only when nothing unrequested that some peer holds is
+        // left (a piece nobody holds must not keep the others from being
+        // duplicated to faster peers).
+        let unrequested_left = (0..self.have.len())
+            .any(|i| !self.have[i] && self.inflight[i] == 0 && self.availability[i] > 0);
         if unrequested_left {
             return None;
         }

@@ -256,3 +256,17 @@ fn a_failing_unmeasured_peer_goes_behind_measured_ones() {
         d.piece_received(k, p, 1 << 20, Duration::from_millis(10));
     }
 }
+
+#[test]
+fn a_piece_nobody_holds_does_not_block_endgame() {
+    let mut d = Download::new(bitvec![0; 2], cfg(), 3);
+    d.add_peer(1);
+    d.add_peer(2);
+    // piece 1 is held by nobody; piece 0 by both
+    d.peer_bitfield(1, &bitvec![1, 0]).unwrap();
+    d.peer_bitfield(2, &bitvec![1, 0]).unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.len(), 2, "piece 0 duplicated to both peers: {reqs:?}");
+    assert!(reqs.iter().all(|r| r.1 == 0));
+    d.check_invariants();
+}

@@ -760,8 +760,18 @@ pub async fn connect(
 pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<Event>) {
     let limit = Arc::new(tokio::sync::Semaphore::new(64));
     while let Some(incoming) = endpoint.accept().await {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // Busy: make unvalidated senders prove their address first
+            // (a QUIC retry), so spoofed packets cannot hold the slots.
+            Err(_) if !incoming.remote_address_validated() => {
+                let _ = incoming.retry();
+                continue;
+            }
+            Err(_) => match limit.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
         };
         let (id, events) = (id.clone(), events.clone());
         tokio::spawn(async move {

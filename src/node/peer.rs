@@ -61,6 +61,8 @@ pub struct Identity {
     pub peer_id: PeerId,
     pub group: String,
     pub addrs: Vec<SocketAddr>,
+    /// Transport limits to apply once a peer is authenticated.
+    pub tuning: super::Tuning,
 }
 
 /// An authenticated connection, ready to hand to the engine.
@@ -130,6 +132,7 @@ pub async fn handshake_dialer(id: &Identity, conn: Connection) -> anyhow::Result
             .await?;
         let msg = read_frame(&mut recv).await?;
         let hello = check_hello(id, &conn, msg, Role::Acceptor)?;
+        super::tls::open_up(&conn, &id.tuning);
         Ok::<_, anyhow::Error>((hello, send, recv))
     };
     let (hello, send, recv) = timeout(HANDSHAKE_TIMEOUT, work)
@@ -149,6 +152,7 @@ pub async fn handshake_acceptor(id: &Identity, conn: Connection) -> anyhow::Resu
         let (mut send, mut recv) = conn.accept_bi().await?;
         let msg = read_frame(&mut recv).await?;
         let hello = check_hello(id, &conn, msg, Role::Dialer)?;
+        super::tls::open_up(&conn, &id.tuning);
         send.write_all(&hello_msg_or_close(id, &conn)?.encode_frame())
             .await?;
         Ok::<_, anyhow::Error>((hello, send, recv))

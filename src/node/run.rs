@@ -98,6 +98,7 @@ pub async fn seed(
         peer_id: rand::random(),
         group: cfg.group.clone(),
         addrs: advertised(&ep)?,
+        tuning: cfg.tuning.clone(),
     };
     let n = m.piece_count();
     let report = Report {
@@ -169,6 +170,7 @@ pub async fn join(
         peer_id: rand::random(),
         group: cfg.group.clone(),
         addrs: advertised(&ep)?,
+        tuning: cfg.tuning.clone(),
     };
     id.addrs.truncate(crate::wire::MAX_ADDRS);
     let first = tokio::select! {

@@ -51,10 +51,12 @@ impl Default for Tuning {
 
 fn transport(t: &Tuning) -> anyhow::Result<quinn::TransportConfig> {
     let mut c = quinn::TransportConfig::default();
-    c.max_concurrent_bidi_streams(256u32.into())
+    // Until the peer has proved the secret it may open one stream and send
+    // a few KiB; `open_up` raises both after authentication.
+    c.max_concurrent_bidi_streams(PRE_AUTH_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window(quinn::VarInt::from_u64(t.stream_window)?)
-        .receive_window(quinn::VarInt::from_u64(t.conn_window)?)
+        .receive_window(PRE_AUTH_WINDOW.into())
         .send_window(t.send_window)
         .keep_alive_interval(Some(Duration::from_secs(3)))
         .max_idle_timeout(Some(Duration::from_secs(15).try_into()?))
@@ -75,6 +77,17 @@ fn transport(t: &Tuning) -> anyhow::Result<quinn::TransportConfig> {
         c.initial_mtu(m);
     }
     Ok(c)
+}
+
+const PRE_AUTH_STREAMS: u32 = 1;
+const PRE_AUTH_WINDOW: u32 = 64 << 10;
+const STREAMS: u32 = 256;
+
+/// Lifts the pre-authentication limits of a connection whose peer proved
+/// the swarm secret.
+pub fn open_up(conn: &quinn::Connection, t: &Tuning) {
+    conn.set_max_concurrent_bi_streams(STREAMS.into());
+    conn.set_receive_window(quinn::VarInt::from_u64(t.conn_window).unwrap_or(quinn::VarInt::MAX));
 }
 
 fn provider() -> Arc<CryptoProvider> {
