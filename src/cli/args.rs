@@ -50,9 +50,6 @@ pub struct SeedArgs {
     /// Exit once N peers have reported a complete copy.
     #[arg(long, value_name = "N")]
     pub until_done: Option<usize>,
-    /// Datacenter group of this host.
-    #[arg(long, default_value = "default")]
-    pub group: String,
     /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
     #[arg(long, value_name = "RATE")]
     pub upload_limit: Option<String>,
@@ -79,9 +76,6 @@ pub struct JoinArgs {
     /// Replace an existing destination.
     #[arg(long)]
     pub force: bool,
-    /// Datacenter group of this host.
-    #[arg(long, default_value = "default")]
-    pub group: String,
     /// How long to try reaching the seed.
     #[arg(long, default_value = "15s")]
     pub connect_timeout: String,

@@ -7,16 +7,10 @@ use super::args::{JoinArgs, SeedArgs};
 use super::units;
 use crate::node::{JoinConfig, SeedConfig, Tuning};
 use crate::ticket::Ticket;
-use crate::wire::MAX_GROUP_LEN;
 
-fn group(g: &str) -> Result<String, String> {
-    if g.is_empty() || g.len() > MAX_GROUP_LEN || g.chars().any(char::is_control) {
-        return Err(format!(
-            "--group: {g:?} must be 1 to {MAX_GROUP_LEN} bytes without control characters"
-        ));
-    }
-    Ok(g.to_string())
-}
+/// Every host is in one group until datacenter groups are built;
+/// the label already travels in Hello and Peers.
+const GROUP: &str = "default";
 
 pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     if !a.path.exists() {
@@ -42,7 +36,7 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
         listen: units::addr("--listen", &a.listen)?,
         piece_size,
         until_done: a.until_done,
-        group: group(&a.group)?,
+        group: GROUP.to_string(),
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
     })
@@ -74,7 +68,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,
-        group: group(&a.group)?,
+        group: GROUP.to_string(),
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
