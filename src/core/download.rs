@@ -42,6 +42,23 @@ pub struct DownloadConfig {
     pub elsewhere_backoff: Duration,
 }
 
+/// Bytes of piece buffers a joiner holds at most (requests in flight).
+pub const INFLIGHT_BYTES: u64 = 32 << 20;
+
+impl DownloadConfig {
+    /// Limits that keep piece buffers under `INFLIGHT_BYTES` whatever the
+    /// piece size: 8 requests of 4 MiB, never fewer than 2.
+    pub fn for_piece_size(piece_size: u32) -> Self {
+        let d = DownloadConfig::default();
+        let total = (INFLIGHT_BYTES / piece_size.max(1) as u64).clamp(2, d.total as u64) as usize;
+        DownloadConfig {
+            total,
+            per_peer: d.per_peer.min(total),
+            ..d
+        }
+    }
+}
+
 impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {

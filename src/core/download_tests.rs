@@ -270,3 +270,14 @@ fn a_piece_nobody_holds_does_not_block_endgame() {
     assert!(reqs.iter().all(|r| r.1 == 0));
     d.check_invariants();
 }
+
+#[test]
+fn in_flight_buffers_stay_bounded_for_any_piece_size() {
+    for log2 in 12..=30 {
+        let piece = 1u32 << log2;
+        let c = DownloadConfig::for_piece_size(piece);
+        assert!(c.total >= 2 && c.per_peer <= c.total);
+        assert!(c.total as u64 * piece as u64 <= INFLIGHT_BYTES.max(2 * piece as u64));
+    }
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
+}

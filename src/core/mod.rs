@@ -14,5 +14,7 @@
 mod download;
 mod spread;
 
-pub use download::{Cancel, Download, DownloadConfig, Failure, PeerKey, ProtocolViolation};
+pub use download::{
+    Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
+};
 pub use spread::Spreader;

@@ -4,7 +4,6 @@
 //! requests, dial peers, publish our bitfield, decide when to exit).
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +13,7 @@ use quinn::{ConnectionError, Endpoint};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::connect;
 use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
 use super::rate::RateLimit;
 use super::{ALONE_TIMEOUT, NodeError, Report, STALL_TIMEOUT, Status, fetch, hex};
@@ -33,7 +33,6 @@ const DIAL_TARGET: usize = 24;
 const MAX_KNOWN: usize = 4096;
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
 const MAX_DIAL_FAILURES: u32 = 5;
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub enum Event {
     Connected(Box<Handshaken>),
@@ -155,8 +154,13 @@ impl Engine {
         let n = p.manifest.piece_count();
         let is_seed = p.partial.is_none();
         let complete = p.have.all();
-        let download = (!is_seed)
-            .then(|| Download::new(p.have.clone(), download_config(&p.manifest), rand::random()));
+        let download = (!is_seed).then(|| {
+            Download::new(
+                p.have.clone(),
+                DownloadConfig::for_piece_size(p.manifest.piece_size),
+                rand::random(),
+            )
+        });
         let (have, _) = watch::channel(Arc::new(p.have));
         Engine {
             id: p.id,
@@ -330,8 +334,7 @@ impl Engine {
                 self.report.output = Some(path);
                 self.report.complete_secs = Some(self.started.elapsed().as_secs_f64());
                 for p in self.peers.values() {
-                    let r = p.handle.control.try_send(Message::Done);
-                    tracing::debug!(peer = hex(&p.info.id[..4]), ok = r.is_ok(), "sent done");
+                    let _ = p.handle.control.try_send(Message::Done);
                 }
             }
         }
@@ -364,7 +367,7 @@ impl Engine {
         let info = PeerInfo {
             id,
             group: h.hello.group.clone(),
-            addrs: resolve_addrs(&h.hello.addrs, remote),
+            addrs: connect::resolve_addrs(&h.hello.addrs, remote),
         };
         let handle = peer::start(
             h,
@@ -622,7 +625,7 @@ impl Engine {
             })
             .collect();
         for info in due {
-            tokio::spawn(dial(
+            tokio::spawn(connect::dial(
                 self.endpoint.clone(),
                 self.id.clone(),
                 info,
@@ -693,99 +696,5 @@ impl Engine {
             || self
                 .all_done_since
                 .is_some_and(|t| t.elapsed() >= self.exit.linger)
-    }
-}
-
-/// Bytes of piece buffers a joiner holds at most (requests in flight).
-const INFLIGHT_BYTES: u64 = 32 << 20;
-
-/// In-flight limits that keep download buffers under `INFLIGHT_BYTES`
-/// whatever the piece size: 8 requests of 4 MiB, at least 2.
-fn download_config(m: &Manifest) -> DownloadConfig {
-    let d = DownloadConfig::default();
-    let total = (INFLIGHT_BYTES / m.piece_size as u64).clamp(2, d.total as u64) as usize;
-    DownloadConfig {
-        total,
-        per_peer: d.per_peer.min(total),
-        ..d
-    }
-}
-
-/// An unspecified advertised IP means "the address you see me at".
-fn resolve_addrs(addrs: &[SocketAddr], remote: SocketAddr) -> Vec<SocketAddr> {
-    addrs
-        .iter()
-        .map(|a| {
-            if a.ip().is_unspecified() {
-                SocketAddr::new(remote.ip(), a.port())
-            } else {
-                *a
-            }
-        })
-        .collect()
-}
-
-async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc::Sender<Event>) {
-    let mut why = String::from("no address");
-    for addr in &info.addrs {
-        match connect(&endpoint, &id, *addr).await {
-            Ok(h) if h.hello.peer_id == info.id => {
-                let _ = events.send(Event::Connected(Box::new(h))).await;
-                return;
-            }
-            Ok(h) => {
-                h.conn.close(close::DUPLICATE.into(), b"unexpected peer id");
-                why = format!("{addr} answered with another peer id");
-            }
-            Err(e) => why = format!("{addr}: {e:#}"),
-        }
-    }
-    let _ = events.send(Event::DialFailed { id: info.id, why }).await;
-}
-
-/// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake timeout.
-pub async fn connect(
-    endpoint: &Endpoint,
-    id: &Identity,
-    addr: SocketAddr,
-) -> anyhow::Result<Handshaken> {
-    let connecting = endpoint.connect(addr, "swarm")?;
-    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {}s", DIAL_TIMEOUT.as_secs()))??;
-    peer::handshake_dialer(id, conn).await
-}
-
-/// Accepts connections, authenticates them, and hands them to the engine.
-pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<Event>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(64));
-    while let Some(incoming) = endpoint.accept().await {
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            // Busy: make unvalidated senders prove their address first
-            // (a QUIC retry), so spoofed packets cannot hold the slots.
-            Err(_) if !incoming.remote_address_validated() => {
-                let _ = incoming.retry();
-                continue;
-            }
-            Err(_) => match limit.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (id, events) = (id.clone(), events.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
-                Ok(Ok(c)) => c,
-                _ => return,
-            };
-            match peer::handshake_acceptor(&id, conn).await {
-                Ok(h) => {
-                    let _ = events.send(Event::Connected(Box::new(h))).await;
-                }
-                Err(e) => tracing::info!("refused a connection: {e:#}"),
-            }
-        });
     }
 }

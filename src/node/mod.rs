@@ -11,6 +11,7 @@
 //! ```
 
 pub mod auth;
+mod connect;
 mod engine;
 mod fetch;
 mod peer;

@@ -8,7 +8,8 @@ use std::time::Instant;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::engine::{self, EVENT_QUEUE, Engine, Event, Exit, Parts};
+use super::connect;
+use super::engine::{EVENT_QUEUE, Engine, Event, Exit, Parts};
 use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
@@ -147,7 +148,7 @@ async fn run_engine(
             .await
             .map_err(anyhow::Error::from)?;
     }
-    let acceptor = tokio::spawn(engine::accept_loop(ep, id, tx));
+    let acceptor = tokio::spawn(connect::accept_loop(ep, id, tx));
     let r = engine.run(stop).await;
     acceptor.abort();
     r
@@ -245,7 +246,7 @@ async fn bootstrap(
     let mut set = tokio::task::JoinSet::new();
     for &addr in &cfg.ticket.addrs {
         let (ep, id) = (ep.clone(), id.clone());
-        set.spawn(async move { (addr, engine::connect(&ep, &id, addr).await) });
+        set.spawn(async move { (addr, connect::connect(&ep, &id, addr).await) });
     }
     let all = cfg
         .ticket

@@ -1,0 +1,98 @@
+//! Making connections: dialing a known peer, accepting and authenticating
+//! incoming ones (with a bound on handshakes in progress), and handing each
+//! authenticated connection to the engine as an `Event::Connected`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::Endpoint;
+use tokio::sync::mpsc;
+
+use super::engine::Event;
+use super::peer::{self, Handshaken, Identity, close};
+use crate::wire::PeerInfo;
+
+/// How long a dial may take before the handshake starts.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Handshakes in progress at most; beyond, unvalidated senders get a retry.
+const HANDSHAKE_SLOTS: usize = 64;
+
+/// An unspecified advertised IP means "the address you see me at".
+pub fn resolve_addrs(addrs: &[SocketAddr], remote: SocketAddr) -> Vec<SocketAddr> {
+    addrs
+        .iter()
+        .map(|a| {
+            if a.ip().is_unspecified() {
+                SocketAddr::new(remote.ip(), a.port())
+            } else {
+                *a
+            }
+        })
+        .collect()
+}
+
+pub async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc::Sender<Event>) {
+    let mut why = String::from("no address");
+    for addr in &info.addrs {
+        match connect(&endpoint, &id, *addr).await {
+            Ok(h) if h.hello.peer_id == info.id => {
+                let _ = events.send(Event::Connected(Box::new(h))).await;
+                return;
+            }
+            Ok(h) => {
+                h.conn.close(close::DUPLICATE.into(), b"unexpected peer id");
+                why = format!("{addr} answered with another peer id");
+            }
+            Err(e) => why = format!("{addr}: {e:#}"),
+        }
+    }
+    let _ = events.send(Event::DialFailed { id: info.id, why }).await;
+}
+
+/// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake timeout.
+pub async fn connect(
+    endpoint: &Endpoint,
+    id: &Identity,
+    addr: SocketAddr,
+) -> anyhow::Result<Handshaken> {
+    let connecting = endpoint.connect(addr, "swarm")?;
+    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer within {}s", DIAL_TIMEOUT.as_secs()))??;
+    peer::handshake_dialer(id, conn).await
+}
+
+/// Accepts connections, authenticates them, and hands them to the engine.
+pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<Event>) {
+    let limit = Arc::new(tokio::sync::Semaphore::new(HANDSHAKE_SLOTS));
+    while let Some(incoming) = endpoint.accept().await {
+        let permit = match limit.clone().try_acquire_owned() {
+            Ok(p) => p,
+            // Busy: make unvalidated senders prove their address first
+            // (a QUIC retry), so spoofed packets cannot hold the slots.
+            Err(_) if !incoming.remote_address_validated() => {
+                let _ = incoming.retry();
+                continue;
+            }
+            Err(_) => match limit.clone().acquire_owned().await {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
+        let (id, events) = (id.clone(), events.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+                Ok(Ok(c)) => c,
+                _ => return,
+            };
+            match peer::handshake_acceptor(&id, conn).await {
+                Ok(h) => {
+                    let _ = events.send(Event::Connected(Box::new(h))).await;
+                }
+                Err(e) => tracing::info!("refused a connection: {e:#}"),
+            }
+        });
+    }
+}
