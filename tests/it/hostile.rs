@@ -55,6 +55,18 @@ async fn closed_with(conn: &quinn::Connection) -> u64 {
     }
 }
 
+/// Authenticates properly, checks the Hello answer, sends `bytes`, and
+/// returns the code the peer closes the connection with.
+async fn authed_then_send(addr: SocketAddr, t: &Ticket, bytes: &[u8]) -> u64 {
+    let mut h = connect(addr, t, true).await;
+    assert!(matches!(
+        read_frame(&mut h.recv).await,
+        Some(Message::Hello(_))
+    ));
+    let _ = h.send.write_all(bytes).await;
+    closed_with(&h.conn).await
+}
+
 async fn read_frame(recv: &mut quinn::RecvStream) -> Option<Message> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.ok()?;
@@ -86,39 +98,16 @@ async fn hostile_peers_are_dropped_and_honest_ones_finish() {
     );
 
     // valid proof, then an oversized frame length
-    let mut h = connect(addr, &t, true).await;
-    assert!(matches!(
-        read_frame(&mut h.recv).await,
-        Some(Message::Hello(_))
-    ));
-    let _ = h.send.write_all(&u32::MAX.to_le_bytes()).await;
-    let _ = h.send.write_all(&[0u8; 64]).await;
-    closed_with(&h.conn).await;
+    let mut oversized = u32::MAX.to_le_bytes().to_vec();
+    oversized.extend([0u8; 64]);
+    authed_then_send(addr, &t, &oversized).await;
 
     // valid proof, then a Have for a piece that does not exist
-    let mut h = connect(addr, &t, true).await;
-    assert!(matches!(
-        read_frame(&mut h.recv).await,
-        Some(Message::Hello(_))
-    ));
-    let _ = h
-        .send
-        .write_all(&Message::Have(1 << 30).encode_frame())
-        .await;
-    assert_eq!(
-        closed_with(&h.conn).await,
-        2,
-        "expected the protocol close code"
-    );
+    let code = authed_then_send(addr, &t, &Message::Have(1 << 30).encode_frame()).await;
+    assert_eq!(code, 2, "expected the protocol close code");
 
     // garbage message type
-    let mut h = connect(addr, &t, true).await;
-    assert!(matches!(
-        read_frame(&mut h.recv).await,
-        Some(Message::Hello(_))
-    ));
-    let _ = h.send.write_all(&[3, 0, 0, 0, 0xee, 1, 2]).await;
-    closed_with(&h.conn).await;
+    authed_then_send(addr, &t, &[3, 0, 0, 0, 0xee, 1, 2]).await;
 
     // honest joiners still finish, with a hostile peer attacking one of them
     let d2 = d.clone();
