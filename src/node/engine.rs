@@ -234,6 +234,9 @@ impl Engine {
         }
         // Let the control writers deliver what is queued (Done above all),
         // then close every connection.
+        for (key, p) in &self.peers {
+            tracing::debug!(peer = key, stats = ?p.handle.conn.stats(), "connection at exit");
+        }
         let writers: Vec<_> = self.peers.drain().map(|(_, p)| p.handle.writer).collect();
         let _ = tokio::time::timeout(peer::FLUSH_TIMEOUT, async {
             for w in writers {

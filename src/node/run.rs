@@ -21,8 +21,16 @@ fn endpoint(listen: SocketAddr, tuning: &tls::Tuning) -> Result<quinn::Endpoint,
     let socket = socket::bind(listen).map_err(cannot)?;
     let runtime = quinn::default_runtime()
         .ok_or_else(|| NodeError::Other(anyhow::anyhow!("no async runtime")))?;
-    let mut ep = quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+    // The peer's path MTU discovery stops at the largest UDP payload we
+    // advertise: quinn's default (1472) would cap it at Ethernet size even
+    // where jumbo frames or loopback allow more.
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(tuning.max_mtu)
+        .map_err(|e| NodeError::Other(anyhow::anyhow!("max UDP payload: {e}")))?;
+    let socket = socket::wrap(socket, &*runtime, tuning.max_mtu).map_err(cannot)?;
+    let mut ep = quinn::Endpoint::new_with_abstract_socket(
+        config,
         Some(tls::server_config(tuning)?),
         socket,
         runtime,

@@ -3,8 +3,15 @@
 //! 6% of datagrams on loopback (`RcvbufErrors` in /proc/net/snmp), and every
 //! drop is a congestion signal that halves the sender's window.
 
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::{AsyncUdpSocket, UdpPoller};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -44,5 +51,66 @@ fn set_buffers(s: &Socket) {
         if set(force) != 0 {
             set(plain);
         }
+    }
+}
+
+/// The largest UDP payload one send may carry, all GSO segments together
+/// (65535 minus the IPv4 and UDP headers).
+const MAX_SEND_PAYLOAD: usize = 65_507;
+
+/// Hands `socket` to quinn with GSO batches that fit one UDP send. quinn
+/// batches up to 10 segments of the current MTU; with jumbo-sized packets
+/// (8952 here) that is 89 KB, the kernel refuses the send, quinn counts the
+/// datagrams lost, and MTU discovery declares a black hole and falls back to
+/// 1200 bytes: 1 GiB on loopback then took 3.8 s instead of 1.9 s.
+pub fn wrap(
+    socket: UdpSocket,
+    runtime: &dyn quinn::Runtime,
+    max_mtu: u16,
+) -> std::io::Result<Arc<dyn AsyncUdpSocket>> {
+    Ok(Arc::new(CappedGso {
+        inner: runtime.wrap_udp_socket(socket)?,
+        max_segments: (MAX_SEND_PAYLOAD / usize::from(max_mtu.max(1200))).max(1),
+    }))
+}
+
+#[derive(Debug)]
+struct CappedGso {
+    inner: Arc<dyn AsyncUdpSocket>,
+    max_segments: usize,
+}
+
+impl AsyncUdpSocket for CappedGso {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> std::io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<std::io::Result<usize>> {
+        self.inner.poll_recv(cx, bufs, meta)
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments().min(self.max_segments)
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
     }
 }

@@ -2,8 +2,10 @@
 //! download target (`Partial`): a partial file or tree next to the final
 //! destination, verified on resume and renamed into place when complete.
 
+mod buf;
 mod content;
 mod partial;
 
+pub use buf::PieceBuf;
 pub use content::Content;
 pub use partial::{Partial, StorageError};
