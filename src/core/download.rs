@@ -2,8 +2,15 @@
 //! and which requests are in flight. The node feeds it events and asks it
 //! which requests to start (`poll_requests`).
 //!
+//! Peers are local (this host's group) or remote (another group). Local
+//! peers are asked for any piece they hold. Remote peers are asked only by
+//! a bridge (`set_bridge`), only for pieces of its share that no local peer
+//! holds and nobody is fetching (group-rarest), and never twice: every
+//! cross-group byte crosses a WAN link.
+//!
 //! Invariants (checked by `check_invariants` in tests):
-//! * `availability[i]` = number of peers whose bitfield has `i`.
+//! * `availability[i]` = number of local peers whose bitfield has `i`;
+//!   `remote_availability[i]` the same for remote peers.
 //! * `inflight[i]` = number of peers with `i` in their `requested` set; a
 //!   piece we have is never in flight (receiving it cancels the others).
 //! * A peer's requests number at most `per_peer`, all peers' at most `total`.
@@ -24,6 +31,8 @@ use bitvec::prelude::*;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use thiserror::Error;
+
+use super::group::BridgeShare;
 
 /// The rate (bytes/s) given to a peer whose first request failed, so that
 /// measured peers are asked before it.
@@ -101,6 +110,9 @@ pub struct Cancel {
 }
 
 struct Peer {
+    /// In another group: only a bridge asks it, and only for pieces no
+    /// local peer holds.
+    remote: bool,
     bits: BitVec,
     has_bitfield: bool,
     requested: Vec<u32>,
@@ -115,9 +127,12 @@ pub struct Download {
     have: BitVec,
     have_count: usize,
     availability: Vec<u32>,
+    remote_availability: Vec<u32>,
     inflight: Vec<u8>,
     inflight_total: usize,
     peers: HashMap<PeerKey, Peer>,
+    /// Set while this host is one of its group's bridges.
+    bridge: Option<BridgeShare>,
     rng: SmallRng,
 }
 
@@ -129,9 +144,11 @@ impl Download {
             have_count: have.count_ones(),
             have,
             availability: vec![0; n],
+            remote_availability: vec![0; n],
             inflight: vec![0; n],
             inflight_total: 0,
             peers: HashMap::new(),
+            bridge: None,
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -155,9 +172,20 @@ impl Download {
         self.peers.len()
     }
 
+    /// A peer of this host's group.
     pub fn add_peer(&mut self, peer: PeerKey) {
+        self.insert_peer(peer, false);
+    }
+
+    /// A peer of another group.
+    pub fn add_remote_peer(&mut self, peer: PeerKey) {
+        self.insert_peer(peer, true);
+    }
+
+    fn insert_peer(&mut self, peer: PeerKey, remote: bool) {
         let n = self.piece_count();
         self.peers.entry(peer).or_insert_with(|| Peer {
+            remote,
             bits: bitvec![0; n],
             has_bitfield: false,
             requested: Vec::new(),
@@ -166,11 +194,35 @@ impl Download {
         });
     }
 
+    /// Makes this host a bridge of its group with `share`, or (`None`) not
+    /// a bridge. Requests already in flight to remote peers run on.
+    pub fn set_bridge(&mut self, share: Option<BridgeShare>) {
+        self.bridge = share;
+    }
+
+    pub fn bridge(&self) -> Option<BridgeShare> {
+        self.bridge
+    }
+
+    /// Whether `peer` is in another group.
+    pub fn peer_is_remote(&self, peer: PeerKey) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.remote)
+    }
+
+    fn avail_mut(&mut self, remote: bool) -> &mut Vec<u32> {
+        if remote {
+            &mut self.remote_availability
+        } else {
+            &mut self.availability
+        }
+    }
+
     /// Forgets a peer; its in-flight requests become requestable again.
     pub fn remove_peer(&mut self, peer: PeerKey) {
         if let Some(p) = self.peers.remove(&peer) {
+            let avail = self.avail_mut(p.remote);
             for i in p.bits.iter_ones() {
-                self.availability[i] -= 1;
+                avail[i] -= 1;
             }
             for i in p.requested {
                 self.inflight[i as usize] -= 1;
@@ -195,10 +247,15 @@ impl Download {
             .peers
             .get_mut(&peer)
             .ok_or(ProtocolViolation::UnknownPeer)?;
+        let avail = if p.remote {
+            &mut self.remote_availability
+        } else {
+            &mut self.availability
+        };
         for i in bits.iter_ones() {
             if !p.bits[i] {
                 p.bits.set(i, true);
-                self.availability[i] += 1;
+                avail[i] += 1;
             }
         }
         p.has_bitfield = true;
@@ -216,7 +273,8 @@ impl Download {
             .ok_or(ProtocolViolation::UnknownPeer)?;
         if !p.bits[i] {
             p.bits.set(i, true);
-            self.availability[i] += 1;
+            let remote = p.remote;
+            self.avail_mut(remote)[i] += 1;
         }
         Ok(())
     }
@@ -291,7 +349,12 @@ impl Download {
                 Failure::Missing => {
                     if p.bits[i as usize] {
                         p.bits.set(i as usize, false);
-                        self.availability[i as usize] -= 1;
+                        let avail = if p.remote {
+                            &mut self.remote_availability
+                        } else {
+                            &mut self.availability
+                        };
+                        avail[i as usize] -= 1;
                     }
                 }
                 Failure::Elsewhere => {
@@ -340,7 +403,11 @@ impl Download {
         let mut order: Vec<(PeerKey, f64, u64)> = self
             .peers
             .iter()
-            .filter(|(_, p)| p.has_bitfield && p.requested.len() < self.cfg.per_peer)
+            .filter(|(_, p)| {
+                p.has_bitfield
+                    && p.requested.len() < self.cfg.per_peer
+                    && (!p.remote || self.bridge.is_some())
+            })
             .map(|(&k, p)| {
                 (
                     k,
@@ -367,6 +434,9 @@ impl Download {
     }
 
     fn pick(&mut self, key: PeerKey) -> Option<usize> {
+        if self.peers[&key].remote {
+            return self.pick_remote(key);
+        }
         let p = &self.peers[&key];
         let usable = |i: usize| !self.have[i] && p.bits[i] && !p.avoid.contains_key(&(i as u32));
         let random_phase = self.have_count < self.cfg.random_first;
@@ -419,15 +489,54 @@ impl Download {
         best
     }
 
+    /// Group-rarest: a piece of this bridge's share that no local peer
+    /// holds and nobody is fetching; among those, the one fewest remote
+    /// peers hold, so that several groups pulling from one source take
+    /// different pieces and can trade them. No endgame duplicates here.
+    fn pick_remote(&mut self, key: PeerKey) -> Option<usize> {
+        let share = self.bridge?;
+        let p = &self.peers[&key];
+        let mut best: Option<usize> = None;
+        let mut best_score = u32::MAX;
+        let mut ties = 0u32;
+        for i in p.bits.iter_ones() {
+            if self.have[i]
+                || self.availability[i] > 0
+                || self.inflight[i] > 0
+                || !share.takes(i)
+                || p.avoid.contains_key(&(i as u32))
+            {
+                continue;
+            }
+            let score = self.remote_availability[i];
+            if score < best_score {
+                best_score = score;
+                best = Some(i);
+                ties = 1;
+            } else if score == best_score {
+                ties += 1;
+                if self.rng.random_range(0..ties) == 0 {
+                    best = Some(i);
+                }
+            }
+        }
+        best
+    }
+
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {
         let n = self.piece_count();
         let mut avail = vec![0u32; n];
+        let mut remote_avail = vec![0u32; n];
         let mut infl = vec![0u8; n];
         let mut total = 0;
         for p in self.peers.values() {
             for i in p.bits.iter_ones() {
-                avail[i] += 1;
+                if p.remote {
+                    remote_avail[i] += 1;
+                } else {
+                    avail[i] += 1;
+                }
             }
             assert!(p.requested.len() <= self.cfg.per_peer);
             for &i in &p.requested {
@@ -437,6 +546,7 @@ impl Download {
             }
         }
         assert_eq!(avail, self.availability);
+        assert_eq!(remote_avail, self.remote_availability);
         assert_eq!(infl, self.inflight);
         assert_eq!(total, self.inflight_total);
         assert!(total <= self.cfg.total);

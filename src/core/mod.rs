@@ -10,8 +10,11 @@
 //!   endgame duplicates with cancellation.
 //! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
 //!   once before serving any piece twice.
+//! * `group`: datacenter groups: bridge election and how bridges split the
+//!   cross-group pieces; `Download` applies the group-rarest rule.
 
 mod download;
+pub mod group;
 mod spread;
 
 pub use download::{
