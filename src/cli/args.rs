@@ -53,6 +53,8 @@ pub struct SeedArgs {
     /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
     #[arg(long, value_name = "RATE")]
     pub upload_limit: Option<String>,
+    #[command(flatten)]
+    pub group: GroupArgs,
     /// Write a JSON report of the run to FILE.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -82,9 +84,26 @@ pub struct JoinArgs {
     /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
     #[arg(long, value_name = "RATE")]
     pub upload_limit: Option<String>,
+    #[command(flatten)]
+    pub group: GroupArgs,
     /// Write a JSON report of the run to FILE.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+/// Datacenter groups: hosts fetch from their own group; a few bridges per
+/// group fetch what the group lacks from other groups.
+#[derive(Args, Debug)]
+pub struct GroupArgs {
+    /// This host's group (datacenter); any name, up to 64 bytes.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    pub group: String,
+    /// How many hosts of each group fetch across groups (1 to 16).
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub bridges: usize,
+    /// Cap on this host's cross-group traffic, each direction (e.g. 400Mbit/s).
+    #[arg(long, value_name = "RATE")]
+    pub wan_limit: Option<String>,
 }
 
 #[derive(Args, Debug)]

@@ -3,14 +3,10 @@
 
 use std::path::Path;
 
-use super::args::{JoinArgs, SeedArgs};
+use super::args::{GroupArgs, JoinArgs, SeedArgs};
 use super::units;
-use crate::node::{JoinConfig, SeedConfig, Tuning};
+use crate::node::{GroupConfig, JoinConfig, MAX_BRIDGES, SeedConfig, Tuning};
 use crate::ticket::Ticket;
-
-/// Every host is in one group until datacenter groups are built;
-/// the label already travels in Hello and Peers.
-const GROUP: &str = "default";
 
 pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     if !a.path.exists() {
@@ -36,9 +32,34 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
         listen: units::addr("--listen", &a.listen)?,
         piece_size,
         until_done: a.until_done,
-        group: GROUP.to_string(),
+        group: group(&a.group)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
+    })
+}
+
+fn group(a: &GroupArgs) -> Result<GroupConfig, String> {
+    if a.group.is_empty() || a.group.len() > crate::wire::MAX_GROUP_LEN {
+        return Err(format!(
+            "--group: {:?} must be 1 to {} bytes",
+            a.group,
+            crate::wire::MAX_GROUP_LEN
+        ));
+    }
+    if !(1..=MAX_BRIDGES).contains(&a.bridges) {
+        return Err(format!(
+            "--bridges: {} must be from 1 to {MAX_BRIDGES}",
+            a.bridges
+        ));
+    }
+    Ok(GroupConfig {
+        name: a.group.clone(),
+        bridges: a.bridges,
+        wan_limit: a
+            .wan_limit
+            .as_deref()
+            .map(|s| units::rate("--wan-limit", s))
+            .transpose()?,
     })
 }
 
@@ -68,7 +89,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,
-        group: GROUP.to_string(),
+        group: group(&a.group)?,
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),

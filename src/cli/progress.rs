@@ -31,11 +31,31 @@ pub fn spawn(
         });
         let start = Instant::now();
         let mut last_line = Instant::now();
+        let mut bridge = None;
         while rx.changed().await.is_ok() {
             let s = rx.borrow_and_update().clone();
+            if s.bridge != bridge {
+                // a role change is news: say it at once, with the group
+                bridge = s.bridge;
+                let line = match s.bridge {
+                    Some((rank, of)) => {
+                        format!("{label}: group {}: bridge {} of {}", s.group, rank + 1, of)
+                    }
+                    None => format!("{label}: group {}: no longer a bridge", s.group),
+                };
+                match &bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
             let secs = start.elapsed().as_secs_f64().max(1e-3);
+            let role = match s.bridge {
+                Some((rank, of)) => format!(", bridge {}/{of}", rank + 1),
+                None => String::new(),
+            };
             let msg = format!(
-                "peers {} (done {}), in {}/s, out {}/s",
+                "group {}{role}, peers {} (done {}), in {}/s, out {}/s",
+                s.group,
                 s.peers,
                 s.peers_done,
                 human(s.bytes_received as f64 / secs),
@@ -80,6 +100,13 @@ pub fn summary(r: &Report) -> String {
         human(r.bytes_received as f64 / r.complete_secs.unwrap_or(secs).max(1e-3)),
         human(r.bytes_served as f64),
     );
+    if r.received_cross_group + r.served_cross_group > 0 {
+        s += &format!(
+            ", across groups received {} and served {}",
+            human(r.received_cross_group as f64),
+            human(r.served_cross_group as f64)
+        );
+    }
     if r.pieces_resumed > 0 {
         s += &format!(", {} pieces resumed from disk", r.pieces_resumed);
     }

@@ -195,9 +195,22 @@ impl Download {
     }
 
     /// Makes this host a bridge of its group with `share`, or (`None`) not
-    /// a bridge. Requests already in flight to remote peers run on.
-    pub fn set_bridge(&mut self, share: Option<BridgeShare>) {
+    /// a bridge. Returns the cross-group requests in flight that the new
+    /// share no longer covers, for the caller to cancel: another bridge
+    /// now fetches those pieces.
+    pub fn set_bridge(&mut self, share: Option<BridgeShare>) -> Vec<Cancel> {
         self.bridge = share;
+        let drop: Vec<Cancel> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.remote)
+            .flat_map(|(&peer, p)| p.requested.iter().map(move |&piece| Cancel { peer, piece }))
+            .filter(|c| !share.is_some_and(|s| s.takes(c.piece as usize)))
+            .collect();
+        for c in &drop {
+            self.finish_request(c.peer, c.piece);
+        }
+        drop
     }
 
     pub fn bridge(&self) -> Option<BridgeShare> {

@@ -312,7 +312,7 @@ fn a_bridge_pulls_across_groups_only_what_its_group_lacks() {
         ..cfg()
     };
     let mut d = Download::new(bitvec![0; 8], c, 3);
-    d.set_bridge(share(0, 1));
+    let _ = d.set_bridge(share(0, 1));
     d.add_remote_peer(1);
     d.peer_bitfield(1, &full(8)).unwrap();
     d.add_peer(2);
@@ -339,7 +339,7 @@ fn bridges_split_the_cross_group_pieces() {
             ..cfg()
         };
         let mut d = Download::new(bitvec![0; 8], c, rank as u64);
-        d.set_bridge(share(rank, 2));
+        let _ = d.set_bridge(share(rank, 2));
         d.add_remote_peer(1);
         d.peer_bitfield(1, &full(8)).unwrap();
         let mut got: Vec<u32> = d.poll_requests(t0()).iter().map(|r| r.1).collect();
@@ -350,6 +350,31 @@ fn bridges_split_the_cross_group_pieces() {
 }
 
 #[test]
+fn losing_the_bridge_role_cancels_cross_group_requests_only() {
+    let mut d = Download::new(bitvec![0; 8], cfg(), 4);
+    let _ = d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(1, &bitvec![0, 0, 0, 0, 1, 1, 1, 1])
+        .unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(2, &bitvec![1, 1, 1, 1, 0, 0, 0, 0])
+        .unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.iter().filter(|r| r.0 == 1).count(), 3, "{reqs:?}");
+    let mut cancels: Vec<(u64, u32)> = d
+        .set_bridge(None)
+        .iter()
+        .map(|c| (c.peer, c.piece))
+        .collect();
+    let mut remote: Vec<(u64, u32)> = reqs.iter().filter(|r| r.0 == 1).copied().collect();
+    cancels.sort();
+    remote.sort();
+    assert_eq!(cancels, remote);
+    d.check_invariants();
+    assert_eq!(d.inflight_total(), 3);
+}
+
+#[test]
 fn a_piece_announced_in_the_group_is_no_longer_pulled_across() {
     let c = DownloadConfig {
         per_peer: 1,
@@ -357,7 +382,7 @@ fn a_piece_announced_in_the_group_is_no_longer_pulled_across() {
         ..cfg()
     };
     let mut d = Download::new(bitvec![0; 2], c, 9);
-    d.set_bridge(share(0, 1));
+    let _ = d.set_bridge(share(0, 1));
     d.add_remote_peer(1);
     d.peer_bitfield(1, &full(2)).unwrap();
     d.add_peer(2);
@@ -418,14 +443,21 @@ proptest! {
                     let why = if r.0 == 100 { Failure::Failed } else { Failure::Missing };
                     d.piece_failed(r.0, r.1, why, now)
                 },
-                5 => d.set_bridge(match piece % 3 { 0 => None, 1 => share(0, 1), _ => share(peer as usize % 2, 2) }),
+                5 => {
+                    let new = match piece % 3 { 0 => None, 1 => share(0, 1), _ => share(peer as usize % 2, 2) };
+                    for c in d.set_bridge(new) {
+                        prop_assert!(d.peer_is_remote(c.peer));
+                        prop_assert!(!new.is_some_and(|s| s.takes(c.piece as usize)));
+                        outstanding.retain(|o| *o != (c.peer, c.piece));
+                    }
+                }
                 _ => if let Some(r) = outstanding.pop() { d.piece_failed(r.0, r.1, Failure::Failed, now) },
             }
             d.check_invariants();
         }
         for r in outstanding.drain(..) { d.piece_failed(r.0, r.1, Failure::Failed, now); }
         for k in 0..6 { d.remove_peer(k); }
-        d.set_bridge(share(0, 1));
+        let _ = d.set_bridge(share(0, 1));
         let mut t = now;
         for _ in 0..1000 {
             if d.is_complete() { break; }

@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::connect;
 use super::peer::{self, Handshaken, Identity, PeerHandle, ServeAnswer, close};
 use super::rate::RateLimit;
-use super::{ALONE_TIMEOUT, NodeError, Report, STALL_TIMEOUT, Status, fetch, hex};
+use super::{ALONE_TIMEOUT, GroupConfig, NodeError, Report, STALL_TIMEOUT, Status, fetch, hex};
+use crate::core::group;
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
@@ -33,6 +34,12 @@ const DIAL_TARGET: usize = 24;
 const MAX_KNOWN: usize = 4096;
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
 const MAX_DIAL_FAILURES: u32 = 5;
+/// A joiner takes no bridge role in its first second, nor (for its first
+/// ten) while it is still dialing members of its group it has just heard
+/// of: hosts started together would otherwise each see an empty group,
+/// each elect itself and pull the same first pieces over the WAN.
+const BRIDGE_SETTLE: Duration = Duration::from_secs(1);
+const BRIDGE_SETTLE_MAX: Duration = Duration::from_secs(10);
 
 pub enum Event {
     Connected(Box<Handshaken>),
@@ -89,6 +96,8 @@ struct Peer {
     handle: PeerHandle,
     info: PeerInfo,
     done: bool,
+    /// In another group than this host.
+    remote: bool,
 }
 
 struct Known {
@@ -130,6 +139,9 @@ pub struct Engine {
     all_done_since: Option<Instant>,
     seed_id: Option<PeerId>,
     upload_limit: Option<Arc<RateLimit>>,
+    group: GroupConfig,
+    /// Every cross-group byte, sent or fetched, passes this bucket.
+    wan_limit: Option<Arc<RateLimit>>,
     serve_limit: Arc<tokio::sync::Semaphore>,
 }
 
@@ -147,6 +159,7 @@ pub struct Parts {
     pub seed_id: Option<PeerId>,
     pub report: Report,
     pub upload_limit: Option<u64>,
+    pub group: GroupConfig,
 }
 
 impl Engine {
@@ -191,6 +204,8 @@ impl Engine {
             all_done_since: None,
             seed_id: p.seed_id,
             upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
+            wan_limit: p.group.wan_limit.map(|r| Arc::new(RateLimit::new(r))),
+            group: p.group,
             serve_limit: Arc::new(tokio::sync::Semaphore::new(peer::SERVE_TOTAL)),
         }
     }
@@ -323,6 +338,11 @@ impl Engine {
                 self.report.bytes_served += bytes;
                 if let Some(p) = self.peers.get(&key) {
                     *self.report.served_to.entry(hex(&p.info.id)).or_default() += bytes;
+                    if p.remote {
+                        self.report.served_cross_group += bytes;
+                    } else {
+                        self.report.served_same_group += bytes;
+                    }
                 }
             }
             Event::Finalized(r) => {
@@ -367,6 +387,7 @@ impl Engine {
             self.drop_peer(old_key, "replaced by a new connection");
         }
         let remote = h.conn.remote_address();
+        let cross = h.hello.group != self.group.name;
         let info = PeerInfo {
             id,
             group: h.hello.group.clone(),
@@ -400,7 +421,11 @@ impl Engine {
             let _ = handle.control.try_send(Message::Done);
         }
         if let Some(d) = &mut self.download {
-            d.add_peer(key);
+            if cross {
+                d.add_remote_peer(key);
+            } else {
+                d.add_peer(key);
+            }
         }
         self.known.remove(&id);
         self.by_id.insert(id, key);
@@ -410,8 +435,59 @@ impl Engine {
                 handle,
                 info,
                 done: false,
+                remote: cross,
             },
         );
+        if !cross {
+            self.elect();
+        }
+    }
+
+    /// Re-runs the bridge election over the live members of this host's
+    /// group that it knows (see `core::group`).
+    fn elect(&mut self) {
+        let Some(d) = &mut self.download else { return };
+        let others: Vec<PeerId> = self
+            .peers
+            .values()
+            .filter(|p| !p.remote)
+            .map(|p| p.info.id)
+            .collect();
+        let age = self.started.elapsed();
+        let meeting = self
+            .known
+            .values()
+            .any(|k| k.info.group == self.group.name && (k.dialing || k.failures == 0));
+        let settling = age < BRIDGE_SETTLE || (meeting && age < BRIDGE_SETTLE_MAX);
+        let share = if settling || d.is_complete() {
+            None
+        } else {
+            group::bridge_share(
+                &self.manifest.id().0,
+                &self.id.peer_id,
+                &others,
+                self.group.bridges,
+            )
+        };
+        if share != d.bridge() {
+            match share {
+                Some(s) => tracing::info!(
+                    group = self.group.name,
+                    "this host is now bridge {} of {}",
+                    s.rank + 1,
+                    s.of
+                ),
+                None => tracing::info!(group = self.group.name, "this host is no longer a bridge"),
+            }
+            for c in d.set_bridge(share) {
+                if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
+                    t.cancel();
+                }
+            }
+            if share.is_some() {
+                self.report.was_bridge = true;
+            }
+        }
     }
 
     fn on_message(&mut self, key: PeerKey, msg: Message) {
@@ -498,6 +574,9 @@ impl Engine {
         if let Some(s) = &mut self.spreader {
             s.peer_gone(key);
         }
+        if !p.remote {
+            self.elect();
+        }
         self.fetches.retain(|(k, _), t| {
             if *k == key {
                 t.cancel();
@@ -546,6 +625,11 @@ impl Engine {
             if Some(p.info.id) == self.seed_id {
                 self.report.received_from_seed += bytes;
             }
+            if p.remote {
+                self.report.received_cross_group += bytes;
+            } else {
+                self.report.received_same_group += bytes;
+            }
         }
         let have: BitVec = d.have().to_bitvec();
         let complete = d.is_complete();
@@ -583,11 +667,16 @@ impl Engine {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
         let (offset, len) = self.manifest.piece_range(i);
+        let remote = self.peers.get(&key).is_some_and(|p| p.remote);
+        let limits = [
+            self.upload_limit.clone(),
+            self.wan_limit.clone().filter(|_| remote),
+        ];
         ServeAnswer::Piece {
             content: self.content.clone(),
             offset,
             len,
-            limit: self.upload_limit.clone(),
+            limits: limits.into_iter().flatten().collect(),
         }
     }
 
@@ -603,6 +692,7 @@ impl Engine {
             let job = fetch::Job {
                 key,
                 conn: p.handle.conn.clone(),
+                wan_limit: self.wan_limit.clone().filter(|_| p.remote),
                 piece,
                 manifest: self.manifest.clone(),
                 content: self.content.clone(),
@@ -617,10 +707,16 @@ impl Engine {
         // dial peers we learned about, up to the dial target
         let dialing = self.known.values().filter(|k| k.dialing).count();
         let room = DIAL_TARGET.saturating_sub(self.peers.len() + dialing);
-        let due: Vec<PeerInfo> = self
+        // members of this host's group first: it fetches from them, and
+        // the bridge election needs to see them
+        let mut due: Vec<&mut Known> = self
             .known
             .values_mut()
             .filter(|k| !k.dialing && k.next_dial <= now)
+            .collect();
+        due.sort_by_key(|k| k.info.group != self.group.name);
+        let due: Vec<PeerInfo> = due
+            .into_iter()
             .take(room)
             .map(|k| {
                 k.dialing = true;
@@ -650,6 +746,7 @@ impl Engine {
         } else {
             self.alone_since = None;
         }
+        self.elect();
         // connected, but nobody has what we miss (e.g. the seed died before
         // every piece left it): give up rather than wait forever
         if !self.complete
@@ -684,6 +781,12 @@ impl Engine {
             peers: self.peers.len(),
             peers_done: self.done_ids.len(),
             complete: self.complete,
+            group: self.group.name.clone(),
+            bridge: self
+                .download
+                .as_ref()
+                .and_then(|d| d.bridge())
+                .map(|s| (s.rank, s.of)),
         });
         Ok(())
     }

@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::engine::Event;
 use super::peer::close;
+use super::rate::RateLimit;
 use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
 use crate::core::{Failure, PeerKey};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
@@ -20,6 +21,9 @@ use crate::wire::{Request, Status};
 pub struct Job {
     pub key: PeerKey,
     pub conn: Connection,
+    /// Set when `conn` leads to another group: the piece's bytes are
+    /// taken from this bucket before the request goes out.
+    pub wan_limit: Option<Arc<RateLimit>>,
     pub piece: u32,
     pub manifest: Arc<Manifest>,
     pub content: Arc<Content>,
@@ -36,8 +40,14 @@ enum Outcome {
 }
 
 pub async fn run(job: Job, events: mpsc::Sender<Event>) {
-    let started = Instant::now();
     let (offset, len) = job.manifest.piece_range(job.piece as usize);
+    if let Some(l) = &job.wan_limit {
+        tokio::select! {
+            _ = l.acquire(len as usize) => {}
+            _ = job.cancel.cancelled() => return,
+        }
+    }
+    let started = Instant::now();
     let got = tokio::select! {
         r = timeout(deadline(len), request(&job.conn, job.piece, len)) => match r {
             Ok(r) => r,

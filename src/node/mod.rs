@@ -44,13 +44,36 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// Fetching the manifest from the first peer.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// The most bridges a group may have (`--bridges`).
+pub const MAX_BRIDGES: usize = 16;
+
+/// This host's datacenter group and how it talks to other groups.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    pub name: String,
+    /// Bridges per group (`--bridges`), at least 1.
+    pub bridges: usize,
+    /// Bytes per second of cross-group traffic, each direction.
+    pub wan_limit: Option<u64>,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            name: "default".into(),
+            bridges: 1,
+            wan_limit: None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SeedConfig {
     pub path: PathBuf,
     pub listen: SocketAddr,
     pub piece_size: Option<u64>,
     pub until_done: Option<usize>,
-    pub group: String,
+    pub group: GroupConfig,
     /// Bytes per second this host uploads at most.
     pub upload_limit: Option<u64>,
     pub tuning: Tuning,
@@ -64,7 +87,7 @@ pub struct JoinConfig {
     pub linger: Duration,
     pub exit_on_complete: bool,
     pub force: bool,
-    pub group: String,
+    pub group: GroupConfig,
     pub connect_timeout: Duration,
     pub upload_limit: Option<u64>,
     pub tuning: Tuning,
@@ -81,6 +104,9 @@ pub struct Status {
     pub peers: usize,
     pub peers_done: usize,
     pub complete: bool,
+    pub group: String,
+    /// `(rank, of)` while this host is one of its group's bridges.
+    pub bridge: Option<(usize, usize)>,
 }
 
 /// What a run did, printed at the end and written as JSON with `--report`.
@@ -103,6 +129,15 @@ pub struct Report {
     /// The peer id of the seed (joiners: the host the ticket named).
     pub seed_peer_id: Option<String>,
     pub received_from_seed: u64,
+    pub group: String,
+    /// Whether this host was one of its group's bridges at some point.
+    pub was_bridge: bool,
+    /// Bytes received from (served to) hosts of this host's group, and of
+    /// other groups.
+    pub received_same_group: u64,
+    pub received_cross_group: u64,
+    pub served_same_group: u64,
+    pub served_cross_group: u64,
     pub received_from: BTreeMap<String, u64>,
     pub served_to: BTreeMap<String, u64>,
     pub output: Option<PathBuf>,

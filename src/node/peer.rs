@@ -286,7 +286,8 @@ pub enum ServeAnswer {
         content: Arc<Content>,
         offset: u64,
         len: u64,
-        limit: Option<Arc<RateLimit>>,
+        /// Token buckets every byte of the piece passes (upload, WAN).
+        limits: Vec<Arc<RateLimit>>,
     },
     Manifest(Arc<Vec<u8>>),
     Refuse(Status),
@@ -344,7 +345,7 @@ async fn serve_one(
             content,
             offset,
             len,
-            limit,
+            limits,
         } => {
             let Request::Piece(piece) = req else {
                 bail!("piece answer to a manifest request")
@@ -352,16 +353,20 @@ async fn serve_one(
             // The same deadline the requester applies: a peer that stops
             // reading cannot hold a serve slot (of 32 per process) forever.
             let deadline = super::fetch::deadline(len);
-            let result =
-                match timeout(deadline, send_piece(&mut send, content, offset, len, limit)).await {
-                    Ok(r) => r,
-                    Err(_) => {
-                        let _ = send.reset(close::CANCEL.into());
-                        Err(anyhow::anyhow!(
-                            "peer did not take the piece within {deadline:?}"
-                        ))
-                    }
-                };
+            let result = match timeout(
+                deadline,
+                send_piece(&mut send, content, offset, len, &limits),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    let _ = send.reset(close::CANCEL.into());
+                    Err(anyhow::anyhow!(
+                        "peer did not take the piece within {deadline:?}"
+                    ))
+                }
+            };
             let sent = *result.as_ref().unwrap_or(&0);
             events
                 .send(Event::ServeEnded {
@@ -382,7 +387,7 @@ async fn send_piece(
     content: Arc<Content>,
     offset: u64,
     len: u64,
-    limit: Option<Arc<RateLimit>>,
+    limits: &[Arc<RateLimit>],
 ) -> anyhow::Result<u64> {
     send.write_all(&[Status::Ok as u8]).await?;
     let mut done = 0u64;
@@ -395,7 +400,7 @@ async fn send_piece(
             c.read_at(at, &mut buf).map(|_| buf)
         })
         .await??;
-        if let Some(l) = &limit {
+        for l in limits {
             l.acquire(n).await;
         }
         // hand the buffer to quinn instead of copying it

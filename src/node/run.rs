@@ -105,13 +105,14 @@ pub async fn seed(
         manifest_id: ticket.manifest_id,
         secret: ticket.secret,
         peer_id: rand::random(),
-        group: cfg.group.clone(),
+        group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),
     };
     let n = m.piece_count();
     let report = Report {
         role: "seed".into(),
+        group: cfg.group.name.clone(),
         peer_id: hex(&id.peer_id),
         manifest_id: hex(&m.id().0),
         bytes_total: m.total_size(),
@@ -138,6 +139,7 @@ pub async fn seed(
         seed_id: None,
         report,
         upload_limit: cfg.upload_limit,
+        group: cfg.group.clone(),
     };
     run_engine(parts, None, stop).await
 }
@@ -177,7 +179,7 @@ pub async fn join(
         manifest_id: cfg.ticket.manifest_id,
         secret: cfg.ticket.secret,
         peer_id: rand::random(),
-        group: cfg.group.clone(),
+        group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),
     };
@@ -214,6 +216,7 @@ pub async fn join(
     }
     let report = Report {
         role: "join".into(),
+        group: cfg.group.name.clone(),
         peer_id: hex(&id.peer_id),
         manifest_id: hex(&m.id().0),
         bytes_total: m.total_size(),
@@ -241,6 +244,7 @@ pub async fn join(
         started,
         report,
         upload_limit: cfg.upload_limit,
+        group: cfg.group.clone(),
     };
     run_engine(parts, Some(first), stop).await
 }
