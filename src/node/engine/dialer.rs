@@ -1,0 +1,125 @@
+//! Peers this host knows of but is not connected to, and when to dial them:
+//! learned addresses, the dial target, redial backoff and giving up.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::wire::{PeerId, PeerInfo};
+
+/// This host dials known peers only while it has fewer connections than
+/// this; others may still dial it (up to `MAX_CONNECTIONS`). Like
+/// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
+const DIAL_TARGET: usize = 24;
+const MAX_KNOWN: usize = 4096;
+const REDIAL_AFTER: Duration = Duration::from_secs(2);
+const MAX_DIAL_FAILURES: u32 = 5;
+
+struct Known {
+    info: PeerInfo,
+    next_dial: Instant,
+    failures: u32,
+    dialing: bool,
+}
+
+/// Known-but-unconnected peers. The engine decides who may be learned
+/// (not itself, not connected, not banned); this decides when to dial.
+#[derive(Default)]
+pub(super) struct Dialer {
+    known: HashMap<PeerId, Known>,
+}
+
+impl Dialer {
+    /// Remembers a peer to dial soon, unless the table is full, the peer
+    /// has no address, or it is already known.
+    pub(super) fn learn(&mut self, info: PeerInfo) {
+        if self.known.len() >= MAX_KNOWN || info.addrs.is_empty() {
+            return;
+        }
+        self.known.entry(info.id).or_insert(Known {
+            info,
+            next_dial: Instant::now(),
+            failures: 0,
+            dialing: false,
+        });
+    }
+
+    /// A dial failed: back off longer each time, forget after a few.
+    pub(super) fn failed(&mut self, id: &PeerId) {
+        if let Some(k) = self.known.get_mut(id) {
+            k.dialing = false;
+            k.failures += 1;
+            k.next_dial = Instant::now() + REDIAL_AFTER * k.failures;
+            if k.failures >= MAX_DIAL_FAILURES {
+                self.known.remove(id);
+            }
+        }
+    }
+
+    /// A connection with `id` came up (dialed or accepted); it is no longer
+    /// being dialed, whether or not the engine keeps it.
+    pub(super) fn connected(&mut self, id: &PeerId) {
+        if let Some(k) = self.known.get_mut(id) {
+            k.dialing = false;
+        }
+    }
+
+    /// The engine kept a connection with `id`: nothing left to dial.
+    pub(super) fn forget(&mut self, id: &PeerId) {
+        self.known.remove(id);
+    }
+
+    /// A connection with a peer was lost abnormally: dial it again after a
+    /// pause, as if one dial had failed.
+    pub(super) fn redial_later(&mut self, info: PeerInfo) {
+        self.known.insert(
+            info.id,
+            Known {
+                info,
+                next_dial: Instant::now() + REDIAL_AFTER,
+                failures: 1,
+                dialing: false,
+            },
+        );
+    }
+
+    /// The peers to dial now, marked as dialing: those due, members of
+    /// `group` first, as many as keep `connections` plus dials in progress
+    /// within the dial target.
+    pub(super) fn take_due(
+        &mut self,
+        now: Instant,
+        connections: usize,
+        group: &str,
+    ) -> Vec<PeerInfo> {
+        let dialing = self.known.values().filter(|k| k.dialing).count();
+        let room = DIAL_TARGET.saturating_sub(connections + dialing);
+        // members of this host's group first: it fetches from them, and
+        // the bridge election needs to see them
+        let mut due: Vec<&mut Known> = self
+            .known
+            .values_mut()
+            .filter(|k| !k.dialing && k.next_dial <= now)
+            .collect();
+        due.sort_by_key(|k| k.info.group != group);
+        due.into_iter()
+            .take(room)
+            .map(|k| {
+                k.dialing = true;
+                k.info.clone()
+            })
+            .collect()
+    }
+
+    /// Whether any dial is in progress.
+    pub(super) fn is_dialing(&self) -> bool {
+        self.known.values().any(|k| k.dialing)
+    }
+
+    /// Whether this host is still meeting members of `group`: one of them
+    /// is being dialed, or was learned and has not failed a dial yet.
+    pub(super) fn meeting(&self, group: &str) -> bool {
+        self.known
+            .values()
+            .any(|k| k.info.group == group && (k.dialing || k.failures == 0))
+    }
+}

@@ -1,0 +1,350 @@
+//! The engine: the one task that owns the swarm state. Connection tasks and
+//! fetch tasks send it `Event`s; it feeds them to the sans-IO core and acts
+//! on the decisions (start fetches, cancel duplicates, answer serve
+//! requests, dial peers, publish our bitfield, decide when to exit).
+//!
+//! This file holds the state, the event loop and the exit rules; the
+//! handlers are `impl Engine` blocks by concern: `peers` (the connection
+//! table), `pieces` (fetches, serves, finalizing), `bridge` (the bridge
+//! election), `report` (report and status). `dialer` is the one piece of
+//! state with its own type: known-but-unconnected peers and when to dial them.
+
+mod bridge;
+mod dialer;
+mod peers;
+mod pieces;
+mod report;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+use quinn::Endpoint;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use self::dialer::Dialer;
+use self::peers::Peer;
+use super::connect;
+use super::peer::{self, Handshaken, Identity, ServeAnswer, close};
+use super::rate::RateLimit;
+use super::{ALONE_TIMEOUT, GroupConfig, NodeError, Report, STALL_TIMEOUT, Status, hex};
+use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
+use crate::manifest::Manifest;
+use crate::storage::{Content, Partial, StorageError};
+use crate::wire::{Message, PeerId, Request};
+
+pub const EVENT_QUEUE: usize = 1024;
+const TICK: Duration = Duration::from_millis(250);
+
+pub enum Event {
+    Connected(Box<Handshaken>),
+    DialFailed {
+        id: PeerId,
+        why: String,
+    },
+    PeerMsg {
+        key: PeerKey,
+        msg: Message,
+    },
+    PeerDown {
+        key: PeerKey,
+        why: String,
+    },
+    PieceDone {
+        key: PeerKey,
+        piece: u32,
+        bytes: u64,
+        elapsed: Duration,
+    },
+    PieceFailed {
+        key: PeerKey,
+        piece: u32,
+        why: Failure,
+    },
+    WriteFailed {
+        piece: u32,
+        why: String,
+    },
+    ServeAsk {
+        key: PeerKey,
+        req: Request,
+        reply: oneshot::Sender<ServeAnswer>,
+    },
+    ServeEnded {
+        key: PeerKey,
+        piece: u32,
+        bytes: u64,
+        completed: bool,
+    },
+    Finalized(Result<PathBuf, StorageError>),
+}
+
+/// How the engine's run ends when nothing goes wrong.
+pub struct Exit {
+    pub linger: Duration,
+    pub exit_on_complete: bool,
+    pub until_done: Option<usize>,
+    pub force: bool,
+}
+
+pub struct Engine {
+    pub id: Identity,
+    manifest: Arc<Manifest>,
+    manifest_bytes: Arc<Vec<u8>>,
+    content: Arc<Content>,
+    /// Joiners: the download state; `None` on the seed.
+    download: Option<Download>,
+    /// The seed: its upload policy.
+    spreader: Option<Spreader>,
+    partial: Option<Partial>,
+    finalizing: bool,
+    complete: bool,
+    have: watch::Sender<Arc<BitVec>>,
+    peers: HashMap<PeerKey, Peer>,
+    by_id: HashMap<PeerId, PeerKey>,
+    dialer: Dialer,
+    banned: HashSet<PeerId>,
+    fetches: HashMap<(PeerKey, u32), CancellationToken>,
+    done_ids: HashSet<PeerId>,
+    endpoint: Endpoint,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
+    status: watch::Sender<Status>,
+    pub report: Report,
+    exit: Exit,
+    started: Instant,
+    alone_since: Option<Instant>,
+    /// When the last piece arrived (or the run started).
+    last_progress: Instant,
+    all_done_since: Option<Instant>,
+    seed_id: Option<PeerId>,
+    upload_limit: Option<Arc<RateLimit>>,
+    group: GroupConfig,
+    /// Every cross-group byte, sent or fetched, passes this bucket.
+    wan_limit: Option<Arc<RateLimit>>,
+    serve_limit: Arc<tokio::sync::Semaphore>,
+}
+
+pub struct Parts {
+    pub id: Identity,
+    pub manifest: Arc<Manifest>,
+    pub manifest_bytes: Arc<Vec<u8>>,
+    pub content: Content,
+    pub have: BitVec,
+    pub partial: Option<Partial>,
+    pub endpoint: Endpoint,
+    pub exit: Exit,
+    pub status: watch::Sender<Status>,
+    pub started: Instant,
+    pub seed_id: Option<PeerId>,
+    pub report: Report,
+    pub upload_limit: Option<u64>,
+    pub group: GroupConfig,
+}
+
+impl Engine {
+    pub fn new(p: Parts, events_tx: mpsc::Sender<Event>, events: mpsc::Receiver<Event>) -> Engine {
+        let n = p.manifest.piece_count();
+        let is_seed = p.partial.is_none();
+        let complete = p.have.all();
+        let download = (!is_seed).then(|| {
+            Download::new(
+                p.have.clone(),
+                DownloadConfig::for_piece_size(p.manifest.piece_size),
+                rand::random(),
+            )
+        });
+        let (have, _) = watch::channel(Arc::new(p.have));
+        Engine {
+            id: p.id,
+            content: Arc::new(p.content),
+            download,
+            spreader: is_seed.then(|| Spreader::new(n)),
+            partial: p.partial,
+            manifest: p.manifest,
+            manifest_bytes: p.manifest_bytes,
+            finalizing: false,
+            complete: is_seed && complete,
+            have,
+            peers: HashMap::new(),
+            by_id: HashMap::new(),
+            dialer: Dialer::default(),
+            banned: HashSet::new(),
+            fetches: HashMap::new(),
+            done_ids: HashSet::new(),
+            endpoint: p.endpoint,
+            events_tx,
+            events,
+            status: p.status,
+            report: p.report,
+            exit: p.exit,
+            started: p.started,
+            alone_since: None,
+            last_progress: p.started,
+            all_done_since: None,
+            seed_id: p.seed_id,
+            upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
+            wan_limit: p.group.wan_limit.map(|r| Arc::new(RateLimit::new(r))),
+            group: p.group,
+            serve_limit: Arc::new(tokio::sync::Semaphore::new(peer::SERVE_TOTAL)),
+        }
+    }
+
+    pub fn have_rx(&self) -> watch::Receiver<Arc<BitVec>> {
+        self.have.subscribe()
+    }
+
+    /// Runs until the exit condition holds, a fatal error, or `stop`.
+    pub async fn run(mut self, stop: CancellationToken) -> Result<Report, NodeError> {
+        // A joiner that resumed a complete copy only needs to finalize.
+        if !self.complete && self.download.as_ref().is_some_and(|d| d.is_complete()) {
+            self.start_finalize();
+        }
+        let result = loop {
+            let wake = self
+                .download
+                .as_ref()
+                .and_then(|d| d.poll_timeout(Instant::now()))
+                .map_or(Instant::now() + TICK, |t| t.min(Instant::now() + TICK));
+            tokio::select! {
+                ev = self.events.recv() => {
+                    let Some(ev) = ev else { break Err(NodeError::Network("event channel closed".into())) };
+                    if let Err(e) = self.handle(ev) {
+                        break Err(e);
+                    }
+                }
+                _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = stop.cancelled() => break Err(NodeError::Interrupted),
+            }
+            if let Err(e) = self.tick() {
+                break Err(e);
+            }
+            if self.should_exit() {
+                break Ok(());
+            }
+            self.schedule();
+        };
+        for t in self.fetches.values() {
+            t.cancel();
+        }
+        // Let the control writers deliver what is queued (Done above all),
+        // then close every connection.
+        for (key, p) in &self.peers {
+            tracing::debug!(peer = key, stats = ?p.handle.conn.stats(), "connection at exit");
+        }
+        let writers: Vec<_> = self.peers.drain().map(|(_, p)| p.handle.writer).collect();
+        let _ = tokio::time::timeout(peer::FLUSH_TIMEOUT, async {
+            for w in writers {
+                let _ = w.await;
+            }
+        })
+        .await;
+        self.endpoint.close(close::DONE.into(), b"bye");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
+        result.map(|_| self.report)
+    }
+
+    fn handle(&mut self, ev: Event) -> Result<(), NodeError> {
+        match ev {
+            Event::Connected(h) => self.on_connected(*h),
+            Event::DialFailed { id, why } => {
+                tracing::debug!(peer = hex(&id[..4]), "dial failed: {why}");
+                self.dialer.failed(&id);
+            }
+            Event::PeerMsg { key, msg } => self.on_message(key, msg),
+            Event::PeerDown { key, why } => self.drop_peer(key, &why),
+            Event::PieceDone {
+                key,
+                piece,
+                bytes,
+                elapsed,
+            } => self.on_piece(key, piece, bytes, elapsed),
+            Event::PieceFailed { key, piece, why } => self.on_piece_failed(key, piece, why),
+            Event::WriteFailed { piece, why } => self.on_write_failed(piece, why)?,
+            Event::ServeAsk { key, req, reply } => {
+                let answer = self.serve_answer(key, req);
+                let _ = reply.send(answer);
+            }
+            Event::ServeEnded {
+                key,
+                piece,
+                bytes,
+                completed,
+            } => self.on_serve_ended(key, piece, bytes, completed),
+            Event::Finalized(r) => self.on_finalized(r)?,
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), NodeError> {
+        let now = Instant::now();
+        // dial peers we learned about, up to the dial target
+        let due = self
+            .dialer
+            .take_due(now, self.peers.len(), &self.group.name);
+        for info in due {
+            tokio::spawn(connect::dial(
+                self.endpoint.clone(),
+                self.id.clone(),
+                info,
+                self.events_tx.clone(),
+            ));
+        }
+        // a joiner left with nobody to talk to gives up after a while
+        let dialing = self.dialer.is_dialing();
+        if !self.complete && self.download.is_some() && self.peers.is_empty() && !dialing {
+            let since = *self.alone_since.get_or_insert(now);
+            if now - since > ALONE_TIMEOUT {
+                return Err(NodeError::Network(format!(
+                    "no peer reachable for {}s with {} of {} pieces",
+                    ALONE_TIMEOUT.as_secs(),
+                    self.download.as_ref().map_or(0, |d| d.have_count()),
+                    self.manifest.piece_count()
+                )));
+            }
+        } else {
+            self.alone_since = None;
+        }
+        self.elect();
+        // connected, but nobody has what we miss (e.g. the seed died before
+        // every piece left it): give up rather than wait forever
+        if !self.complete
+            && !self.finalizing
+            && self.download.is_some()
+            && self.fetches.is_empty()
+            && now - self.last_progress > STALL_TIMEOUT
+        {
+            return Err(NodeError::Network(format!(
+                "no piece arrived for {}s and no connected peer offers a missing one ({} of {} pieces)",
+                STALL_TIMEOUT.as_secs(),
+                self.download.as_ref().map_or(0, |d| d.have_count()),
+                self.manifest.piece_count()
+            )));
+        }
+        let all_done = self.complete && !dialing && self.peers.values().all(|p| p.done);
+        self.all_done_since = if all_done {
+            Some(self.all_done_since.unwrap_or(now))
+        } else {
+            None
+        };
+        self.publish_status();
+        Ok(())
+    }
+
+    fn should_exit(&self) -> bool {
+        if let Some(n) = self.exit.until_done {
+            return self.done_ids.len() >= n;
+        }
+        if self.download.is_none() || !self.complete {
+            return false;
+        }
+        self.exit.exit_on_complete
+            || self
+                .all_done_since
+                .is_some_and(|t| t.elapsed() >= self.exit.linger)
+    }
+}

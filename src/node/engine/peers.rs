@@ -1,0 +1,201 @@
+//! The table of connected peers: admitting a connection (dedup, gossip of
+//! who is in the swarm), their control messages, and dropping them.
+
+use bitvec::prelude::*;
+use quinn::ConnectionError;
+
+use super::Engine;
+use crate::core::PeerKey;
+use crate::node::connect;
+use crate::node::hex;
+use crate::node::peer::{self, Handshaken, PeerHandle, close};
+use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo};
+
+/// Connections this host keeps at most; more are refused or not dialed.
+const MAX_CONNECTIONS: usize = 512;
+
+pub(super) struct Peer {
+    pub(super) handle: PeerHandle,
+    pub(super) info: PeerInfo,
+    pub(super) done: bool,
+    /// In another group than this host.
+    pub(super) remote: bool,
+}
+
+impl Engine {
+    pub(super) fn on_connected(&mut self, h: Handshaken) {
+        let id = h.hello.peer_id;
+        self.dialer.connected(&id);
+        if self.banned.contains(&id) || self.peers.len() >= MAX_CONNECTIONS {
+            h.conn.close(close::DUPLICATE.into(), b"not accepted");
+            return;
+        }
+        let dialer = |dialed: bool, them: PeerId| if dialed { self.id.peer_id } else { them };
+        if let Some(&old_key) = self.by_id.get(&id) {
+            let old = &self.peers[&old_key];
+            // Keep the connection dialed by the lower peer id; both sides
+            // apply the same rule. Same dialer: the newer one wins.
+            let (old_d, new_d) = (dialer(old.handle.dialed, id), dialer(h.dialed, id));
+            if new_d > old_d {
+                h.conn.close(close::DUPLICATE.into(), b"duplicate");
+                return;
+            }
+            old.handle.conn.close(close::DUPLICATE.into(), b"duplicate");
+            self.drop_peer(old_key, "replaced by a new connection");
+        }
+        let remote = h.conn.remote_address();
+        let cross = h.hello.group != self.group.name;
+        let info = PeerInfo {
+            id,
+            group: h.hello.group.clone(),
+            addrs: connect::resolve_addrs(&h.hello.addrs, remote),
+        };
+        let handle = peer::start(
+            h,
+            self.events_tx.clone(),
+            self.have_rx(),
+            self.serve_limit.clone(),
+        );
+        let key = handle.key;
+        tracing::debug!(peer = hex(&id[..4]), %remote, "peer up");
+        // Tell the newcomer about everyone, and everyone about the newcomer.
+        let others: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| p.info.clone())
+            .take(MAX_PEERS)
+            .collect();
+        if !others.is_empty() {
+            let _ = handle.control.try_send(Message::Peers(others));
+        }
+        for p in self.peers.values() {
+            let _ = p
+                .handle
+                .control
+                .try_send(Message::Peers(vec![info.clone()]));
+        }
+        if self.complete {
+            let _ = handle.control.try_send(Message::Done);
+        }
+        if let Some(d) = &mut self.download {
+            if cross {
+                d.add_remote_peer(key);
+            } else {
+                d.add_peer(key);
+            }
+        }
+        self.dialer.forget(&id);
+        self.by_id.insert(id, key);
+        self.peers.insert(
+            key,
+            Peer {
+                handle,
+                info,
+                done: false,
+                remote: cross,
+            },
+        );
+        if !cross {
+            self.elect();
+        }
+    }
+
+    pub(super) fn on_message(&mut self, key: PeerKey, msg: Message) {
+        if !self.peers.contains_key(&key) {
+            return;
+        }
+        let res = match msg {
+            Message::Bitfield(bits) => {
+                let bits: BitVec = bits.iter().by_vals().collect();
+                if let Some(s) = &mut self.spreader {
+                    s.peer_bitfield(key, &bits);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_bitfield(key, &bits).map_err(|e| e.to_string()),
+                    None if bits.len() != self.manifest.piece_count() => {
+                        Err("bitfield length".into())
+                    }
+                    None => Ok(()),
+                }
+            }
+            Message::Have(i) => {
+                if let Some(s) = &mut self.spreader {
+                    s.peer_have(key, i as usize);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_have(key, i as usize).map_err(|e| e.to_string()),
+                    None if i as usize >= self.manifest.piece_count() => Err("piece index".into()),
+                    None => Ok(()),
+                }
+            }
+            Message::Peers(list) => {
+                for info in list {
+                    self.learn(info);
+                }
+                Ok(())
+            }
+            Message::Done => {
+                let p = self.peers.get_mut(&key).expect("checked above");
+                p.done = true;
+                self.done_ids.insert(p.info.id);
+                tracing::debug!(peer = hex(&p.info.id[..4]), "peer is done");
+                Ok(())
+            }
+            Message::Hello(_) => Err("second hello".into()),
+        };
+        if let Err(why) = res {
+            if let Some(p) = self.peers.get(&key) {
+                tracing::warn!(peer = hex(&p.info.id[..4]), "protocol violation: {why}");
+                p.handle.conn.close(close::PROTOCOL.into(), why.as_bytes());
+            }
+            self.drop_peer(key, &why);
+        }
+    }
+
+    /// Passes a peer we heard of to the dialer, unless it is this host, is
+    /// connected already, or is banned.
+    fn learn(&mut self, info: PeerInfo) {
+        if info.id == self.id.peer_id
+            || self.by_id.contains_key(&info.id)
+            || self.banned.contains(&info.id)
+        {
+            return;
+        }
+        self.dialer.learn(info);
+    }
+
+    pub(super) fn drop_peer(&mut self, key: PeerKey, why: &str) {
+        let Some(p) = self.peers.remove(&key) else {
+            return;
+        };
+        let id = p.info.id;
+        tracing::debug!(peer = hex(&id[..4]), "peer down: {why}");
+        if self.by_id.get(&id) == Some(&key) {
+            self.by_id.remove(&id);
+        }
+        if let Some(d) = &mut self.download {
+            d.remove_peer(key);
+        }
+        if let Some(s) = &mut self.spreader {
+            s.peer_gone(key);
+        }
+        if !p.remote {
+            self.elect();
+        }
+        self.fetches.retain(|(k, _), t| {
+            if *k == key {
+                t.cancel();
+            }
+            *k != key
+        });
+        // A peer that left normally, or that we refused, is not redialed.
+        let normal = matches!(p.handle.conn.close_reason(), Some(ConnectionError::ApplicationClosed(ref c)) if c.error_code == close::DONE.into() || c.error_code == close::DUPLICATE.into())
+            || matches!(
+                p.handle.conn.close_reason(),
+                Some(ConnectionError::LocallyClosed)
+            );
+        if !normal && !p.done && !self.banned.contains(&id) && !self.by_id.contains_key(&id) {
+            self.dialer.redial_later(p.info);
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Pieces in both directions: starting the fetches the core decides on and
+//! taking their results, answering serve requests, and finalizing the
+//! complete copy.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Event};
+use crate::core::{Failure, PeerKey};
+use crate::node::peer::{ServeAnswer, close};
+use crate::node::{NodeError, fetch, hex};
+use crate::storage::{Content, StorageError};
+use crate::wire::{Message, Request, Status as WireStatus};
+
+impl Engine {
+    /// Starts the requests the core decides on.
+    pub(super) fn schedule(&mut self) {
+        let Some(d) = &mut self.download else { return };
+        for (key, piece) in d.poll_requests(Instant::now()) {
+            let Some(p) = self.peers.get(&key) else {
+                continue;
+            };
+            let cancel = CancellationToken::new();
+            self.fetches.insert((key, piece), cancel.clone());
+            let job = fetch::Job {
+                key,
+                conn: p.handle.conn.clone(),
+                wan_limit: self.wan_limit.clone().filter(|_| p.remote),
+                piece,
+                manifest: self.manifest.clone(),
+                content: self.content.clone(),
+                cancel,
+            };
+            tokio::spawn(fetch::run(job, self.events_tx.clone()));
+        }
+    }
+
+    pub(super) fn on_piece(&mut self, key: PeerKey, piece: u32, bytes: u64, elapsed: Duration) {
+        self.fetches.remove(&(key, piece));
+        let Some(d) = &mut self.download else { return };
+        if d.have()[piece as usize] {
+            return; // a duplicate that finished after the winner
+        }
+        for c in d.piece_received(key, piece, bytes, elapsed) {
+            if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
+                t.cancel();
+            }
+        }
+        let have: BitVec = d.have().to_bitvec();
+        let complete = d.is_complete();
+        self.count_received(key, bytes);
+        self.last_progress = Instant::now();
+        self.have.send_replace(Arc::new(have));
+        if complete {
+            self.start_finalize();
+        }
+    }
+
+    pub(super) fn on_piece_failed(&mut self, key: PeerKey, piece: u32, why: Failure) {
+        self.fetches.remove(&(key, piece));
+        if why == Failure::Corrupt {
+            self.report.pieces_corrupt += 1;
+            if let Some(p) = self.peers.get(&key) {
+                tracing::warn!(
+                    peer = hex(&p.info.id[..4]),
+                    piece,
+                    "piece failed verification; dropping the peer"
+                );
+                self.banned.insert(p.info.id);
+                p.handle.conn.close(close::CORRUPT.into(), b"corrupt piece");
+            }
+            if let Some(d) = &mut self.download {
+                d.remove_peer(key);
+            }
+        } else if let Some(d) = &mut self.download {
+            d.piece_failed(key, piece, why, Instant::now());
+        }
+    }
+
+    pub(super) fn on_write_failed(&mut self, piece: u32, why: String) -> Result<(), NodeError> {
+        // A late endgame duplicate may fail to write after the copy
+        // was finished and renamed; only a piece we lack is fatal.
+        if self
+            .download
+            .as_ref()
+            .is_some_and(|d| d.have()[piece as usize])
+        {
+            tracing::debug!(piece, "late duplicate not written: {why}");
+            Ok(())
+        } else {
+            Err(NodeError::Other(anyhow::anyhow!(
+                "writing piece {piece}: {why}"
+            )))
+        }
+    }
+
+    pub(super) fn serve_answer(&mut self, key: PeerKey, req: Request) -> ServeAnswer {
+        let i = match req {
+            Request::Manifest => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
+            Request::Piece(i) => i as usize,
+        };
+        if i >= self.manifest.piece_count() || !self.have.borrow()[i] {
+            return ServeAnswer::Refuse(WireStatus::Missing);
+        }
+        if let Some(s) = &mut self.spreader
+            && !s.should_serve(key, i)
+        {
+            return ServeAnswer::Refuse(WireStatus::Elsewhere);
+        }
+        let (offset, len) = self.manifest.piece_range(i);
+        let remote = self.peers.get(&key).is_some_and(|p| p.remote);
+        let limits = [
+            self.upload_limit.clone(),
+            self.wan_limit.clone().filter(|_| remote),
+        ];
+        ServeAnswer::Piece {
+            content: self.content.clone(),
+            offset,
+            len,
+            limits: limits.into_iter().flatten().collect(),
+        }
+    }
+
+    pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
+        if let Some(s) = &mut self.spreader {
+            s.serve_ended(piece as usize, completed);
+        }
+        self.count_served(key, bytes);
+    }
+
+    pub(super) fn start_finalize(&mut self) {
+        let Some(partial) = self.partial.take() else {
+            return;
+        };
+        self.finalizing = true;
+        let m = self.manifest.clone();
+        let force = self.exit.force;
+        let tx = self.events_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = partial.finish(&m, force);
+            let _ = tx.blocking_send(Event::Finalized(r));
+        });
+    }
+
+    /// The complete copy is in place: serve from it and tell every peer.
+    pub(super) fn on_finalized(
+        &mut self,
+        r: Result<PathBuf, StorageError>,
+    ) -> Result<(), NodeError> {
+        let path = r?;
+        let files = self.manifest.files();
+        let content = Content::open(path.clone(), &files, false)
+            .map_err(|e| NodeError::Other(anyhow::anyhow!("reopening {}: {e}", path.display())))?;
+        self.content = Arc::new(content);
+        self.complete = true;
+        self.finalizing = false;
+        self.report.output = Some(path);
+        self.report.complete_secs = Some(self.started.elapsed().as_secs_f64());
+        for p in self.peers.values() {
+            let _ = p.handle.control.try_send(Message::Done);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,66 @@
+//! Accounting: the run's `Report` (bytes by peer, by group, from the seed)
+//! and the live `Status` for progress displays.
+
+use super::Engine;
+use crate::core::PeerKey;
+use crate::node::{Status, hex};
+
+impl Engine {
+    /// Counts a verified piece of `bytes` fetched from `key`.
+    pub(super) fn count_received(&mut self, key: PeerKey, bytes: u64) {
+        self.report.pieces_fetched += 1;
+        self.report.bytes_received += bytes;
+        if let Some(p) = self.peers.get(&key) {
+            *self
+                .report
+                .received_from
+                .entry(hex(&p.info.id))
+                .or_default() += bytes;
+            if Some(p.info.id) == self.seed_id {
+                self.report.received_from_seed += bytes;
+            }
+            if p.remote {
+                self.report.received_cross_group += bytes;
+            } else {
+                self.report.received_same_group += bytes;
+            }
+        }
+    }
+
+    /// Counts `bytes` served to `key`, whether or not the serve completed.
+    pub(super) fn count_served(&mut self, key: PeerKey, bytes: u64) {
+        self.report.bytes_served += bytes;
+        if let Some(p) = self.peers.get(&key) {
+            *self.report.served_to.entry(hex(&p.info.id)).or_default() += bytes;
+            if p.remote {
+                self.report.served_cross_group += bytes;
+            } else {
+                self.report.served_same_group += bytes;
+            }
+        }
+    }
+
+    /// Publishes the live view for progress displays.
+    pub(super) fn publish_status(&self) {
+        let have_count = self
+            .download
+            .as_ref()
+            .map_or(self.manifest.piece_count(), |d| d.have_count());
+        self.status.send_replace(Status {
+            pieces_have: have_count,
+            pieces_total: self.manifest.piece_count(),
+            bytes_total: self.manifest.total_size(),
+            bytes_received: self.report.bytes_received,
+            bytes_served: self.report.bytes_served,
+            peers: self.peers.len(),
+            peers_done: self.done_ids.len(),
+            complete: self.complete,
+            group: self.group.name.clone(),
+            bridge: self
+                .download
+                .as_ref()
+                .and_then(|d| d.bridge())
+                .map(|s| (s.rank, s.of)),
+        });
+    }
+}
