@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # command:package pairs
 need=()
-for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 mount:mount; do
+for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 mount:mount ping:iputils-ping; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then

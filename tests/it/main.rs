@@ -1,7 +1,9 @@
 //! Integration tests: the real binary, real QUIC on loopback, real files.
 
 mod errors;
+mod groups;
 mod hostile;
+mod netsim;
 mod resume;
 mod transfer;
 mod util;
