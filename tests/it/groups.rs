@@ -45,7 +45,8 @@ struct Run {
     dir: tempfile::TempDir,
     image: std::path::PathBuf,
     size: u64,
-    seed: Proc,
+    /// Kept so that it runs (and is killed) with the run.
+    _seed: Proc,
     /// (group, host, process) of every joiner.
     joiners: Vec<(usize, usize, Proc)>,
 }
@@ -99,7 +100,7 @@ impl Run {
             dir,
             image,
             size: size as u64,
-            seed,
+            _seed: seed,
             joiners,
         }
     }
@@ -122,8 +123,7 @@ impl Run {
             *jg == g
                 && p.log_text()
                     .lines()
-                    .filter(|l| l.contains(&format!("group g{g}: ")))
-                    .next_back()
+                    .rfind(|l| l.contains(&format!("group g{g}: ")))
                     .is_some_and(|l| l.contains(": bridge "))
         })
     }
