@@ -58,8 +58,11 @@ fn transport(t: &Tuning) -> anyhow::Result<quinn::TransportConfig> {
         .stream_receive_window(quinn::VarInt::from_u64(t.stream_window)?)
         .receive_window(PRE_AUTH_WINDOW.into())
         .send_window(t.send_window)
-        .keep_alive_interval(Some(Duration::from_secs(3)))
-        .max_idle_timeout(Some(Duration::from_secs(15).try_into()?))
+        // a dead peer (kill -9, cut link) is noticed within 10 s: its
+        // requests move elsewhere and, if it was a bridge, another host of
+        // its group takes over
+        .keep_alive_interval(Some(Duration::from_secs(2)))
+        .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
         .initial_rtt(Duration::from_millis(10));
     match t.congestion.as_str() {
         "cubic" => c.congestion_controller_factory(Arc::new(congestion::CubicConfig::default())),

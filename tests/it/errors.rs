@@ -154,6 +154,7 @@ fn bad_arguments_name_the_argument() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("f");
     fs::write(&f, b"x").unwrap();
+    let long_group = "g".repeat(65);
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["seed", "/nonexistent/path"], "PATH"),
         (
@@ -175,6 +176,27 @@ fn bad_arguments_name_the_argument() {
         (
             vec!["seed", f.to_str().unwrap(), "--until-done", "0"],
             "--until-done",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--wan-limit", "fast"],
+            "--wan-limit",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--wan-limit", "0"],
+            "--wan-limit",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--wan-limit=-5Mbit/s"],
+            "--wan-limit",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--bridges", "0"],
+            "--bridges",
+        ),
+        (vec!["seed", f.to_str().unwrap(), "--group", ""], "--group"),
+        (
+            vec!["seed", f.to_str().unwrap(), "--group", &long_group],
+            "--group",
         ),
         (vec!["join", "swarm1:aaaa", "/nonexistent/dir"], "TICKET"),
         (vec!["demo", "--size", "huge"], "--size"),

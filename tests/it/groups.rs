@@ -1,10 +1,10 @@
 //! Datacenter groups on the emulated network (tests/it/netsim.rs): real
 //! processes in network namespaces, shaped NICs and WAN links. Root only.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::netsim::{Net, Spec};
-use super::util::{self, Proc};
+use super::swarmnet::Run;
 
 const MBIT: u64 = 1_000_000;
 
@@ -38,108 +38,6 @@ fn emulated_wan_has_the_latency_asked_for() {
     net.ping(a, c, 3).expect("the link comes back");
 }
 
-/// A swarm on an emulated network: the seed is host 0 of group 0; every
-/// other host joins, with `--group gG`.
-struct Run {
-    net: Net,
-    dir: tempfile::TempDir,
-    image: std::path::PathBuf,
-    size: u64,
-    /// Kept so that it runs (and is killed) with the run.
-    _seed: Proc,
-    /// (group, host, process) of every joiner.
-    joiners: Vec<(usize, usize, Proc)>,
-}
-
-impl Run {
-    fn start(spec: Spec, size: usize, join_args: &[&str]) -> Run {
-        let net = Net::new(spec).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let image = dir.path().join("image.bin");
-        util::random_file(&image, size, 48);
-        let ticket = dir.path().join("ticket");
-        let mut cmd = net.command(net.host(0, 0), env!("CARGO_BIN_EXE_swarm"));
-        cmd.arg("seed").arg(&image);
-        cmd.args(["--listen", "0.0.0.0:7000", "--group", "g0", "--ticket-file"])
-            .arg(&ticket);
-        let mut seed = Proc::spawn(cmd, "seed", dir.path());
-        let t = Instant::now();
-        while !ticket.exists() {
-            assert!(
-                seed.child.try_wait().unwrap().is_none(),
-                "seed died: {}",
-                seed.log_text()
-            );
-            assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut joiners = Vec::new();
-        for (g, hosts) in net.hosts.iter().enumerate() {
-            for h in hosts
-                .iter()
-                .enumerate()
-                .skip(usize::from(g == 0))
-                .map(|(i, _)| i)
-            {
-                let name = format!("g{g}h{h}");
-                let dest = dir.path().join(&name);
-                std::fs::create_dir_all(&dest).unwrap();
-                let mut cmd = net.command(net.host(g, h), env!("CARGO_BIN_EXE_swarm"));
-                cmd.arg("join")
-                    .arg(format!("@{}", ticket.display()))
-                    .arg(&dest)
-                    .args(["--listen", "0.0.0.0:7000", "--group", &format!("g{g}")])
-                    .args(["--linger", "2s", "--report"])
-                    .arg(dir.path().join(format!("{name}.json")))
-                    .args(join_args);
-                joiners.push((g, h, Proc::spawn(cmd, &name, dir.path())));
-            }
-        }
-        Run {
-            net,
-            dir,
-            image,
-            size: size as u64,
-            _seed: seed,
-            joiners,
-        }
-    }
-
-    /// Waits for every joiner still listed; each must exit 0 with a copy
-    /// identical to the image.
-    fn finish(&mut self, limit: Duration) {
-        let t = Instant::now();
-        for (g, h, p) in &mut self.joiners {
-            p.wait_ok(limit.saturating_sub(t.elapsed()));
-            let copy = self.dir.path().join(format!("g{g}h{h}")).join("image.bin");
-            util::assert_same(&self.image, &copy);
-        }
-    }
-
-    /// Index in `joiners` of the host of group `g` that currently says it
-    /// is its group's bridge (from its own status output).
-    fn bridge_of(&self, g: usize) -> Option<usize> {
-        self.joiners.iter().position(|(jg, _, p)| {
-            *jg == g
-                && p.log_text()
-                    .lines()
-                    .rfind(|l| l.contains(&format!("group g{g}: ")))
-                    .is_some_and(|l| l.contains(": bridge "))
-        })
-    }
-
-    fn wait_wan_in(&self, g: usize, bytes: u64, limit: Duration) {
-        let t = Instant::now();
-        while self.net.wan_bytes_in(g) < bytes {
-            assert!(
-                t.elapsed() < limit,
-                "group {g} got under {bytes} bytes in {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
 fn three_groups() -> Spec {
     Spec {
         hosts: vec![4, 3, 3],
@@ -164,7 +62,7 @@ fn each_remote_group_takes_the_image_over_the_wan_about_once() {
     // the reports split bytes by group, and agree with the links
     let mut cross = [0u64; 3];
     for (g, h, _) in &run.joiners {
-        let r = util::report(&run.dir.path().join(format!("g{g}h{h}.json")));
+        let r = run.report(*g, *h);
         let (same, x) = (
             r["received_same_group"].as_u64().unwrap(),
             r["received_cross_group"].as_u64().unwrap(),

@@ -5,5 +5,6 @@ mod groups;
 mod hostile;
 mod netsim;
 mod resume;
+mod swarmnet;
 mod transfer;
 mod util;

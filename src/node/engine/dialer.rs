@@ -11,8 +11,13 @@ use crate::wire::{PeerId, PeerInfo};
 /// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
 const DIAL_TARGET: usize = 24;
 const MAX_KNOWN: usize = 4096;
+/// Redial backoff: `REDIAL_AFTER` times the failures so far, at most
+/// `REDIAL_MAX`; a peer is forgotten after `MAX_DIAL_FAILURES`. With the
+/// 5 s dial timeout that keeps trying for about a minute and a half, so a
+/// WAN outage of that length heals by itself.
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
-const MAX_DIAL_FAILURES: u32 = 5;
+const REDIAL_MAX: Duration = Duration::from_secs(15);
+const MAX_DIAL_FAILURES: u32 = 8;
 
 struct Known {
     info: PeerInfo,
@@ -48,7 +53,7 @@ impl Dialer {
         if let Some(k) = self.known.get_mut(id) {
             k.dialing = false;
             k.failures += 1;
-            k.next_dial = Instant::now() + REDIAL_AFTER * k.failures;
+            k.next_dial = Instant::now() + (REDIAL_AFTER * k.failures).min(REDIAL_MAX);
             if k.failures >= MAX_DIAL_FAILURES {
                 self.known.remove(id);
             }
@@ -113,6 +118,12 @@ impl Dialer {
     /// Whether any dial is in progress.
     pub(super) fn is_dialing(&self) -> bool {
         self.known.values().any(|k| k.dialing)
+    }
+
+    /// Whether a peer never connected before is being dialed (one we just
+    /// heard of, not one that went away).
+    pub(super) fn is_dialing_new(&self) -> bool {
+        self.known.values().any(|k| k.dialing && k.failures == 0)
     }
 
     /// Whether this host is still meeting members of `group`: one of them

@@ -325,7 +325,10 @@ impl Engine {
                 self.manifest.piece_count()
             )));
         }
-        let all_done = self.complete && !dialing && self.peers.values().all(|p| p.done);
+        // Peers that went away without finishing (crashed, cut off) do not
+        // hold a finished host: they are redialed, but not waited for.
+        let all_done =
+            self.complete && !self.dialer.is_dialing_new() && self.peers.values().all(|p| p.done);
         self.all_done_since = if all_done {
             Some(self.all_done_since.unwrap_or(now))
         } else {

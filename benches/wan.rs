@@ -1,0 +1,153 @@
+//! Groups over an emulated WAN (issue 3): G groups of H hosts on the
+//! network of tests/it/netsim.rs, the seed on host 0 of group 0, every other
+//! host joining with its group. Prints the last host's time against the
+//! physical limit T* = max(S/B, S/W) and the bytes that entered each remote
+//! group over its uplink, per S.
+//!
+//!     cargo bench --bench wan                    # 2 x 4 hosts, 256 MiB, 200/100 Mbit/s, 20 ms
+//!     SWARM_BENCH_QUICK=1 cargo bench --bench wan   # 32 MiB (CI)
+//!
+//! Environment: SWARM_BENCH_SIZE (e.g. 512MiB), SWARM_BENCH_GROUPS,
+//! SWARM_BENCH_HOSTS (per group, the seed included in group 0),
+//! SWARM_BENCH_NIC_MBIT, SWARM_BENCH_WAN_MBIT, SWARM_BENCH_WAN_DELAY_MS.
+//! Needs root. Writes target/bench-wan.json.
+
+#[allow(dead_code)]
+#[path = "../tests/it/netsim.rs"]
+mod netsim;
+#[allow(dead_code)]
+#[path = "../tests/it/swarmnet.rs"]
+mod swarmnet;
+#[allow(dead_code)]
+#[path = "../tests/it/util.rs"]
+mod util;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+
+fn env_num(key: &str, default: u64) -> u64 {
+    std::env::var(key)
+        .ok()
+        .map(|v| {
+            v.parse()
+                .unwrap_or_else(|_| panic!("{key}={v} is not a number"))
+        })
+        .unwrap_or(default)
+}
+
+fn env_size(key: &str, default: u64) -> u64 {
+    match std::env::var(key) {
+        Ok(v) => v
+            .parse::<bytesize::ByteSize>()
+            .unwrap_or_else(|e| panic!("{key}={v}: {e}"))
+            .as_u64(),
+        Err(_) => default,
+    }
+}
+
+fn main() {
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` and test discovery
+    }
+    let quick = std::env::var("SWARM_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let size = env_size("SWARM_BENCH_SIZE", if quick { 32 << 20 } else { 256 << 20 });
+    let groups = env_num("SWARM_BENCH_GROUPS", 2) as usize;
+    let hosts = env_num("SWARM_BENCH_HOSTS", 4) as usize;
+    let nic = env_num("SWARM_BENCH_NIC_MBIT", 200) * 1_000_000;
+    let wan = env_num("SWARM_BENCH_WAN_MBIT", 100) * 1_000_000;
+    let delay = Duration::from_millis(env_num("SWARM_BENCH_WAN_DELAY_MS", 20));
+    assert!(
+        groups >= 1 && hosts >= 1 && (groups > 1 || hosts > 1),
+        "need a joiner"
+    );
+    let spec = netsim::Spec {
+        hosts: vec![hosts; groups],
+        nic_bps: nic,
+        wan_bps: wan,
+        wan_delay: delay,
+    };
+    let bits = size as f64 * 8.0;
+    let limit = if groups > 1 {
+        (bits / nic as f64).max(bits / wan as f64)
+    } else {
+        bits / nic as f64
+    };
+    eprintln!(
+        "bench: {groups} groups x {hosts} hosts, S = {} MiB, B = {} Mbit/s, W = {} Mbit/s, \
+         WAN one-way {delay:?}; T* = {limit:.1} s",
+        size >> 20,
+        nic / 1_000_000,
+        wan / 1_000_000
+    );
+    let mut run = swarmnet::Run::start(spec, size as usize, &[]);
+    let wan_before: Vec<u64> = (0..groups).map(|g| run.net.wan_bytes_in(g)).collect();
+    run.finish(Duration::from_secs_f64(limit * 10.0 + 120.0));
+    let mut done: Vec<(usize, usize, f64)> = Vec::new();
+    for (g, h, _) in &run.joiners {
+        let r = run.report(*g, *h);
+        // complete_secs counts from the joiner's own start; the joiners
+        // were started within milliseconds of `run.started`
+        let secs = r["complete_secs"].as_f64().expect("complete_secs");
+        done.push((*g, *h, secs));
+    }
+    done.sort_by(|a, b| a.2.total_cmp(&b.2));
+    let last = done.last().map_or(0.0, |d| d.2);
+    let median = done[done.len() / 2].2;
+    println!();
+    println!("{:<8} {:>10}", "host", "done (s)");
+    for (g, h, s) in &done {
+        println!("{:<8} {s:>10.1}", format!("g{g}h{h}"));
+    }
+    println!();
+    println!(
+        "last host {last:.1} s, median {median:.1} s, limit T* {limit:.1} s: last / T* = {:.2} (goal <= 1.15)",
+        last / limit
+    );
+    let mut per_group = Vec::new();
+    for g in 1..groups {
+        let frames = run.net.wan_bytes_in(g) - wan_before[g];
+        let payload: u64 = run
+            .joiners
+            .iter()
+            .filter(|(jg, _, _)| *jg == g)
+            .map(|(jg, h, _)| {
+                run.report(*jg, *h)["received_cross_group"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
+        println!(
+            "group {g}: WAN in {:.3} x S as Ethernet frames on the uplink (goal <= 1.05), \
+             {:.3} x S as piece bytes",
+            frames as f64 / size as f64,
+            payload as f64 / size as f64
+        );
+        per_group.push(json!({
+            "group": g,
+            "wan_frame_bytes_in": frames,
+            "wan_frames_per_s": frames as f64 / size as f64,
+            "cross_group_piece_bytes": payload,
+            "cross_group_pieces_per_s": payload as f64 / size as f64,
+        }));
+    }
+    let report = json!({
+        "groups": groups,
+        "hosts_per_group": hosts,
+        "size": size,
+        "nic_bps": nic,
+        "wan_bps": wan,
+        "wan_one_way_delay_ms": delay.as_millis() as u64,
+        "limit_secs": limit,
+        "last_secs": last,
+        "median_secs": median,
+        "last_over_limit": last / limit,
+        "hosts": done.iter().map(|(g, h, s)| json!({"host": format!("g{g}h{h}"), "secs": s})).collect::<Vec<_>>(),
+        "remote_groups": per_group,
+    });
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-wan.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n")
+        .expect("write the figures");
+    println!("figures written to {}", path.display());
+}

@@ -1,0 +1,122 @@
+//! A swarm on the emulated network: the seed on host 0 of group 0, every
+//! other host joining with `--group gG`. Shared by tests/it/groups.rs and
+//! benches/wan.rs (which include this file by path).
+
+#![allow(dead_code)] // each user needs a different part
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::netsim::{Net, Spec};
+use crate::util::{self, Proc};
+
+/// A swarm on an emulated network: the seed is host 0 of group 0; every
+/// other host joins, with `--group gG`.
+pub struct Run {
+    pub net: Net,
+    pub dir: tempfile::TempDir,
+    pub image: PathBuf,
+    pub size: u64,
+    /// Kept so that it runs (and is killed) with the run.
+    _seed: Proc,
+    /// (group, host, process) of every joiner.
+    pub joiners: Vec<(usize, usize, Proc)>,
+    /// When the first joiner was started.
+    pub started: Instant,
+}
+
+impl Run {
+    pub fn start(spec: Spec, size: usize, join_args: &[&str]) -> Run {
+        let net = Net::new(spec).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let image = dir.path().join("image.bin");
+        util::random_file(&image, size, 48);
+        let ticket = dir.path().join("ticket");
+        let mut cmd = net.command(net.host(0, 0), env!("CARGO_BIN_EXE_swarm"));
+        cmd.arg("seed").arg(&image);
+        cmd.args(["--listen", "0.0.0.0:7000", "--group", "g0", "--ticket-file"])
+            .arg(&ticket);
+        let mut seed = Proc::spawn(cmd, "seed", dir.path());
+        let t = Instant::now();
+        while !ticket.exists() {
+            assert!(
+                seed.child.try_wait().unwrap().is_none(),
+                "seed died: {}",
+                seed.log_text()
+            );
+            assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut joiners = Vec::new();
+        let started = Instant::now();
+        for (g, hosts) in net.hosts.iter().enumerate() {
+            for h in hosts
+                .iter()
+                .enumerate()
+                .skip(usize::from(g == 0))
+                .map(|(i, _)| i)
+            {
+                let name = format!("g{g}h{h}");
+                let dest = dir.path().join(&name);
+                std::fs::create_dir_all(&dest).unwrap();
+                let mut cmd = net.command(net.host(g, h), env!("CARGO_BIN_EXE_swarm"));
+                cmd.arg("join")
+                    .arg(format!("@{}", ticket.display()))
+                    .arg(&dest)
+                    .args(["--listen", "0.0.0.0:7000", "--group", &format!("g{g}")])
+                    .args(["--linger", "2s", "--report"])
+                    .arg(dir.path().join(format!("{name}.json")))
+                    .args(join_args);
+                joiners.push((g, h, Proc::spawn(cmd, &name, dir.path())));
+            }
+        }
+        Run {
+            net,
+            dir,
+            image,
+            size: size as u64,
+            _seed: seed,
+            joiners,
+            started,
+        }
+    }
+
+    /// Waits for every joiner still listed; each must exit 0 with a copy
+    /// identical to the image.
+    pub fn finish(&mut self, limit: Duration) {
+        let t = Instant::now();
+        for (g, h, p) in &mut self.joiners {
+            p.wait_ok(limit.saturating_sub(t.elapsed()));
+            let copy = self.dir.path().join(format!("g{g}h{h}")).join("image.bin");
+            util::assert_same(&self.image, &copy);
+        }
+    }
+
+    /// The JSON report of joiner `g`, `h`.
+    pub fn report(&self, g: usize, h: usize) -> serde_json::Value {
+        util::report(&self.dir.path().join(format!("g{g}h{h}.json")))
+    }
+
+    /// Index in `joiners` of the host of group `g` that currently says it
+    /// is its group's bridge (from its own status output).
+    pub fn bridge_of(&self, g: usize) -> Option<usize> {
+        self.joiners.iter().position(|(jg, _, p)| {
+            *jg == g
+                && p.log_text()
+                    .lines()
+                    .rfind(|l| l.contains(&format!("group g{g}: ")))
+                    .is_some_and(|l| l.contains(": bridge "))
+        })
+    }
+
+    pub fn wait_wan_in(&self, g: usize, bytes: u64, limit: Duration) {
+        let t = Instant::now();
+        while self.net.wan_bytes_in(g) < bytes {
+            assert!(
+                t.elapsed() < limit,
+                "group {g} got under {bytes} bytes in {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
