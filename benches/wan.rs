@@ -12,10 +12,8 @@
 //! SWARM_BENCH_NIC_MBIT, SWARM_BENCH_WAN_MBIT, SWARM_BENCH_WAN_DELAY_MS.
 //! Needs root. Writes target/bench-wan.json.
 
-#[allow(dead_code)]
 #[path = "../tests/it/netsim.rs"]
 mod netsim;
-#[allow(dead_code)]
 #[path = "../tests/it/swarmnet.rs"]
 mod swarmnet;
 #[allow(dead_code)]
@@ -106,8 +104,8 @@ fn main() {
         last / limit
     );
     let mut per_group = Vec::new();
-    for g in 1..groups {
-        let frames = run.net.wan_bytes_in(g) - wan_before[g];
+    for (g, before) in wan_before.iter().enumerate().skip(1) {
+        let frames = run.net.wan_bytes_in(g) - before;
         let payload: u64 = run
             .joiners
             .iter()
