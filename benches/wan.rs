@@ -9,7 +9,9 @@
 //!
 //! Environment: SWARM_BENCH_SIZE (e.g. 512MiB), SWARM_BENCH_GROUPS,
 //! SWARM_BENCH_HOSTS (per group, the seed included in group 0),
-//! SWARM_BENCH_NIC_MBIT, SWARM_BENCH_WAN_MBIT, SWARM_BENCH_WAN_DELAY_MS.
+//! SWARM_BENCH_NIC_MBIT, SWARM_BENCH_WAN_MBIT, SWARM_BENCH_WAN_DELAY_MS,
+//! SWARM_BENCH_MTU (host NICs; 1500 default, 9000 for jumbo frames),
+//! SWARM_BENCH_PIECE (the seed's --piece-size).
 //! Needs root. Writes target/bench-wan.json.
 
 #[path = "../tests/it/netsim.rs"]
@@ -65,6 +67,7 @@ fn main() {
         nic_bps: nic,
         wan_bps: wan,
         wan_delay: delay,
+        mtu: env_num("SWARM_BENCH_MTU", 1500) as u32,
     };
     let bits = size as f64 * 8.0;
     let limit = if groups > 1 {
@@ -79,7 +82,12 @@ fn main() {
         nic / 1_000_000,
         wan / 1_000_000
     );
-    let mut run = swarmnet::Run::start(spec, size as usize, &[]);
+    let piece = std::env::var("SWARM_BENCH_PIECE").ok();
+    let seed_args: Vec<&str> = match &piece {
+        Some(p) => vec!["--piece-size", p.as_str()],
+        None => vec![],
+    };
+    let mut run = swarmnet::Run::start(spec, size as usize, &seed_args, &[]);
     let wan_before: Vec<u64> = (0..groups).map(|g| run.net.wan_bytes_in(g)).collect();
     run.finish(Duration::from_secs_f64(limit * 10.0 + 120.0));
     let mut done: Vec<(usize, usize, f64)> = Vec::new();
@@ -102,6 +110,13 @@ fn main() {
     println!(
         "last host {last:.1} s, median {median:.1} s, limit T* {limit:.1} s: last / T* = {:.2} (goal <= 1.15)",
         last / limit
+    );
+    let seed = run.seed_report(Duration::from_secs(60));
+    let seed_sent = seed["bytes_served"].as_u64().unwrap_or(0);
+    println!(
+        "seed sent {:.2} x S ({} joiners)",
+        seed_sent as f64 / size as f64,
+        done.len()
     );
     let mut per_group = Vec::new();
     for (g, before) in wan_before.iter().enumerate().skip(1) {
@@ -141,6 +156,7 @@ fn main() {
         "last_secs": last,
         "median_secs": median,
         "last_over_limit": last / limit,
+        "seed_sent_bytes": seed_sent,
         "hosts": done.iter().map(|(g, h, s)| json!({"host": format!("g{g}h{h}"), "secs": s})).collect::<Vec<_>>(),
         "remote_groups": per_group,
     });

@@ -41,7 +41,7 @@ pub struct SeedArgs {
     /// Address to listen on (IP:PORT); port 0 picks a free one.
     #[arg(long, default_value = "0.0.0.0:0")]
     pub listen: String,
-    /// Piece size, a power of two from 4KiB to 1GiB (default: 4MiB, larger for huge images).
+    /// Piece size, a power of two from 4KiB to 1GiB (default: 1MiB, larger for images over 64GiB).
     #[arg(long)]
     pub piece_size: Option<String>,
     /// Also write the ticket to FILE.

@@ -281,6 +281,9 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
         assert!(c.total as u64 * piece as u64 <= INFLIGHT_BYTES.max(2 * piece as u64));
     }
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 32);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 3);
 }
 
 fn share(rank: usize, of: usize) -> Option<BridgeShare> {

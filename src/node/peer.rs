@@ -300,7 +300,14 @@ async fn serve_requests(
     total: Arc<Semaphore>,
 ) {
     let limit = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
+    let mut seq: i32 = 0;
     while let Ok((send, recv)) = conn.accept_bi().await {
+        // First come, first served: quinn sends the highest priority
+        // first, so each piece completes (and can be passed on) as early
+        // as possible instead of all of them sharing the link and
+        // finishing together. The control stream (priority 0) goes first.
+        seq = seq.wrapping_add(1) & 0x3fff_ffff;
+        let _ = send.set_priority(-seq);
         let (Ok(permit), Ok(global)) = (
             limit.clone().acquire_owned().await,
             total.clone().acquire_owned().await,

@@ -15,6 +15,7 @@ fn emulated_wan_has_the_latency_asked_for() {
         nic_bps: 200 * MBIT,
         wan_bps: 50 * MBIT,
         wan_delay: Duration::from_millis(20),
+        mtu: 1500,
     })
     .unwrap();
     let (a, b, c) = (net.host(0, 0), net.host(0, 1), net.host(1, 0));
@@ -44,6 +45,7 @@ fn three_groups() -> Spec {
         nic_bps: 200 * MBIT,
         wan_bps: 50 * MBIT,
         wan_delay: Duration::from_millis(20),
+        mtu: 1500,
     }
 }
 
@@ -51,7 +53,7 @@ const SIZE: usize = 48 << 20;
 
 #[test]
 fn each_remote_group_takes_the_image_over_the_wan_about_once() {
-    let mut run = Run::start(three_groups(), SIZE, &[]);
+    let mut run = Run::start(three_groups(), SIZE, &[], &[]);
     run.finish(Duration::from_secs(180));
     for g in 1..3 {
         let wan = run.net.wan_bytes_in(g);
@@ -79,7 +81,7 @@ fn each_remote_group_takes_the_image_over_the_wan_about_once() {
 
 #[test]
 fn another_host_takes_over_when_the_bridge_dies() {
-    let mut run = Run::start(three_groups(), SIZE, &[]);
+    let mut run = Run::start(three_groups(), SIZE, &[], &[]);
     run.wait_wan_in(1, run.size / 2, Duration::from_secs(120));
     let i = run.bridge_of(1).expect("group 1 has a bridge");
     let (_, h, mut bridge) = run.joiners.remove(i);
@@ -96,7 +98,7 @@ fn another_host_takes_over_when_the_bridge_dies() {
 
 #[test]
 fn a_wan_outage_of_20s_heals_by_itself() {
-    let mut run = Run::start(three_groups(), SIZE, &[]);
+    let mut run = Run::start(three_groups(), SIZE, &[], &[]);
     run.wait_wan_in(1, run.size / 3, Duration::from_secs(120));
     run.net.set_wan(1, false);
     std::thread::sleep(Duration::from_secs(20));

@@ -19,6 +19,10 @@
 //!   AF_PACKET sockets in the core namespace that pass every frame between
 //!   `uGb` and `wGb` after `wan_delay / 2`. Group to group, a packet crosses
 //!   two uplinks: one-way latency `wan_delay`, RTT `2 * wan_delay`.
+//! * Host NICs have MTU `mtu` (jumbo frames are common inside a
+//!   datacenter); the uplinks keep 1500, and a bridge drops frames larger
+//!   than the port they leave by, so path MTU discovery finds 1500 across
+//!   groups, as on a real WAN.
 //! * All hosts share 10.0.0.0/16: host H of group G is 10.0.G.(H+1). IPv6 is
 //!   off in every namespace made here (no stray neighbour discovery).
 //! * Names carry a prefix unique to the process and the network, and `Drop`
@@ -47,6 +51,9 @@ pub struct Spec {
     pub wan_bps: u64,
     /// One-way latency between two groups.
     pub wan_delay: Duration,
+    /// MTU of every host NIC (1500, or 9000 for jumbo frames inside a
+    /// datacenter); uplinks between groups stay at 1500.
+    pub mtu: u32,
 }
 
 pub struct Host {
@@ -170,6 +177,9 @@ impl Net {
                     "ip", "-n", c, "link", "add", &port, "type", "veth", "peer", "name", "eth0",
                     "netns", &ns,
                 ])?;
+                let mtu = spec.mtu.to_string();
+                sh(&["ip", "-n", c, "link", "set", &port, "mtu", &mtu])?;
+                sh(&["ip", "-n", &ns, "link", "set", "eth0", "mtu", &mtu])?;
                 sh(&["ip", "-n", c, "link", "set", &port, "master", &br, "up"])?;
                 let ip = Ipv4Addr::new(10, 0, g as u8, h as u8 + 1);
                 sh(&[

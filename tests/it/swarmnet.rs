@@ -17,8 +17,8 @@ pub struct Run {
     pub dir: tempfile::TempDir,
     pub image: PathBuf,
     pub size: u64,
-    /// Kept so that it runs (and is killed) with the run.
-    _seed: Proc,
+    /// Killed with the run if still running.
+    pub seed: Proc,
     /// (group, host, process) of every joiner.
     pub joiners: Vec<(usize, usize, Proc)>,
     /// When the first joiner was started.
@@ -26,7 +26,9 @@ pub struct Run {
 }
 
 impl Run {
-    pub fn start(spec: Spec, size: usize, join_args: &[&str]) -> Run {
+    /// Starts the seed (with `seed_args`) and every joiner (with
+    /// `join_args`). The seed exits once every joiner is done.
+    pub fn start(spec: Spec, size: usize, seed_args: &[&str], join_args: &[&str]) -> Run {
         let net = Net::new(spec).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("image.bin");
@@ -34,8 +36,12 @@ impl Run {
         let ticket = dir.path().join("ticket");
         let mut cmd = net.command(net.host(0, 0), env!("CARGO_BIN_EXE_swarm"));
         cmd.arg("seed").arg(&image);
+        let joiners_total: usize = spec_hosts(&net) - 1;
         cmd.args(["--listen", "0.0.0.0:7000", "--group", "g0", "--ticket-file"])
-            .arg(&ticket);
+            .arg(&ticket)
+            .args(["--until-done", &joiners_total.to_string(), "--report"])
+            .arg(dir.path().join("seed.json"))
+            .args(seed_args);
         let mut seed = Proc::spawn(cmd, "seed", dir.path());
         let t = Instant::now();
         while !ticket.exists() {
@@ -75,7 +81,7 @@ impl Run {
             dir,
             image,
             size: size as u64,
-            _seed: seed,
+            seed,
             joiners,
             started,
         }
@@ -90,6 +96,12 @@ impl Run {
             let copy = self.dir.path().join(format!("g{g}h{h}")).join("image.bin");
             util::assert_same(&self.image, &copy);
         }
+    }
+
+    /// The seed's report, once it has exited by itself.
+    pub fn seed_report(&mut self, limit: Duration) -> serde_json::Value {
+        self.seed.wait_ok(limit);
+        util::report(&self.dir.path().join("seed.json"))
     }
 
     /// The JSON report of joiner `g`, `h`.
@@ -119,4 +131,8 @@ impl Run {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+fn spec_hosts(net: &Net) -> usize {
+    net.hosts.iter().map(Vec::len).sum()
 }

@@ -162,7 +162,7 @@ impl Engine {
             id: p.id,
             content: Arc::new(p.content),
             download,
-            spreader: is_seed.then(|| Spreader::new(n)),
+            spreader: is_seed.then(|| Spreader::new(n, Instant::now())),
             partial: p.partial,
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,

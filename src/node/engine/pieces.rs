@@ -107,7 +107,7 @@ impl Engine {
             return ServeAnswer::Refuse(WireStatus::Missing);
         }
         if let Some(s) = &mut self.spreader
-            && !s.should_serve(key, i)
+            && !s.should_serve(key, i, Instant::now())
         {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
@@ -127,7 +127,7 @@ impl Engine {
 
     pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
         if let Some(s) = &mut self.spreader {
-            s.serve_ended(piece as usize, completed);
+            s.serve_ended(key, piece as usize, completed, Instant::now());
         }
         self.count_served(key, bytes);
     }
