@@ -23,6 +23,8 @@ mod swarmnet;
 mod util;
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::json;
@@ -89,7 +91,22 @@ fn main() {
     };
     let mut run = swarmnet::Run::start(spec, size as usize, &seed_args, &[]);
     let wan_before: Vec<u64> = (0..groups).map(|g| run.net.wan_bytes_in(g)).collect();
+    // the WAN's use over time: bytes into each remote group, every second
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (uplinks, stop) = (run.net.uplinks(), stop.clone());
+        std::thread::spawn(move || {
+            let mut samples: Vec<Vec<u64>> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                samples.push((1..groups).map(|g| uplinks.bytes_in(g)).collect());
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            samples
+        })
+    };
     run.finish(Duration::from_secs_f64(limit * 10.0 + 120.0));
+    stop.store(true, Ordering::Relaxed);
+    let samples = sampler.join().expect("sampler");
     let mut done: Vec<(usize, usize, f64)> = Vec::new();
     for (g, h, _) in &run.joiners {
         let r = run.report(*g, *h);
@@ -118,6 +135,17 @@ fn main() {
         seed_sent as f64 / size as f64,
         done.len()
     );
+    for g in 1..groups {
+        let rates: Vec<String> = samples
+            .windows(2)
+            .map(|w| format!("{:.0}", (w[1][g - 1] - w[0][g - 1]) as f64 * 8.0 / 1e6))
+            .collect();
+        println!(
+            "group {g}: WAN in, Mbit/s per second (link {} Mbit/s): {}",
+            wan / 1_000_000,
+            rates.join(" ")
+        );
+    }
     let mut per_group = Vec::new();
     for (g, before) in wan_before.iter().enumerate().skip(1) {
         let frames = run.net.wan_bytes_in(g) - before;
@@ -159,6 +187,7 @@ fn main() {
         "seed_sent_bytes": seed_sent,
         "hosts": done.iter().map(|(g, h, s)| json!({"host": format!("g{g}h{h}"), "secs": s})).collect::<Vec<_>>(),
         "remote_groups": per_group,
+        "wan_in_bytes_every_second": samples,
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-wan.json");
     std::fs::write(&path, serde_json::to_string_pretty(&report).unwrap() + "\n")

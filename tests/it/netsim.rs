@@ -236,32 +236,21 @@ impl Net {
         c
     }
 
-    fn link_stats(&self, dev: &str) -> Result<(u64, u64), String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.core, "-s", "-j", "link", "show", dev])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
-        let s = &v[0]["stats64"];
-        match (s["rx"]["bytes"].as_u64(), s["tx"]["bytes"].as_u64()) {
-            (Some(rx), Some(tx)) => Ok((rx, tx)),
-            _ => Err(format!("no counters for {dev}: {v}")),
+    /// The uplink counters, as a value another thread can own.
+    pub fn uplinks(&self) -> Uplinks {
+        Uplinks {
+            core: self.core.clone(),
         }
     }
 
     /// Bytes (Ethernet frames) that entered group `g` over its uplink.
     pub fn wan_bytes_in(&self, g: usize) -> u64 {
-        self.link_stats(&format!("u{g}a"))
-            .expect("uplink counters")
-            .0
+        self.uplinks().bytes_in(g)
     }
 
     /// Bytes that left group `g` over its uplink.
     pub fn wan_bytes_out(&self, g: usize) -> u64 {
-        self.link_stats(&format!("u{g}a"))
-            .expect("uplink counters")
-            .1
+        self.uplinks().bytes_out(g)
     }
 
     /// Takes group `g`'s uplink down or up (both ends at the group side).
@@ -290,6 +279,41 @@ impl Net {
             .and_then(|v| v.parse::<f64>().ok())
             .ok_or_else(|| format!("no reply from {}: {text}", b.ip))?;
         Ok(Duration::from_secs_f64(min / 1000.0))
+    }
+}
+
+/// Reads the counters of the groups' uplinks (`uGa` in the core namespace;
+/// what it receives entered the group).
+#[derive(Clone)]
+pub struct Uplinks {
+    core: String,
+}
+
+impl Uplinks {
+    fn link_stats(&self, dev: &str) -> Result<(u64, u64), String> {
+        let out = Command::new("ip")
+            .args(["-n", &self.core, "-s", "-j", "link", "show", dev])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
+        let s = &v[0]["stats64"];
+        match (s["rx"]["bytes"].as_u64(), s["tx"]["bytes"].as_u64()) {
+            (Some(rx), Some(tx)) => Ok((rx, tx)),
+            _ => Err(format!("no counters for {dev}: {v}")),
+        }
+    }
+
+    pub fn bytes_in(&self, g: usize) -> u64 {
+        self.link_stats(&format!("u{g}a"))
+            .expect("uplink counters")
+            .0
+    }
+
+    pub fn bytes_out(&self, g: usize) -> u64 {
+        self.link_stats(&format!("u{g}a"))
+            .expect("uplink counters")
+            .1
     }
 }
 
