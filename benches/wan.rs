@@ -146,6 +146,40 @@ fn main() {
             rates.join(" ")
         );
     }
+    // where each bridge's bytes came from
+    let mut names = std::collections::HashMap::new();
+    names.insert(
+        seed["peer_id"].as_str().unwrap_or("").to_string(),
+        "seed".to_string(),
+    );
+    for (g, h, _) in &run.joiners {
+        let r = run.report(*g, *h);
+        names.insert(
+            r["peer_id"].as_str().unwrap_or("").to_string(),
+            format!("g{g}h{h}"),
+        );
+    }
+    for (g, h, _) in run.joiners.iter().filter(|(g, _, _)| *g > 0) {
+        let r = run.report(*g, *h);
+        if r["was_bridge"].as_bool() != Some(true) {
+            continue;
+        }
+        let from: Vec<String> = r["received_from"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, b)| {
+                        let name = names
+                            .get(id)
+                            .cloned()
+                            .unwrap_or_else(|| id[..8].to_string());
+                        format!("{name} {} MiB", b.as_u64().unwrap_or(0) >> 20)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("bridge g{g}h{h} received from: {}", from.join(", "));
+    }
     let mut per_group = Vec::new();
     for (g, before) in wan_before.iter().enumerate().skip(1) {
         let frames = run.net.wan_bytes_in(g) - before;

@@ -106,13 +106,13 @@ impl Engine {
         if i >= self.manifest.piece_count() || !self.have.borrow()[i] {
             return ServeAnswer::Refuse(WireStatus::Missing);
         }
+        let remote = self.peers.get(&key).is_some_and(|p| p.remote);
         if let Some(s) = &mut self.spreader
-            && !s.should_serve(key, i, Instant::now())
+            && !s.should_serve(key, i, remote, Instant::now())
         {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
         let (offset, len) = self.manifest.piece_range(i);
-        let remote = self.peers.get(&key).is_some_and(|p| p.remote);
         let limits = [
             self.upload_limit.clone(),
             self.wan_limit.clone().filter(|_| remote),
