@@ -4,7 +4,8 @@
 //!
 //! Run with `cargo bench --bench loopback`. Environment:
 //! `SWARM_BENCH_SIZE` (bytes, or e.g. `256MiB`; default 1GiB),
-//! `SWARM_BENCH_ROUNDS` (default 3), `SWARM_BENCH_QUICK=1` (64 MiB, 1 round).
+//! `SWARM_BENCH_ROUNDS` (default 3), `SWARM_BENCH_QUICK=1` (64 MiB, 1 round),
+//! `SWARM_BENCH_PIECE` (the seed's `--piece-size`; default: swarm's own).
 //! Needs `iperf3`, `rsync`, `b3sum` and GNU `/usr/bin/time`.
 
 use std::fs::{self, File};
@@ -282,6 +283,12 @@ fn swarm(b: &mut Bench, round: usize) -> SwarmRun {
             .args(["-q", "seed"])
             .arg(&b.image)
             .args(["--listen", "127.0.0.1:0", "--until-done", "1"])
+            .args(
+                std::env::var("SWARM_BENCH_PIECE")
+                    .ok()
+                    .map(|p| vec!["--piece-size".to_string(), p])
+                    .unwrap_or_default(),
+            )
             .arg("--ticket-file")
             .arg(&ticket)
             .stdout(log("seed.out"))

@@ -283,7 +283,7 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 32);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 3);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);
 }
 
 fn share(rank: usize, of: usize) -> Option<BridgeShare> {
@@ -311,6 +311,7 @@ fn a_host_that_is_not_a_bridge_never_asks_another_group() {
 fn a_bridge_pulls_across_groups_only_what_its_group_lacks() {
     let c = DownloadConfig {
         per_peer: 8,
+        per_remote_peer: 8,
         total: 16,
         ..cfg()
     };
@@ -338,6 +339,7 @@ fn bridges_split_the_cross_group_pieces() {
     for rank in 0..2 {
         let c = DownloadConfig {
             per_peer: 8,
+            per_remote_peer: 8,
             total: 16,
             ..cfg()
         };
@@ -472,4 +474,38 @@ proptest! {
         }
         prop_assert!(d.is_complete());
     }
+}
+
+#[test]
+fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
+    let c = DownloadConfig {
+        per_peer: 8,
+        per_remote_peer: 2,
+        total: 32,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 20], c, 6);
+    let _ = d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(
+        1,
+        &bitvec![1; 10]
+            .into_iter()
+            .chain([false; 10])
+            .collect::<BitVec>(),
+    )
+    .unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(
+        2,
+        &bitvec![0; 10]
+            .into_iter()
+            .chain([true; 10])
+            .collect::<BitVec>(),
+    )
+    .unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.iter().filter(|r| r.0 == 1).count(), 2, "{reqs:?}");
+    assert_eq!(reqs.iter().filter(|r| r.0 == 2).count(), 8, "{reqs:?}");
+    d.check_invariants();
 }
