@@ -34,8 +34,9 @@ pub fn resolve_addrs(addrs: &[SocketAddr], remote: SocketAddr) -> Vec<SocketAddr
 
 pub async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc::Sender<Event>) {
     let mut why = String::from("no address");
+    let wan = (info.group != id.group).then(|| id.wan.client.clone());
     for addr in &info.addrs {
-        match connect(&endpoint, &id, *addr).await {
+        match connect(&endpoint, &id, *addr, wan.clone()).await {
             Ok(h) if h.hello.peer_id == info.id => {
                 let _ = events.send(Event::Connected(Box::new(h))).await;
                 return;
@@ -50,13 +51,19 @@ pub async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc
     let _ = events.send(Event::DialFailed { id: info.id, why }).await;
 }
 
-/// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake timeout.
+/// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake
+/// timeout; with `config` instead of the endpoint's default (a host of
+/// another group).
 pub async fn connect(
     endpoint: &Endpoint,
     id: &Identity,
     addr: SocketAddr,
+    config: Option<quinn::ClientConfig>,
 ) -> anyhow::Result<Handshaken> {
-    let connecting = endpoint.connect(addr, "swarm")?;
+    let connecting = match config {
+        Some(c) => endpoint.connect_with(c, addr, "swarm")?,
+        None => endpoint.connect(addr, "swarm")?,
+    };
     let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
         .await
         .map_err(|_| anyhow::anyhow!("no answer within {}s", DIAL_TIMEOUT.as_secs()))??;
@@ -83,7 +90,13 @@ pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<
         let (id, events) = (id.clone(), events.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let conn = match tokio::time::timeout(DIAL_TIMEOUT, incoming).await {
+            let connecting = if id.wan.is_remote(incoming.remote_address()) {
+                incoming.accept_with(id.wan.server.clone())
+            } else {
+                incoming.accept()
+            };
+            let Ok(connecting) = connecting else { return };
+            let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
                 Ok(Ok(c)) => c,
                 _ => return,
             };

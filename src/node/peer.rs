@@ -63,6 +63,38 @@ pub struct Identity {
     pub addrs: Vec<SocketAddr>,
     /// Transport limits to apply once a peer is authenticated.
     pub tuning: super::Tuning,
+    /// Connection settings towards other groups (see `tls::Configs`).
+    pub wan: WanPath,
+}
+
+/// How this host reaches hosts of other groups: the client and server
+/// configs with the WAN congestion controller, and the addresses the engine
+/// has learned belong to other groups (an accepted connection from one of
+/// them gets the WAN config).
+#[derive(Clone)]
+pub struct WanPath {
+    pub client: quinn::ClientConfig,
+    pub server: Arc<quinn::ServerConfig>,
+    pub addrs: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+}
+
+impl WanPath {
+    pub fn is_remote(&self, addr: SocketAddr) -> bool {
+        self.addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&addr)
+    }
+
+    /// Remembers the addresses of a host of another group (bounded).
+    pub fn learn(&self, addrs: &[SocketAddr]) {
+        let mut set = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        for a in addrs {
+            if set.len() < 4 * 4096 {
+                set.insert(*a);
+            }
+        }
+    }
 }
 
 /// An authenticated connection, ready to hand to the engine.

@@ -10,13 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect;
 use super::engine::{EVENT_QUEUE, Engine, Event, Exit, Parts};
-use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST};
+use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST, WanPath};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
 use crate::ticket::Ticket;
 
-fn endpoint(listen: SocketAddr, tuning: &tls::Tuning) -> Result<quinn::Endpoint, NodeError> {
+fn endpoint(
+    listen: SocketAddr,
+    tuning: &tls::Tuning,
+) -> Result<(quinn::Endpoint, WanPath), NodeError> {
     let cannot = |e: std::io::Error| NodeError::Network(format!("cannot listen on {listen}: {e}"));
     let socket = socket::bind(listen).map_err(cannot)?;
     let runtime = quinn::default_runtime()
@@ -29,15 +32,17 @@ fn endpoint(listen: SocketAddr, tuning: &tls::Tuning) -> Result<quinn::Endpoint,
         .max_udp_payload_size(tuning.max_mtu)
         .map_err(|e| NodeError::Other(anyhow::anyhow!("max UDP payload: {e}")))?;
     let socket = socket::wrap(socket, &*runtime, tuning.max_mtu).map_err(cannot)?;
-    let mut ep = quinn::Endpoint::new_with_abstract_socket(
-        config,
-        Some(tls::server_config(tuning)?),
-        socket,
-        runtime,
-    )
-    .map_err(cannot)?;
-    ep.set_default_client_config(tls::client_config(tuning)?);
-    Ok(ep)
+    let configs = tls::configs(tuning)?;
+    let mut ep =
+        quinn::Endpoint::new_with_abstract_socket(config, Some(configs.server), socket, runtime)
+            .map_err(cannot)?;
+    ep.set_default_client_config(configs.client);
+    let wan = WanPath {
+        client: configs.client_wan,
+        server: configs.server_wan,
+        addrs: Default::default(),
+    };
+    Ok((ep, wan))
 }
 
 /// What we advertise: an unspecified IP stands for "where you see me".
@@ -89,7 +94,7 @@ pub async fn seed(
         .await
         .map_err(anyhow::Error::from)??;
     let bytes = m.encode();
-    let ep = endpoint(cfg.listen, &cfg.tuning)?;
+    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
     let local = ep
         .local_addr()
         .map_err(|e| NodeError::Network(e.to_string()))?;
@@ -108,6 +113,7 @@ pub async fn seed(
         group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),
+        wan: wan.clone(),
     };
     let n = m.piece_count();
     let report = Report {
@@ -174,7 +180,7 @@ pub async fn join(
     if !cfg.dest_dir.is_dir() {
         return Err(crate::storage::StorageError::NoDestDir(cfg.dest_dir.clone()).into());
     }
-    let ep = endpoint(cfg.listen, &cfg.tuning)?;
+    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
     let mut id = Identity {
         manifest_id: cfg.ticket.manifest_id,
         secret: cfg.ticket.secret,
@@ -182,6 +188,7 @@ pub async fn join(
         group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),
+        wan: wan.clone(),
     };
     id.addrs.truncate(crate::wire::MAX_ADDRS);
     let first = tokio::select! {
@@ -258,7 +265,7 @@ async fn bootstrap(
     let mut set = tokio::task::JoinSet::new();
     for &addr in &cfg.ticket.addrs {
         let (ep, id) = (ep.clone(), id.clone());
-        set.spawn(async move { (addr, connect::connect(&ep, &id, addr).await) });
+        set.spawn(async move { (addr, connect::connect(&ep, &id, addr, None).await) });
     }
     let all = cfg
         .ticket

@@ -50,6 +50,9 @@ impl Engine {
             group: h.hello.group.clone(),
             addrs: connect::resolve_addrs(&h.hello.addrs, remote),
         };
+        if cross {
+            self.id.wan.learn(&info.addrs);
+        }
         let handle = peer::start(
             h,
             self.events_tx.clone(),
@@ -155,6 +158,10 @@ impl Engine {
     /// Passes a peer we heard of to the dialer, unless it is this host, is
     /// connected already, or is banned.
     fn learn(&mut self, info: PeerInfo) {
+        if info.group != self.group.name {
+            // its connections, dialed or accepted, get the WAN settings
+            self.id.wan.learn(&info.addrs);
+        }
         if info.id == self.id.peer_id
             || self.by_id.contains_key(&info.id)
             || self.banned.contains(&info.id)
