@@ -30,7 +30,12 @@ impl Run {
     /// `join_args`). The seed exits once every joiner is done.
     pub fn start(spec: Spec, size: usize, seed_args: &[&str], join_args: &[&str]) -> Run {
         let net = Net::new(spec).unwrap();
-        let dir = tempfile::tempdir().unwrap();
+        let mut dir = tempfile::tempdir().unwrap();
+        if std::env::var("SWARM_NETSIM_KEEP").is_ok_and(|v| v == "1") {
+            // keep the logs and reports for a look afterwards
+            dir.disable_cleanup(true);
+            eprintln!("netsim: keeping {}", dir.path().display());
+        }
         let image = dir.path().join("image.bin");
         util::random_file(&image, size, 48);
         let ticket = dir.path().join("ticket");
