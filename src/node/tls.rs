@@ -40,7 +40,9 @@ impl Default for Tuning {
         let window = env("SWARM_QUIC_WINDOW").and_then(|w| w.parse().ok());
         Tuning {
             congestion: env("SWARM_QUIC_CC").unwrap_or_else(|| "cubic".into()),
-            wan_congestion: env("SWARM_QUIC_WAN_CC").unwrap_or_else(|| "bbr".into()),
+            // bbr fills a WAN better but cost 2-5% more WAN bytes here
+            // (see Configs); cubic until that is understood
+            wan_congestion: env("SWARM_QUIC_WAN_CC").unwrap_or_else(|| "cubic".into()),
             stream_window: window.unwrap_or(8 << 20),
             conn_window: window.map_or(32 << 20, |w| w * 4),
             send_window: window.map_or(32 << 20, |w| w * 4),
@@ -105,7 +107,10 @@ fn provider() -> Arc<CryptoProvider> {
 /// Measured on the emulated network (docs/benchmarks.md): BBR kept a
 /// 100 Mbit/s, 40 ms WAN full where cubic fell to 50-65 Mbit/s beside busy
 /// LAN flows, while inside a group cubic finished 8 hosts in 1.30x S/B and
-/// BBR in 1.61x.
+/// BBR in 1.61x. But with BBR towards other groups the frames entering a
+/// remote group rose from 1.06 to 1.07-1.11 x S (3 groups, 48 MiB), over
+/// the 1.10 the tests hold it to, so the default stays cubic
+/// (`SWARM_QUIC_WAN_CC=bbr` to choose it).
 pub struct Configs {
     pub server: quinn::ServerConfig,
     pub server_wan: Arc<quinn::ServerConfig>,
