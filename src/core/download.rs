@@ -137,6 +137,30 @@ struct Peer {
     rate: f64,
 }
 
+/// The candidate with the lowest score, ties broken uniformly at random
+/// (reservoir sampling, one pass).
+fn lowest_score(
+    rng: &mut SmallRng,
+    candidates: impl Iterator<Item = (usize, u32)>,
+) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    let mut best_score = u32::MAX;
+    let mut ties = 0u32;
+    for (i, score) in candidates {
+        if score < best_score {
+            best_score = score;
+            best = Some(i);
+            ties = 1;
+        } else if score == best_score {
+            ties += 1;
+            if rng.random_range(0..ties) == 0 {
+                best = Some(i);
+            }
+        }
+    }
+    best
+}
+
 /// How many requests `p` may have in flight.
 fn slots(cfg: &DownloadConfig, p: &Peer) -> usize {
     if p.remote {
@@ -477,30 +501,15 @@ impl Download {
         let p = &self.peers[&key];
         let usable = |i: usize| !self.have[i] && p.bits[i] && !p.avoid.contains_key(&(i as u32));
         let random_phase = self.have_count < self.cfg.random_first;
-        // reservoir sampling over the best candidates
-        let mut best: Option<usize> = None;
-        let mut best_score = u32::MAX;
-        let mut ties = 0u32;
-        for i in p.bits.iter_ones() {
-            if !usable(i) || self.inflight[i] > 0 {
-                continue;
-            }
-            let score = if random_phase {
-                0
-            } else {
-                self.availability[i]
-            };
-            if score < best_score {
-                best_score = score;
-                best = Some(i);
-                ties = 1;
-            } else if score == best_score {
-                ties += 1;
-                if self.rng.random_range(0..ties) == 0 {
-                    best = Some(i);
-                }
-            }
-        }
+        let availability = &self.availability;
+        let inflight = &self.inflight;
+        let mut best = lowest_score(
+            &mut self.rng,
+            p.bits
+                .iter_ones()
+                .filter(|&i| usable(i) && inflight[i] == 0)
+                .map(|i| (i, if random_phase { 0 } else { availability[i] })),
+        );
         if best.is_some() {
             return best;
         }
@@ -533,31 +542,21 @@ impl Download {
     fn pick_remote(&mut self, key: PeerKey) -> Option<usize> {
         let share = self.bridge?;
         let p = &self.peers[&key];
-        let mut best: Option<usize> = None;
-        let mut best_score = u32::MAX;
-        let mut ties = 0u32;
-        for i in p.bits.iter_ones() {
-            if self.have[i]
-                || self.availability[i] > 0
-                || self.inflight[i] > 0
-                || !share.takes(i)
-                || p.avoid.contains_key(&(i as u32))
-            {
-                continue;
-            }
-            let score = self.remote_availability[i];
-            if score < best_score {
-                best_score = score;
-                best = Some(i);
-                ties = 1;
-            } else if score == best_score {
-                ties += 1;
-                if self.rng.random_range(0..ties) == 0 {
-                    best = Some(i);
-                }
-            }
-        }
-        best
+        let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
+        let remote_availability = &self.remote_availability;
+        lowest_score(
+            &mut self.rng,
+            p.bits
+                .iter_ones()
+                .filter(|&i| {
+                    !have[i]
+                        && availability[i] == 0
+                        && inflight[i] == 0
+                        && share.takes(i)
+                        && !p.avoid.contains_key(&(i as u32))
+                })
+                .map(|i| (i, remote_availability[i])),
+        )
     }
 
     #[cfg(test)]
