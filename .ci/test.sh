@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # command:package pairs
 need=()
-for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 mount:mount ping:iputils-ping; do
+for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 ss:iproute2 mount:mount \
+  ping:iputils-ping aria2c:aria2 mktorrent:mktorrent opentracker:opentracker; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
 if ((${#need[@]})); then
@@ -28,7 +29,9 @@ SWARM_BENCH_QUICK=1 cargo bench --bench loopback
 # groups over an emulated WAN (network namespaces: needs root, as in CI)
 if [ "$(id -u)" = 0 ]; then
   SWARM_BENCH_QUICK=1 cargo bench --bench wan
+  # swarm against serial rsync, the rsync cascade and BitTorrent (aria2c)
+  SWARM_BENCH_QUICK=1 cargo bench --bench compare
 else
-  echo "skipping the WAN benchmark: it needs root (network namespaces, tc)" >&2
+  echo "skipping the WAN and compare benchmarks: they need root (network namespaces, tc)" >&2
 fi
 cargo test

@@ -253,6 +253,11 @@ impl Net {
         self.uplinks().bytes_out(g)
     }
 
+    /// Bytes (Ethernet frames) that `host` has sent through its NIC.
+    pub fn host_bytes_sent(&self, host: &Host) -> u64 {
+        link_stats(&host.ns, "eth0").expect("NIC counters").1
+    }
+
     /// Takes group `g`'s uplink down or up (both ends at the group side).
     pub fn set_wan(&self, g: usize, up: bool) {
         let state = if up { "up" } else { "down" };
@@ -290,30 +295,31 @@ pub struct Uplinks {
 }
 
 impl Uplinks {
-    fn link_stats(&self, dev: &str) -> Result<(u64, u64), String> {
-        let out = Command::new("ip")
-            .args(["-n", &self.core, "-s", "-j", "link", "show", dev])
-            .output()
-            .map_err(|e| e.to_string())?;
-        let v: serde_json::Value =
-            serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
-        let s = &v[0]["stats64"];
-        match (s["rx"]["bytes"].as_u64(), s["tx"]["bytes"].as_u64()) {
-            (Some(rx), Some(tx)) => Ok((rx, tx)),
-            _ => Err(format!("no counters for {dev}: {v}")),
-        }
-    }
-
     pub fn bytes_in(&self, g: usize) -> u64 {
-        self.link_stats(&format!("u{g}a"))
+        link_stats(&self.core, &format!("u{g}a"))
             .expect("uplink counters")
             .0
     }
 
     pub fn bytes_out(&self, g: usize) -> u64 {
-        self.link_stats(&format!("u{g}a"))
+        link_stats(&self.core, &format!("u{g}a"))
             .expect("uplink counters")
             .1
+    }
+}
+
+/// (received, sent) bytes of `dev` in namespace `ns`.
+fn link_stats(ns: &str, dev: &str) -> Result<(u64, u64), String> {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-s", "-j", "link", "show", dev])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
+    let s = &v[0]["stats64"];
+    match (s["rx"]["bytes"].as_u64(), s["tx"]["bytes"].as_u64()) {
+        (Some(rx), Some(tx)) => Ok((rx, tx)),
+        _ => Err(format!("no counters for {dev} in {ns}: {v}")),
     }
 }
 
@@ -334,8 +340,15 @@ impl Drop for Net {
 /// An AF_PACKET socket on `dev` in the calling thread's namespace.
 fn packet_socket(dev: &str) -> Result<OwnedFd, String> {
     let proto = (libc::ETH_P_ALL as u16).to_be();
-    // SAFETY: plain socket(2) call; the fd is owned right after.
-    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto as i32) };
+    // SAFETY: plain socket(2) call; the fd is owned right after. CLOEXEC:
+    // the processes the tests start must not inherit the delay line.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            proto as i32,
+        )
+    };
     if fd < 0 {
         return Err(format!(
             "AF_PACKET socket: {}",

@@ -1,0 +1,76 @@
+//! The new way: `swarm seed` on the seed host, `swarm join --group gG` on
+//! every other host, all with default settings. A joiner's completion time
+//! is its report's `complete_secs` (from its own start) plus when it was
+//! started.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::task::Task;
+use crate::{Bench, Outcome};
+
+pub fn swarm(b: &Bench, out: &Path) -> Result<Outcome, String> {
+    let logs = out.join("logs");
+    let bin = env!("CARGO_BIN_EXE_swarm");
+    let ticket = out.join("ticket");
+    let mut cmd = b.net.command(b.seed(), bin);
+    cmd.arg("seed")
+        .arg(&b.image)
+        .args(["--listen", "0.0.0.0:7000", "--group", "g0", "--ticket-file"])
+        .arg(&ticket)
+        .args(["--until-done", &b.joiners.len().to_string(), "--report"])
+        .arg(logs.join("seed.json"));
+    let mut seed = Task::spawn(cmd, "seed", &logs);
+    let t = Instant::now();
+    while !ticket.exists() {
+        if seed.poll().is_some() {
+            return Err(format!("swarm seed exited: {}", seed.log_tail()));
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            return Err("swarm seed printed no ticket within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let t0 = Instant::now();
+    let mut joiners = Vec::new();
+    for j in 0..b.joiners.len() {
+        let name = b.name(j);
+        let mut cmd = b.net.command(b.host(j), bin);
+        cmd.arg("join")
+            .arg(format!("@{}", ticket.display()))
+            .arg(out.join(&name))
+            .args(["--listen", "0.0.0.0:7000"])
+            .args(["--group", &format!("g{}", b.joiners[j].0)])
+            .args(["--linger", "2s", "--report"])
+            .arg(logs.join(format!("{name}.json")));
+        joiners.push(Task::spawn(cmd, &name, &logs));
+    }
+    let mut cpu = 0.0;
+    let mut done = Vec::new();
+    for (j, task) in joiners.iter_mut().enumerate() {
+        let exit = task.wait(b.limit.saturating_sub(t0.elapsed()))?;
+        if !exit.success() {
+            return Err(format!(
+                "swarm join on {} failed: {}",
+                b.name(j),
+                task.log_tail()
+            ));
+        }
+        cpu += exit.cpu;
+        let path = logs.join(format!("{}.json", b.name(j)));
+        let report: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|t| serde_json::from_slice(&t).ok())
+            .ok_or_else(|| format!("no report at {}", path.display()))?;
+        let secs = report["complete_secs"]
+            .as_f64()
+            .ok_or_else(|| format!("no complete_secs in {}", path.display()))?;
+        done.push(task.started.duration_since(t0).as_secs_f64() + secs);
+    }
+    let exit = seed.wait(Duration::from_secs(30))?;
+    if !exit.success() {
+        return Err(format!("swarm seed failed: {}", seed.log_tail()));
+    }
+    cpu += exit.cpu;
+    Ok(Outcome { done, cpu })
+}
