@@ -26,6 +26,8 @@ cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 # the benchmark in quick mode: real rsync, iperf3 and swarm side by side, small image
 SWARM_BENCH_QUICK=1 cargo bench --bench loopback
+# micro-benchmarks: hashing, codec, picker
+SWARM_BENCH_QUICK=1 cargo bench --bench micro
 # groups over an emulated WAN (network namespaces: needs root, as in CI)
 if [ "$(id -u)" = 0 ]; then
   SWARM_BENCH_QUICK=1 cargo bench --bench wan

@@ -201,6 +201,14 @@ fn bad_arguments_name_the_argument() {
         (vec!["join", "swarm1:aaaa", "/nonexistent/dir"], "TICKET"),
         (vec!["demo", "--size", "huge"], "--size"),
         (vec!["demo", "--peers", "0"], "--peers"),
+        (
+            vec!["--threads", "0", "seed", f.to_str().unwrap()],
+            "--threads",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--threads", "many"],
+            "--threads",
+        ),
     ];
     for (args, needle) in cases {
         let mut c = swarm();
