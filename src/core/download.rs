@@ -161,6 +161,29 @@ fn lowest_score(
     best
 }
 
+/// The pieces `bits` holds that `have` lacks, in order. Word by word, so
+/// late in a download (few pieces missing) a pick skips what is held 64 at
+/// a time instead of looking at each piece.
+fn missing<'a>(bits: &'a BitVec, have: &'a BitVec) -> impl Iterator<Item = usize> + 'a {
+    let n = bits.len().min(have.len());
+    bits.as_raw_slice()
+        .iter()
+        .zip(have.as_raw_slice())
+        .enumerate()
+        .flat_map(|(w, (&b, &h))| {
+            let mut x = b & !h;
+            std::iter::from_fn(move || {
+                if x == 0 {
+                    return None;
+                }
+                let bit = x.trailing_zeros() as usize;
+                x &= x - 1;
+                Some(w * usize::BITS as usize + bit)
+            })
+        })
+        .take_while(move |&i| i < n)
+}
+
 /// How many requests `p` may have in flight.
 fn slots(cfg: &DownloadConfig, p: &Peer) -> usize {
     if p.remote {
@@ -499,15 +522,15 @@ impl Download {
             return self.pick_remote(key);
         }
         let p = &self.peers[&key];
-        let usable = |i: usize| !self.have[i] && p.bits[i] && !p.avoid.contains_key(&(i as u32));
+        // this runs once per request over all of a peer's pieces: the
+        // avoid map is nearly always empty, so skip hashing then
+        let avoided = |i: usize| !p.avoid.is_empty() && p.avoid.contains_key(&(i as u32));
         let random_phase = self.have_count < self.cfg.random_first;
-        let availability = &self.availability;
-        let inflight = &self.inflight;
+        let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
         let mut best = lowest_score(
             &mut self.rng,
-            p.bits
-                .iter_ones()
-                .filter(|&i| usable(i) && inflight[i] == 0)
+            missing(&p.bits, have)
+                .filter(|&i| inflight[i] == 0 && !avoided(i))
                 .map(|i| (i, if random_phase { 0 } else { availability[i] })),
         );
         if best.is_some() {
@@ -522,8 +545,8 @@ impl Download {
             return None;
         }
         let mut best_inflight = u8::MAX;
-        for i in p.bits.iter_ones() {
-            if !usable(i) || p.requested.contains(&(i as u32)) {
+        for i in missing(&p.bits, &self.have) {
+            if avoided(i) || p.requested.contains(&(i as u32)) {
                 continue;
             }
             let n = self.inflight[i];
@@ -546,14 +569,12 @@ impl Download {
         let remote_availability = &self.remote_availability;
         lowest_score(
             &mut self.rng,
-            p.bits
-                .iter_ones()
+            missing(&p.bits, have)
                 .filter(|&i| {
-                    !have[i]
-                        && availability[i] == 0
+                    availability[i] == 0
                         && inflight[i] == 0
                         && share.takes(i)
-                        && !p.avoid.contains_key(&(i as u32))
+                        && (p.avoid.is_empty() || !p.avoid.contains_key(&(i as u32)))
                 })
                 .map(|i| (i, remote_availability[i])),
         )

@@ -509,3 +509,15 @@ fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
     assert_eq!(reqs.iter().filter(|r| r.0 == 2).count(), 8, "{reqs:?}");
     d.check_invariants();
 }
+
+proptest! {
+    #[test]
+    fn missing_lists_held_pieces_we_lack(
+        pairs in proptest::collection::vec((any::<bool>(), any::<bool>()), 0..300)
+    ) {
+        let bits: BitVec = pairs.iter().map(|p| p.0).collect();
+        let have: BitVec = pairs.iter().map(|p| p.1).collect();
+        let want: Vec<usize> = (0..pairs.len()).filter(|&i| bits[i] && !have[i]).collect();
+        prop_assert_eq!(missing(&bits, &have).collect::<Vec<_>>(), want);
+    }
+}
