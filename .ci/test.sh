@@ -37,3 +37,10 @@ else
   echo "skipping the WAN and compare benchmarks: they need root (network namespaces, tc)" >&2
 fi
 cargo test
+# fuzz targets (fuzz/): a short run of each from the committed corpus.
+# cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable
+# toolchain take them (the machine has no other toolchain).
+command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
+for t in frame request manifest path ticket; do
+  (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" -- -max_total_time=10)
+done

@@ -157,6 +157,8 @@ fn main() {
         .map_or(METHODS.iter().map(|m| m.to_string()).collect(), |v| {
             v.split(',').map(|m| m.trim().to_string()).collect()
         });
+    // the network itself needs iproute2 (ip, tc; ss to see listeners)
+    let network: &[(&str, &str)] = &[("ip", "iproute2"), ("tc", "iproute2"), ("ss", "iproute2")];
     for m in &methods {
         if !METHODS.contains(&m.as_str()) {
             fail(&format!(
@@ -164,7 +166,7 @@ fn main() {
                 METHODS.join(", ")
             ));
         }
-        for (tool, package) in needs(m) {
+        for (tool, package) in network.iter().chain(needs(m)) {
             let found = std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
                 .output()

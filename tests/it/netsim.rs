@@ -154,6 +154,20 @@ impl Net {
                 &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
             ])?;
         }
+        // The bridges drop frames larger than the port they leave by and,
+        // unlike a router, send no ICMP "fragmentation needed": with jumbo
+        // host NICs a TCP flow between groups would stall in a PMTU black
+        // hole. Probing lets TCP find the 1500-byte path (QUIC probes by
+        // itself).
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            name,
+            "sysctl",
+            "-qw",
+            "net.ipv4.tcp_mtu_probing=1",
+        ])?;
         sh(&["ip", "-n", name, "link", "set", "lo", "up"])
     }
 
