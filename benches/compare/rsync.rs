@@ -62,7 +62,8 @@ impl Daemons {
                 let ok = b
                     .net
                     .command(b.seed(), "rsync")
-                    .args(["--contimeout=2", &format!("rsync://{}/", b.host(j).ip)])
+                    .args(["--contimeout=2", "--timeout=5"])
+                    .arg(format!("rsync://{}/", b.host(j).ip))
                     .output()
                     .is_ok_and(|o| o.status.success());
                 if ok {

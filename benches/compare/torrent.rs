@@ -69,16 +69,19 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
     let logs = out.join("logs");
     let seed_ip = b.seed().ip;
     let torrent = out.join("image.torrent");
-    run(std::process::Command::new("mktorrent")
-        .args([
-            "-l",
-            "20",
-            "-a",
-            &format!("http://{seed_ip}:{TRACKER_PORT}/announce"),
-            "-o",
-        ])
+    // mktorrent hashes the image: its CPU counts, as swarm's seed's does
+    let mut cmd = std::process::Command::new("mktorrent");
+    cmd.args(["-l", "20", "-a"])
+        .arg(format!("http://{seed_ip}:{TRACKER_PORT}/announce"))
+        .arg("-o")
         .arg(&torrent)
-        .arg(&b.image))?;
+        .arg(&b.image);
+    let mut mktorrent = Task::spawn(cmd, "mktorrent", &logs);
+    let exit = mktorrent.wait(Duration::from_secs(600))?;
+    if !exit.success() {
+        return Err(format!("mktorrent failed: {}", mktorrent.log_tail()));
+    }
+    let mktorrent_cpu = exit.cpu;
     let info = run(std::process::Command::new("aria2c").arg("-S").arg(&torrent))?;
     let hash = info
         .lines()
@@ -121,9 +124,11 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
     std::thread::sleep(Duration::from_millis(500));
 
     let hook = out.join("done-hook.sh");
+    // written under another name and renamed, so a stamp that exists is whole
     std::fs::write(
         &hook,
-        "#!/bin/sh\n# aria2c: $1 GID, $2 file count, $3 first file\ndate +%s.%N > \"$3.done\"\n",
+        "#!/bin/sh\n# aria2c: $1 GID, $2 file count, $3 first file\n\
+         date +%s.%N > \"$3.stamp\" && mv \"$3.stamp\" \"$3.done\"\n",
     )
     .map_err(|e| e.to_string())?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
@@ -165,8 +170,6 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // give the hooks time to write their stamps out
-    std::thread::sleep(Duration::from_millis(100));
     let origin = t0.duration_since(UNIX_EPOCH).expect("clock").as_secs_f64();
     let mut done = Vec::new();
     for s in &stamps {
@@ -178,6 +181,6 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
         done.push(at - origin);
         std::fs::remove_file(s).map_err(|e| e.to_string())?;
     }
-    let cpu = tasks.iter_mut().map(|t| t.stop().cpu).sum();
+    let cpu = mktorrent_cpu + tasks.iter_mut().map(|t| t.stop().cpu).sum::<f64>();
     Ok(Outcome { done, cpu })
 }

@@ -17,8 +17,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(end <= total, "file span past the end");
         }
         for i in 0..m.piece_count().min(64) {
-            let (start, end) = m.piece_range(i);
-            assert!(start <= end && end <= total);
+            let (offset, len) = m.piece_range(i);
+            assert!(len <= u64::from(m.piece_size));
+            let end = offset.checked_add(len).expect("piece range overflows");
+            assert!(end <= total, "piece past the end");
         }
     }
 });
