@@ -2,10 +2,46 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 fn err<E: std::fmt::Debug>(e: E) -> String {
     format!("plot: {e:?}")
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One method's line, with its legend entry.
+fn line(chart: &mut Chart, i: usize, name: &str, points: Vec<(f64, f64)>) -> Result<(), String> {
+    let color = Palette99::pick(i).to_rgba();
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))
+        .map_err(err)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// The limit T* drawn from `a` to `b`, then the legend at `at`.
+fn limit_and_legend<'a, 'b: 'a>(
+    chart: &mut Chart<'a, 'b>,
+    limit: f64,
+    a: (f64, f64),
+    b: (f64, f64),
+    at: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .draw_series(LineSeries::new(vec![a, b], BLACK.stroke_width(1)))
+        .map_err(err)?
+        .label(format!("limit T* = {limit:.1} s"))
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
+    chart
+        .configure_series_labels()
+        .position(at)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)
 }
 
 /// Hosts with a verified copy over time, one step curve per method, and
@@ -40,7 +76,6 @@ pub fn completions(
         .draw()
         .map_err(err)?;
     for (i, (name, done)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
         let mut sorted = done.to_vec();
         sorted.sort_by(f64::total_cmp);
         let mut points = vec![(0.0, 0.0)];
@@ -48,29 +83,10 @@ pub fn completions(
             points.push((*t, k as f64));
             points.push((*t, k as f64 + 1.0));
         }
-        chart
-            .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(err)?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, i, name, points)?;
     }
-    chart
-        .draw_series(LineSeries::new(
-            vec![(limit, 0.0), (limit, n + 0.5)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(err)?
-        .label(format!("limit T* = {limit:.1} s"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let (a, b) = ((limit, 0.0), (limit, n + 0.5));
+    limit_and_legend(&mut chart, limit, a, b, SeriesLabelPosition::LowerRight)?;
     root.present().map_err(err)
 }
 
@@ -105,19 +121,13 @@ pub fn scaling(
         .draw()
         .map_err(err)?;
     for (i, (name, last)) in curves.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
         let points: Vec<(f64, f64)> = hosts
             .iter()
             .map(|h| *h as f64)
             .zip(last.iter().copied())
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))
-            .map_err(err)?
-            .label(*name)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+        line(&mut chart, i, name, points.clone())?;
+        let color = Palette99::pick(i).to_rgba();
         chart
             .draw_series(
                 points
@@ -126,20 +136,7 @@ pub fn scaling(
             )
             .map_err(err)?;
     }
-    chart
-        .draw_series(LineSeries::new(
-            vec![(0.0, limit), (hi * 1.1, limit)],
-            BLACK.stroke_width(1),
-        ))
-        .map_err(err)?
-        .label(format!("limit T* = {limit:.1} s"))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
+    let (a, b) = ((0.0, limit), (hi * 1.1, limit));
+    limit_and_legend(&mut chart, limit, a, b, SeriesLabelPosition::UpperLeft)?;
     root.present().map_err(err)
 }

@@ -143,31 +143,16 @@ impl Net {
     fn add_ns(&mut self, name: &str) -> Result<(), String> {
         sh(&["ip", "netns", "add", name])?;
         self.made.push(name.to_string());
+        let sysctl = |setting: &str| sh(&["ip", "netns", "exec", name, "sysctl", "-qw", setting]);
         for key in ["all", "default"] {
-            sh(&[
-                "ip",
-                "netns",
-                "exec",
-                name,
-                "sysctl",
-                "-qw",
-                &format!("net.ipv6.conf.{key}.disable_ipv6=1"),
-            ])?;
+            sysctl(&format!("net.ipv6.conf.{key}.disable_ipv6=1"))?;
         }
         // The bridges drop frames larger than the port they leave by and,
         // unlike a router, send no ICMP "fragmentation needed": with jumbo
         // host NICs a TCP flow between groups would stall in a PMTU black
         // hole. Probing lets TCP find the 1500-byte path (QUIC probes by
         // itself).
-        sh(&[
-            "ip",
-            "netns",
-            "exec",
-            name,
-            "sysctl",
-            "-qw",
-            "net.ipv4.tcp_mtu_probing=1",
-        ])?;
+        sysctl("net.ipv4.tcp_mtu_probing=1")?;
         sh(&["ip", "-n", name, "link", "set", "lo", "up"])
     }
 
