@@ -21,8 +21,10 @@
 //! measured throughput and each fills its slots before the next, so fast
 //! sources get the slots. When every missing
 //! piece is already requested (endgame), a peer with a free slot duplicates
-//! a request (at most `endgame_dup` per piece); the first copy to arrive
-//! wins and `piece_received` returns the others to cancel.
+//! a request (at most `endgame_dup` per piece, counting only requests to
+//! peers that have delivered a piece: a peer that never answers cannot
+//! use up a piece's duplicates); the first copy to arrive wins and
+//! `piece_received` returns the others to cancel.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -37,6 +39,13 @@ use super::group::BridgeShare;
 /// The rate (bytes/s) given to a peer whose first request failed, so that
 /// measured peers are asked before it.
 const FAILED_RATE: f64 = 1.0;
+
+/// Requests of one piece in flight at most in the endgame, proven peers'
+/// and others' together.
+const ENDGAME_MAX_REQUESTS: u8 = 8;
+
+/// The longest a failing peer is paused (see `Peer::failures`).
+const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
@@ -53,6 +62,9 @@ pub struct DownloadConfig {
     pub endgame_dup: u8,
     /// How long a peer that answered `Elsewhere` is not asked for that piece.
     pub elsewhere_backoff: Duration,
+    /// Requests a new peer gets before it has delivered anything (see
+    /// `Peer::window`).
+    pub initial_window: usize,
 }
 
 /// Bytes of piece buffers a joiner holds at most (requests in flight).
@@ -91,6 +103,7 @@ impl Default for DownloadConfig {
             random_first: 4,
             endgame_dup: 2,
             elsewhere_backoff: Duration::from_millis(500),
+            initial_window: 2,
         }
     }
 }
@@ -135,6 +148,19 @@ struct Peer {
     avoid: HashMap<u32, Instant>,
     /// Exponentially weighted bytes/second of completed pieces.
     rate: f64,
+    /// Requests it may have in flight now (at most its slots): it starts at
+    /// `initial_window`, grows by one per verified piece and falls to one
+    /// when a request fails. A peer that accepts requests and never answers
+    /// (or trickles) holds at most this many pieces until their deadlines,
+    /// not all of its slots.
+    window: usize,
+    /// Requests that failed in a row; the peer is not asked again before
+    /// `paused_until` (exponential backoff), so one that fails fast (resets
+    /// every stream half way) cannot draw request after request.
+    failures: u32,
+    paused_until: Option<Instant>,
+    /// It has delivered a verified piece.
+    proven: bool,
 }
 
 /// The candidate with the lowest score, ties broken uniformly at random
@@ -184,13 +210,18 @@ fn missing<'a>(bits: &'a BitVec, have: &'a BitVec) -> impl Iterator<Item = usize
         .take_while(move |&i| i < n)
 }
 
-/// How many requests `p` may have in flight.
-fn slots(cfg: &DownloadConfig, p: &Peer) -> usize {
+/// How many requests `p` may have in flight at most.
+fn max_slots(cfg: &DownloadConfig, p: &Peer) -> usize {
     if p.remote {
         cfg.per_remote_peer
     } else {
         cfg.per_peer
     }
+}
+
+/// How many requests `p` may have in flight now.
+fn slots(cfg: &DownloadConfig, p: &Peer) -> usize {
+    max_slots(cfg, p).min(p.window)
 }
 
 pub struct Download {
@@ -200,6 +231,8 @@ pub struct Download {
     availability: Vec<u32>,
     remote_availability: Vec<u32>,
     inflight: Vec<u8>,
+    /// The same, counting only proven peers' requests (the endgame cap).
+    proven_inflight: Vec<u8>,
     inflight_total: usize,
     peers: HashMap<PeerKey, Peer>,
     /// Set while this host is one of its group's bridges.
@@ -217,6 +250,7 @@ impl Download {
             availability: vec![0; n],
             remote_availability: vec![0; n],
             inflight: vec![0; n],
+            proven_inflight: vec![0; n],
             inflight_total: 0,
             peers: HashMap::new(),
             bridge: None,
@@ -262,6 +296,10 @@ impl Download {
             requested: Vec::new(),
             avoid: HashMap::new(),
             rate: 0.0,
+            window: self.cfg.initial_window.max(1),
+            failures: 0,
+            paused_until: None,
+            proven: false,
         });
     }
 
@@ -311,6 +349,9 @@ impl Download {
             for i in p.requested {
                 self.inflight[i as usize] -= 1;
                 self.inflight_total -= 1;
+                if p.proven {
+                    self.proven_inflight[i as usize] -= 1;
+                }
             }
         }
     }
@@ -385,6 +426,9 @@ impl Download {
         p.requested.swap_remove(pos);
         self.inflight[i as usize] -= 1;
         self.inflight_total -= 1;
+        if p.proven {
+            self.proven_inflight[i as usize] -= 1;
+        }
         true
     }
 
@@ -405,6 +449,14 @@ impl Download {
             } else {
                 0.7 * p.rate + 0.3 * sample
             };
+            p.window = p.window.saturating_add(1).min(max_slots(&self.cfg, p));
+            p.failures = 0;
+            if !p.proven {
+                p.proven = true;
+                for &r in &p.requested {
+                    self.proven_inflight[r as usize] += 1;
+                }
+            }
         }
         if (i as usize) < self.have.len() && !self.have[i as usize] {
             self.have.set(i as usize, true);
@@ -452,7 +504,13 @@ impl Download {
                     } else {
                         p.rate / 2.0
                     };
+                    p.window = 1;
                     p.avoid.insert(i, now + backoff);
+                    p.failures = p.failures.saturating_add(1);
+                    let pause = backoff
+                        .saturating_mul(1 << (p.failures - 1).min(16))
+                        .min(MAX_PAUSE);
+                    p.paused_until = Some(now + pause);
                 }
                 Failure::Corrupt => {}
             }
@@ -468,7 +526,7 @@ impl Download {
         }
         self.peers
             .values()
-            .flat_map(|p| p.avoid.values())
+            .flat_map(|p| p.avoid.values().chain(p.paused_until.iter()))
             .filter(|t| **t > now)
             .min()
             .copied()
@@ -489,6 +547,7 @@ impl Download {
             .iter()
             .filter(|(_, p)| {
                 p.has_bitfield
+                    && p.paused_until.is_none_or(|t| t <= now)
                     && p.requested.len() < slots(&self.cfg, p)
                     && (!p.remote || self.bridge.is_some())
             })
@@ -510,6 +569,9 @@ impl Download {
                 let p = self.peers.get_mut(&key).expect("peer in order");
                 p.requested.push(i as u32);
                 self.inflight[i] += 1;
+                if p.proven {
+                    self.proven_inflight[i] += 1;
+                }
                 self.inflight_total += 1;
                 out.push((key, i as u32));
             }
@@ -549,8 +611,11 @@ impl Download {
             if avoided(i) || p.requested.contains(&(i as u32)) {
                 continue;
             }
-            let n = self.inflight[i];
-            if n < self.cfg.endgame_dup && n < best_inflight {
+            let n = self.proven_inflight[i];
+            if n < self.cfg.endgame_dup
+                && n < best_inflight
+                && self.inflight[i] < ENDGAME_MAX_REQUESTS
+            {
                 best_inflight = n;
                 best = Some(i);
             }
@@ -586,6 +651,7 @@ impl Download {
         let mut avail = vec![0u32; n];
         let mut remote_avail = vec![0u32; n];
         let mut infl = vec![0u8; n];
+        let mut proven_infl = vec![0u8; n];
         let mut total = 0;
         for p in self.peers.values() {
             for i in p.bits.iter_ones() {
@@ -595,9 +661,10 @@ impl Download {
                     avail[i] += 1;
                 }
             }
-            assert!(p.requested.len() <= slots(&self.cfg, p));
+            assert!(p.requested.len() <= max_slots(&self.cfg, p));
             for &i in &p.requested {
                 infl[i as usize] += 1;
+                proven_infl[i as usize] += u8::from(p.proven);
                 total += 1;
                 assert!(!self.have[i as usize], "piece {i} in flight but held");
             }
@@ -605,6 +672,7 @@ impl Download {
         assert_eq!(avail, self.availability);
         assert_eq!(remote_avail, self.remote_availability);
         assert_eq!(infl, self.inflight);
+        assert_eq!(proven_infl, self.proven_inflight);
         assert_eq!(total, self.inflight_total);
         assert!(total <= self.cfg.total);
         assert_eq!(self.have.count_ones(), self.have_count);

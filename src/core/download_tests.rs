@@ -10,9 +10,12 @@ fn full(n: usize) -> BitVec {
     bitvec![1; n]
 }
 
+/// Without slow start, so a test sees every slot at once (the window
+/// has its own test).
 fn cfg() -> DownloadConfig {
     DownloadConfig {
         random_first: 0,
+        initial_window: usize::MAX,
         ..DownloadConfig::default()
     }
 }
@@ -520,4 +523,80 @@ proptest! {
         let want: Vec<usize> = (0..pairs.len()).filter(|&i| bits[i] && !have[i]).collect();
         prop_assert_eq!(missing(&bits, &have).collect::<Vec<_>>(), want);
     }
+}
+
+#[test]
+fn a_new_peer_earns_its_slots_and_a_failing_one_loses_them() {
+    let c = DownloadConfig {
+        per_peer: 4,
+        total: 16,
+        initial_window: 2,
+        ..cfg()
+    };
+    let now = t0();
+    let mut d = Download::new(bitvec![0; 32], c, 5);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(32)).unwrap();
+    let first = d.poll_requests(now);
+    assert_eq!(first.len(), 2, "a new peer gets the initial window");
+    // each verified piece opens one more slot, up to per_peer
+    for (k, &(_, i)) in first.iter().enumerate() {
+        d.piece_received(1, i, 1 << 20, Duration::from_millis(10));
+        d.check_invariants();
+        let more = d.poll_requests(now);
+        assert_eq!(more.len(), 2, "after {} pieces: {more:?}", k + 1);
+    }
+    assert_eq!(d.poll_requests(now).len(), 0, "4 in flight, per_peer 4");
+    // one request fails: the window falls to one, and the other three run out
+    let inflight: Vec<u32> = d.peers[&1].requested.clone();
+    d.piece_failed(1, inflight[0], Failure::Failed, now);
+    for &i in &inflight[1..3] {
+        d.piece_failed(1, i, Failure::Failed, now);
+        assert!(d.poll_requests(now).is_empty(), "still one in flight");
+    }
+    d.piece_failed(1, inflight[3], Failure::Failed, now);
+    d.check_invariants();
+    // four failures in a row: paused for 8 x the backoff
+    let backoff = DownloadConfig::default().elsewhere_backoff;
+    assert!(d.poll_requests(now + backoff * 7).is_empty(), "paused");
+    assert_eq!(
+        d.poll_timeout(now),
+        Some(now + backoff * 8),
+        "wake when it ends"
+    );
+    let later = now + backoff * 8;
+    assert_eq!(d.poll_requests(later).len(), 1, "window of one");
+}
+
+#[test]
+fn a_piece_stuck_at_silent_peers_is_duplicated_to_a_proven_one() {
+    let c = DownloadConfig {
+        per_peer: 4,
+        total: 16,
+        endgame_dup: 2,
+        ..cfg()
+    };
+    let now = t0();
+    let mut d = Download::new(bitvec![0; 3], c, 9);
+    // peers 1 and 2 claim everything and never answer
+    for k in [1, 2] {
+        d.add_peer(k);
+        d.peer_bitfield(k, &full(3)).unwrap();
+    }
+    let first = d.poll_requests(now);
+    assert_eq!(first.len(), 3 + 3, "every piece at both: {first:?}");
+    // peer 3 arrives, holding pieces 0 and 1, and delivers both
+    d.add_peer(3);
+    d.peer_bitfield(3, &bitvec![1, 1, 0]).unwrap();
+    let from3 = d.poll_requests(now);
+    assert_eq!(from3.len(), 2, "{from3:?}");
+    for (_, i) in from3 {
+        d.piece_received(3, i, 1 << 20, Duration::from_millis(5));
+    }
+    d.check_invariants();
+    // piece 2 is requested twice already, but from peers that never
+    // delivered: peer 3, proven, may still take it once it has it
+    d.peer_have(3, 2).unwrap();
+    assert_eq!(d.poll_requests(now), vec![(3, 2)]);
+    d.check_invariants();
 }

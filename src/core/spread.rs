@@ -26,6 +26,14 @@
 //! sent 1.31 copies and the last host finished at 1.42x S/B; with the grace
 //! it sends about one copy.
 //!
+//! Holders are taken at their word, so a peer that claims pieces it does
+//! not have (or never serves them) could make the seed send everyone
+//! elsewhere in vain. So a peer that asks again for a piece the seed
+//! pointed it away from at least `REASK_AFTER` earlier is served: the
+//! holders did not deliver it. An honest swarm rarely re-asks (a requester
+//! prefers pieces only the seed holds); a lying one costs each requester
+//! about `REASK_AFTER` per piece instead of stalling it.
+//!
 //! State invariants: `holders[i]` counts connected peers that announced `i`;
 //! `active[i]` counts serves of `i` in progress; `delivered[i]` is set once a
 //! serve of `i` has completed or a peer announced `i` (a resumed joiner needs
@@ -47,6 +55,13 @@ pub const IDLE_GRACE: Duration = Duration::from_millis(250);
 /// loopback (64 MiB), with 1 it sent 2.31-2.44, in the same time.
 const RARE: u32 = 1;
 
+/// A peer sent elsewhere for a piece is served if it asks again this much
+/// later.
+pub const REASK_AFTER: Duration = Duration::from_secs(2);
+
+/// Refusals remembered at most (a peer could request every piece).
+const MAX_REFUSED: usize = 1 << 16;
+
 pub struct Spreader {
     holders: Vec<u32>,
     active: Vec<u32>,
@@ -56,6 +71,8 @@ pub struct Spreader {
     peers: HashMap<PeerKey, BitVec>,
     /// Since when no serve has been in progress.
     idle_since: Option<Instant>,
+    /// (peer, piece) -> when the seed first sent that peer elsewhere for it.
+    refused: HashMap<(PeerKey, usize), Instant>,
 }
 
 impl Spreader {
@@ -68,6 +85,7 @@ impl Spreader {
             delivered: bitvec![0; pieces],
             undelivered: pieces,
             peers: HashMap::new(),
+            refused: HashMap::new(),
         }
     }
 
@@ -107,6 +125,7 @@ impl Spreader {
                 self.holders[i] -= 1;
             }
         }
+        self.refused.retain(|&(p, _), _| p != peer);
     }
 
     /// Decides a request for piece `i` by `peer` (`remote`: of another
@@ -120,7 +139,7 @@ impl Spreader {
         let idle = self
             .idle_since
             .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_GRACE);
-        let ok = idle
+        let mut ok = idle
             || if self.spread_done() {
                 // one source among many: rare pieces only, and whatever a
                 // bridge of another group asks (below)
@@ -128,7 +147,17 @@ impl Spreader {
             } else {
                 others == 0 && self.active[i] == 0
             };
+        if !ok {
+            match self.refused.get(&(peer, i)) {
+                Some(&t) => ok = now.saturating_duration_since(t) >= REASK_AFTER,
+                None if self.refused.len() < MAX_REFUSED => {
+                    self.refused.insert((peer, i), now);
+                }
+                None => {}
+            }
+        }
         if ok {
+            self.refused.remove(&(peer, i));
             self.active[i] += 1;
             self.active_total += 1;
             self.idle_since = None;
@@ -245,6 +274,32 @@ mod tests {
         assert!(
             !s.should_serve(3, 1, false, later(t)),
             "busy, and peer 1 holds piece 1"
+        );
+    }
+
+    #[test]
+    fn a_peer_that_asks_again_is_served_despite_holders() {
+        let t = Instant::now();
+        let mut s = Spreader::new(2, t);
+        assert!(s.should_serve(1, 0, false, t), "busy from now on");
+        // a liar claims everything
+        s.peer_bitfield(9, &bitvec![1, 1]);
+        assert!(!s.should_serve(2, 1, false, t), "peer 9 holds piece 1");
+        let soon = t + REASK_AFTER / 2;
+        assert!(!s.should_serve(2, 1, false, soon), "asked again too soon");
+        let after = t + REASK_AFTER;
+        assert!(
+            s.should_serve(2, 1, false, after),
+            "peer 9 did not deliver: served on asking again"
+        );
+        assert!(
+            !s.should_serve(3, 1, false, after),
+            "another peer is sent elsewhere first"
+        );
+        s.peer_gone(3);
+        assert!(
+            !s.should_serve(3, 1, false, after + REASK_AFTER / 2),
+            "a peer that left and came back starts over"
         );
     }
 }

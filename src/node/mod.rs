@@ -41,6 +41,10 @@ pub const ALONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A joiner that received no piece for this long, with no request in
 /// flight, gives up: no reachable peer holds what it misses.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// A finished host lingers for its peers until they are done, but not for
+/// one it has heard nothing from (no Have, Done or request) for this long:
+/// a stopped process, or a peer that stays connected and never finishes.
+pub const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fetching the manifest from the first peer.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);
 

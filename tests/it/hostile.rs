@@ -123,3 +123,88 @@ async fn hostile_peers_are_dropped_and_honest_ones_finish() {
     assert_same(&src, &d.join("a/image.bin"));
     assert_same(&src, &d.join("b/image.bin"));
 }
+
+/// Sources that lie, corrupt, stall, trickle or reset: every honest joiner
+/// still ends with a verified copy, the corrupting peer is banned after its
+/// first bad piece, and a finished joiner does not wait for the hostile
+/// peers to finish (they claim every piece, or go quiet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_sources_do_not_stop_honest_joiners() {
+    use crate::adversary::{self, Mode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    let (size, piece) = (8u64 << 20, 256u64 << 10);
+    random_file(&src, size as usize, 11);
+    let seed = seed(&d, &src, &["--until-done", "3", "--piece-size", "256KiB"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let mut adversaries = Vec::new();
+    for mode in [
+        Mode::Corrupt,
+        Mode::Silent,
+        Mode::Trickle,
+        Mode::Liar,
+        Mode::Reset,
+        Mode::Mute,
+    ] {
+        adversaries.push(adversary::start(mode, &t, size, piece).await);
+    }
+    let d2 = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut joiners: Vec<Proc> = ["a", "b", "c"]
+            .iter()
+            .map(|n| join(&d2, &seed, n, &[]))
+            .collect();
+        for j in &mut joiners {
+            j.wait_ok(LIMIT);
+        }
+        let mut seed = seed;
+        seed.proc.wait_ok(LIMIT);
+    })
+    .await
+    .unwrap();
+
+    let mut corrupt = 0;
+    for n in ["a", "b", "c"] {
+        assert_same(&src, &d.join(n).join("image.bin"));
+        let r = report(&d.join(format!("{n}.json")));
+        eprintln!(
+            "{n}: complete after {:.1} s, {} corrupt pieces",
+            r["complete_secs"].as_f64().unwrap(),
+            r["pieces_corrupt"]
+        );
+        corrupt += r["pieces_corrupt"].as_u64().unwrap();
+        // bounded: a few request deadlines (11 s for these pieces), not a hang
+        assert!(
+            r["complete_secs"].as_f64().unwrap() < 60.0,
+            "{n} took too long"
+        );
+    }
+    for a in &adversaries {
+        let seen = a.seen.lock().unwrap();
+        eprintln!(
+            "{:?}: {} requests, connections {:?}",
+            a.mode,
+            seen.requests,
+            seen.connections.values().collect::<Vec<_>>()
+        );
+    }
+    for a in &adversaries {
+        let seen = a.seen.lock().unwrap();
+        if a.mode != Mode::Mute {
+            assert!(
+                seen.requests > 0,
+                "{:?} was never asked for a piece",
+                a.mode
+            );
+        }
+        if a.mode == Mode::Corrupt {
+            assert!(
+                seen.connections.values().all(|&n| n == 1),
+                "a joiner reconnected to the peer that served a corrupt piece"
+            );
+        }
+    }
+    assert!(corrupt > 0, "no joiner counted the corrupt pieces");
+}

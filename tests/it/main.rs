@@ -1,5 +1,6 @@
 //! Integration tests: the real binary, real QUIC on loopback, real files.
 
+mod adversary;
 mod errors;
 mod groups;
 mod hostile;

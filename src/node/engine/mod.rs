@@ -30,7 +30,9 @@ use self::peers::Peer;
 use super::connect;
 use super::peer::{self, Handshaken, Identity, ServeAnswer, close};
 use super::rate::RateLimit;
-use super::{ALONE_TIMEOUT, GroupConfig, NodeError, Report, STALL_TIMEOUT, Status, hex};
+use super::{
+    ALONE_TIMEOUT, GroupConfig, NodeError, QUIET_TIMEOUT, Report, STALL_TIMEOUT, Status, hex,
+};
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
@@ -326,9 +328,19 @@ impl Engine {
             )));
         }
         // Peers that went away without finishing (crashed, cut off) do not
-        // hold a finished host: they are redialed, but not waited for.
+        // hold a finished host: they are redialed, but not waited for. Nor
+        // do connected peers that claim every piece without saying Done, or
+        // that have gone quiet.
+        let waits_for = |(key, p): (&PeerKey, &Peer)| {
+            !p.done
+                && !self
+                    .download
+                    .as_ref()
+                    .is_some_and(|d| d.peer_is_complete(*key))
+                && now.saturating_duration_since(p.heard) < QUIET_TIMEOUT
+        };
         let all_done =
-            self.complete && !self.dialer.is_dialing_new() && self.peers.values().all(|p| p.done);
+            self.complete && !self.dialer.is_dialing_new() && !self.peers.iter().any(waits_for);
         self.all_done_since = if all_done {
             Some(self.all_done_since.unwrap_or(now))
         } else {

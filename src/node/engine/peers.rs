@@ -1,6 +1,8 @@
 //! The table of connected peers: admitting a connection (dedup, gossip of
 //! who is in the swarm), their control messages, and dropping them.
 
+use std::time::Instant;
+
 use bitvec::prelude::*;
 use quinn::ConnectionError;
 
@@ -20,6 +22,8 @@ pub(super) struct Peer {
     pub(super) done: bool,
     /// In another group than this host.
     pub(super) remote: bool,
+    /// When it last announced a piece, said Done, or asked us for one.
+    pub(super) heard: Instant,
 }
 
 impl Engine {
@@ -96,6 +100,7 @@ impl Engine {
                 info,
                 done: false,
                 remote: cross,
+                heard: Instant::now(),
             },
         );
         if !cross {
@@ -104,9 +109,10 @@ impl Engine {
     }
 
     pub(super) fn on_message(&mut self, key: PeerKey, msg: Message) {
-        if !self.peers.contains_key(&key) {
+        let Some(p) = self.peers.get_mut(&key) else {
             return;
-        }
+        };
+        p.heard = Instant::now();
         let res = match msg {
             Message::Bitfield(bits) => {
                 let bits: BitVec = bits.iter().by_vals().collect();

@@ -99,6 +99,9 @@ impl Engine {
     }
 
     pub(super) fn serve_answer(&mut self, key: PeerKey, req: Request) -> ServeAnswer {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.heard = Instant::now();
+        }
         let i = match req {
             Request::Manifest => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
             Request::Piece(i) => i as usize,

@@ -1,0 +1,216 @@
+//! An adversarial peer, test code only: it holds the ticket, speaks the
+//! protocol, gets itself advertised by the seed, claims to hold every piece
+//! (but one mode), and then misbehaves as a source in one of several ways. The tests check
+//! that honest joiners still end with verified copies in bounded time.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bitvec::prelude::*;
+use quinn::{Connection, RecvStream, SendStream};
+
+use swarm::node::auth::{self, Role};
+use swarm::node::tls::{self, Tuning};
+use swarm::ticket::Ticket;
+use swarm::wire::{Hello, Message, PROTOCOL_VERSION, PeerId, REQUEST_LEN, Request};
+
+/// How the adversary answers piece requests (it claims every piece but
+/// when `Mute`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Answers with random bytes of the right length.
+    Corrupt,
+    /// Accepts the request and never answers.
+    Silent,
+    /// Answers "ok", then one byte every 100 ms.
+    Trickle,
+    /// Answers "missing" to every request (its bitfield lied).
+    Liar,
+    /// Answers "ok" and the first half of the piece, then resets the stream.
+    Reset,
+    /// Claims no piece, stays connected, and never says Done.
+    Mute,
+}
+
+/// What an adversary saw, for the test's assertions.
+#[derive(Default)]
+pub struct Seen {
+    /// Authenticated connections per dialing peer id.
+    pub connections: HashMap<PeerId, usize>,
+    /// Piece requests received.
+    pub requests: usize,
+}
+
+pub struct Adversary {
+    pub mode: Mode,
+    pub seen: Arc<Mutex<Seen>>,
+    ep: quinn::Endpoint,
+    _seed_conn: Connection,
+}
+
+impl Drop for Adversary {
+    fn drop(&mut self) {
+        self.ep.close(0u32.into(), b"bye");
+    }
+}
+
+/// Where piece `i` of a `size`-byte image in pieces of `piece` bytes ends.
+fn piece_len(size: u64, piece: u64, i: u32) -> usize {
+    let start = i as u64 * piece;
+    (size.saturating_sub(start)).min(piece) as usize
+}
+
+async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.ok()?;
+    let mut body = vec![0u8; Message::frame_len(len).ok()?];
+    recv.read_exact(&mut body).await.ok()?;
+    Message::decode(&body).ok()
+}
+
+fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
+    Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        manifest_id: t.manifest_id,
+        peer_id: id,
+        group: "default".into(),
+        addrs: vec![addr],
+        proof: auth::proof(conn, &t.secret, role).unwrap(),
+    })
+    .encode_frame()
+}
+
+/// Keeps reading (and ignoring) the peer's control frames, holding the
+/// control stream open until the connection closes.
+fn hold_control(send: SendStream, mut recv: RecvStream) {
+    tokio::spawn(async move {
+        let _send = send;
+        while read_frame(&mut recv).await.is_some() {}
+    });
+}
+
+/// Starts an adversary that dials the seed of `t` (so the seed advertises
+/// it to every joiner), claims all `pieces`, and serves per `mode`.
+pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
+    let pieces = size.div_ceil(piece) as usize;
+    let all: BitVec<u8, Lsb0> = bitvec![u8, Lsb0; u8::from(mode != Mode::Mute); pieces];
+    let cfg = tls::configs(&Tuning::default()).unwrap();
+    let mut ep = quinn::Endpoint::server(cfg.server, "127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg.client);
+    let addr = ep.local_addr().unwrap();
+    let id: PeerId = rand::random();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+
+    // Dial the seed, lie to it too, and stay connected.
+    let seed_conn = ep.connect(t.addrs[0], "swarm").unwrap().await.unwrap();
+    tls::open_up(&seed_conn, &Tuning::default());
+    let (mut send, mut recv) = seed_conn.open_bi().await.unwrap();
+    send.write_all(&hello(t, &seed_conn, Role::Dialer, id, addr))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_frame(&mut recv).await,
+        Some(Message::Hello(_))
+    ));
+    send.write_all(&Message::Bitfield(all.clone()).encode_frame())
+        .await
+        .unwrap();
+    hold_control(send, recv);
+
+    let (acc_ep, acc_seen, acc_t) = (ep.clone(), seen.clone(), t.clone());
+    tokio::spawn(async move {
+        while let Some(incoming) = acc_ep.accept().await {
+            let (seen, t, all) = (acc_seen.clone(), acc_t.clone(), all.clone());
+            tokio::spawn(async move {
+                let Ok(conn) = incoming.await else { return };
+                let Ok((mut send, mut recv)) = conn.accept_bi().await else {
+                    return;
+                };
+                let Some(Message::Hello(h)) = read_frame(&mut recv).await else {
+                    return;
+                };
+                *seen
+                    .lock()
+                    .unwrap()
+                    .connections
+                    .entry(h.peer_id)
+                    .or_default() += 1;
+                // lift the pre-authentication stream limit, as a real peer does
+                tls::open_up(&conn, &Tuning::default());
+                let mut out = hello(&t, &conn, Role::Acceptor, id, addr);
+                out.extend(Message::Bitfield(all).encode_frame());
+                if send.write_all(&out).await.is_err() {
+                    return;
+                }
+                hold_control(send, recv);
+                while let Ok((send, recv)) = conn.accept_bi().await {
+                    let (conn, seen) = (conn.clone(), seen.clone());
+                    tokio::spawn(serve(mode, conn, send, recv, seen, size, piece));
+                }
+            });
+        }
+    });
+    Adversary {
+        mode,
+        seen,
+        ep,
+        _seed_conn: seed_conn,
+    }
+}
+
+async fn serve(
+    mode: Mode,
+    conn: Connection,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    seen: Arc<Mutex<Seen>>,
+    size: u64,
+    piece: u64,
+) {
+    let mut req = [0u8; REQUEST_LEN];
+    if recv.read_exact(&mut req).await.is_err() {
+        return;
+    }
+    let Ok(Request::Piece(i)) = Request::decode(req) else {
+        let _ = send.write_all(&[1]).await; // no manifest from us
+        return;
+    };
+    seen.lock().unwrap().requests += 1;
+    let len = piece_len(size, piece, i);
+    match mode {
+        Mode::Corrupt => {
+            let mut bytes = vec![0u8; 1 + len];
+            rand::Rng::fill(&mut rand::rng(), &mut bytes[1..]);
+            let _ = send.write_all(&bytes).await;
+            let _ = send.finish();
+            conn.closed().await;
+        }
+        Mode::Silent => {
+            conn.closed().await;
+        }
+        Mode::Trickle => {
+            if send.write_all(&[0]).await.is_err() {
+                return;
+            }
+            for _ in 0..len {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                if send.write_all(&[0x5a]).await.is_err() {
+                    return;
+                }
+            }
+        }
+        Mode::Liar | Mode::Mute => {
+            let _ = send.write_all(&[1]).await;
+            let _ = send.finish();
+            conn.closed().await;
+        }
+        Mode::Reset => {
+            let mut bytes = vec![0u8; 1 + len / 2];
+            rand::Rng::fill(&mut rand::rng(), &mut bytes[1..]);
+            let _ = send.write_all(&bytes).await;
+            let _ = send.reset(0u32.into());
+        }
+    }
+}
