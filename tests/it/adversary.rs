@@ -41,6 +41,11 @@ pub struct Seen {
     pub connections: HashMap<PeerId, usize>,
     /// Piece requests received.
     pub requests: usize,
+    /// After being dropped for a corrupt piece, the adversary dials that
+    /// host again from the same socket under a new peer id: how often the
+    /// host kept the new connection (it should refuse it).
+    pub comebacks_admitted: usize,
+    pub comebacks_refused: usize,
 }
 
 pub struct Adversary {
@@ -123,6 +128,7 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
     tokio::spawn(async move {
         while let Some(incoming) = acc_ep.accept().await {
             let (seen, t, all) = (acc_seen.clone(), acc_t.clone(), all.clone());
+            let ep = acc_ep.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let Ok((mut send, mut recv)) = conn.accept_bi().await else {
@@ -145,6 +151,24 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
                     return;
                 }
                 hold_control(send, recv);
+                if mode == Mode::Corrupt {
+                    let at = h.addrs.first().map(|a| {
+                        if a.ip().is_unspecified() {
+                            SocketAddr::new(conn.remote_address().ip(), a.port())
+                        } else {
+                            *a
+                        }
+                    });
+                    let (conn, ep, seen, t) = (conn.clone(), ep.clone(), seen.clone(), t.clone());
+                    tokio::spawn(async move {
+                        if let (quinn::ConnectionError::ApplicationClosed(c), Some(at)) =
+                            (conn.closed().await, at)
+                            && c.error_code == 4u32.into()
+                        {
+                            come_back(&ep, &t, at, addr, &seen).await;
+                        }
+                    });
+                }
                 while let Ok((send, recv)) = conn.accept_bi().await {
                     let (conn, seen) = (conn.clone(), seen.clone());
                     tokio::spawn(serve(mode, conn, send, recv, seen, size, piece));
@@ -157,6 +181,41 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
         seen,
         ep,
         _seed_conn: seed_conn,
+    }
+}
+
+/// Dials `at` from the endpoint that was banned, as a new peer id, and
+/// records whether the host keeps the connection.
+async fn come_back(
+    ep: &quinn::Endpoint,
+    t: &Ticket,
+    at: SocketAddr,
+    addr: SocketAddr,
+    seen: &Mutex<Seen>,
+) {
+    let Ok(Ok(conn)) = tokio::time::timeout(Duration::from_secs(5), async {
+        ep.connect(at, "swarm").unwrap().await
+    })
+    .await
+    else {
+        seen.lock().unwrap().comebacks_refused += 1;
+        return;
+    };
+    tls::open_up(&conn, &Tuning::default());
+    let fresh: PeerId = rand::random();
+    if let Ok((mut send, _recv)) = conn.open_bi().await {
+        let _ = send
+            .write_all(&hello(t, &conn, Role::Dialer, fresh, addr))
+            .await;
+        let kept = tokio::time::timeout(Duration::from_secs(3), conn.closed())
+            .await
+            .is_err();
+        let mut seen = seen.lock().unwrap();
+        if kept {
+            seen.comebacks_admitted += 1;
+        } else {
+            seen.comebacks_refused += 1;
+        }
     }
 }
 

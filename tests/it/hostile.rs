@@ -184,10 +184,12 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     for a in &adversaries {
         let seen = a.seen.lock().unwrap();
         eprintln!(
-            "{:?}: {} requests, connections {:?}",
+            "{:?}: {} requests, connections {:?}, comebacks admitted {} refused {}",
             a.mode,
             seen.requests,
-            seen.connections.values().collect::<Vec<_>>()
+            seen.connections.values().collect::<Vec<_>>(),
+            seen.comebacks_admitted,
+            seen.comebacks_refused
         );
     }
     for a in &adversaries {
@@ -204,6 +206,11 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
                 seen.connections.values().all(|&n| n == 1),
                 "a joiner reconnected to the peer that served a corrupt piece"
             );
+            assert_eq!(
+                seen.comebacks_admitted, 0,
+                "a host took the banned peer back under a new id"
+            );
+            assert!(seen.comebacks_refused > 0, "the comeback was not tried");
         }
     }
     assert!(corrupt > 0, "no joiner counted the corrupt pieces");

@@ -1,6 +1,8 @@
 //! The table of connected peers: admitting a connection (dedup, gossip of
 //! who is in the swarm), their control messages, and dropping them.
 
+use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bitvec::prelude::*;
@@ -16,6 +18,31 @@ use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo};
 /// Connections this host keeps at most; more are refused or not dialed.
 const MAX_CONNECTIONS: usize = 512;
 
+/// Peers that sent a corrupt piece, by peer id and by the address they
+/// spoke from: a peer chooses its id, so one that comes back under a new id
+/// from the same socket is refused too. Kept for the whole run.
+#[derive(Default)]
+pub(super) struct Bans {
+    ids: HashSet<PeerId>,
+    addrs: HashSet<SocketAddr>,
+}
+
+impl Bans {
+    pub(super) fn ban(&mut self, id: PeerId, addr: SocketAddr) {
+        self.ids.insert(id);
+        self.addrs.insert(addr);
+    }
+
+    pub(super) fn refuses(&self, id: &PeerId, addr: SocketAddr) -> bool {
+        self.ids.contains(id) || self.addrs.contains(&addr)
+    }
+
+    /// Whether a peer we heard of is banned, by id or any of its addresses.
+    pub(super) fn covers(&self, info: &PeerInfo) -> bool {
+        self.ids.contains(&info.id) || info.addrs.iter().any(|a| self.addrs.contains(a))
+    }
+}
+
 pub(super) struct Peer {
     pub(super) handle: PeerHandle,
     pub(super) info: PeerInfo,
@@ -30,7 +57,8 @@ impl Engine {
     pub(super) fn on_connected(&mut self, h: Handshaken) {
         let id = h.hello.peer_id;
         self.dialer.connected(&id);
-        if self.banned.contains(&id) || self.peers.len() >= MAX_CONNECTIONS {
+        if self.banned.refuses(&id, h.conn.remote_address()) || self.peers.len() >= MAX_CONNECTIONS
+        {
             h.conn.close(close::DUPLICATE.into(), b"not accepted");
             return;
         }
@@ -170,7 +198,7 @@ impl Engine {
         }
         if info.id == self.id.peer_id
             || self.by_id.contains_key(&info.id)
-            || self.banned.contains(&info.id)
+            || self.banned.covers(&info)
         {
             return;
         }
@@ -207,7 +235,7 @@ impl Engine {
                 p.handle.conn.close_reason(),
                 Some(ConnectionError::LocallyClosed)
             );
-        if !normal && !p.done && !self.banned.contains(&id) && !self.by_id.contains_key(&id) {
+        if !normal && !p.done && !self.banned.covers(&p.info) && !self.by_id.contains_key(&id) {
             self.dialer.redial_later(p.info);
         }
     }

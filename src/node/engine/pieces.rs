@@ -70,7 +70,7 @@ impl Engine {
                     piece,
                     "piece failed verification; dropping the peer"
                 );
-                self.banned.insert(p.info.id);
+                self.banned.ban(p.info.id, p.handle.conn.remote_address());
                 p.handle.conn.close(close::CORRUPT.into(), b"corrupt piece");
             }
             if let Some(d) = &mut self.download {
