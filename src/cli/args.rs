@@ -54,6 +54,11 @@ pub struct SeedArgs {
     /// Exit once N peers have reported a complete copy.
     #[arg(long, value_name = "N")]
     pub until_done: Option<usize>,
+    /// Exit once every piece is held (verified) by at least N other hosts,
+    /// so the swarm goes on without the seed. With --until-done, whichever
+    /// comes first.
+    #[arg(long, value_name = "N")]
+    pub until_copies: Option<u32>,
     /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
     #[arg(long, value_name = "RATE")]
     pub upload_limit: Option<String>,

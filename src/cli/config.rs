@@ -27,11 +27,15 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     if a.until_done == Some(0) {
         return Err("--until-done: N must be at least 1".into());
     }
+    if a.until_copies == Some(0) {
+        return Err("--until-copies: N must be at least 1".into());
+    }
     Ok(SeedConfig {
         path: a.path.clone(),
         listen: units::addr("--listen", &a.listen)?,
         piece_size,
         until_done: a.until_done,
+        until_copies: a.until_copies,
         group: group(&a.group)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),

@@ -34,6 +34,11 @@
 //! prefers pieces only the seed holds); a lying one costs each requester
 //! about `REASK_AFTER` per piece instead of stalling it.
 //!
+//! It also counts the copies the swarm holds: `copies[i]` is the number of
+//! connected peers that announced piece `i` (verified: a peer announces
+//! only what it checked), for a seed that leaves once every piece has
+//! `goal` copies elsewhere (`copies_reached`).
+//!
 //! State invariants: `holders[i]` counts connected peers that announced `i`;
 //! `active[i]` counts serves of `i` in progress; `delivered[i]` is set once a
 //! serve of `i` has completed or a peer announced `i` (a resumed joiner needs
@@ -68,7 +73,15 @@ pub struct Spreader {
     active_total: u32,
     delivered: BitVec,
     undelivered: usize,
+    /// Per peer: the pieces it holds, announced or (`serve_ended`) sent.
     peers: HashMap<PeerKey, BitVec>,
+    /// Per peer: the pieces it announced.
+    announced: HashMap<PeerKey, BitVec>,
+    copies: Vec<u32>,
+    /// Copies of every piece the caller waits for (0: none); `short`
+    /// counts the pieces with fewer.
+    goal: u32,
+    short: usize,
     /// Since when no serve has been in progress.
     idle_since: Option<Instant>,
     /// (peer, piece) -> when the seed first sent that peer elsewhere for it.
@@ -85,8 +98,25 @@ impl Spreader {
             delivered: bitvec![0; pieces],
             undelivered: pieces,
             peers: HashMap::new(),
+            announced: HashMap::new(),
+            copies: vec![0; pieces],
+            goal: 0,
+            short: 0,
             refused: HashMap::new(),
         }
+    }
+
+    /// Tracks whether every piece is held by at least `goal` peers.
+    pub fn with_copies_goal(mut self, goal: u32) -> Self {
+        self.goal = goal;
+        self.short = if goal == 0 { 0 } else { self.copies.len() };
+        self
+    }
+
+    /// Whether every piece has `goal` announced copies among connected
+    /// peers (false without a goal).
+    pub fn copies_reached(&self) -> bool {
+        self.goal > 0 && self.short == 0
     }
 
     /// Whether the spreading phase is over (every piece delivered once).
@@ -94,7 +124,24 @@ impl Spreader {
         self.undelivered == 0
     }
 
+    /// A peer announced `bits` (its bitfield, or one Have).
     pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice) {
+        let n = self.copies.len();
+        let entry = self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
+        for i in bits.iter_ones().take_while(|&i| i < n) {
+            if !entry[i] {
+                entry.set(i, true);
+                self.copies[i] += 1;
+                if self.copies[i] == self.goal {
+                    self.short -= 1;
+                }
+            }
+        }
+        self.peer_holds(peer, bits);
+    }
+
+    /// `peer` holds `bits`, announced or not yet.
+    fn peer_holds(&mut self, peer: PeerKey, bits: &BitSlice) {
         let n = self.holders.len();
         let entry = self.peers.entry(peer).or_insert_with(|| bitvec![0; n]);
         for i in bits.iter_ones().take_while(|&i| i < n) {
@@ -123,6 +170,14 @@ impl Spreader {
         if let Some(bits) = self.peers.remove(&peer) {
             for i in bits.iter_ones() {
                 self.holders[i] -= 1;
+            }
+        }
+        if let Some(bits) = self.announced.remove(&peer) {
+            for i in bits.iter_ones() {
+                if self.copies[i] == self.goal {
+                    self.short += 1;
+                }
+                self.copies[i] -= 1;
             }
         }
         self.refused.retain(|&(p, _), _| p != peer);
@@ -179,7 +234,7 @@ impl Spreader {
         if completed {
             let mut b = bitvec![0; self.holders.len()];
             b.set(i, true);
-            self.peer_bitfield(peer, &b);
+            self.peer_holds(peer, &b);
         }
     }
 }
@@ -301,5 +356,28 @@ mod tests {
             !s.should_serve(3, 1, false, after + REASK_AFTER / 2),
             "a peer that left and came back starts over"
         );
+    }
+
+    #[test]
+    fn counts_announced_copies_not_pieces_merely_sent() {
+        let t = Instant::now();
+        let mut s = Spreader::new(2, t).with_copies_goal(2);
+        assert!(!s.copies_reached());
+        assert!(s.should_serve(1, 0, false, t));
+        s.serve_ended(1, 0, true, t);
+        s.peer_have(1, 1);
+        s.peer_bitfield(2, &bitvec![1, 1]);
+        assert!(
+            !s.copies_reached(),
+            "piece 0 was sent to peer 1, not announced"
+        );
+        s.peer_have(1, 0);
+        s.peer_have(1, 0);
+        assert!(s.copies_reached());
+        s.peer_gone(2);
+        assert!(!s.copies_reached(), "peer 2 left with its copies");
+        s.peer_bitfield(3, &bitvec![1, 1]);
+        assert!(s.copies_reached());
+        assert!(!Spreader::new(2, t).copies_reached(), "no goal");
     }
 }

@@ -82,11 +82,11 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
                 },
                 Ok(Err(e)) => Event::WriteFailed {
                     piece: job.piece,
-                    why: e.to_string(),
+                    why: e,
                 },
                 Err(e) => Event::WriteFailed {
                     piece: job.piece,
-                    why: e.to_string(),
+                    why: std::io::Error::other(e.to_string()),
                 },
             }
         }

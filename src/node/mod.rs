@@ -77,6 +77,8 @@ pub struct SeedConfig {
     pub listen: SocketAddr,
     pub piece_size: Option<u64>,
     pub until_done: Option<usize>,
+    /// Exit once every piece has this many copies on other hosts.
+    pub until_copies: Option<u32>,
     pub group: GroupConfig,
     /// Bytes per second this host uploads at most.
     pub upload_limit: Option<u64>,
@@ -145,6 +147,23 @@ pub struct Report {
     pub received_from: BTreeMap<String, u64>,
     pub served_to: BTreeMap<String, u64>,
     pub output: Option<PathBuf>,
+    /// The process's peak resident memory (getrusage), at the report.
+    pub peak_rss_bytes: u64,
+}
+
+/// This process's peak resident set size in bytes (0 if unknown).
+pub fn peak_rss_bytes() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage writes a rusage into the pointer it is given, which
+    // points to memory of that type.
+    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
+    if !ok {
+        return 0;
+    }
+    // SAFETY: getrusage succeeded, so the struct is initialized (and it
+    // was zeroed before). Linux reports ru_maxrss in KiB.
+    let kib = unsafe { ru.assume_init() }.ru_maxrss;
+    u64::try_from(kib).unwrap_or(0) * 1024
 }
 
 #[derive(Debug, Error)]

@@ -178,6 +178,14 @@ fn bad_arguments_name_the_argument() {
             "--until-done",
         ),
         (
+            vec!["seed", f.to_str().unwrap(), "--until-copies", "0"],
+            "--until-copies",
+        ),
+        (
+            vec!["seed", f.to_str().unwrap(), "--until-copies=-1"],
+            "--until-copies",
+        ),
+        (
             vec!["seed", f.to_str().unwrap(), "--wan-limit", "fast"],
             "--wan-limit",
         ),

@@ -2,6 +2,7 @@
 
 mod adversary;
 mod errors;
+mod faults;
 mod groups;
 mod hostile;
 mod netsim;

@@ -68,7 +68,7 @@ pub enum Event {
     },
     WriteFailed {
         piece: u32,
-        why: String,
+        why: std::io::Error,
     },
     ServeAsk {
         key: PeerKey,
@@ -89,6 +89,7 @@ pub struct Exit {
     pub linger: Duration,
     pub exit_on_complete: bool,
     pub until_done: Option<usize>,
+    pub until_copies: Option<u32>,
     pub force: bool,
 }
 
@@ -164,7 +165,9 @@ impl Engine {
             id: p.id,
             content: Arc::new(p.content),
             download,
-            spreader: is_seed.then(|| Spreader::new(n, Instant::now())),
+            spreader: is_seed.then(|| {
+                Spreader::new(n, Instant::now()).with_copies_goal(p.exit.until_copies.unwrap_or(0))
+            }),
             partial: p.partial,
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,
@@ -247,6 +250,7 @@ impl Engine {
         self.endpoint.close(close::DONE.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
+        self.report.peak_rss_bytes = super::peak_rss_bytes();
         result.map(|_| self.report)
     }
 
@@ -351,6 +355,10 @@ impl Engine {
     }
 
     fn should_exit(&self) -> bool {
+        if self.spreader.as_ref().is_some_and(|s| s.copies_reached()) {
+            tracing::info!("every piece has the copies asked for on other hosts");
+            return true;
+        }
         if let Some(n) = self.exit.until_done {
             return self.done_ids.len() >= n;
         }

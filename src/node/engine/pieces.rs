@@ -81,7 +81,11 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_write_failed(&mut self, piece: u32, why: String) -> Result<(), NodeError> {
+    pub(super) fn on_write_failed(
+        &mut self,
+        piece: u32,
+        why: std::io::Error,
+    ) -> Result<(), NodeError> {
         // A late endgame duplicate may fail to write after the copy
         // was finished and renamed; only a piece we lack is fatal.
         if self
@@ -92,9 +96,14 @@ impl Engine {
             tracing::debug!(piece, "late duplicate not written: {why}");
             Ok(())
         } else {
-            Err(NodeError::Other(anyhow::anyhow!(
-                "writing piece {piece}: {why}"
-            )))
+            // a local I/O failure (e.g. the disk is full): exit with the
+            // I/O code; the partial file and its verified pieces stay for
+            // a later run to resume
+            let path = self
+                .partial
+                .as_ref()
+                .map_or_else(Default::default, |p| p.partial_path.clone());
+            Err(NodeError::Storage(StorageError::Io { path, source: why }))
         }
     }
 

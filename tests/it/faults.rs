@@ -1,0 +1,339 @@
+//! Failing hosts: joiners killed and restarted, a seed that leaves early, a
+//! stopped process, a full disk, and many joiners at once. Real processes
+//! on loopback; the full-disk test mounts a tmpfs and needs root.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::util::*;
+
+/// The last "have/total pieces" a joiner printed in its progress lines.
+fn pieces_seen(p: &Proc) -> usize {
+    p.log_text()
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("join: "))
+        .find_map(|l| l.split('/').next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `p` has printed at least `n` pieces.
+fn wait_for_pieces(p: &mut Proc, n: usize) {
+    let t = Instant::now();
+    while pieces_seen(p) < n {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            panic!("{} exited with {st} before {n} pieces", p.name);
+        }
+        assert!(t.elapsed() < LIMIT, "{} never reached {n} pieces", p.name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn signal(p: &Proc, sig: libc::c_int) {
+    // SAFETY: kill has no memory preconditions; the PID is our own child,
+    // not yet waited for, so it cannot have been reused.
+    let r = unsafe { libc::kill(p.child.id() as libc::pid_t, sig) };
+    assert_eq!(r, 0, "signal {sig} to {}", p.name);
+}
+
+#[test]
+fn seed_leaves_once_every_piece_has_a_copy_and_the_rest_finish() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    random_file(&src, 16 << 20, 21);
+    // slow uploads everywhere, so the joiners are still busy when the
+    // seed has sent its copy and leaves
+    let limit = ["--upload-limit", "4MiB/s"];
+    let mut seed = seed(
+        d,
+        &src,
+        &[
+            "--until-copies",
+            "1",
+            "--piece-size",
+            "256KiB",
+            limit[0],
+            limit[1],
+        ],
+    );
+    let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
+    let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
+    seed.proc.wait_ok(LIMIT);
+    let running = joiners
+        .iter_mut()
+        .filter_map(|j| j.child.try_wait().unwrap().is_none().then_some(()))
+        .count();
+    assert!(running > 0, "every joiner was done before the seed left");
+    for j in &mut joiners {
+        j.wait_ok(LIMIT);
+    }
+    for n in &names {
+        assert_same(&src, &d.join(n).join("image.bin"));
+    }
+    let served = report(&seed.report)["bytes_served"].as_u64().unwrap();
+    eprintln!(
+        "the seed served {:.2} copies and left with {running} of 6 joiners unfinished",
+        served as f64 / (16 << 20) as f64
+    );
+}
+
+#[test]
+fn joiners_killed_at_random_times_restart_and_fetch_only_what_they_lacked() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    random_file(&src, 16 << 20, 22);
+    // 2 MiB/s uploads: the copy takes several seconds, so kills land early,
+    // midway and late
+    let limit = ["--upload-limit", "2MiB/s"];
+    let mut seed = seed(
+        d,
+        &src,
+        &[
+            "--until-done",
+            "5",
+            "--piece-size",
+            "256KiB",
+            limit[0],
+            limit[1],
+        ],
+    );
+    let names: Vec<String> = (0..5).map(|i| format!("j{i}")).collect();
+    let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
+    let start = Instant::now();
+    let rng_seed: u64 = rand::random();
+    eprintln!("kill schedule from rng seed {rng_seed}");
+    let mut rng = rand::rngs::SmallRng::seed_from_u64(rng_seed);
+    // two of the five, each at a random time in the first 4 s
+    let mut kills: Vec<(Duration, usize)> = Vec::new();
+    let mut victims: Vec<usize> = (0..joiners.len()).collect();
+    for _ in 0..2 {
+        let v = victims.swap_remove(rng.random_range(0..victims.len()));
+        kills.push((Duration::from_millis(rng.random_range(300..4000)), v));
+    }
+    kills.sort();
+    let mut restarted = Vec::new();
+    for (at, v) in kills {
+        std::thread::sleep(at.saturating_sub(start.elapsed()));
+        let seen = pieces_seen(&joiners[v]);
+        if joiners[v].child.try_wait().unwrap().is_some() {
+            eprintln!("{} finished before its kill at {at:?}", names[v]);
+            continue;
+        }
+        joiners[v].kill9();
+        eprintln!(
+            "killed {} at {at:?}, after it printed {seen} pieces",
+            names[v]
+        );
+        joiners[v] = join(d, &seed, &names[v], &limit);
+        restarted.push((v, seen));
+    }
+    for j in &mut joiners {
+        j.wait_ok(LIMIT);
+    }
+    seed.proc.wait_ok(LIMIT);
+    for n in &names {
+        assert_same(&src, &d.join(n).join("image.bin"));
+    }
+    for (v, seen) in restarted {
+        let r = report(&d.join(format!("{}.json", names[v])));
+        let resumed = r["pieces_resumed"].as_u64().unwrap() as usize;
+        let fetched = r["pieces_fetched"].as_u64().unwrap() as usize;
+        eprintln!("{}: resumed {resumed}, fetched {fetched}", names[v]);
+        assert!(
+            resumed >= seen,
+            "{}: printed {seen} verified pieces before the kill, resumed {resumed}",
+            names[v]
+        );
+        assert_eq!(resumed + fetched, 64, "{}: fetched a held piece", names[v]);
+    }
+}
+
+#[test]
+fn a_stopped_peer_does_not_hold_up_the_others_and_catches_up_when_continued() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    random_file(&src, 16 << 20, 23);
+    let limit = ["--upload-limit", "8MiB/s"];
+    let mut seed = seed(
+        d,
+        &src,
+        &[
+            "--until-done",
+            "4",
+            "--piece-size",
+            "256KiB",
+            limit[0],
+            limit[1],
+        ],
+    );
+    let names = ["a", "b", "c", "stopped"];
+    let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
+    wait_for_pieces(&mut joiners[3], 8);
+    signal(&joiners[3], libc::SIGSTOP);
+    let t = Instant::now();
+    for j in &mut joiners[..3] {
+        j.wait_ok(LIMIT);
+    }
+    eprintln!(
+        "the others finished {:.1} s after the stop",
+        t.elapsed().as_secs_f64()
+    );
+    signal(&joiners[3], libc::SIGCONT);
+    joiners[3].wait_ok(LIMIT);
+    seed.proc.wait_ok(LIMIT);
+    for n in names {
+        assert_same(&src, &d.join(n).join("image.bin"));
+    }
+}
+
+/// A tmpfs mounted for one test and unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "mounting a small tmpfs needs root"
+        );
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "swarm-test"])
+            .arg(at)
+            .output()
+            .expect("mount (apt install mount)");
+        assert!(out.status.success(), "mount: {out:?}");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_fails_clearly_keeps_the_partial_copy_and_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    let size = 12usize << 20;
+    random_file(&src, size, 24);
+    let disk = Tmpfs::mount(&d.join("disk"), "16m");
+    let dest = disk.0.join("dest");
+    fs::create_dir(&dest).unwrap();
+    let other = disk.0.join("other.bin");
+    random_file(&other, 1 << 20, 25);
+    let other_bytes = fs::read(&other).unwrap();
+
+    let mut seed = seed(
+        d,
+        &src,
+        &["--piece-size", "256KiB", "--upload-limit", "4MiB/s"],
+    );
+    let mut cmd = swarm();
+    cmd.arg("join").arg(&seed.ticket).arg(&dest).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--exit-on-complete",
+    ]);
+    let mut j = Proc::spawn(cmd, "full", d);
+    wait_for_pieces(&mut j, 8);
+    // something else fills the disk while the copy is under way
+    let filler = disk.0.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=1M", "count=64"])
+        .arg(format!("of={}", filler.display()))
+        .output()
+        .unwrap();
+    let st = j.wait(LIMIT);
+    let log = j.log_text();
+    assert_eq!(
+        st.code(),
+        Some(5),
+        "expected the I/O exit code; log:\n{log}"
+    );
+    assert!(
+        log.contains("No space left on device"),
+        "the error does not say the disk is full:\n{log}"
+    );
+    assert_eq!(
+        fs::read(&other).unwrap(),
+        other_bytes,
+        "another file changed"
+    );
+    let left: Vec<String> = fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(
+        left.len() == 1 && left[0].ends_with(".partial"),
+        "expected only the partial copy, found {left:?}"
+    );
+
+    // room again: the same command resumes from the verified pieces
+    fs::remove_file(&filler).unwrap();
+    let mut cmd = swarm();
+    cmd.arg("join")
+        .arg(&seed.ticket)
+        .arg(&dest)
+        .args(["--listen", "127.0.0.1:0", "--exit-on-complete", "--report"])
+        .arg(d.join("again.json"));
+    let mut again = Proc::spawn(cmd, "again", d);
+    again.wait_ok(LIMIT);
+    assert_same(&src, &dest.join("image.bin"));
+    let r = report(&d.join("again.json"));
+    assert!(
+        r["pieces_resumed"].as_u64().unwrap() >= 8,
+        "nothing was resumed: {r}"
+    );
+    seed.proc.kill9();
+    drop(disk);
+}
+
+#[test]
+fn sixty_four_joiners_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    random_file(&src, 4 << 20, 26);
+    let n = 64;
+    let mut seed = seed(
+        d,
+        &src,
+        &["--until-done", &n.to_string(), "--piece-size", "64KiB"],
+    );
+    let names: Vec<String> = (0..n).map(|i| format!("j{i:02}")).collect();
+    // one networking thread each: 64 processes share 2 cores
+    let mut joiners: Vec<Proc> = names
+        .iter()
+        .map(|name| join(d, &seed, name, &["--threads", "1"]))
+        .collect();
+    for j in &mut joiners {
+        j.wait_ok(LIMIT * 2);
+    }
+    seed.proc.wait_ok(LIMIT);
+    let mut peak = 0;
+    for name in &names {
+        assert_same(&src, &d.join(name).join("image.bin"));
+        let r = report(&d.join(format!("{name}.json")));
+        peak = peak.max(r["peak_rss_bytes"].as_u64().unwrap());
+    }
+    eprintln!(
+        "peak RSS of a joiner: {:.1} MiB",
+        peak as f64 / (1 << 20) as f64
+    );
+    assert!(peak > 0, "no RSS reported");
+    // 63 connections each, in a debug build (release: 33 MiB here): the
+    // bound catches memory that grows with peers, not a few MiB more
+    assert!(peak < 128 << 20, "a joiner peaked at {peak} bytes");
+}
