@@ -90,6 +90,11 @@ pub struct JoinArgs {
     /// How long to try reaching the seed.
     #[arg(long, default_value = "15s")]
     pub connect_timeout: String,
+    /// Also start from this host already in the swarm (IP:PORT; repeat for
+    /// more): a join can begin after the seed has left, and the manifest is
+    /// taken from whichever host answers first with the right one.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<String>,
     /// Upload at most this fast (e.g. 400Mbit/s, 50MiB/s).
     #[arg(long, value_name = "RATE")]
     pub upload_limit: Option<String>,

@@ -1,6 +1,7 @@
 //! Validation of the parsed arguments into the node's typed configs. Every
 //! error names the argument and the accepted form.
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use super::args::{GroupArgs, JoinArgs, SeedArgs};
@@ -67,6 +68,15 @@ fn group(a: &GroupArgs) -> Result<GroupConfig, String> {
     })
 }
 
+/// Bootstrap addresses besides the ticket's (`--peer`), at most 64.
+fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
+    const MAX: usize = 64;
+    if a.len() > MAX {
+        return Err(format!("--peer: at most {MAX} addresses, got {}", a.len()));
+    }
+    a.iter().map(|s| units::addr("--peer", s)).collect()
+}
+
 fn upload_limit(a: &Option<String>) -> Result<Option<u64>, String> {
     a.as_deref()
         .map(|s| units::rate("--upload-limit", s))
@@ -95,6 +105,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         force: a.force,
         group: group(&a.group)?,
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
+        peers: peers(&a.peer)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
     })

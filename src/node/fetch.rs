@@ -149,8 +149,12 @@ pub async fn manifest(
         let (mut send, mut recv) = conn.open_bi().await?;
         send.write_all(&Request::Manifest.encode()).await?;
         send.finish()?;
+        // the answer must start soon (a host that never answers is left
+        // for the next one); a large manifest may then take longer
         let mut status = [0u8; 1];
-        recv.read_exact(&mut status).await?;
+        timeout(super::HANDSHAKE_TIMEOUT, recv.read_exact(&mut status))
+            .await
+            .map_err(|_| anyhow::anyhow!("no answer to the manifest request"))??;
         if Status::decode(status[0])? != Status::Ok {
             anyhow::bail!("peer refused to send the manifest");
         }

@@ -95,6 +95,8 @@ pub struct JoinConfig {
     pub force: bool,
     pub group: GroupConfig,
     pub connect_timeout: Duration,
+    /// Hosts to start from besides the ticket's addresses (`--peer`).
+    pub peers: Vec<SocketAddr>,
     pub upload_limit: Option<u64>,
     pub tuning: Tuning,
 }

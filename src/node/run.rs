@@ -192,12 +192,8 @@ pub async fn join(
         wan: wan.clone(),
     };
     id.addrs.truncate(crate::wire::MAX_ADDRS);
-    let first = tokio::select! {
+    let (first, m, bytes) = tokio::select! {
         r = bootstrap(&ep, &id, &cfg) => r?,
-        _ = stop.cancelled() => return Err(NodeError::Interrupted),
-    };
-    let (m, bytes) = tokio::select! {
-        r = fetch::manifest(&first.conn, cfg.ticket.manifest_id) => r?,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
     let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
@@ -258,31 +254,47 @@ pub async fn join(
     run_engine(parts, Some(first), stop).await
 }
 
-/// Dials every ticket address at once; the first authenticated connection wins.
+/// Dials every ticket address and `--peer` address at once and takes the
+/// manifest from the first authenticated host that sends the one the ticket
+/// names; a host that refuses it or sends another is closed and the next
+/// one tried.
 async fn bootstrap(
     ep: &quinn::Endpoint,
     id: &Identity,
     cfg: &JoinConfig,
-) -> Result<Handshaken, NodeError> {
+) -> Result<(Handshaken, Manifest, Vec<u8>), NodeError> {
+    let mut addrs = cfg.ticket.addrs.clone();
+    addrs.extend(cfg.peers.iter().filter(|a| !cfg.ticket.addrs.contains(a)));
     let mut set = tokio::task::JoinSet::new();
-    for &addr in &cfg.ticket.addrs {
+    for &addr in &addrs {
         let (ep, id) = (ep.clone(), id.clone());
         set.spawn(async move { (addr, connect::connect(&ep, &id, addr, None).await) });
     }
-    let all = cfg
-        .ticket
-        .addrs
+    let all = addrs
         .iter()
         .map(|a| a.to_string())
         .collect::<Vec<_>>()
         .join(", ");
     let mut errors = Vec::new();
+    let mut bad_manifest = None;
     let deadline = tokio::time::sleep(cfg.connect_timeout);
     tokio::pin!(deadline);
     loop {
         tokio::select! {
             r = set.join_next() => match r {
-                Some(Ok((_, Ok(h)))) => return Ok(h),
+                Some(Ok((addr, Ok(h)))) => {
+                    match fetch::manifest(&h.conn, cfg.ticket.manifest_id).await {
+                        Ok((m, bytes)) => return Ok((h, m, bytes)),
+                        Err(e) => {
+                            tracing::warn!("{addr}: {e}; trying the other hosts");
+                            h.conn.close(super::peer::close::PROTOCOL.into(), b"manifest");
+                            errors.push(format!("{addr}: {e}"));
+                            if matches!(e, NodeError::Verification(_)) {
+                                bad_manifest = Some(e);
+                            }
+                        }
+                    }
+                }
                 Some(Ok((addr, Err(e)))) => errors.push(format!("{addr}: {e:#}")),
                 Some(Err(e)) => errors.push(e.to_string()),
                 None => break,
@@ -292,6 +304,9 @@ async fn bootstrap(
                 break;
             }
         }
+    }
+    if let Some(e) = bad_manifest {
+        return Err(e);
     }
     let authish = errors
         .iter()

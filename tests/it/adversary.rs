@@ -41,6 +41,8 @@ pub struct Seen {
     pub connections: HashMap<PeerId, usize>,
     /// Piece requests received.
     pub requests: usize,
+    /// Manifest requests received (always refused).
+    pub manifest_requests: usize,
     /// After being dropped for a corrupt piece, the adversary dials that
     /// host again from the same socket under a new peer id: how often the
     /// host kept the new connection (it should refuse it).
@@ -50,6 +52,7 @@ pub struct Seen {
 
 pub struct Adversary {
     pub mode: Mode,
+    pub addr: SocketAddr,
     pub seen: Arc<Mutex<Seen>>,
     ep: quinn::Endpoint,
     _seed_conn: Connection,
@@ -178,6 +181,7 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
     });
     Adversary {
         mode,
+        addr,
         seen,
         ep,
         _seed_conn: seed_conn,
@@ -233,7 +237,10 @@ async fn serve(
         return;
     }
     let Ok(Request::Piece(i)) = Request::decode(req) else {
+        seen.lock().unwrap().manifest_requests += 1;
         let _ = send.write_all(&[1]).await; // no manifest from us
+        let _ = send.finish();
+        conn.closed().await;
         return;
     };
     seen.lock().unwrap().requests += 1;

@@ -155,6 +155,12 @@ fn bad_arguments_name_the_argument() {
     let f = dir.path().join("f");
     fs::write(&f, b"x").unwrap();
     let long_group = "g".repeat(65);
+    let ticket = swarm::ticket::Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec!["127.0.0.1:9".parse().unwrap()],
+    }
+    .encode();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["seed", "/nonexistent/path"], "PATH"),
         (
@@ -207,6 +213,10 @@ fn bad_arguments_name_the_argument() {
             "--group",
         ),
         (vec!["join", "swarm1:aaaa", "/nonexistent/dir"], "TICKET"),
+        (
+            vec!["join", &ticket, "/tmp", "--peer", "somewhere"],
+            "--peer",
+        ),
         (vec!["demo", "--size", "huge"], "--size"),
         (vec!["demo", "--peers", "0"], "--peers"),
         (

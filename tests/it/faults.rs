@@ -337,3 +337,64 @@ fn sixty_four_joiners_at_once() {
     // bound catches memory that grows with peers, not a few MiB more
     assert!(peak < 128 << 20, "a joiner peaked at {peak} bytes");
 }
+
+/// A free UDP port on loopback (bound, read, released).
+fn free_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_late_joiner_starts_from_a_peer_after_the_seed_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("image.bin");
+    random_file(&src, 4 << 20, 27);
+    let mut seed = seed(d, &src, &["--until-copies", "2", "--piece-size", "256KiB"]);
+    let seed_addr = swarm::ticket::Ticket::parse(&seed.ticket).unwrap().addrs[0];
+    let a_addr = format!("127.0.0.1:{}", free_port());
+    // the early joiners stay a while after finishing, serving latecomers
+    let early = |name: &str, listen: &str| {
+        let dest = d.join(name);
+        fs::create_dir_all(&dest).unwrap();
+        let mut cmd = swarm();
+        cmd.arg("join")
+            .arg(&seed.ticket)
+            .arg(&dest)
+            .args(["--listen", listen, "--linger", "60s"]);
+        Proc::spawn(cmd, name, d)
+    };
+    let _a = early("a", &a_addr);
+    let _b = early("b", "127.0.0.1:0");
+    seed.proc.wait_ok(LIMIT);
+
+    // the ticket alone names only the seed, which is gone
+    let late = d.join("late");
+    fs::create_dir(&late).unwrap();
+    let late_cmd = |extra: &[&str]| {
+        let mut cmd = swarm();
+        cmd.arg("join")
+            .arg(&seed.ticket)
+            .arg(&late)
+            .args(["--listen", "127.0.0.1:0", "--exit-on-complete"])
+            .args(["--connect-timeout", "3s"])
+            .args(extra);
+        cmd
+    };
+    let out = run(late_cmd(&[]), LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains(&seed_addr.to_string()), "{err}");
+
+    // with --peer it starts from a host that has the copy
+    let out = run(late_cmd(&["--peer", &a_addr]), LIMIT);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same(&src, &late.join("image.bin"));
+}

@@ -215,3 +215,55 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     }
     assert!(corrupt > 0, "no joiner counted the corrupt pieces");
 }
+
+/// The first host a joiner reaches refuses the manifest: the joiner takes it
+/// from the next one (here a `--peer` address) instead of giving up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_comes_from_the_next_host_when_the_first_refuses() {
+    use crate::adversary::{self, Mode};
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    random_file(&src, 2 << 20, 12);
+    let seed = seed(&d, &src, &["--piece-size", "256KiB"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let liar = adversary::start(Mode::Liar, &t, 2 << 20, 256 << 10).await;
+    // a ticket that names only the liar; the seed comes as --peer, and is
+    // stopped until the liar has refused, so the order is certain
+    let mut via_liar = t.clone();
+    via_liar.addrs = vec![liar.addr];
+    let pid = seed.proc.child.id() as libc::pid_t;
+    // SAFETY: signals to our own child, which has not been waited for.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    let dest = d.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let mut cmd = swarm();
+    cmd.arg("join")
+        .arg(via_liar.encode())
+        .arg(&dest)
+        .args(["--listen", "127.0.0.1:0", "--exit-on-complete", "-v"])
+        .arg("--peer")
+        .arg(t.addrs[0].to_string());
+    let mut j = Proc::spawn(cmd, "join", &d);
+    let t0 = std::time::Instant::now();
+    while liar.seen.lock().unwrap().manifest_requests == 0 {
+        assert!(t0.elapsed() < LIMIT, "the joiner never asked the liar");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGCONT) }, 0);
+    let j = tokio::task::spawn_blocking(move || {
+        j.wait_ok(LIMIT);
+        j
+    })
+    .await
+    .unwrap();
+    assert_same(&src, &dest.join("image.bin"));
+    assert!(
+        j.log_text().contains("trying the other hosts"),
+        "no fallback in the log:\n{}",
+        j.log_text()
+    );
+    drop(seed);
+}
