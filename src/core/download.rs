@@ -35,17 +35,11 @@ use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 use super::group::BridgeShare;
-
-/// The rate (bytes/s) given to a peer whose first request failed, so that
-/// measured peers are asked before it.
-const FAILED_RATE: f64 = 1.0;
+use super::source::Source;
 
 /// Requests of one piece in flight at most in the endgame, proven peers'
 /// and others' together.
 const ENDGAME_MAX_REQUESTS: u8 = 8;
-
-/// The longest a failing peer is paused (see `Peer::failures`).
-const MAX_PAUSE: Duration = Duration::from_secs(30);
 
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
@@ -144,23 +138,8 @@ struct Peer {
     bits: BitVec,
     has_bitfield: bool,
     requested: Vec<u32>,
-    /// piece -> until when not to ask this peer for it
-    avoid: HashMap<u32, Instant>,
-    /// Exponentially weighted bytes/second of completed pieces.
-    rate: f64,
-    /// Requests it may have in flight now (at most its slots): it starts at
-    /// `initial_window`, grows by one per verified piece and falls to one
-    /// when a request fails. A peer that accepts requests and never answers
-    /// (or trickles) holds at most this many pieces until their deadlines,
-    /// not all of its slots.
-    window: usize,
-    /// Requests that failed in a row; the peer is not asked again before
-    /// `paused_until` (exponential backoff), so one that fails fast (resets
-    /// every stream half way) cannot draw request after request.
-    failures: u32,
-    paused_until: Option<Instant>,
-    /// It has delivered a verified piece.
-    proven: bool,
+    /// Its rate, request window and backoffs.
+    src: Source,
 }
 
 /// The candidate with the lowest score, ties broken uniformly at random
@@ -221,7 +200,7 @@ fn max_slots(cfg: &DownloadConfig, p: &Peer) -> usize {
 
 /// How many requests `p` may have in flight now.
 fn slots(cfg: &DownloadConfig, p: &Peer) -> usize {
-    max_slots(cfg, p).min(p.window)
+    p.src.window(max_slots(cfg, p))
 }
 
 pub struct Download {
@@ -294,12 +273,7 @@ impl Download {
             bits: bitvec![0; n],
             has_bitfield: false,
             requested: Vec::new(),
-            avoid: HashMap::new(),
-            rate: 0.0,
-            window: self.cfg.initial_window.max(1),
-            failures: 0,
-            paused_until: None,
-            proven: false,
+            src: Source::new(self.cfg.initial_window),
         });
     }
 
@@ -349,7 +323,7 @@ impl Download {
             for i in p.requested {
                 self.inflight[i as usize] -= 1;
                 self.inflight_total -= 1;
-                if p.proven {
+                if p.src.is_proven() {
                     self.proven_inflight[i as usize] -= 1;
                 }
             }
@@ -426,7 +400,7 @@ impl Download {
         p.requested.swap_remove(pos);
         self.inflight[i as usize] -= 1;
         self.inflight_total -= 1;
-        if p.proven {
+        if p.src.is_proven() {
             self.proven_inflight[i as usize] -= 1;
         }
         true
@@ -443,16 +417,9 @@ impl Download {
     ) -> Vec<Cancel> {
         self.finish_request(peer, i);
         if let Some(p) = self.peers.get_mut(&peer) {
-            let sample = bytes as f64 / elapsed.as_secs_f64().max(1e-6);
-            p.rate = if p.rate == 0.0 {
-                sample
-            } else {
-                0.7 * p.rate + 0.3 * sample
-            };
-            p.window = p.window.saturating_add(1).min(max_slots(&self.cfg, p));
-            p.failures = 0;
-            if !p.proven {
-                p.proven = true;
+            let slots = max_slots(&self.cfg, p);
+            if p.src.delivered(bytes, elapsed, slots) {
+                // newly proven: its requests count towards the endgame cap
                 for &r in &p.requested {
                     self.proven_inflight[r as usize] += 1;
                 }
@@ -493,25 +460,9 @@ impl Download {
                         avail[i as usize] -= 1;
                     }
                 }
-                Failure::Elsewhere => {
-                    p.avoid.insert(i, now + backoff);
-                }
-                Failure::Failed => {
-                    // slow or broken: halve its rate so others go first; an
-                    // unmeasured peer (rate 0 sorts first) gets a low one
-                    p.rate = if p.rate == 0.0 {
-                        FAILED_RATE
-                    } else {
-                        p.rate / 2.0
-                    };
-                    p.window = 1;
-                    p.avoid.insert(i, now + backoff);
-                    p.failures = p.failures.saturating_add(1);
-                    let pause = backoff
-                        .saturating_mul(1 << (p.failures - 1).min(16))
-                        .min(MAX_PAUSE);
-                    p.paused_until = Some(now + pause);
-                }
+                Failure::Elsewhere => p.src.sent_elsewhere(i, now + backoff),
+                // slow or broken: others go first (see `Source::failed`)
+                Failure::Failed => p.src.failed(i, now, backoff),
                 Failure::Corrupt => {}
             }
         }
@@ -526,7 +477,7 @@ impl Download {
         }
         self.peers
             .values()
-            .flat_map(|p| p.avoid.values().chain(p.paused_until.iter()))
+            .flat_map(|p| p.src.wake_times())
             .filter(|t| **t > now)
             .min()
             .copied()
@@ -539,7 +490,7 @@ impl Download {
             return out;
         }
         for p in self.peers.values_mut() {
-            p.avoid.retain(|_, until| *until > now);
+            p.src.expire(now);
         }
         // fastest first; unmeasured peers count as fast so they get tried
         let mut order: Vec<(PeerKey, f64, u64)> = self
@@ -547,17 +498,11 @@ impl Download {
             .iter()
             .filter(|(_, p)| {
                 p.has_bitfield
-                    && p.paused_until.is_none_or(|t| t <= now)
+                    && p.src.is_ready(now)
                     && p.requested.len() < slots(&self.cfg, p)
                     && (!p.remote || self.bridge.is_some())
             })
-            .map(|(&k, p)| {
-                (
-                    k,
-                    if p.rate == 0.0 { f64::MAX } else { p.rate },
-                    self.rng.random(),
-                )
-            })
+            .map(|(&k, p)| (k, p.src.order_rate(), self.rng.random()))
             .collect();
         order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
         // fill the fastest peer's slots first, then the next one's
@@ -569,7 +514,7 @@ impl Download {
                 let p = self.peers.get_mut(&key).expect("peer in order");
                 p.requested.push(i as u32);
                 self.inflight[i] += 1;
-                if p.proven {
+                if p.src.is_proven() {
                     self.proven_inflight[i] += 1;
                 }
                 self.inflight_total += 1;
@@ -586,7 +531,7 @@ impl Download {
         let p = &self.peers[&key];
         // this runs once per request over all of a peer's pieces: the
         // avoid map is nearly always empty, so skip hashing then
-        let avoided = |i: usize| !p.avoid.is_empty() && p.avoid.contains_key(&(i as u32));
+        let avoided = |i: usize| p.src.avoids(i);
         let random_phase = self.have_count < self.cfg.random_first;
         let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
         let mut best = lowest_score(
@@ -636,10 +581,7 @@ impl Download {
             &mut self.rng,
             missing(&p.bits, have)
                 .filter(|&i| {
-                    availability[i] == 0
-                        && inflight[i] == 0
-                        && share.takes(i)
-                        && (p.avoid.is_empty() || !p.avoid.contains_key(&(i as u32)))
+                    availability[i] == 0 && inflight[i] == 0 && share.takes(i) && !p.src.avoids(i)
                 })
                 .map(|i| (i, remote_availability[i])),
         )
@@ -664,7 +606,7 @@ impl Download {
             assert!(p.requested.len() <= max_slots(&self.cfg, p));
             for &i in &p.requested {
                 infl[i as usize] += 1;
-                proven_infl[i as usize] += u8::from(p.proven);
+                proven_infl[i as usize] += u8::from(p.src.is_proven());
                 total += 1;
                 assert!(!self.have[i as usize], "piece {i} in flight but held");
             }

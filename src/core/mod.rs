@@ -7,7 +7,8 @@
 //!
 //! * `Download`: a joiner's view of its peers and its missing pieces;
 //!   rarest-first with random first pieces, throughput-ordered sources,
-//!   endgame duplicates with cancellation.
+//!   endgame duplicates with cancellation; `source` is how much it asks of
+//!   each peer (rate, slow-start window, backoff).
 //! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
 //!   once before serving any piece twice.
 //! * `group`: datacenter groups: bridge election and how bridges split the
@@ -15,6 +16,7 @@
 
 mod download;
 pub mod group;
+mod source;
 mod spread;
 
 pub use download::{
