@@ -46,9 +46,9 @@ fn seed_leaves_once_every_piece_has_a_copy_and_the_rest_finish() {
     let d = dir.path();
     let src = d.join("image.bin");
     random_file(&src, 16 << 20, 21);
-    // slow uploads everywhere, so the joiners are still busy when the
-    // seed has sent its copy and leaves
-    let limit = ["--upload-limit", "4MiB/s"];
+    // the seed uploads at 4 MiB/s and the joiners at 1 MiB/s: when the
+    // seed has sent its copy (about 4 s) the joiners have traded about a
+    // quarter of what they need, so they finish well after it left
     let mut seed = seed(
         d,
         &src,
@@ -57,12 +57,15 @@ fn seed_leaves_once_every_piece_has_a_copy_and_the_rest_finish() {
             "1",
             "--piece-size",
             "256KiB",
-            limit[0],
-            limit[1],
+            "--upload-limit",
+            "4MiB/s",
         ],
     );
     let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
-    let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
+    let mut joiners: Vec<Proc> = names
+        .iter()
+        .map(|n| join(d, &seed, n, &["--upload-limit", "1MiB/s"]))
+        .collect();
     seed.proc.wait_ok(LIMIT);
     let running = joiners
         .iter_mut()
