@@ -37,9 +37,9 @@ use thiserror::Error;
 use super::group::BridgeShare;
 use super::source::Source;
 
-/// Requests of one piece in flight at most in the endgame, proven peers'
-/// and others' together.
-const ENDGAME_MAX_REQUESTS: u8 = 8;
+/// In the endgame, requests of one piece to peers that have not delivered
+/// yet, at most (they never keep a proven peer from a duplicate).
+const ENDGAME_MAX_UNPROVEN: u8 = 8;
 
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
@@ -557,9 +557,10 @@ impl Download {
                 continue;
             }
             let n = self.proven_inflight[i];
+            let unproven = self.inflight[i] - n;
             if n < self.cfg.endgame_dup
                 && n < best_inflight
-                && self.inflight[i] < ENDGAME_MAX_REQUESTS
+                && (p.src.is_proven() || unproven < ENDGAME_MAX_UNPROVEN)
             {
                 best_inflight = n;
                 best = Some(i);

@@ -600,3 +600,38 @@ fn a_piece_stuck_at_silent_peers_is_duplicated_to_a_proven_one() {
     assert_eq!(d.poll_requests(now), vec![(3, 2)]);
     d.check_invariants();
 }
+
+#[test]
+fn many_silent_peers_do_not_keep_a_proven_one_from_the_last_piece() {
+    let c = DownloadConfig {
+        per_peer: 4,
+        total: 64,
+        endgame_dup: 2,
+        ..cfg()
+    };
+    let now = t0();
+    let mut d = Download::new(bitvec![0; 2], c, 11);
+    // peers 1-12 claim piece 1 and never answer: they take every request
+    // the endgame gives to peers that have not delivered
+    for k in 1..=12 {
+        d.add_peer(k);
+        d.peer_bitfield(k, &bitvec![0, 1]).unwrap();
+    }
+    let silent = d.poll_requests(now);
+    assert!(
+        silent.len() >= 8 && silent.len() <= 9,
+        "one request, then at most 8 unproven duplicates: {silent:?}"
+    );
+    // peer 13 delivers piece 0, then announces piece 1
+    d.add_peer(13);
+    d.peer_bitfield(13, &bitvec![1, 0]).unwrap();
+    assert_eq!(d.poll_requests(now), vec![(13, 0)]);
+    d.piece_received(13, 0, 1 << 20, Duration::from_millis(5));
+    d.peer_have(13, 1).unwrap();
+    assert_eq!(
+        d.poll_requests(now),
+        vec![(13, 1)],
+        "the proven peer gets it"
+    );
+    d.check_invariants();
+}

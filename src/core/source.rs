@@ -6,9 +6,9 @@
 //!   (up to the peer's slots) and falls to one when a request fails, so a
 //!   peer that accepts requests and never answers holds at most this many
 //!   pieces until their deadlines.
-//! * Failures in a row pause the peer: the backoff, doubling, at most
-//!   `MAX_PAUSE`; so one that fails fast (resets every stream half way)
-//!   cannot draw request after request.
+//! * Each failure pauses the source: the backoff (0.5 s), doubling with
+//!   every failure in a row, at most `MAX_PAUSE`; so one that fails fast
+//!   (resets every stream half way) cannot draw request after request.
 //! * A source is *proven* once it has delivered a piece; the endgame's
 //!   duplicate cap counts only requests to proven sources.
 
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 /// measured sources are asked before it.
 const FAILED_RATE: f64 = 1.0;
 
-/// The longest a failing source is paused.
-const MAX_PAUSE: Duration = Duration::from_secs(30);
+/// The longest a failing source is paused. Well below the time after
+/// which a finished host stops waiting for a quiet peer (30 s).
+const MAX_PAUSE: Duration = Duration::from_secs(10);
 
 pub(super) struct Source {
     /// Exponentially weighted bytes/second of completed pieces (0: not

@@ -64,8 +64,9 @@ const RARE: u32 = 1;
 /// later.
 pub const REASK_AFTER: Duration = Duration::from_secs(2);
 
-/// Refusals remembered at most (a peer could request every piece).
-const MAX_REFUSED: usize = 1 << 16;
+/// Refusals remembered per peer at most (a peer could request every
+/// piece); past it, that peer's further refusals are not remembered.
+const MAX_REFUSED_PER_PEER: usize = 4096;
 
 pub struct Spreader {
     holders: Vec<u32>,
@@ -84,8 +85,9 @@ pub struct Spreader {
     short: usize,
     /// Since when no serve has been in progress.
     idle_since: Option<Instant>,
-    /// (peer, piece) -> when the seed first sent that peer elsewhere for it.
-    refused: HashMap<(PeerKey, usize), Instant>,
+    /// peer -> piece -> when the seed first sent that peer elsewhere for
+    /// it; an entry ends when the piece is served to or announced by it.
+    refused: HashMap<PeerKey, HashMap<usize, Instant>>,
 }
 
 impl Spreader {
@@ -116,7 +118,9 @@ impl Spreader {
     /// Whether every piece has `goal` announced copies among connected
     /// peers (false without a goal).
     pub fn copies_reached(&self) -> bool {
-        self.goal > 0 && self.short == 0
+        // (the peer count matters for a manifest without pieces: its
+        // joiners still need the seed for the manifest)
+        self.goal > 0 && self.short == 0 && self.announced.len() >= self.goal as usize
     }
 
     /// Whether the spreading phase is over (every piece delivered once).
@@ -128,7 +132,11 @@ impl Spreader {
     pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice) {
         let n = self.copies.len();
         let entry = self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
+        let mut refused = self.refused.get_mut(&peer);
         for i in bits.iter_ones().take_while(|&i| i < n) {
+            if let Some(r) = refused.as_mut() {
+                r.remove(&i);
+            }
             if !entry[i] {
                 entry.set(i, true);
                 self.copies[i] += 1;
@@ -180,7 +188,7 @@ impl Spreader {
                 self.copies[i] -= 1;
             }
         }
-        self.refused.retain(|&(p, _), _| p != peer);
+        self.refused.remove(&peer);
     }
 
     /// Decides a request for piece `i` by `peer` (`remote`: of another
@@ -203,16 +211,19 @@ impl Spreader {
                 others == 0 && self.active[i] == 0
             };
         if !ok {
-            match self.refused.get(&(peer, i)) {
+            let mine = self.refused.entry(peer).or_default();
+            match mine.get(&i) {
                 Some(&t) => ok = now.saturating_duration_since(t) >= REASK_AFTER,
-                None if self.refused.len() < MAX_REFUSED => {
-                    self.refused.insert((peer, i), now);
+                None if mine.len() < MAX_REFUSED_PER_PEER => {
+                    mine.insert(i, now);
                 }
                 None => {}
             }
         }
         if ok {
-            self.refused.remove(&(peer, i));
+            if let Some(mine) = self.refused.get_mut(&peer) {
+                mine.remove(&i);
+            }
             self.active[i] += 1;
             self.active_total += 1;
             self.idle_since = None;

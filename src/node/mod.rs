@@ -42,8 +42,11 @@ pub const ALONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// flight, gives up: no reachable peer holds what it misses.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(120);
 /// A finished host lingers for its peers until they are done, but not for
-/// one it has heard nothing from (no Have, Done or request) for this long:
-/// a stopped process, or a peer that stays connected and never finishes.
+/// one it has heard nothing from (no Have, Done or request, nothing being
+/// served to it) for this long: a stopped process, or a peer that stays
+/// connected and never finishes. Longer than a source's longest pause
+/// (10 s, `core::source`), so a joiner pausing a busy source is not taken
+/// for a quiet one.
 pub const QUIET_TIMEOUT: Duration = Duration::from_secs(30);
 /// Fetching the manifest from the first peer.
 pub const MANIFEST_TIMEOUT: Duration = Duration::from_secs(120);

@@ -50,7 +50,15 @@ fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
     let local = ep
         .local_addr()
         .map_err(|e| NodeError::Network(e.to_string()))?;
+    // with -v: where others can reach this host (e.g. for `join --peer`)
+    tracing::info!("listening on {local}");
     Ok(vec![local])
+}
+
+/// Why a bootstrap host did not give us the manifest.
+enum Failed {
+    Connect(anyhow::Error),
+    Manifest(NodeError),
 }
 
 /// Addresses for the ticket: the listen address, or every non-loopback
@@ -254,10 +262,12 @@ pub async fn join(
     run_engine(parts, Some(first), stop).await
 }
 
-/// Dials every ticket address and `--peer` address at once and takes the
-/// manifest from the first authenticated host that sends the one the ticket
-/// names; a host that refuses it or sends another is closed and the next
-/// one tried.
+/// Dials every ticket address and `--peer` address at once; each
+/// authenticated host is asked for the manifest, and the first that sends
+/// the one the ticket names wins. A host that refuses it, sends another, or
+/// stalls does not hold up the others. `connect_timeout` bounds the wait for
+/// a first authenticated host; a manifest already under way may take
+/// `MANIFEST_TIMEOUT`.
 async fn bootstrap(
     ep: &quinn::Endpoint,
     id: &Identity,
@@ -265,10 +275,26 @@ async fn bootstrap(
 ) -> Result<(Handshaken, Manifest, Vec<u8>), NodeError> {
     let mut addrs = cfg.ticket.addrs.clone();
     addrs.extend(cfg.peers.iter().filter(|a| !cfg.ticket.addrs.contains(a)));
+    let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut set = tokio::task::JoinSet::new();
     for &addr in &addrs {
-        let (ep, id) = (ep.clone(), id.clone());
-        set.spawn(async move { (addr, connect::connect(&ep, &id, addr, None).await) });
+        let (ep, id, connected) = (ep.clone(), id.clone(), connected.clone());
+        let want = cfg.ticket.manifest_id;
+        set.spawn(async move {
+            let h = match connect::connect(&ep, &id, addr, None).await {
+                Ok(h) => h,
+                Err(e) => return (addr, Err(Failed::Connect(e))),
+            };
+            connected.store(true, std::sync::atomic::Ordering::Relaxed);
+            match fetch::manifest(&h.conn, want).await {
+                Ok((m, bytes)) => (addr, Ok((h, m, bytes))),
+                Err(e) => {
+                    h.conn
+                        .close(super::peer::close::PROTOCOL.into(), b"manifest");
+                    (addr, Err(Failed::Manifest(e)))
+                }
+            }
+        });
     }
     let all = addrs
         .iter()
@@ -279,29 +305,28 @@ async fn bootstrap(
     let mut bad_manifest = None;
     let deadline = tokio::time::sleep(cfg.connect_timeout);
     tokio::pin!(deadline);
+    let mut waited = false;
     loop {
         tokio::select! {
             r = set.join_next() => match r {
-                Some(Ok((addr, Ok(h)))) => {
-                    match fetch::manifest(&h.conn, cfg.ticket.manifest_id).await {
-                        Ok((m, bytes)) => return Ok((h, m, bytes)),
-                        Err(e) => {
-                            tracing::warn!("{addr}: {e}; trying the other hosts");
-                            h.conn.close(super::peer::close::PROTOCOL.into(), b"manifest");
-                            errors.push(format!("{addr}: {e}"));
-                            if matches!(e, NodeError::Verification(_)) {
-                                bad_manifest = Some(e);
-                            }
-                        }
+                Some(Ok((_, Ok(found)))) => return Ok(found),
+                Some(Ok((addr, Err(Failed::Connect(e))))) => errors.push(format!("{addr}: {e:#}")),
+                Some(Ok((addr, Err(Failed::Manifest(e))))) => {
+                    tracing::warn!("{addr}: {e}; trying the other hosts");
+                    errors.push(format!("{addr}: {e}"));
+                    if matches!(e, NodeError::Verification(_)) {
+                        bad_manifest = Some(e);
                     }
                 }
-                Some(Ok((addr, Err(e)))) => errors.push(format!("{addr}: {e:#}")),
                 Some(Err(e)) => errors.push(e.to_string()),
                 None => break,
             },
-            _ = &mut deadline => {
-                errors.push("timed out".into());
-                break;
+            _ = &mut deadline, if !waited => {
+                waited = true;
+                if !connected.load(std::sync::atomic::Ordering::Relaxed) {
+                    errors.push("timed out".into());
+                    break;
+                }
             }
         }
     }
@@ -314,7 +339,7 @@ async fn bootstrap(
     let why = errors.join("; ");
     if authish {
         return Err(NodeError::Verification(format!(
-            "the seed at {all} rejected the ticket: {why}"
+            "a host of {all} rejected the ticket: {why}"
         )));
     }
     Err(NodeError::Unreachable {

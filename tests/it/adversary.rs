@@ -45,9 +45,10 @@ pub struct Seen {
     pub manifest_requests: usize,
     /// After being dropped for a corrupt piece, the adversary dials that
     /// host again from the same socket under a new peer id: how often the
-    /// host kept the new connection (it should refuse it).
-    pub comebacks_admitted: usize,
+    /// host refused it (closed with "not accepted"), and how often anything
+    /// else happened (kept open, another close, no connection at all).
     pub comebacks_refused: usize,
+    pub comebacks_not_refused: usize,
 }
 
 pub struct Adversary {
@@ -202,7 +203,7 @@ async fn come_back(
     })
     .await
     else {
-        seen.lock().unwrap().comebacks_refused += 1;
+        seen.lock().unwrap().comebacks_not_refused += 1;
         return;
     };
     tls::open_up(&conn, &Tuning::default());
@@ -211,14 +212,17 @@ async fn come_back(
         let _ = send
             .write_all(&hello(t, &conn, Role::Dialer, fresh, addr))
             .await;
-        let kept = tokio::time::timeout(Duration::from_secs(3), conn.closed())
-            .await
-            .is_err();
+        // refused: closed with the "not accepted" code (3); anything else
+        // (kept open, or closed for another reason) counts as admitted
+        let refused = matches!(
+            tokio::time::timeout(Duration::from_secs(3), conn.closed()).await,
+            Ok(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 3u32.into()
+        );
         let mut seen = seen.lock().unwrap();
-        if kept {
-            seen.comebacks_admitted += 1;
-        } else {
+        if refused {
             seen.comebacks_refused += 1;
+        } else {
+            seen.comebacks_not_refused += 1;
         }
     }
 }

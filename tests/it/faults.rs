@@ -341,15 +341,6 @@ fn sixty_four_joiners_at_once() {
     assert!(peak < 128 << 20, "a joiner peaked at {peak} bytes");
 }
 
-/// A free UDP port on loopback (bound, read, released).
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_late_joiner_starts_from_a_peer_after_the_seed_left() {
     let dir = tempfile::tempdir().unwrap();
@@ -358,20 +349,35 @@ fn a_late_joiner_starts_from_a_peer_after_the_seed_left() {
     random_file(&src, 4 << 20, 27);
     let mut seed = seed(d, &src, &["--until-copies", "2", "--piece-size", "256KiB"]);
     let seed_addr = swarm::ticket::Ticket::parse(&seed.ticket).unwrap().addrs[0];
-    let a_addr = format!("127.0.0.1:{}", free_port());
     // the early joiners stay a while after finishing, serving latecomers
-    let early = |name: &str, listen: &str| {
+    let early = |name: &str| {
         let dest = d.join(name);
         fs::create_dir_all(&dest).unwrap();
         let mut cmd = swarm();
-        cmd.arg("join")
-            .arg(&seed.ticket)
-            .arg(&dest)
-            .args(["--listen", listen, "--linger", "60s"]);
+        cmd.arg("join").arg(&seed.ticket).arg(&dest).args([
+            "--listen",
+            "127.0.0.1:0",
+            "--linger",
+            "60s",
+            "-v",
+        ]);
         Proc::spawn(cmd, name, d)
     };
-    let _a = early("a", &a_addr);
-    let _b = early("b", "127.0.0.1:0");
+    let a = early("a");
+    let _b = early("b");
+    // a's address, from its log ("listening on ADDR" with -v)
+    let t = Instant::now();
+    let a_addr = loop {
+        let found = a
+            .log_text()
+            .lines()
+            .find_map(|l| Some(l.split("listening on ").nth(1)?.trim().to_string()));
+        if let Some(addr) = found {
+            break addr;
+        }
+        assert!(t.elapsed() < LIMIT, "a never said where it listens");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     seed.proc.wait_ok(LIMIT);
 
     // the ticket alone names only the seed, which is gone

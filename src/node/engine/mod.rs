@@ -341,7 +341,7 @@ impl Engine {
                     .download
                     .as_ref()
                     .is_some_and(|d| d.peer_is_complete(*key))
-                && now.saturating_duration_since(p.heard) < QUIET_TIMEOUT
+                && (p.serving > 0 || now.saturating_duration_since(p.heard) < QUIET_TIMEOUT)
         };
         let all_done =
             self.complete && !self.dialer.is_dialing_new() && !self.peers.iter().any(waits_for);

@@ -27,19 +27,29 @@ pub(super) struct Bans {
     addrs: HashSet<SocketAddr>,
 }
 
+/// An IPv4 peer seen on a dual-stack socket has an IPv4-mapped IPv6
+/// address; compare addresses in their plain form.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
 impl Bans {
     pub(super) fn ban(&mut self, id: PeerId, addr: SocketAddr) {
         self.ids.insert(id);
-        self.addrs.insert(addr);
+        self.addrs.insert(canonical(addr));
     }
 
     pub(super) fn refuses(&self, id: &PeerId, addr: SocketAddr) -> bool {
-        self.ids.contains(id) || self.addrs.contains(&addr)
+        self.ids.contains(id) || self.addrs.contains(&canonical(addr))
     }
 
     /// Whether a peer we heard of is banned, by id or any of its addresses.
     pub(super) fn covers(&self, info: &PeerInfo) -> bool {
-        self.ids.contains(&info.id) || info.addrs.iter().any(|a| self.addrs.contains(a))
+        self.ids.contains(&info.id)
+            || info
+                .addrs
+                .iter()
+                .any(|a| self.addrs.contains(&canonical(*a)))
     }
 }
 
@@ -49,8 +59,11 @@ pub(super) struct Peer {
     pub(super) done: bool,
     /// In another group than this host.
     pub(super) remote: bool,
-    /// When it last announced a piece, said Done, or asked us for one.
+    /// When it last announced a piece, said Done, or asked us for one, or
+    /// a serve to it ended.
     pub(super) heard: Instant,
+    /// Pieces being served to it now.
+    pub(super) serving: u32,
 }
 
 impl Engine {
@@ -129,6 +142,7 @@ impl Engine {
                 done: false,
                 remote: cross,
                 heard: Instant::now(),
+                serving: 0,
             },
         );
         if !cross {

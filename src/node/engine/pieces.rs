@@ -108,9 +108,11 @@ impl Engine {
     }
 
     pub(super) fn serve_answer(&mut self, key: PeerKey, req: Request) -> ServeAnswer {
-        if let Some(p) = self.peers.get_mut(&key) {
-            p.heard = Instant::now();
-        }
+        let Some(p) = self.peers.get_mut(&key) else {
+            // a request that arrived as its peer was being dropped
+            return ServeAnswer::Refuse(WireStatus::Missing);
+        };
+        p.heard = Instant::now();
         let i = match req {
             Request::Manifest => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
             Request::Piece(i) => i as usize,
@@ -123,6 +125,9 @@ impl Engine {
             && !s.should_serve(key, i, remote, Instant::now())
         {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
+        }
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.serving += 1;
         }
         let (offset, len) = self.manifest.piece_range(i);
         let limits = [
@@ -138,8 +143,17 @@ impl Engine {
     }
 
     pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
+        let known = match self.peers.get_mut(&key) {
+            Some(p) => {
+                p.serving = p.serving.saturating_sub(1);
+                p.heard = Instant::now();
+                true
+            }
+            None => false,
+        };
         if let Some(s) = &mut self.spreader {
-            s.serve_ended(key, piece as usize, completed, Instant::now());
+            // a peer already dropped must not come back as a holder
+            s.serve_ended(key, piece as usize, completed && known, Instant::now());
         }
         self.count_served(key, bytes);
     }
