@@ -40,6 +40,23 @@ fn signal(p: &Proc, sig: libc::c_int) {
     assert_eq!(r, 0, "signal {sig} to {}", p.name);
 }
 
+/// A seed of `src` with 256 KiB pieces, uploading at most `rate`, that
+/// exits on `exit` (e.g. `["--until-done", "5"]`).
+fn limited_seed(d: &Path, src: &Path, exit: [&str; 2], rate: &str) -> Seed {
+    seed(
+        d,
+        src,
+        &[
+            exit[0],
+            exit[1],
+            "--piece-size",
+            "256KiB",
+            "--upload-limit",
+            rate,
+        ],
+    )
+}
+
 #[test]
 fn seed_leaves_once_every_piece_has_a_copy_and_the_rest_finish() {
     let dir = tempfile::tempdir().unwrap();
@@ -49,18 +66,7 @@ fn seed_leaves_once_every_piece_has_a_copy_and_the_rest_finish() {
     // the seed uploads at 4 MiB/s and the joiners at 1 MiB/s: when the
     // seed has sent its copy (about 4 s) the joiners have traded about a
     // quarter of what they need, so they finish well after it left
-    let mut seed = seed(
-        d,
-        &src,
-        &[
-            "--until-copies",
-            "1",
-            "--piece-size",
-            "256KiB",
-            "--upload-limit",
-            "4MiB/s",
-        ],
-    );
+    let mut seed = limited_seed(d, &src, ["--until-copies", "1"], "4MiB/s");
     let names: Vec<String> = (0..6).map(|i| format!("j{i}")).collect();
     let mut joiners: Vec<Proc> = names
         .iter()
@@ -94,18 +100,7 @@ fn joiners_killed_at_random_times_restart_and_fetch_only_what_they_lacked() {
     // 2 MiB/s uploads: the copy takes several seconds, so kills land early,
     // midway and late
     let limit = ["--upload-limit", "2MiB/s"];
-    let mut seed = seed(
-        d,
-        &src,
-        &[
-            "--until-done",
-            "5",
-            "--piece-size",
-            "256KiB",
-            limit[0],
-            limit[1],
-        ],
-    );
+    let mut seed = limited_seed(d, &src, ["--until-done", "5"], limit[1]);
     let names: Vec<String> = (0..5).map(|i| format!("j{i}")).collect();
     let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
     let start = Instant::now();
@@ -164,18 +159,7 @@ fn a_stopped_peer_does_not_hold_up_the_others_and_catches_up_when_continued() {
     let src = d.join("image.bin");
     random_file(&src, 16 << 20, 23);
     let limit = ["--upload-limit", "8MiB/s"];
-    let mut seed = seed(
-        d,
-        &src,
-        &[
-            "--until-done",
-            "4",
-            "--piece-size",
-            "256KiB",
-            limit[0],
-            limit[1],
-        ],
-    );
+    let mut seed = limited_seed(d, &src, ["--until-done", "4"], limit[1]);
     let names = ["a", "b", "c", "stopped"];
     let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
     wait_for_pieces(&mut joiners[3], 8);
