@@ -11,11 +11,14 @@
 //!   each peer (rate, slow-start window, backoff).
 //! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
 //!   once before serving any piece twice.
+//! * `serve`: how many of one connection's requests a host serves at once
+//!   (slow start, one slot for a requester that stops reading).
 //! * `group`: datacenter groups: bridge election and how bridges split the
 //!   cross-group pieces; `Download` applies the group-rarest rule.
 
 mod download;
 pub mod group;
+pub mod serve;
 mod source;
 mod spread;
 

@@ -17,6 +17,7 @@ mod fetch;
 mod peer;
 mod rate;
 mod run;
+mod serve;
 mod socket;
 pub mod tls;
 
@@ -28,6 +29,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use fetch::deadline as request_deadline;
 pub use run::{join, seed};
 pub use tls::Tuning;
 

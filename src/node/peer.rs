@@ -1,7 +1,7 @@
 //! One connection's tasks: the authenticated handshake, the control-stream
-//! reader and writer, and the server for the peer's request streams. They
-//! report to the engine through its bounded event channel and never touch
-//! swarm state themselves.
+//! reader and writer, and (in `serve`) the server for the peer's request
+//! streams. They report to the engine through its bounded event channel and
+//! never touch swarm state themselves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,19 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::{Context, bail};
 use bitvec::prelude::*;
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::time::timeout;
 
 use super::HANDSHAKE_TIMEOUT;
 use super::auth::{self, Role};
 use super::engine::Event;
-use super::rate::RateLimit;
 use crate::core::PeerKey;
 use crate::manifest::ManifestId;
-use crate::storage::Content;
-use crate::wire::{
-    Hello, MAX_FRAME, Message, PROTOCOL_VERSION, PeerId, REQUEST_LEN, Request, Status,
-};
+use crate::wire::{Hello, MAX_FRAME, Message, PROTOCOL_VERSION, PeerId};
 
 /// Application close codes.
 pub mod close {
@@ -34,14 +30,6 @@ pub mod close {
     pub const CANCEL: u32 = 5;
 }
 
-/// Concurrent request streams served per connection.
-/// Concurrent request streams served per connection; a process also caps
-/// its serves in total (`SERVE_TOTAL`), so memory for serve buffers stays
-/// below `SERVE_TOTAL * SERVE_CHUNK` however many peers connect.
-const SERVE_CONCURRENCY: usize = 8;
-pub const SERVE_TOTAL: usize = 32;
-/// Chunk size when streaming a piece from disk.
-const SERVE_CHUNK: usize = 512 << 10;
 /// Capacity of each peer's outgoing control-message queue.
 pub const CONTROL_QUEUE: usize = 256;
 /// How long a closing host waits for its last control messages to arrive.
@@ -231,7 +219,12 @@ pub fn start(
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let writer = tokio::spawn(control_writer(h.send, rx, have));
     tokio::spawn(control_reader(key, h.conn.clone(), h.recv, events.clone()));
-    tokio::spawn(serve_requests(key, h.conn.clone(), events, serve_limit));
+    tokio::spawn(super::serve::serve_requests(
+        key,
+        h.conn.clone(),
+        events,
+        serve_limit,
+    ));
     PeerHandle {
         key,
         conn: h.conn,
@@ -310,142 +303,4 @@ async fn control_writer(
             return;
         }
     }
-}
-
-/// Why the engine allowed or refused a request, with what to read from.
-pub enum ServeAnswer {
-    Piece {
-        content: Arc<Content>,
-        offset: u64,
-        len: u64,
-        /// Token buckets every byte of the piece passes (upload, WAN).
-        limits: Vec<Arc<RateLimit>>,
-    },
-    Manifest(Arc<Vec<u8>>),
-    Refuse(Status),
-}
-
-async fn serve_requests(
-    key: PeerKey,
-    conn: Connection,
-    events: mpsc::Sender<Event>,
-    total: Arc<Semaphore>,
-) {
-    let limit = Arc::new(Semaphore::new(SERVE_CONCURRENCY));
-    let mut seq: i32 = 0;
-    while let Ok((send, recv)) = conn.accept_bi().await {
-        // First come, first served: quinn sends the highest priority
-        // first, so each piece completes (and can be passed on) as early
-        // as possible instead of all of them sharing the link and
-        // finishing together. The control stream (priority 0) goes first.
-        seq = seq.wrapping_add(1) & 0x3fff_ffff;
-        let _ = send.set_priority(-seq);
-        let (Ok(permit), Ok(global)) = (
-            limit.clone().acquire_owned().await,
-            total.clone().acquire_owned().await,
-        ) else {
-            return;
-        };
-        let events = events.clone();
-        tokio::spawn(async move {
-            let _permits = (permit, global);
-            if let Err(e) = serve_one(key, send, recv, &events).await {
-                tracing::debug!(peer = key, "serving a request failed: {e:#}");
-            }
-        });
-    }
-}
-
-async fn serve_one(
-    key: PeerKey,
-    mut send: SendStream,
-    mut recv: RecvStream,
-    events: &mpsc::Sender<Event>,
-) -> anyhow::Result<()> {
-    let mut raw = [0u8; REQUEST_LEN];
-    timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut raw))
-        .await
-        .context("request timed out")??;
-    let req = Request::decode(raw)?;
-    let (reply, answer) = oneshot::channel();
-    events.send(Event::ServeAsk { key, req, reply }).await?;
-    match answer.await? {
-        ServeAnswer::Refuse(status) => {
-            send.write_all(&[status as u8]).await?;
-            send.finish()?;
-        }
-        ServeAnswer::Manifest(bytes) => {
-            send.write_all(&[Status::Ok as u8]).await?;
-            send.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
-            send.write_all(&bytes).await?;
-            send.finish()?;
-        }
-        ServeAnswer::Piece {
-            content,
-            offset,
-            len,
-            limits,
-        } => {
-            let Request::Piece(piece) = req else {
-                bail!("piece answer to a manifest request")
-            };
-            // The same deadline the requester applies: a peer that stops
-            // reading cannot hold a serve slot (of 32 per process) forever.
-            let deadline = super::fetch::deadline(len);
-            let result = match timeout(
-                deadline,
-                send_piece(&mut send, content, offset, len, &limits),
-            )
-            .await
-            {
-                Ok(r) => r,
-                Err(_) => {
-                    let _ = send.reset(close::CANCEL.into());
-                    Err(anyhow::anyhow!(
-                        "peer did not take the piece within {deadline:?}"
-                    ))
-                }
-            };
-            let sent = *result.as_ref().unwrap_or(&0);
-            events
-                .send(Event::ServeEnded {
-                    key,
-                    piece,
-                    bytes: sent,
-                    completed: result.is_ok(),
-                })
-                .await?;
-            result?;
-        }
-    }
-    Ok(())
-}
-
-async fn send_piece(
-    send: &mut SendStream,
-    content: Arc<Content>,
-    offset: u64,
-    len: u64,
-    limits: &[Arc<RateLimit>],
-) -> anyhow::Result<u64> {
-    send.write_all(&[Status::Ok as u8]).await?;
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
-        let c = content.clone();
-        let at = offset + done;
-        let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = vec![0u8; n];
-            c.read_at(at, &mut buf).map(|_| buf)
-        })
-        .await??;
-        for l in limits {
-            l.acquire(n).await;
-        }
-        // hand the buffer to quinn instead of copying it
-        send.write_chunk(bytes::Bytes::from(buf)).await?;
-        done += n as u64;
-    }
-    send.finish()?;
-    Ok(done)
 }

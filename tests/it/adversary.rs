@@ -71,7 +71,7 @@ fn piece_len(size: u64, piece: u64, i: u32) -> usize {
     (size.saturating_sub(start)).min(piece) as usize
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
+pub async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.ok()?;
     let mut body = vec![0u8; Message::frame_len(len).ok()?];
@@ -79,7 +79,7 @@ async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     Message::decode(&body).ok()
 }
 
-fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
+pub fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
@@ -93,7 +93,7 @@ fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr
 
 /// Keeps reading (and ignoring) the peer's control frames, holding the
 /// control stream open until the connection closes.
-fn hold_control(send: SendStream, mut recv: RecvStream) {
+pub fn hold_control(send: SendStream, mut recv: RecvStream) {
     tokio::spawn(async move {
         let _send = send;
         while read_frame(&mut recv).await.is_some() {}

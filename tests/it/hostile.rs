@@ -267,3 +267,85 @@ async fn the_manifest_comes_from_the_next_host_when_the_first_refuses() {
     );
     drop(seed);
 }
+
+/// Clients that ask the seed for pieces and never read them (from four
+/// sockets under four ids, eight requests at a time each) cannot keep it
+/// from serving the honest joiners: a connection gets two requests served
+/// at once until it has taken a piece, and a request whose connection has
+/// taken no data for a few seconds is given up, well before the requester's
+/// own deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_that_never_read_do_not_starve_the_seed() {
+    use crate::hoarder;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    let (size, piece) = (16u64 << 20, 256u64 << 10);
+    random_file(&src, size as usize, 13);
+    let seed = seed(&d, &src, &["--until-done", "3", "--piece-size", "256KiB"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let (conns, streams) = (4, 8);
+    let h = hoarder::start(&t, t.addrs[0], conns, streams, (size / piece) as u32).await;
+    // the seed serves the hoarder before any honest joiner arrives
+    let t0 = std::time::Instant::now();
+    while h.seen.lock().unwrap().most_served.contains(&0) {
+        assert!(t0.elapsed() < LIMIT, "the seed never served the hoarder");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // and takes what more it can get
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let d2 = d.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut joiners: Vec<Proc> = ["a", "b", "c"]
+            .iter()
+            .map(|n| join(&d2, &seed, n, &[]))
+            .collect();
+        for j in &mut joiners {
+            j.wait_ok(LIMIT);
+        }
+        let mut seed = seed;
+        seed.proc.wait_ok(LIMIT);
+    })
+    .await
+    .unwrap();
+
+    for n in ["a", "b", "c"] {
+        assert_same(&src, &d.join(n).join("image.bin"));
+        let r = report(&d.join(format!("{n}.json")));
+        eprintln!(
+            "{n}: complete after {:.1} s",
+            r["complete_secs"].as_f64().unwrap()
+        );
+    }
+    let seen = h.seen.lock().unwrap();
+    let deadline = swarm::node::request_deadline(piece);
+    eprintln!(
+        "hoarder: {} requests, served at most {:?} at once per connection, \
+         {} refused, {} given up after {:?}, {} connections closed (request deadline {deadline:?})",
+        seen.requests,
+        seen.most_served,
+        seen.refused,
+        seen.reset_after.len(),
+        seen.reset_after,
+        seen.closed,
+    );
+    // 2 at once, and after a stall 1; the hoarder may see one more: the
+    // host resets a stalled request and serves the next one at once, and
+    // the next one's first byte can arrive before the reset is seen
+    assert!(
+        seen.most_served.iter().all(|&n| n <= 3),
+        "a connection that never took a piece was served {:?} requests at once",
+        seen.most_served
+    );
+    assert!(
+        !seen.reset_after.is_empty(),
+        "the seed never gave up on a request"
+    );
+    assert!(
+        seen.reset_after
+            .iter()
+            .all(|&t| t < deadline - Duration::from_secs(2)),
+        "the seed held a request nobody read until near its deadline"
+    );
+}

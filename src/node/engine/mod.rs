@@ -28,8 +28,9 @@ use tokio_util::sync::CancellationToken;
 use self::dialer::Dialer;
 use self::peers::Peer;
 use super::connect;
-use super::peer::{self, Handshaken, Identity, ServeAnswer, close};
+use super::peer::{self, Handshaken, Identity, close};
 use super::rate::RateLimit;
+use super::serve::{self, ServeAnswer};
 use super::{
     ALONE_TIMEOUT, GroupConfig, NodeError, QUIET_TIMEOUT, Report, STALL_TIMEOUT, Status, hex,
 };
@@ -194,7 +195,7 @@ impl Engine {
             upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
             wan_limit: p.group.wan_limit.map(|r| Arc::new(RateLimit::new(r))),
             group: p.group,
-            serve_limit: Arc::new(tokio::sync::Semaphore::new(peer::SERVE_TOTAL)),
+            serve_limit: Arc::new(tokio::sync::Semaphore::new(serve::SERVE_TOTAL)),
         }
     }
 

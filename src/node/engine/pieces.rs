@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Event};
 use crate::core::{Failure, PeerKey};
-use crate::node::peer::{ServeAnswer, close};
+use crate::node::peer::close;
+use crate::node::serve::ServeAnswer;
 use crate::node::{NodeError, fetch, hex};
 use crate::storage::{Content, StorageError};
 use crate::wire::{Message, Request, Status as WireStatus};

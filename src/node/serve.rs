@@ -1,0 +1,243 @@
+//! Serving one connection's request streams: each stream carries one
+//! request; the engine answers it (piece, manifest or refusal) and this
+//! module streams the bytes. How many of a connection's requests are served
+//! at once follows `core::serve::ServeWindow`; a process serves at most
+//! `SERVE_TOTAL` at once in all, so memory for serve buffers stays below
+//! `SERVE_TOTAL * SERVE_CHUNK` however many peers connect. A requester
+//! that stops reading is found out by `stall_timeout` and then holds one
+//! slot at most.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use quinn::{Connection, RecvStream, SendStream};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
+use tokio::time::timeout;
+
+use super::HANDSHAKE_TIMEOUT;
+use super::engine::Event;
+use super::peer::close;
+use super::rate::RateLimit;
+use crate::core::PeerKey;
+use crate::core::serve::{ServeWindow, Served};
+use crate::storage::Content;
+use crate::wire::{REQUEST_LEN, Request, Status};
+
+/// Most requests of one connection served at once.
+const SERVE_CONCURRENCY: usize = 8;
+/// Most requests a process serves at once.
+pub const SERVE_TOTAL: usize = 32;
+/// Chunk size when streaming a piece from disk.
+const SERVE_CHUNK: usize = 512 << 10;
+/// A serve whose requester takes no byte for `STALL_BASE + STALL_PER_MIB *
+/// piece size in MiB` is given up: its flow-control credit is used up and
+/// it is not reading. An honest requester reads as the bytes arrive and
+/// grants credit for more than a piece (8 MiB per stream), so its writes
+/// wait only for the connection's send window, which every
+/// acknowledgement frees again. Well below the request deadline (10 s +
+/// 4 s per MiB), so a non-reader holds a slot for less than half of it.
+const STALL_BASE: Duration = Duration::from_secs(4);
+const STALL_PER_MIB: Duration = Duration::from_secs(1);
+
+fn stall_timeout(len: u64) -> Duration {
+    STALL_BASE + STALL_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
+}
+
+/// Why the engine allowed or refused a request, with what to read from.
+pub enum ServeAnswer {
+    Piece {
+        content: Arc<Content>,
+        offset: u64,
+        len: u64,
+        /// Token buckets every byte of the piece passes (upload, WAN).
+        limits: Vec<Arc<RateLimit>>,
+    },
+    Manifest(Arc<Vec<u8>>),
+    Refuse(Status),
+}
+
+/// The requester took no byte for a while.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer took no data for {0:?}")]
+struct Stalled(Duration);
+
+/// One connection's slots: its window and a wake-up when one frees.
+struct Slots {
+    window: Mutex<ServeWindow>,
+    freed: Notify,
+}
+
+impl Slots {
+    async fn take(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.window.lock().unwrap().try_start() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    fn give_back(&self, how: Served) {
+        self.window.lock().unwrap().end(how);
+        self.freed.notify_one();
+    }
+}
+
+pub async fn serve_requests(
+    key: PeerKey,
+    conn: Connection,
+    events: mpsc::Sender<Event>,
+    total: Arc<Semaphore>,
+) {
+    let slots = Arc::new(Slots {
+        window: Mutex::new(ServeWindow::new(SERVE_CONCURRENCY)),
+        freed: Notify::new(),
+    });
+    let mut seq: i32 = 0;
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        // First come, first served: quinn sends the highest priority
+        // first, so each piece completes (and can be passed on) as early
+        // as possible instead of all of them sharing the link and
+        // finishing together. The control stream (priority 0) goes first.
+        seq = seq.wrapping_add(1) & 0x3fff_ffff;
+        let _ = send.set_priority(-seq);
+        slots.take().await;
+        let Ok(global) = total.clone().acquire_owned().await else {
+            return;
+        };
+        let (events, slots) = (events.clone(), slots.clone());
+        tokio::spawn(async move {
+            let _global = global;
+            let how = match serve_one(key, send, recv, &events).await {
+                Ok(how) => how,
+                Err(e) => {
+                    tracing::debug!(peer = key, "serving a request failed: {e:#}");
+                    if e.downcast_ref::<Stalled>().is_some() {
+                        Served::Stalled
+                    } else {
+                        Served::Other
+                    }
+                }
+            };
+            slots.give_back(how);
+        });
+    }
+}
+
+async fn serve_one(
+    key: PeerKey,
+    mut send: SendStream,
+    mut recv: RecvStream,
+    events: &mpsc::Sender<Event>,
+) -> anyhow::Result<Served> {
+    let mut raw = [0u8; REQUEST_LEN];
+    timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut raw))
+        .await
+        .context("request timed out")??;
+    let req = Request::decode(raw)?;
+    let (reply, answer) = oneshot::channel();
+    events.send(Event::ServeAsk { key, req, reply }).await?;
+    match answer.await? {
+        ServeAnswer::Refuse(status) => {
+            send.write_all(&[status as u8]).await?;
+            send.finish()?;
+            Ok(Served::Other)
+        }
+        ServeAnswer::Manifest(bytes) => {
+            send.write_all(&[Status::Ok as u8]).await?;
+            send.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+            send.write_all(&bytes).await?;
+            send.finish()?;
+            Ok(Served::Other)
+        }
+        ServeAnswer::Piece {
+            content,
+            offset,
+            len,
+            limits,
+        } => {
+            let Request::Piece(piece) = req else {
+                bail!("piece answer to a manifest request")
+            };
+            // The same deadline the requester applies: a peer that reads
+            // too slowly cannot hold a serve slot for longer.
+            let deadline = super::fetch::deadline(len);
+            let result = match timeout(
+                deadline,
+                send_piece(&mut send, content, offset, len, &limits),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(Stalled(deadline).into()),
+            };
+            if result.is_err() {
+                let _ = send.reset(close::CANCEL.into());
+            }
+            let sent = *result.as_ref().unwrap_or(&0);
+            events
+                .send(Event::ServeEnded {
+                    key,
+                    piece,
+                    bytes: sent,
+                    completed: result.is_ok(),
+                })
+                .await?;
+            result.map(|_| Served::Piece)
+        }
+    }
+}
+
+async fn send_piece(
+    send: &mut SendStream,
+    content: Arc<Content>,
+    offset: u64,
+    len: u64,
+    limits: &[Arc<RateLimit>],
+) -> anyhow::Result<u64> {
+    let stall = stall_timeout(len);
+    send.write_all(&[Status::Ok as u8]).await?;
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+        let c = content.clone();
+        let at = offset + done;
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut buf = vec![0u8; n];
+            c.read_at(at, &mut buf).map(|_| buf)
+        })
+        .await??;
+        for l in limits {
+            l.acquire(n).await;
+        }
+        // hand the buffer to quinn instead of copying it, watching that
+        // the requester keeps taking bytes
+        let mut bufs = [Bytes::from(buf)];
+        while !bufs[0].is_empty() {
+            timeout(stall, send.write_chunks(&mut bufs))
+                .await
+                .map_err(|_| Stalled(stall))??;
+        }
+        done += n as u64;
+    }
+    send.finish()?;
+    Ok(done)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stall_is_found_well_before_the_request_deadline() {
+        for len in [0, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20] {
+            let (stall, deadline) = (stall_timeout(len), super::super::fetch::deadline(len));
+            assert!(stall * 2 < deadline, "{len}: {stall:?} vs {deadline:?}");
+        }
+    }
+}
