@@ -15,7 +15,9 @@
 //! its H. Other knobs: SWARM_BENCH_SIZE (512MiB), SWARM_BENCH_NIC_MBIT
 //! (200), SWARM_BENCH_WAN_MBIT (100), SWARM_BENCH_WAN_DELAY_MS (30, one
 //! way), SWARM_BENCH_MTU (1500), SWARM_BENCH_OUT (docs/bench, or
-//! target/bench-compare in quick mode). Needs root; writes compare.json and
+//! target/bench-compare in quick mode), SWARM_BENCH_LOGS (a directory to
+//! keep each method's logs and swarm's reports in, as
+//! GxH-method/; none by default). Needs root; writes compare.json and
 //! one SVG per layout (plus scaling.svg) into the output directory.
 
 #[path = "../../tests/it/netsim.rs"]
@@ -329,6 +331,11 @@ fn run_layout(
                 out.join("logs").display()
             )
         })?;
+        if let Ok(keep) = std::env::var("SWARM_BENCH_LOGS") {
+            let to =
+                Path::new(&keep).join(format!("{}x{}-{method}", groups, bench.net.hosts[0].len()));
+            copy_dir(&out.join("logs"), &to)?;
+        }
         let wan_in = (1..groups)
             .map(|g| bench.net.wan_bytes_in(g) - wan_before[g - 1])
             .collect();
@@ -460,4 +467,16 @@ fn scaling(all: &[Layout], methods: &[String], size: u64, out: &Path) {
     let title = format!("last host done vs hosts, one group, {} MiB", size >> 20);
     plot::scaling(&svg, &title, &hosts, limit, &curves).unwrap_or_else(|e| fail(&e));
     println!("plot: {}", svg.display());
+}
+
+/// Copies the files of `from` (not its subdirectories) into `to`.
+fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| format!("{}: {e}", to.display()))?;
+    for e in std::fs::read_dir(from).map_err(|e| format!("{}: {e}", from.display()))? {
+        let e = e.map_err(|e| e.to_string())?;
+        if e.file_type().is_ok_and(|t| t.is_file()) {
+            std::fs::copy(e.path(), to.join(e.file_name())).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }

@@ -77,6 +77,17 @@ fn each_remote_group_takes_the_image_over_the_wan_about_once() {
         assert!(x >= run.size, "group {g}: {x} cross-group bytes");
         assert!(x as f64 <= 1.05 * run.size as f64, "group {g}: {x}");
     }
+    // a bridge spreads in its group: it sends a new piece to one member and
+    // the others to that member, so its uplink carries about one copy (two
+    // members each fetching every piece from it would make it two)
+    for (g, h, _) in &run.joiners {
+        let r = run.report(*g, *h);
+        if *g > 0 && r["was_bridge"].as_bool().unwrap() {
+            let served = r["served_same_group"].as_u64().unwrap() as f64 / run.size as f64;
+            eprintln!("group {g}: bridge g{g}h{h} served {served:.2} x S to its group");
+            assert!(served <= 1.5, "bridge g{g}h{h} served {served:.2} x S");
+        }
+    }
 }
 
 #[test]

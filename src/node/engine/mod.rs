@@ -101,8 +101,10 @@ pub struct Engine {
     content: Arc<Content>,
     /// Joiners: the download state; `None` on the seed.
     download: Option<Download>,
-    /// The seed: its upload policy.
-    spreader: Option<Spreader>,
+    /// Upload policy (`core::spread`): the seed's towards every peer; a
+    /// joiner's towards its own group, applied while it is a bridge. A
+    /// joiner feeds it only its group's peers.
+    spreader: Spreader,
     partial: Option<Partial>,
     finalizing: bool,
     complete: bool,
@@ -166,9 +168,8 @@ impl Engine {
             id: p.id,
             content: Arc::new(p.content),
             download,
-            spreader: is_seed.then(|| {
-                Spreader::new(n, Instant::now()).with_copies_goal(p.exit.until_copies.unwrap_or(0))
-            }),
+            spreader: Spreader::new(n, Instant::now())
+                .with_copies_goal(p.exit.until_copies.unwrap_or(0)),
             partial: p.partial,
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,
@@ -356,7 +357,7 @@ impl Engine {
     }
 
     fn should_exit(&self) -> bool {
-        if self.spreader.as_ref().is_some_and(|s| s.copies_reached()) {
+        if self.spreader.copies_reached() {
             tracing::info!("every piece has the copies asked for on other hosts");
             return true;
         }

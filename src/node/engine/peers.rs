@@ -155,11 +155,13 @@ impl Engine {
             return;
         };
         p.heard = Instant::now();
+        // the seed spreads towards everyone, a bridge towards its group
+        let spread = self.download.is_none() || !p.remote;
         let res = match msg {
             Message::Bitfield(bits) => {
                 let bits: BitVec = bits.iter().by_vals().collect();
-                if let Some(s) = &mut self.spreader {
-                    s.peer_bitfield(key, &bits);
+                if spread {
+                    self.spreader.peer_bitfield(key, &bits);
                 }
                 match &mut self.download {
                     Some(d) => d.peer_bitfield(key, &bits).map_err(|e| e.to_string()),
@@ -170,8 +172,8 @@ impl Engine {
                 }
             }
             Message::Have(i) => {
-                if let Some(s) = &mut self.spreader {
-                    s.peer_have(key, i as usize);
+                if spread {
+                    self.spreader.peer_have(key, i as usize);
                 }
                 match &mut self.download {
                     Some(d) => d.peer_have(key, i as usize).map_err(|e| e.to_string()),
@@ -231,9 +233,7 @@ impl Engine {
         if let Some(d) = &mut self.download {
             d.remove_peer(key);
         }
-        if let Some(s) = &mut self.spreader {
-            s.peer_gone(key);
-        }
+        self.spreader.peer_gone(key);
         if !p.remote {
             self.elect();
         }

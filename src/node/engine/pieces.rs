@@ -122,9 +122,17 @@ impl Engine {
             return ServeAnswer::Refuse(WireStatus::Missing);
         }
         let remote = self.peers.get(&key).is_some_and(|p| p.remote);
-        if let Some(s) = &mut self.spreader
-            && !s.should_serve(key, i, remote, Instant::now())
-        {
+        let now = Instant::now();
+        let serve = match &self.download {
+            None => self.spreader.should_serve(key, i, remote, now),
+            Some(_) if remote => true,
+            Some(d) if d.bridge().is_some() => self.spreader.should_serve(key, i, false, now),
+            Some(_) => {
+                self.spreader.note_serve(key, i);
+                true
+            }
+        };
+        if !serve {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
         if let Some(p) = self.peers.get_mut(&key) {
@@ -152,10 +160,9 @@ impl Engine {
             }
             None => false,
         };
-        if let Some(s) = &mut self.spreader {
-            // a peer already dropped must not come back as a holder
-            s.serve_ended(key, piece as usize, completed && known, Instant::now());
-        }
+        // a peer already dropped must not come back as a holder
+        self.spreader
+            .serve_ended(key, piece as usize, completed && known, Instant::now());
         self.count_served(key, bytes);
     }
 
