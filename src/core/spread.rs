@@ -82,8 +82,9 @@ pub struct Spreader {
     active_total: u32,
     delivered: BitVec,
     undelivered: usize,
-    /// Per peer: the pieces it holds, announced or (`serve_ended`) sent.
-    peers: HashMap<PeerKey, BitVec>,
+    /// Per peer: the pieces it holds, announced or (`serve_ended`) sent,
+    /// and how many.
+    peers: HashMap<PeerKey, (BitVec, usize)>,
     /// Per peer: the pieces it announced.
     announced: HashMap<PeerKey, BitVec>,
     copies: Vec<u32>,
@@ -98,6 +99,8 @@ pub struct Spreader {
     refused: HashMap<PeerKey, HashMap<usize, Instant>>,
     /// Serves in progress that `serve_ended` must close, per peer and piece.
     serving: HashMap<(PeerKey, usize), u32>,
+    /// Peers that hold every piece.
+    full: usize,
 }
 
 impl Spreader {
@@ -116,7 +119,13 @@ impl Spreader {
             short: 0,
             refused: HashMap::new(),
             serving: HashMap::new(),
+            full: 0,
         }
+    }
+
+    /// Whether some peer holds every piece (announced or sent to it).
+    pub fn has_full_holder(&self) -> bool {
+        self.full > 0
     }
 
     /// Tracks whether every piece is held by at least `goal` peers.
@@ -162,11 +171,15 @@ impl Spreader {
     /// `peer` holds `bits`, announced or not yet.
     fn peer_holds(&mut self, peer: PeerKey, bits: &BitSlice) {
         let n = self.holders.len();
-        let entry = self.peers.entry(peer).or_insert_with(|| bitvec![0; n]);
+        let (entry, count) = self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
         for i in bits.iter_ones().take_while(|&i| i < n) {
             if !entry[i] {
                 entry.set(i, true);
                 self.holders[i] += 1;
+                *count += 1;
+                if *count == n {
+                    self.full += 1;
+                }
             }
             // a piece a peer already holds (resumed, or from a peer) counts
             // as delivered: the seed need not spread it
@@ -186,9 +199,12 @@ impl Spreader {
     }
 
     pub fn peer_gone(&mut self, peer: PeerKey) {
-        if let Some(bits) = self.peers.remove(&peer) {
+        if let Some((bits, count)) = self.peers.remove(&peer) {
             for i in bits.iter_ones() {
                 self.holders[i] -= 1;
+            }
+            if count == bits.len() && count > 0 {
+                self.full -= 1;
             }
         }
         if let Some(bits) = self.announced.remove(&peer) {
@@ -209,7 +225,7 @@ impl Spreader {
         if i >= self.holders.len() {
             return false;
         }
-        let others = self.holders[i] - self.peers.get(&peer).map_or(0, |b| u32::from(b[i]));
+        let others = self.holders[i] - self.peers.get(&peer).map_or(0, |(b, _)| u32::from(b[i]));
         let idle = self
             .idle_since
             .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_GRACE);
@@ -454,5 +470,28 @@ mod tests {
             s.should_serve(3, 1, false, later(later(t))),
             "a second end of one serve is ignored (no underflow)"
         );
+    }
+
+    #[test]
+    fn knows_whether_a_peer_holds_everything() {
+        let t = Instant::now();
+        let mut s = Spreader::new(3, t);
+        assert!(!s.has_full_holder());
+        s.peer_bitfield(1, &bitvec![1, 1, 0]);
+        s.peer_have(1, 1);
+        assert!(!s.has_full_holder());
+        s.peer_have(1, 2);
+        assert!(s.has_full_holder());
+        s.peer_bitfield(2, &bitvec![1, 1, 1]);
+        s.peer_gone(1);
+        assert!(s.has_full_holder(), "peer 2 still does");
+        s.peer_gone(2);
+        assert!(!s.has_full_holder());
+        // a piece sent to a peer counts too
+        s.peer_bitfield(3, &bitvec![1, 1, 0]);
+        s.note_serve(3, 2);
+        s.serve_ended(3, 2, true, t);
+        assert!(s.has_full_holder());
+        assert!(!Spreader::new(0, t).has_full_holder(), "nothing to hold");
     }
 }

@@ -126,7 +126,11 @@ impl Engine {
         let serve = match &self.download {
             None => self.spreader.should_serve(key, i, remote, now),
             Some(_) if remote => true,
-            Some(d) if d.bridge().is_some() => self.spreader.should_serve(key, i, false, now),
+            // a bridge is its group's only source of what it pulls over
+            // the WAN, unless a member holds everything (the seed's group)
+            Some(d) if d.bridge().is_some() && !self.spreader.has_full_holder() => {
+                self.spreader.should_serve(key, i, false, now)
+            }
             Some(_) => {
                 self.spreader.note_serve(key, i);
                 true
