@@ -1,4 +1,5 @@
-//! The seed's upload policy: spread distinct pieces first.
+//! Upload policy of the seed, and of a bridge towards its own group:
+//! spread distinct pieces first.
 //!
 //! While some piece has never been delivered by the seed, the seed serves a
 //! request for piece `i` only if nobody else is known to hold `i` and the
