@@ -71,7 +71,7 @@ fn piece_len(size: u64, piece: u64, i: u32) -> usize {
     (size.saturating_sub(start)).min(piece) as usize
 }
 
-pub async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
+async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.ok()?;
     let mut body = vec![0u8; Message::frame_len(len).ok()?];
@@ -79,7 +79,7 @@ pub async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     Message::decode(&body).ok()
 }
 
-pub fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
+fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
@@ -91,9 +91,35 @@ pub fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: Socket
     .encode_frame()
 }
 
+/// As the dialer of `conn`: lifts its limits per `tuning`, says Hello as
+/// `id` at `addr`, takes the host's Hello, claims `bits`, and keeps the
+/// control stream open.
+pub async fn greet(
+    t: &Ticket,
+    conn: &Connection,
+    tuning: &Tuning,
+    id: PeerId,
+    addr: SocketAddr,
+    bits: BitVec<u8, Lsb0>,
+) {
+    tls::open_up(conn, tuning);
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&hello(t, conn, Role::Dialer, id, addr))
+        .await
+        .unwrap();
+    assert!(matches!(
+        read_frame(&mut recv).await,
+        Some(Message::Hello(_))
+    ));
+    send.write_all(&Message::Bitfield(bits).encode_frame())
+        .await
+        .unwrap();
+    hold_control(send, recv);
+}
+
 /// Keeps reading (and ignoring) the peer's control frames, holding the
 /// control stream open until the connection closes.
-pub fn hold_control(send: SendStream, mut recv: RecvStream) {
+fn hold_control(send: SendStream, mut recv: RecvStream) {
     tokio::spawn(async move {
         let _send = send;
         while read_frame(&mut recv).await.is_some() {}
@@ -114,19 +140,7 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
 
     // Dial the seed, lie to it too, and stay connected.
     let seed_conn = ep.connect(t.addrs[0], "swarm").unwrap().await.unwrap();
-    tls::open_up(&seed_conn, &Tuning::default());
-    let (mut send, mut recv) = seed_conn.open_bi().await.unwrap();
-    send.write_all(&hello(t, &seed_conn, Role::Dialer, id, addr))
-        .await
-        .unwrap();
-    assert!(matches!(
-        read_frame(&mut recv).await,
-        Some(Message::Hello(_))
-    ));
-    send.write_all(&Message::Bitfield(all.clone()).encode_frame())
-        .await
-        .unwrap();
-    hold_control(send, recv);
+    greet(t, &seed_conn, &Tuning::default(), id, addr, all.clone()).await;
 
     let (acc_ep, acc_seen, acc_t) = (ep.clone(), seen.clone(), t.clone());
     tokio::spawn(async move {

@@ -13,11 +13,10 @@ use std::time::{Duration, Instant};
 use bitvec::prelude::*;
 use quinn::Connection;
 
-use crate::adversary::{hello, hold_control, read_frame};
-use swarm::node::auth::Role;
+use crate::adversary::greet;
 use swarm::node::tls::{self, Tuning};
 use swarm::ticket::Ticket;
-use swarm::wire::{Message, PeerId, Request, Status};
+use swarm::wire::{Request, Status};
 
 /// What the hoarder saw.
 #[derive(Default)]
@@ -76,21 +75,8 @@ pub async fn start(
         ep.set_default_client_config(cfg.client);
         let addr = ep.local_addr().unwrap();
         let conn = ep.connect(at, "swarm").unwrap().await.unwrap();
-        tls::open_up(&conn, &tuning);
-        let id: PeerId = rand::random();
-        let (mut send, mut recv) = conn.open_bi().await.unwrap();
-        send.write_all(&hello(t, &conn, Role::Dialer, id, addr))
-            .await
-            .unwrap();
-        assert!(matches!(
-            read_frame(&mut recv).await,
-            Some(Message::Hello(_))
-        ));
         let none: BitVec<u8, Lsb0> = bitvec![u8, Lsb0; 0; pieces as usize];
-        send.write_all(&Message::Bitfield(none).encode_frame())
-            .await
-            .unwrap();
-        hold_control(send, recv);
+        greet(t, &conn, &tuning, rand::random(), addr, none).await;
         let served = Arc::new(Mutex::new(0usize));
         for _ in 0..streams {
             tokio::spawn(ask_forever(

@@ -150,20 +150,7 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     ] {
         adversaries.push(adversary::start(mode, &t, size, piece).await);
     }
-    let d2 = d.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut joiners: Vec<Proc> = ["a", "b", "c"]
-            .iter()
-            .map(|n| join(&d2, &seed, n, &[]))
-            .collect();
-        for j in &mut joiners {
-            j.wait_ok(LIMIT);
-        }
-        let mut seed = seed;
-        seed.proc.wait_ok(LIMIT);
-    })
-    .await
-    .unwrap();
+    joiners_a_b_c_then_seed_exit(&d, seed).await;
 
     let mut corrupt = 0;
     for n in ["a", "b", "c"] {
@@ -295,20 +282,7 @@ async fn clients_that_never_read_do_not_starve_the_seed() {
     }
     // and takes what more it can get
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let d2 = d.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut joiners: Vec<Proc> = ["a", "b", "c"]
-            .iter()
-            .map(|n| join(&d2, &seed, n, &[]))
-            .collect();
-        for j in &mut joiners {
-            j.wait_ok(LIMIT);
-        }
-        let mut seed = seed;
-        seed.proc.wait_ok(LIMIT);
-    })
-    .await
-    .unwrap();
+    joiners_a_b_c_then_seed_exit(&d, seed).await;
 
     for n in ["a", "b", "c"] {
         assert_same(&src, &d.join(n).join("image.bin"));
@@ -348,4 +322,23 @@ async fn clients_that_never_read_do_not_starve_the_seed() {
             .all(|&t| t < deadline - Duration::from_secs(2)),
         "the seed held a request nobody read until near its deadline"
     );
+}
+
+/// Runs joiners "a", "b" and "c" of `seed` in `dir` to a clean exit, then
+/// waits for the seed's (it runs with `--until-done 3`).
+async fn joiners_a_b_c_then_seed_exit(dir: &std::path::Path, seed: Seed) {
+    let d = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut joiners: Vec<Proc> = ["a", "b", "c"]
+            .iter()
+            .map(|n| join(&d, &seed, n, &[]))
+            .collect();
+        for j in &mut joiners {
+            j.wait_ok(LIMIT);
+        }
+        let mut seed = seed;
+        seed.proc.wait_ok(LIMIT);
+    })
+    .await
+    .unwrap();
 }
