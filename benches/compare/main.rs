@@ -8,7 +8,9 @@
 //!
 //! Methods (SWARM_BENCH_METHODS, comma separated): serial and cascade
 //! (real rsync, rsync.rs), bittorrent (aria2c, opentracker, mktorrent,
-//! torrent.rs), swarm (swarm.rs).
+//! torrent.rs), swarm (swarm.rs), and tcp-chain (ceiling.rs): not a method
+//! but the ceiling of this machine and network, kernel TCP memory to memory
+//! in a chain of simultaneous flows; it makes no copies to verify.
 //!
 //! Layouts (SWARM_BENCH_LAYOUTS, default `1x16,2x8,1x4,1x8`): GxH is G
 //! groups of H hosts; the seed is host 0 of group 0 and counts as one of
@@ -20,6 +22,7 @@
 //! GxH-method/; none by default). Needs root; writes compare.json and
 //! one SVG per layout (plus scaling.svg) into the output directory.
 
+mod ceiling;
 #[path = "../../tests/it/netsim.rs"]
 mod netsim;
 mod plot;
@@ -100,7 +103,10 @@ impl Measured {
     }
 }
 
-const METHODS: &[&str] = &["serial", "cascade", "bittorrent", "swarm"];
+const METHODS: &[&str] = &["serial", "cascade", "bittorrent", "swarm", "tcp-chain"];
+
+/// The ceiling, not a method: it makes no copies.
+const CEILING: &str = "tcp-chain";
 
 /// The tools a method needs, with the Debian package that has each.
 fn needs(method: &str) -> &'static [(&'static str, &'static str)] {
@@ -322,6 +328,7 @@ fn run_layout(
             "cascade" => rsync::cascade(&bench, &out),
             "bittorrent" => torrent::bittorrent(&bench, &out),
             "swarm" => swarm::swarm(&bench, &out),
+            "tcp-chain" => ceiling::tcp_chain(&bench, size),
             _ => unreachable!("checked in main"),
         }
         .map_err(|e| {
@@ -340,7 +347,7 @@ fn run_layout(
             .map(|g| bench.net.wan_bytes_in(g) - wan_before[g - 1])
             .collect();
         let seed_sent = bench.net.host_bytes_sent(bench.seed()) - seed_before;
-        for j in 0..bench.joiners.len() {
+        for j in (0..bench.joiners.len()).filter(|_| method.as_str() != CEILING) {
             let copy = out.join(bench.name(j)).join("image.bin");
             let got = hash(&copy)?;
             if got != want {
@@ -418,11 +425,17 @@ fn print_layout(
     if let Some(s) = results.iter().find(|r| r.method == "swarm") {
         let others: Vec<String> = results
             .iter()
-            .filter(|r| r.method != "swarm")
+            .filter(|r| r.method != "swarm" && r.method != CEILING)
             .map(|r| format!("{:.2}x faster than {}", r.last() / s.last(), r.method))
             .collect();
         if !others.is_empty() {
             println!("swarm: {}", others.join(", "));
+        }
+        if let Some(c) = results.iter().find(|r| r.method == CEILING) {
+            println!(
+                "swarm takes {:.2}x the ceiling of this machine and network ({CEILING})",
+                s.last() / c.last()
+            );
         }
     }
 }

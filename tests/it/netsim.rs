@@ -56,6 +56,7 @@ pub struct Spec {
     pub mtu: u32,
 }
 
+#[derive(Clone)]
 pub struct Host {
     pub ns: String,
     pub ip: Ipv4Addr,
@@ -440,7 +441,7 @@ fn packet_socket(dev: &str) -> Result<OwnedFd, String> {
 }
 
 /// Enters namespace `ns` in the calling thread only.
-fn enter(ns: &str) -> Result<(), String> {
+pub fn enter(ns: &str) -> Result<(), String> {
     let f = std::fs::File::open(format!("/run/netns/{ns}")).map_err(|e| format!("{ns}: {e}"))?;
     // SAFETY: a valid namespace fd; setns affects only this thread.
     if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {

@@ -1,0 +1,147 @@
+//! Not a way to distribute a file, but what this machine and this emulated
+//! network can move at best: the kernel's TCP, memory to memory, no disk, no
+//! hashing, no encryption. The hosts form one chain in (group, host) order,
+//! seed first, and every host sends S bytes to the next, all at once: each
+//! host receives the S it must receive in any method, each sends S (the fair
+//! share of a swarm's upload), and one flow enters each remote group over
+//! its uplink. A host is done when it has read the S-th byte. The flows run
+//! in threads of this process, each in its host's network namespace; the
+//! hosts share the machine's cores, so when this takes longer than T* the
+//! machine, not a method, is the limit (docs/benchmarks.md).
+//!
+//! (iperf3 does not do here: a client with `-n` ends the test once it has
+//! written its bytes into the socket, and the server stops reading then,
+//! several MB short at 200 Mbit/s.)
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Barrier, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::netsim::{Host, enter};
+use crate::{Bench, Outcome};
+
+const PORT: u16 = 5201;
+const BUF: usize = 1 << 20;
+
+/// CPU seconds (user + system) of the calling thread.
+fn thread_cpu() -> f64 {
+    // SAFETY: rusage is plain old data; all zeroes is a valid value.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
+}
+
+/// What one thread reports: when it finished and its CPU seconds.
+type Report = Result<(Instant, f64), String>;
+
+fn receive(host: &Host, size: u64, ready: mpsc::Sender<Result<(), String>>) -> Report {
+    let listener =
+        enter(&host.ns).and_then(|_| TcpListener::bind((host.ip, PORT)).map_err(|e| e.to_string()));
+    let listener = match listener {
+        Ok(l) => {
+            let _ = ready.send(Ok(()));
+            l
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            return Err(e);
+        }
+    };
+    listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let waiting = Instant::now();
+    let mut conn = loop {
+        match listener.accept() {
+            Ok((c, _)) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if waiting.elapsed() > Duration::from_secs(30) {
+                    return Err("no sender within 30 s".into());
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; BUF];
+    let mut got = 0u64;
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => return Err(format!("after {got} bytes: {e}")),
+        }
+    }
+    let at = Instant::now();
+    if got != size {
+        return Err(format!("{got} bytes instead of {size}"));
+    }
+    Ok((at, thread_cpu()))
+}
+
+fn send(from: &Host, to: SocketAddr, size: u64, start: &Barrier) -> Report {
+    enter(&from.ns)?;
+    start.wait();
+    let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(10))
+        .map_err(|e| format!("connect {to}: {e}"))?;
+    conn.set_write_timeout(Some(Duration::from_secs(30)))
+        .and_then(|_| conn.set_read_timeout(Some(Duration::from_secs(30))))
+        .map_err(|e| e.to_string())?;
+    let buf = vec![0x5au8; BUF];
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(BUF as u64) as usize;
+        conn.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        left -= n as u64;
+    }
+    conn.shutdown(std::net::Shutdown::Write)
+        .map_err(|e| e.to_string())?;
+    // wait for the receiver's close, so the thread's CPU is all counted
+    let _ = conn.read(&mut [0u8; 1]);
+    Ok((Instant::now(), thread_cpu()))
+}
+
+fn join(t: JoinHandle<Report>, what: &str) -> Report {
+    t.join()
+        .map_err(|_| format!("{what}: thread panicked"))?
+        .map_err(|e| format!("{what}: {e}"))
+}
+
+pub fn tcp_chain(b: &Bench, size: u64) -> Result<Outcome, String> {
+    let hosts: Vec<Host> = (0..b.joiners.len()).map(|j| b.host(j).clone()).collect();
+    let mut receivers = Vec::new();
+    for host in &hosts {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let h = host.clone();
+        receivers.push(std::thread::spawn(move || receive(&h, size, ready_tx)));
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("no listener on {} within 10 s", host.ip))??;
+    }
+    let start = Arc::new(Barrier::new(hosts.len() + 1));
+    let mut senders = Vec::new();
+    for (j, to) in hosts.iter().enumerate() {
+        // joiner j is chain position j + 1; its sender is position j
+        let from = if j == 0 { b.seed() } else { &hosts[j - 1] }.clone();
+        let (to, start) = (SocketAddr::from((to.ip, PORT)), start.clone());
+        senders.push(std::thread::spawn(move || send(&from, to, size, &start)));
+    }
+    start.wait();
+    let t0 = Instant::now();
+    let mut done = Vec::new();
+    let mut cpu = 0.0;
+    for (j, t) in receivers.into_iter().enumerate() {
+        let (at, c) = join(t, &format!("receiving on {}", b.name(j)))?;
+        done.push(at.duration_since(t0).as_secs_f64());
+        cpu += c;
+    }
+    for (j, t) in senders.into_iter().enumerate() {
+        cpu += join(t, &format!("sending to {}", b.name(j)))?.1;
+    }
+    Ok(Outcome { done, cpu })
+}
