@@ -180,6 +180,15 @@ fn main() {
             .unwrap_or_default();
         println!("bridge g{g}h{h} received from: {}", from.join(", "));
     }
+    // what QUIC declared lost on connections between groups, all hosts
+    let lost: u64 = std::iter::once(seed.clone())
+        .chain(run.joiners.iter().map(|(g, h, _)| run.report(*g, *h)))
+        .map(|r| r["quic_cross_group"]["lost_bytes"].as_u64().unwrap_or(0))
+        .sum();
+    println!(
+        "QUIC between groups: {:.3} x S declared lost and sent again",
+        lost as f64 / size as f64
+    );
     let mut per_group = Vec::new();
     for (g, before) in wan_before.iter().enumerate().skip(1) {
         let frames = run.net.wan_bytes_in(g) - before;
@@ -193,10 +202,21 @@ fn main() {
                     .unwrap_or(0)
             })
             .sum();
+        let udp: u64 = run
+            .joiners
+            .iter()
+            .filter(|(jg, _, _)| *jg == g)
+            .map(|(jg, h, _)| {
+                run.report(*jg, *h)["quic_cross_group"]["udp_received_bytes"]
+                    .as_u64()
+                    .unwrap_or(0)
+            })
+            .sum();
         println!(
             "group {g}: WAN in {:.3} x S as Ethernet frames on the uplink (goal <= 1.05), \
-             {:.3} x S as piece bytes",
+             {:.3} x S as UDP payload, {:.3} x S as piece bytes",
             frames as f64 / size as f64,
+            udp as f64 / size as f64,
             payload as f64 / size as f64
         );
         per_group.push(json!({
@@ -219,6 +239,7 @@ fn main() {
         "median_secs": median,
         "last_over_limit": last / limit,
         "seed_sent_bytes": seed_sent,
+        "cross_group_lost_bytes": lost,
         "hosts": done.iter().map(|(g, h, s)| json!({"host": format!("g{g}h{h}"), "secs": s})).collect::<Vec<_>>(),
         "remote_groups": per_group,
         "wan_in_bytes_every_second": samples,

@@ -153,9 +153,39 @@ pub struct Report {
     pub served_cross_group: u64,
     pub received_from: BTreeMap<String, u64>,
     pub served_to: BTreeMap<String, u64>,
+    /// QUIC's own counters, summed over this host's connections to hosts
+    /// of its group and of other groups (closed ones, and those open at
+    /// exit): what crossed the network, including headers, ACKs and
+    /// retransmissions, beside the piece bytes above.
+    pub quic_same_group: QuicCounters,
+    pub quic_cross_group: QuicCounters,
     pub output: Option<PathBuf>,
     /// The process's peak resident memory (getrusage), at the report.
     pub peak_rss_bytes: u64,
+}
+
+/// A sum of quinn's `ConnectionStats`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct QuicCounters {
+    pub connections: u64,
+    pub udp_sent_bytes: u64,
+    pub udp_received_bytes: u64,
+    pub sent_packets: u64,
+    pub lost_packets: u64,
+    pub lost_bytes: u64,
+    pub congestion_events: u64,
+}
+
+impl QuicCounters {
+    pub fn add(&mut self, s: &quinn::ConnectionStats) {
+        self.connections += 1;
+        self.udp_sent_bytes += s.udp_tx.bytes;
+        self.udp_received_bytes += s.udp_rx.bytes;
+        self.sent_packets += s.path.sent_packets;
+        self.lost_packets += s.path.lost_packets;
+        self.lost_bytes += s.path.lost_bytes;
+        self.congestion_events += s.path.congestion_events;
+    }
 }
 
 /// This process's peak resident set size in bytes (0 if unknown).

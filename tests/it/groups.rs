@@ -62,7 +62,9 @@ fn each_remote_group_takes_the_image_over_the_wan_about_once() {
         assert!(ratio <= 1.10, "group {g} took {ratio:.3} x S over the WAN");
     }
     // the reports split bytes by group, and agree with the links
+    // and QUIC's own counters carry those bytes plus their overhead
     let mut cross = [0u64; 3];
+    let mut udp_cross = [0u64; 3];
     for (g, h, _) in &run.joiners {
         let r = run.report(*g, *h);
         let (same, x) = (
@@ -70,7 +72,22 @@ fn each_remote_group_takes_the_image_over_the_wan_about_once() {
             r["received_cross_group"].as_u64().unwrap(),
         );
         assert_eq!(same + x, r["bytes_received"].as_u64().unwrap());
+        let udp = |class: &str| r[class]["udp_received_bytes"].as_u64().unwrap();
+        assert!(udp("quic_same_group") >= same, "g{g}h{h}: {r}");
+        assert!(udp("quic_cross_group") >= x, "g{g}h{h}: {r}");
         cross[*g] += x;
+        udp_cross[*g] += udp("quic_cross_group");
+    }
+    for (g, &udp) in udp_cross.iter().enumerate().skip(1) {
+        let wan = run.net.wan_bytes_in(g);
+        eprintln!(
+            "group {g}: QUIC UDP payload from other groups {:.3} x S",
+            udp as f64 / run.size as f64
+        );
+        assert!(
+            udp < wan,
+            "group {g}: {udp} UDP bytes but {wan} on the link"
+        );
     }
     assert_eq!(cross[0], 0, "the seed's group needs nothing from outside");
     for (g, &x) in cross.iter().enumerate().skip(1) {

@@ -239,10 +239,11 @@ impl Engine {
         }
         // Let the control writers deliver what is queued (Done above all),
         // then close every connection.
-        for (key, p) in &self.peers {
-            tracing::debug!(peer = key, stats = ?p.handle.conn.stats(), "connection at exit");
+        let peers: Vec<_> = self.peers.drain().map(|(_, p)| p).collect();
+        for p in &peers {
+            self.count_quic(p.remote, &p.handle.conn);
         }
-        let writers: Vec<_> = self.peers.drain().map(|(_, p)| p.handle.writer).collect();
+        let writers: Vec<_> = peers.into_iter().map(|p| p.handle.writer).collect();
         let _ = tokio::time::timeout(peer::FLUSH_TIMEOUT, async {
             for w in writers {
                 let _ = w.await;

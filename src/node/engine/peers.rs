@@ -227,6 +227,7 @@ impl Engine {
         };
         let id = p.info.id;
         tracing::debug!(peer = hex(&id[..4]), "peer down: {why}");
+        self.count_quic(p.remote, &p.handle.conn);
         if self.by_id.get(&id) == Some(&key) {
             self.by_id.remove(&id);
         }

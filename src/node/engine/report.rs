@@ -40,6 +40,17 @@ impl Engine {
         }
     }
 
+    /// Adds a connection's QUIC counters, when it closes or at exit.
+    pub(super) fn count_quic(&mut self, remote: bool, conn: &quinn::Connection) {
+        let stats = conn.stats();
+        tracing::debug!(?stats, "connection stats");
+        if remote {
+            self.report.quic_cross_group.add(&stats);
+        } else {
+            self.report.quic_same_group.add(&stats);
+        }
+    }
+
     /// Publishes the live view for progress displays.
     pub(super) fn publish_status(&self) {
         let have_count = self
