@@ -1,6 +1,7 @@
 //! Loopback benchmark: one seed -> one joiner with swarm, side by side with
 //! iperf3 (the TCP ceiling) and an rsync daemon (with and without `--fsync`),
-//! plus manifest build vs b3sum and the joiner's peak RSS.
+//! plus manifest build vs b3sum and the joiner's peak RSS, and QUIC alone
+//! with swarm's settings (`common/quic.rs`): the ceiling of its transport.
 //!
 //! Run with `cargo bench --bench loopback`. Environment:
 //! `SWARM_BENCH_SIZE` (bytes, or e.g. `256MiB`; default 1GiB),
@@ -18,6 +19,9 @@ use std::time::{Duration, Instant};
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
+
+#[path = "common/quic.rs"]
+mod quic;
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -370,6 +374,42 @@ fn median(mut v: Vec<f64>) -> f64 {
     (v[(n - 1) / 2] + v[n / 2]) / 2.0
 }
 
+/// QUIC alone (`common/quic.rs`) between two runtimes of this process,
+/// each with one worker per core as the seed's and the joiner's have:
+/// bytes per second, the handshake left out.
+fn quic_alone(size: u64, limit: Duration) -> f64 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime")
+    };
+    let (server_rt, client_rt) = (runtime(), runtime());
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().expect("an address");
+    let server = server_rt
+        .block_on(async { quic::endpoint(any) })
+        .expect("a QUIC endpoint");
+    let addr = server.local_addr().expect("its address");
+    server_rt.spawn(quic::serve_one(server.clone()));
+    let took = client_rt
+        .block_on(async {
+            tokio::time::timeout(limit, async {
+                let ep = quic::endpoint(any)?;
+                let (conn, took) = quic::pull(&ep, addr, size).await?;
+                conn.close(0u32.into(), b"done");
+                ep.wait_idle().await;
+                Ok::<_, String>(took)
+            })
+            .await
+        })
+        .expect("QUIC alone within the time limit")
+        .expect("QUIC alone");
+    server.close(0u32.into(), b"done");
+    size as f64 / took.as_secs_f64()
+}
+
 fn main() {
     require_tools();
     let quick = std::env::var("SWARM_BENCH_QUICK").is_ok_and(|v| v == "1");
@@ -411,8 +451,8 @@ fn main() {
     fs::copy(&b.image, warm.join(&b.name)).expect("warm-up copy");
 
     // Per method, one bytes/s figure a round: iperf3, rsync, rsync --fsync,
-    // swarm (wall time), swarm (by its report's complete_secs).
-    let mut samples: [Vec<f64>; 5] = Default::default();
+    // swarm (wall time), swarm (by its report's complete_secs), QUIC alone.
+    let mut samples: [Vec<f64>; 6] = Default::default();
     let mut rss_kib = 0;
     for round in 1..=rounds {
         eprintln!("bench: round {round}/{rounds}");
@@ -423,17 +463,19 @@ fn main() {
         samples[3].push(s.bytes_per_sec);
         samples[4].push(size as f64 / s.complete_secs);
         rss_kib = rss_kib.max(s.rss_kib);
+        b.fresh("quic"); // writes nothing, but frees the previous copy
+        samples[5].push(quic_alone(size, b.timeout));
         let mbs: Vec<String> = samples
             .iter()
             .map(|v| format!("{:.0}", v[round - 1] / 1e6))
             .collect();
         eprintln!(
-            "bench: round {round} MB/s (iperf3, rsync, rsync --fsync, swarm, swarm by complete_secs): {}",
+            "bench: round {round} MB/s (iperf3, rsync, rsync --fsync, swarm, swarm by complete_secs, QUIC alone): {}",
             mbs.join(", ")
         );
     }
     b.fresh("done");
-    let [ip, rs, rsf, sw, sw_own] = samples.map(median);
+    let [ip, rs, rsf, sw, sw_own, qc] = samples.map(median);
     let (build_gbs, b3_gbs, threads) = hashing_speeds(&b.image, size);
     let ratio = build_gbs / b3_gbs;
 
@@ -455,6 +497,7 @@ fn main() {
             sw,
             format!("{:.2} (vs rsync --fsync: {:.2})", sw / rs, sw / rsf),
         ),
+        ("QUIC alone", qc, format!("{:.2}", qc / rs)),
     ];
     for (method, bps, vs_rsync) in rows {
         let (mbs, vs_ip) = (bps / 1e6, bps / ip);
@@ -471,6 +514,13 @@ fn main() {
         "manifest build: {build_gbs:.2} GB/s, b3sum ({threads} threads): {b3_gbs:.2} GB/s, \
          ratio {ratio:.2} (goal >= 0.8)"
     );
+    println!(
+        "(QUIC alone: swarm's transport settings, memory to memory, no disk or hashing, \
+         timed without the handshake; swarm reaches {:.2} of it by wall time, {:.2} by \
+         complete_secs)",
+        sw / qc,
+        sw_own / qc
+    );
     println!("note: loopback has no NIC; the physical limit here is the iperf3 figure.");
 
     let report = json!({
@@ -479,7 +529,7 @@ fn main() {
         "quick": quick,
         "bytes_per_sec": {
             "iperf3": ip, "rsync": rs, "rsync_fsync": rsf,
-            "swarm": sw, "swarm_by_complete_secs": sw_own,
+            "swarm": sw, "swarm_by_complete_secs": sw_own, "quic_alone": qc,
         },
         "swarm_ratio": { "iperf3": sw / ip, "rsync": sw / rs, "rsync_fsync": sw / rsf },
         "swarm_join_peak_rss_kib": rss_kib,

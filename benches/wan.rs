@@ -91,6 +91,7 @@ fn main() {
     };
     let mut run = swarmnet::Run::start(spec, size as usize, &seed_args, &[]);
     let wan_before: Vec<u64> = (0..groups).map(|g| run.net.wan_bytes_in(g)).collect();
+    let ip_before: Vec<u64> = (0..groups).map(|g| run.net.wan_ip_bytes_in(g)).collect();
     // the WAN's use over time: bytes into each remote group, every second
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = {
@@ -186,12 +187,13 @@ fn main() {
         .map(|r| r["quic_cross_group"]["lost_bytes"].as_u64().unwrap_or(0))
         .sum();
     println!(
-        "QUIC between groups: {:.3} x S declared lost and sent again",
+        "QUIC between groups: packets of {:.3} x S declared lost (all hosts, both ways)",
         lost as f64 / size as f64
     );
     let mut per_group = Vec::new();
     for (g, before) in wan_before.iter().enumerate().skip(1) {
         let frames = run.net.wan_bytes_in(g) - before;
+        let ip = run.net.wan_ip_bytes_in(g) - ip_before[g];
         let payload: u64 = run
             .joiners
             .iter()
@@ -213,9 +215,11 @@ fn main() {
             })
             .sum();
         println!(
-            "group {g}: WAN in {:.3} x S as Ethernet frames on the uplink (goal <= 1.05), \
-             {:.3} x S as UDP payload, {:.3} x S as piece bytes",
+            "group {g}: WAN in {:.3} x S as Ethernet frames on the uplink, {:.3} x S as IP \
+             packets, {:.3} x S as UDP payload, {:.3} x S as piece bytes (goal: WAN bytes \
+             <= 1.05 x S)",
             frames as f64 / size as f64,
+            ip as f64 / size as f64,
             udp as f64 / size as f64,
             payload as f64 / size as f64
         );
@@ -223,6 +227,8 @@ fn main() {
             "group": g,
             "wan_frame_bytes_in": frames,
             "wan_frames_per_s": frames as f64 / size as f64,
+            "wan_ip_bytes_in": ip,
+            "wan_ip_bytes_per_s": ip as f64 / size as f64,
             "cross_group_piece_bytes": payload,
             "cross_group_pieces_per_s": payload as f64 / size as f64,
         }));

@@ -1,13 +1,22 @@
 //! Not a way to distribute a file, but what this machine and this emulated
 //! network can move at best: the kernel's TCP, memory to memory, no disk, no
 //! hashing, no encryption. The hosts form one chain in (group, host) order,
-//! seed first, and every host sends S bytes to the next, all at once: each
-//! host receives the S it must receive in any method, each sends S (the fair
-//! share of a swarm's upload), and one flow enters each remote group over
-//! its uplink. A host is done when it has read the S-th byte. The flows run
+//! seed first, and every host but the last sends S bytes to the next, all
+//! at once: each host receives the S it must receive in any method, sends
+//! at most S (the fair share of a swarm's upload), and one flow enters each
+//! remote group over its uplink. A host is done when it has read all S bytes
+//! and the sender's end of stream. The flows run
 //! in threads of this process, each in its host's network namespace; the
 //! hosts share the machine's cores, so when this takes longer than T* the
 //! machine, not a method, is the limit (docs/benchmarks.md).
+//!
+//!
+//! quic-chain is the same chain over QUIC with swarm's settings
+//! (`benches/common/quic.rs`): each host is one thread with a one-thread
+//! runtime, as `swarm --threads 1` runs, pulling S from its predecessor in
+//! 1 MiB pieces and serving its successor from memory. Set beside
+//! tcp-chain and swarm, it shows what swarm's transport costs on this
+//! machine before swarm does anything.
 //!
 //! (iperf3 does not do here: a client with `-n` ends the test once it has
 //! written its bytes into the socket, and the server stops reading then,
@@ -20,9 +29,10 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::netsim::{Host, enter};
-use crate::{Bench, Outcome};
+use crate::{Bench, Outcome, quic};
 
 const PORT: u16 = 5201;
+const QUIC_PORT: u16 = 7100;
 const BUF: usize = 1 << 20;
 
 /// CPU seconds (user + system) of the calling thread.
@@ -30,7 +40,9 @@ fn thread_cpu() -> f64 {
     // SAFETY: rusage is plain old data; all zeroes is a valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: a valid out-pointer.
-    unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) };
+    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
+        return 0.0;
+    }
     let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
     secs(ru.ru_utime) + secs(ru.ru_stime)
 }
@@ -85,8 +97,9 @@ fn receive(host: &Host, size: u64, ready: mpsc::Sender<Result<(), String>>) -> R
 }
 
 fn send(from: &Host, to: SocketAddr, size: u64, start: &Barrier) -> Report {
-    enter(&from.ns)?;
-    start.wait();
+    let entered = enter(&from.ns);
+    start.wait(); // also on failure: the others wait for everyone
+    entered?;
     let mut conn = TcpStream::connect_timeout(&to, Duration::from_secs(10))
         .map_err(|e| format!("connect {to}: {e}"))?;
     conn.set_write_timeout(Some(Duration::from_secs(30)))
@@ -131,8 +144,8 @@ pub fn tcp_chain(b: &Bench, size: u64) -> Result<Outcome, String> {
         let (to, start) = (SocketAddr::from((to.ip, PORT)), start.clone());
         senders.push(std::thread::spawn(move || send(&from, to, size, &start)));
     }
-    start.wait();
     let t0 = Instant::now();
+    start.wait();
     let mut done = Vec::new();
     let mut cpu = 0.0;
     for (j, t) in receivers.into_iter().enumerate() {
@@ -142,6 +155,100 @@ pub fn tcp_chain(b: &Bench, size: u64) -> Result<Outcome, String> {
     }
     for (j, t) in senders.into_iter().enumerate() {
         cpu += join(t, &format!("sending to {}", b.name(j)))?.1;
+    }
+    Ok(Outcome { done, cpu })
+}
+
+/// One host of the QUIC chain: serves its successor (if any) and pulls
+/// from its predecessor (if any). Reports when its pull ended (the start
+/// for the seed) and the thread's CPU seconds.
+fn quic_host(
+    me: Host,
+    from: Option<Host>,
+    serves: bool,
+    size: u64,
+    limit: Duration,
+    ready: mpsc::Sender<Result<(), String>>,
+    start: &Barrier,
+) -> Report {
+    let setup = enter(&me.ns).and_then(|_| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    let rt = match setup {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(e.clone()));
+            start.wait();
+            return Err(e);
+        }
+    };
+    rt.block_on(async {
+        let ep = match quic::endpoint(SocketAddr::from((me.ip, QUIC_PORT))) {
+            Ok(ep) => {
+                let _ = ready.send(Ok(()));
+                ep
+            }
+            Err(e) => {
+                let _ = ready.send(Err(e.clone()));
+                start.wait();
+                return Err(e);
+            }
+        };
+        let server = serves.then(|| tokio::spawn(quic::serve_one(ep.clone())));
+        start.wait();
+        let mut at = Instant::now();
+        if let Some(from) = from {
+            let addr = SocketAddr::from((from.ip, QUIC_PORT));
+            let (conn, _) = tokio::time::timeout(limit, quic::pull(&ep, addr, size))
+                .await
+                .map_err(|_| format!("no {size} bytes from {addr} within {limit:?}"))??;
+            at = Instant::now();
+            conn.close(0u32.into(), b"done");
+        }
+        if let Some(server) = server {
+            tokio::time::timeout(limit, server)
+                .await
+                .map_err(|_| format!("the successor did not finish within {limit:?}"))?
+                .map_err(|e| e.to_string())?;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), ep.wait_idle()).await;
+        Ok((at, thread_cpu()))
+    })
+}
+
+pub fn quic_chain(b: &Bench, size: u64) -> Result<Outcome, String> {
+    // chain position 0 is the seed, k > 0 is joiner k - 1
+    let chain: Vec<Host> = std::iter::once(b.seed().clone())
+        .chain((0..b.joiners.len()).map(|j| b.host(j).clone()))
+        .collect();
+    let start = Arc::new(Barrier::new(chain.len() + 1));
+    let mut threads = Vec::new();
+    for (k, me) in chain.iter().enumerate() {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let from = k.checked_sub(1).map(|p| chain[p].clone());
+        let serves = k + 1 < chain.len();
+        let (me, start, limit) = (me.clone(), start.clone(), b.limit);
+        threads.push(std::thread::spawn(move || {
+            quic_host(me, from, serves, size, limit, ready_tx, &start)
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .map_err(|_| format!("no QUIC endpoint on {} within 10 s", chain[k].ip))??;
+    }
+    let t0 = Instant::now();
+    start.wait();
+    let mut done = Vec::new();
+    let mut cpu = 0.0;
+    for (k, t) in threads.into_iter().enumerate() {
+        let what = if k == 0 { "seed".into() } else { b.name(k - 1) };
+        let (at, c) = join(t, &format!("QUIC chain on {what}"))?;
+        if k > 0 {
+            done.push(at.duration_since(t0).as_secs_f64());
+        }
+        cpu += c;
     }
     Ok(Outcome { done, cpu })
 }

@@ -8,9 +8,10 @@
 //!
 //! Methods (SWARM_BENCH_METHODS, comma separated): serial and cascade
 //! (real rsync, rsync.rs), bittorrent (aria2c, opentracker, mktorrent,
-//! torrent.rs), swarm (swarm.rs), and tcp-chain (ceiling.rs): not a method
-//! but the ceiling of this machine and network, kernel TCP memory to memory
-//! in a chain of simultaneous flows; it makes no copies to verify.
+//! torrent.rs), swarm (swarm.rs), and tcp-chain and quic-chain (ceiling.rs):
+//! not methods but ceilings of this machine and network, kernel TCP and
+//! QUIC with swarm's settings, memory to memory in a chain of simultaneous
+//! flows; they make no copies to verify.
 //!
 //! Layouts (SWARM_BENCH_LAYOUTS, default `1x16,2x8,1x4,1x8`): GxH is G
 //! groups of H hosts; the seed is host 0 of group 0 and counts as one of
@@ -26,6 +27,8 @@ mod ceiling;
 #[path = "../../tests/it/netsim.rs"]
 mod netsim;
 mod plot;
+#[path = "../common/quic.rs"]
+mod quic;
 mod rsync;
 mod swarm;
 mod task;
@@ -89,6 +92,8 @@ struct Measured {
     seed_sent: u64,
     /// Bytes into each remote group (groups 1..) over its uplink.
     wan_in: Vec<u64>,
+    /// The same as IP packets (frames less their Ethernet headers).
+    wan_ip_in: Vec<u64>,
 }
 
 impl Measured {
@@ -103,10 +108,17 @@ impl Measured {
     }
 }
 
-const METHODS: &[&str] = &["serial", "cascade", "bittorrent", "swarm", "tcp-chain"];
+const METHODS: &[&str] = &[
+    "serial",
+    "cascade",
+    "bittorrent",
+    "swarm",
+    "tcp-chain",
+    "quic-chain",
+];
 
-/// The ceiling, not a method: it makes no copies.
-const CEILING: &str = "tcp-chain";
+/// The ceilings, not methods: they make no copies.
+const CEILINGS: &[&str] = &["tcp-chain", "quic-chain"];
 
 /// The tools a method needs, with the Debian package that has each.
 fn needs(method: &str) -> &'static [(&'static str, &'static str)] {
@@ -266,6 +278,8 @@ fn main() {
                 "seed_sent_per_s": r.seed_sent as f64 / size as f64,
                 "wan_in_bytes": r.wan_in,
                 "wan_in_per_s": r.wan_in.iter().map(|b| *b as f64 / size as f64).collect::<Vec<_>>(),
+                "wan_ip_in_bytes": r.wan_ip_in,
+                "wan_ip_in_per_s": r.wan_ip_in.iter().map(|b| *b as f64 / size as f64).collect::<Vec<_>>(),
                 "cpu_secs": r.cpu,
                 "cpu_secs_per_gb": r.cpu / (size as f64 * r.done.len() as f64 / 1e9),
             })).collect::<Vec<_>>(),
@@ -322,6 +336,7 @@ fn run_layout(
             std::fs::create_dir_all(out.join(bench.name(j))).map_err(|e| e.to_string())?;
         }
         let wan_before: Vec<u64> = (1..groups).map(|g| bench.net.wan_bytes_in(g)).collect();
+        let ip_before: Vec<u64> = (1..groups).map(|g| bench.net.wan_ip_bytes_in(g)).collect();
         let seed_before = bench.net.host_bytes_sent(bench.seed());
         let outcome = match method.as_str() {
             "serial" => rsync::serial(&bench, &out),
@@ -329,6 +344,7 @@ fn run_layout(
             "bittorrent" => torrent::bittorrent(&bench, &out),
             "swarm" => swarm::swarm(&bench, &out),
             "tcp-chain" => ceiling::tcp_chain(&bench, size),
+            "quic-chain" => ceiling::quic_chain(&bench, size),
             _ => unreachable!("checked in main"),
         }
         .map_err(|e| {
@@ -346,8 +362,11 @@ fn run_layout(
         let wan_in = (1..groups)
             .map(|g| bench.net.wan_bytes_in(g) - wan_before[g - 1])
             .collect();
+        let wan_ip_in = (1..groups)
+            .map(|g| bench.net.wan_ip_bytes_in(g) - ip_before[g - 1])
+            .collect();
         let seed_sent = bench.net.host_bytes_sent(bench.seed()) - seed_before;
-        for j in (0..bench.joiners.len()).filter(|_| method.as_str() != CEILING) {
+        for j in (0..bench.joiners.len()).filter(|_| !CEILINGS.contains(&method.as_str())) {
             let copy = out.join(bench.name(j)).join("image.bin");
             let got = hash(&copy)?;
             if got != want {
@@ -367,6 +386,7 @@ fn run_layout(
             cpu: outcome.cpu,
             seed_sent,
             wan_in,
+            wan_ip_in,
         });
     }
     Ok(results)
@@ -397,15 +417,26 @@ fn print_layout(
         );
     }
     println!(": limit T* = {limit:.1} s");
+    if groups > 1 {
+        println!("(WAN in/S: Ethernet frames / IP packets into each remote group, per S)");
+    }
     println!(
         "{:<11} {:>8} {:>9} {:>8} {:>11} {:>14} {:>9}",
         "method", "last s", "median s", "last/T*", "seed sent/S", "WAN in/S", "CPU s/GB"
     );
     for r in results {
+        // per remote group: Ethernet frames / IP packets
         let wan_in: Vec<String> = r
             .wan_in
             .iter()
-            .map(|b| format!("{:.2}", *b as f64 / size as f64))
+            .zip(&r.wan_ip_in)
+            .map(|(f, ip)| {
+                format!(
+                    "{:.3}/{:.3}",
+                    *f as f64 / size as f64,
+                    *ip as f64 / size as f64
+                )
+            })
             .collect();
         println!(
             "{:<11} {:>8.1} {:>9.1} {:>8.2} {:>11.2} {:>14} {:>9.2}",
@@ -425,16 +456,20 @@ fn print_layout(
     if let Some(s) = results.iter().find(|r| r.method == "swarm") {
         let others: Vec<String> = results
             .iter()
-            .filter(|r| r.method != "swarm" && r.method != CEILING)
+            .filter(|r| r.method != "swarm" && !CEILINGS.contains(&r.method.as_str()))
             .map(|r| format!("{:.2}x faster than {}", r.last() / s.last(), r.method))
             .collect();
         if !others.is_empty() {
             println!("swarm: {}", others.join(", "));
         }
-        if let Some(c) = results.iter().find(|r| r.method == CEILING) {
+        for c in results
+            .iter()
+            .filter(|r| CEILINGS.contains(&r.method.as_str()))
+        {
             println!(
-                "swarm takes {:.2}x the ceiling of this machine and network ({CEILING})",
-                s.last() / c.last()
+                "swarm takes {:.2}x the time of the {} ceiling",
+                s.last() / c.last(),
+                c.method
             );
         }
     }

@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use fetch::deadline as request_deadline;
-pub use run::{join, seed};
+pub use run::{join, quic_endpoint, seed};
 pub use tls::Tuning;
 
 /// How long to wait for a handshake or a request's first byte.
@@ -153,10 +153,11 @@ pub struct Report {
     pub served_cross_group: u64,
     pub received_from: BTreeMap<String, u64>,
     pub served_to: BTreeMap<String, u64>,
-    /// QUIC's own counters, summed over this host's connections to hosts
-    /// of its group and of other groups (closed ones, and those open at
-    /// exit): what crossed the network, including headers, ACKs and
-    /// retransmissions, beside the piece bytes above.
+    /// QUIC's own counters, summed over this host's connections with peers
+    /// of its group and of other groups (those that completed the swarm
+    /// handshake; counted when they close or at exit): what crossed the
+    /// network, including headers, ACKs and retransmissions, beside the
+    /// piece bytes above.
     pub quic_same_group: QuicCounters,
     pub quic_cross_group: QuicCounters,
     pub output: Option<PathBuf>,

@@ -16,6 +16,18 @@ use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
 use crate::ticket::Ticket;
 
+/// A QUIC endpoint on `listen` as `seed` and `join` make theirs (socket
+/// buffers, GSO batches, advertised payload size, transport and TLS of
+/// `tuning`), without swarm on top: for measuring QUIC alone
+/// (`cargo bench --bench loopback`). Connections still start with the
+/// pre-authentication limits; `tls::open_up` lifts them.
+pub fn quic_endpoint(
+    listen: SocketAddr,
+    tuning: &tls::Tuning,
+) -> Result<quinn::Endpoint, NodeError> {
+    Ok(endpoint(listen, tuning)?.0)
+}
+
 fn endpoint(
     listen: SocketAddr,
     tuning: &tls::Tuning,

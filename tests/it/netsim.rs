@@ -255,6 +255,11 @@ impl Net {
         self.uplinks().bytes_in(g)
     }
 
+    /// IP bytes that entered group `g` over its uplink (`Uplinks::ip_bytes_in`).
+    pub fn wan_ip_bytes_in(&self, g: usize) -> u64 {
+        self.uplinks().ip_bytes_in(g)
+    }
+
     /// Bytes that left group `g` over its uplink.
     pub fn wan_bytes_out(&self, g: usize) -> u64 {
         self.uplinks().bytes_out(g)
@@ -262,7 +267,7 @@ impl Net {
 
     /// Bytes (Ethernet frames) that `host` has sent through its NIC.
     pub fn host_bytes_sent(&self, host: &Host) -> u64 {
-        link_stats(&host.ns, "eth0").expect("NIC counters").1
+        link_stats(&host.ns, "eth0").expect("NIC counters").tx_bytes
     }
 
     /// Takes group `g`'s uplink down or up (both ends at the group side).
@@ -303,20 +308,35 @@ pub struct Uplinks {
 
 impl Uplinks {
     pub fn bytes_in(&self, g: usize) -> u64 {
-        link_stats(&self.core, &format!("u{g}a"))
-            .expect("uplink counters")
-            .0
+        self.counters(g).rx_bytes
     }
 
     pub fn bytes_out(&self, g: usize) -> u64 {
-        link_stats(&self.core, &format!("u{g}a"))
-            .expect("uplink counters")
-            .1
+        self.counters(g).tx_bytes
+    }
+
+    /// Bytes of IP packets that entered group `g`: the frames less their
+    /// 14-byte Ethernet headers, which a routed WAN does not carry (each
+    /// hop has its own link layer). Frames arrive here one by one from the
+    /// delay line, so the packet counter counts frames.
+    pub fn ip_bytes_in(&self, g: usize) -> u64 {
+        let c = self.counters(g);
+        c.rx_bytes - 14 * c.rx_packets
+    }
+
+    fn counters(&self, g: usize) -> Counters {
+        link_stats(&self.core, &format!("u{g}a")).expect("uplink counters")
     }
 }
 
-/// (received, sent) bytes of `dev` in namespace `ns`.
-fn link_stats(ns: &str, dev: &str) -> Result<(u64, u64), String> {
+struct Counters {
+    rx_bytes: u64,
+    rx_packets: u64,
+    tx_bytes: u64,
+}
+
+/// The counters of `dev` in namespace `ns`.
+fn link_stats(ns: &str, dev: &str) -> Result<Counters, String> {
     let out = Command::new("ip")
         .args(["-n", ns, "-s", "-j", "link", "show", dev])
         .output()
@@ -324,10 +344,16 @@ fn link_stats(ns: &str, dev: &str) -> Result<(u64, u64), String> {
     let v: serde_json::Value =
         serde_json::from_slice(&out.stdout).map_err(|e| format!("ip -j: {e}"))?;
     let s = &v[0]["stats64"];
-    match (s["rx"]["bytes"].as_u64(), s["tx"]["bytes"].as_u64()) {
-        (Some(rx), Some(tx)) => Ok((rx, tx)),
-        _ => Err(format!("no counters for {dev} in {ns}: {v}")),
-    }
+    let get = |dir: &str, what: &str| {
+        s[dir][what]
+            .as_u64()
+            .ok_or_else(|| format!("no {dir} {what} for {dev} in {ns}: {v}"))
+    };
+    Ok(Counters {
+        rx_bytes: get("rx", "bytes")?,
+        rx_packets: get("rx", "packets")?,
+        tx_bytes: get("tx", "bytes")?,
+    })
 }
 
 impl Drop for Net {

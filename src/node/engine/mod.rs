@@ -239,11 +239,12 @@ impl Engine {
         }
         // Let the control writers deliver what is queued (Done above all),
         // then close every connection.
-        let peers: Vec<_> = self.peers.drain().map(|(_, p)| p).collect();
-        for p in &peers {
-            self.count_quic(p.remote, &p.handle.conn);
+        let mut conns = Vec::new();
+        let mut writers = Vec::new();
+        for (_, p) in self.peers.drain() {
+            conns.push((p.remote, p.handle.conn));
+            writers.push(p.handle.writer);
         }
-        let writers: Vec<_> = peers.into_iter().map(|p| p.handle.writer).collect();
         let _ = tokio::time::timeout(peer::FLUSH_TIMEOUT, async {
             for w in writers {
                 let _ = w.await;
@@ -252,6 +253,9 @@ impl Engine {
         .await;
         self.endpoint.close(close::DONE.into(), b"bye");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        for (remote, conn) in &conns {
+            self.count_quic(*remote, conn);
+        }
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
         self.report.peak_rss_bytes = super::peak_rss_bytes();
         result.map(|_| self.report)
