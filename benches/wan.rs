@@ -194,26 +194,15 @@ fn main() {
     for (g, before) in wan_before.iter().enumerate().skip(1) {
         let frames = run.net.wan_bytes_in(g) - before;
         let ip = run.net.wan_ip_bytes_in(g) - ip_before[g];
-        let payload: u64 = run
-            .joiners
-            .iter()
-            .filter(|(jg, _, _)| *jg == g)
-            .map(|(jg, h, _)| {
-                run.report(*jg, *h)["received_cross_group"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum();
-        let udp: u64 = run
-            .joiners
-            .iter()
-            .filter(|(jg, _, _)| *jg == g)
-            .map(|(jg, h, _)| {
-                run.report(*jg, *h)["quic_cross_group"]["udp_received_bytes"]
-                    .as_u64()
-                    .unwrap_or(0)
-            })
-            .sum();
+        // piece bytes and QUIC's UDP bytes the group's hosts took from others
+        let (mut payload, mut udp) = (0u64, 0u64);
+        for (_, h, _) in run.joiners.iter().filter(|(jg, _, _)| *jg == g) {
+            let r = run.report(g, *h);
+            payload += r["received_cross_group"].as_u64().unwrap_or(0);
+            udp += r["quic_cross_group"]["udp_received_bytes"]
+                .as_u64()
+                .unwrap_or(0);
+        }
         println!(
             "group {g}: WAN in {:.3} x S as Ethernet frames on the uplink, {:.3} x S as IP \
              packets, {:.3} x S as UDP payload, {:.3} x S as piece bytes (goal: WAN bytes \

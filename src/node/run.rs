@@ -19,7 +19,7 @@ use crate::ticket::Ticket;
 /// A QUIC endpoint on `listen` as `seed` and `join` make theirs (socket
 /// buffers, GSO batches, advertised payload size, transport and TLS of
 /// `tuning`), without swarm on top: for measuring QUIC alone
-/// (`cargo bench --bench loopback`). Connections still start with the
+/// (`benches/common/quic.rs`, used by the loopback and compare benches). Connections still start with the
 /// pre-authentication limits; `tls::open_up` lifts them.
 pub fn quic_endpoint(
     listen: SocketAddr,
