@@ -278,22 +278,13 @@ impl Download {
     }
 
     /// Makes this host a bridge of its group with `share`, or (`None`) not
-    /// a bridge. Returns the cross-group requests in flight that the new
-    /// share no longer covers, for the caller to cancel: another bridge
-    /// now fetches those pieces.
-    pub fn set_bridge(&mut self, share: Option<BridgeShare>) -> Vec<Cancel> {
+    /// a bridge. Cross-group requests already in flight run to the end
+    /// even when the new share no longer covers them: their bytes are
+    /// already crossing the WAN, and cancelling would throw away what has
+    /// arrived (the next bridge picks among many pieces, so it seldom asks
+    /// for one of these). Only new requests follow the new share.
+    pub fn set_bridge(&mut self, share: Option<BridgeShare>) {
         self.bridge = share;
-        let drop: Vec<Cancel> = self
-            .peers
-            .iter()
-            .filter(|(_, p)| p.remote)
-            .flat_map(|(&peer, p)| p.requested.iter().map(move |&piece| Cancel { peer, piece }))
-            .filter(|c| !share.is_some_and(|s| s.takes(c.piece as usize)))
-            .collect();
-        for c in &drop {
-            self.finish_request(c.peer, c.piece);
-        }
-        drop
     }
 
     pub fn bridge(&self) -> Option<BridgeShare> {

@@ -47,6 +47,8 @@ pub struct Identity {
     pub manifest_id: ManifestId,
     pub secret: [u8; 32],
     pub peer_id: PeerId,
+    /// When this host started (see `Hello::since`).
+    pub since: u64,
     pub group: String,
     pub addrs: Vec<SocketAddr>,
     /// Transport limits to apply once a peer is authenticated.
@@ -108,6 +110,7 @@ fn hello(id: &Identity, conn: &Connection, role: Role) -> anyhow::Result<Message
         version: PROTOCOL_VERSION,
         manifest_id: id.manifest_id,
         peer_id: id.peer_id,
+        since: id.since,
         group: id.group.clone(),
         addrs: id.addrs.clone(),
         proof: auth::proof(conn, &id.secret, role)?,

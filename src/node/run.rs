@@ -75,6 +75,13 @@ enum Failed {
 
 /// Addresses for the ticket: the listen address, or every non-loopback
 /// interface address when listening on all of them.
+/// Now, in ms since the Unix epoch (0 if the clock is before it).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 fn ticket_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];
@@ -130,6 +137,7 @@ pub async fn seed(
         manifest_id: ticket.manifest_id,
         secret: ticket.secret,
         peer_id: rand::random(),
+        since: unix_ms(),
         group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),
@@ -206,6 +214,7 @@ pub async fn join(
         manifest_id: cfg.ticket.manifest_id,
         secret: cfg.ticket.secret,
         peer_id: rand::random(),
+        since: unix_ms(),
         group: cfg.group.name.clone(),
         addrs: advertised(&ep)?,
         tuning: cfg.tuning.clone(),

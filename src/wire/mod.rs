@@ -16,8 +16,8 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 1;
-pub const ALPN: &[u8] = b"swarm/1";
+pub const PROTOCOL_VERSION: u16 = 2;
+pub const ALPN: &[u8] = b"swarm/2";
 pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_GROUP_LEN: usize = 64;
 pub const MAX_ADDRS: usize = 16;
@@ -38,6 +38,9 @@ pub struct Hello {
     pub version: u16,
     pub manifest_id: ManifestId,
     pub peer_id: PeerId,
+    /// When this host started, in ms since the Unix epoch. The bridge
+    /// election ranks a group's longest-running members first.
+    pub since: u64,
     pub group: String,
     /// Where this host accepts connections. An unspecified IP (0.0.0.0)
     /// means "the address you see me at", with this port.
@@ -75,6 +78,7 @@ impl Message {
                 w.u16(h.version);
                 w.bytes(&h.manifest_id.0);
                 w.bytes(&h.peer_id);
+                w.u64(h.since);
                 w.str16(&h.group);
                 encode_addrs(&mut w, &h.addrs);
                 w.bytes(&h.proof);
@@ -124,6 +128,7 @@ impl Message {
                 version: r.u16()?,
                 manifest_id: ManifestId(r.array()?),
                 peer_id: r.array()?,
+                since: r.u64()?,
                 group: group(&mut r)?,
                 addrs: decode_addrs(&mut r)?,
                 proof: r.array()?,

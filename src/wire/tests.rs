@@ -6,6 +6,7 @@ fn hello() -> Hello {
         version: PROTOCOL_VERSION,
         manifest_id: ManifestId([7; 32]),
         peer_id: [1; 16],
+        since: 1_795_000_000_000,
         group: "dc1".into(),
         addrs: vec!["10.0.0.1:7000".parse().unwrap()],
         proof: [9; 32],

@@ -84,6 +84,7 @@ fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
         peer_id: id,
+        since: 0,
         group: "default".into(),
         addrs: vec![addr],
         proof: auth::proof(conn, &t.secret, role).unwrap(),

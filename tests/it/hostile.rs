@@ -32,6 +32,7 @@ async fn connect(addr: SocketAddr, t: &Ticket, valid_proof: bool) -> Hostile {
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
         peer_id: rand::random(),
+        since: 0,
         group: "default".into(),
         addrs: vec![],
         proof,

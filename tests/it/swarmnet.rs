@@ -29,6 +29,18 @@ impl Run {
     /// Starts the seed (with `seed_args`) and every joiner (with
     /// `join_args`). The seed exits once every joiner is done.
     pub fn start(spec: Spec, size: usize, seed_args: &[&str], join_args: &[&str]) -> Run {
+        Self::start_apart(spec, size, seed_args, join_args, Duration::ZERO)
+    }
+
+    /// `start`, with the joiners started one by one, `gap` apart, as an
+    /// operator's ssh loop would.
+    pub fn start_apart(
+        spec: Spec,
+        size: usize,
+        seed_args: &[&str],
+        join_args: &[&str],
+        gap: Duration,
+    ) -> Run {
         let net = Net::new(spec).unwrap();
         let mut dir = tempfile::tempdir().unwrap();
         if std::env::var("SWARM_NETSIM_KEEP").is_ok_and(|v| v == "1") {
@@ -79,6 +91,7 @@ impl Run {
                     .arg(dir.path().join(format!("{name}.json")))
                     .args(join_args);
                 joiners.push((g, h, Proc::spawn(cmd, &name, dir.path())));
+                std::thread::sleep(gap);
             }
         }
         Run {

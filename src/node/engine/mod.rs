@@ -122,6 +122,13 @@ pub struct Engine {
     pub report: Report,
     exit: Exit,
     started: Instant,
+    /// Members of this host's group whose connection closed lately, with
+    /// their start time and when: they still count in the bridge election
+    /// for `bridge::GONE_GRACE`.
+    recently_gone: HashMap<PeerId, (u64, Instant)>,
+    /// Whether a peer has told this host who is in the swarm (a Peers
+    /// message, sent by every host right after its bitfield).
+    heard_peers: bool,
     alone_since: Option<Instant>,
     /// When the last piece arrived (or the run started).
     last_progress: Instant,
@@ -189,6 +196,8 @@ impl Engine {
             report: p.report,
             exit: p.exit,
             started: p.started,
+            recently_gone: HashMap::new(),
+            heard_peers: false,
             alone_since: None,
             last_progress: p.started,
             all_done_since: None,

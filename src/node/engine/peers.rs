@@ -59,6 +59,8 @@ pub(super) struct Peer {
     pub(super) done: bool,
     /// In another group than this host.
     pub(super) remote: bool,
+    /// When it started, as its Hello says (for the bridge election).
+    pub(super) since: u64,
     /// When it last announced a piece, said Done, or asked us for one, or
     /// a serve to it ended.
     pub(super) heard: Instant,
@@ -86,10 +88,13 @@ impl Engine {
                 return;
             }
             old.handle.conn.close(close::DUPLICATE.into(), b"duplicate");
-            self.drop_peer(old_key, "replaced by a new connection");
+            // no election in between: the member is only changing
+            // connections (the one below, once the new one is in, sees it)
+            self.remove_peer(old_key, "replaced by a new connection");
         }
         let remote = h.conn.remote_address();
         let cross = h.hello.group != self.group.name;
+        let since = h.hello.since;
         let info = PeerInfo {
             id,
             group: h.hello.group.clone(),
@@ -106,16 +111,16 @@ impl Engine {
         );
         let key = handle.key;
         tracing::debug!(peer = hex(&id[..4]), %remote, "peer up");
-        // Tell the newcomer about everyone, and everyone about the newcomer.
+        // Tell the newcomer about everyone (also that there is nobody else:
+        // it waits for a list before it may become a bridge), and everyone
+        // about the newcomer.
         let others: Vec<PeerInfo> = self
             .peers
             .values()
             .map(|p| p.info.clone())
             .take(MAX_PEERS)
             .collect();
-        if !others.is_empty() {
-            let _ = handle.control.try_send(Message::Peers(others));
-        }
+        let _ = handle.control.try_send(Message::Peers(others));
         for p in self.peers.values() {
             let _ = p
                 .handle
@@ -133,6 +138,7 @@ impl Engine {
             }
         }
         self.dialer.forget(&id);
+        self.recently_gone.remove(&id);
         self.by_id.insert(id, key);
         self.peers.insert(
             key,
@@ -141,6 +147,7 @@ impl Engine {
                 info,
                 done: false,
                 remote: cross,
+                since,
                 heard: Instant::now(),
                 serving: 0,
             },
@@ -182,6 +189,7 @@ impl Engine {
                 }
             }
             Message::Peers(list) => {
+                self.heard_peers = true;
                 for info in list {
                     self.learn(info);
                 }
@@ -221,10 +229,23 @@ impl Engine {
         self.dialer.learn(info);
     }
 
+    /// Drops a peer whose connection closed or must close, and re-runs the
+    /// bridge election if it was a member of this host's group.
     pub(super) fn drop_peer(&mut self, key: PeerKey, why: &str) {
-        let Some(p) = self.peers.remove(&key) else {
-            return;
-        };
+        if self.remove_peer(key, why) == Some(false) {
+            self.elect();
+        }
+    }
+
+    /// `drop_peer` without the election; returns whether the peer was
+    /// remote, or `None` if it was not in the table.
+    fn remove_peer(&mut self, key: PeerKey, why: &str) -> Option<bool> {
+        let p = self.peers.remove(&key)?;
+        let remote = p.remote;
+        if !remote {
+            self.recently_gone
+                .insert(p.info.id, (p.since, Instant::now()));
+        }
         let id = p.info.id;
         tracing::debug!(peer = hex(&id[..4]), "peer down: {why}");
         self.count_quic(p.remote, &p.handle.conn);
@@ -235,9 +256,6 @@ impl Engine {
             d.remove_peer(key);
         }
         self.spreader.peer_gone(key);
-        if !p.remote {
-            self.elect();
-        }
         self.fetches.retain(|(k, _), t| {
             if *k == key {
                 t.cancel();
@@ -253,5 +271,6 @@ impl Engine {
         if !normal && !p.done && !self.banned.covers(&p.info) && !self.by_id.contains_key(&id) {
             self.dialer.redial_later(p.info);
         }
+        Some(remote)
     }
 }
