@@ -17,7 +17,10 @@
 //! each time one arrives; the requests the old bridge had in flight are
 //! then paid for twice on the WAN (measured, 3 groups test with joiners
 //! started 0.7 s apart: 1.44 x S into each remote group instead of 1.06).
-//! With seniority a newcomer never outranks a live member.
+//! With seniority a newcomer outranks a live member only if it started
+//! earlier and connected later (slow start-up, a healed partition, a clock
+//! behind): rarely, and then a piece may cross twice, since the new bridge
+//! does not see the old one's requests in flight.
 //!
 //! Bridges split the cross-group work by piece index (`BridgeShare::takes`),
 //! so two bridges of a group never pull the same piece over the WAN.

@@ -73,8 +73,6 @@ enum Failed {
     Manifest(NodeError),
 }
 
-/// Addresses for the ticket: the listen address, or every non-loopback
-/// interface address when listening on all of them.
 /// Now, in ms since the Unix epoch (0 if the clock is before it).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -82,6 +80,8 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Addresses for the ticket: the listen address, or every non-loopback
+/// interface address when listening on all of them.
 fn ticket_addrs(local: SocketAddr) -> Vec<SocketAddr> {
     if !local.ip().is_unspecified() {
         return vec![local];

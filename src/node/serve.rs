@@ -2,8 +2,9 @@
 //! request; the engine answers it (piece, manifest or refusal) and this
 //! module streams the bytes. How many of a connection's requests are served
 //! at once follows `core::serve::ServeWindow`; a process serves at most
-//! `SERVE_TOTAL` at once in all, so memory for serve buffers stays below
-//! `SERVE_TOTAL * SERVE_CHUNK` however many peers connect. A requester
+//! `SERVE_TOTAL` at once in all, so the buffers being read stay below
+//! `SERVE_TOTAL * SERVE_CHUNK` (16 MiB) however many peers connect, and
+//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). A requester
 //! that stops reading is found out by `stall_timeout` and then holds one
 //! slot at most.
 
@@ -242,11 +243,19 @@ struct Chunk(Vec<u8>);
 static FREE_CHUNKS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
 const FREE_MAX: usize = 2 * SERVE_TOTAL;
 
+fn free_chunks() -> std::sync::MutexGuard<'static, Vec<Vec<u8>>> {
+    FREE_CHUNKS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 impl Chunk {
     /// A buffer of `n` bytes, reused when one is free. Its contents are
     /// whatever it held; the caller overwrites all `n`.
     fn take(n: usize) -> Chunk {
-        let mut buf = FREE_CHUNKS.lock().unwrap().pop().unwrap_or_default();
+        let mut buf = free_chunks()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(SERVE_CHUNK));
         buf.resize(n, 0);
         Chunk(buf)
     }
@@ -261,7 +270,7 @@ impl AsRef<[u8]> for Chunk {
 impl Drop for Chunk {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
-        let mut free = FREE_CHUNKS.lock().unwrap();
+        let mut free = free_chunks();
         if free.len() < FREE_MAX && buf.capacity() >= SERVE_CHUNK {
             free.push(buf);
         }

@@ -34,6 +34,15 @@ fn pinned_bytes() {
         Message::Bitfield(bits).encode_frame(),
         [7, 0, 0, 0, 2, 9, 0, 0, 0, 0b0000_1101, 0b0000_0001]
     );
+    // Hello: type, version, manifest id, peer id, then the start time
+    let frame = Message::Hello(hello()).encode_frame();
+    let body = &frame[4..];
+    assert_eq!(&body[..3], &[1, 2, 0]);
+    assert_eq!(&body[3..35], &[7; 32]);
+    assert_eq!(&body[35..51], &[1; 16]);
+    assert_eq!(&body[51..59], &1_795_000_000_000u64.to_le_bytes());
+    assert_eq!(&body[59..64], &[3, 0, b'd', b'c', b'1']);
+    assert_eq!(&body[body.len() - 32..], &[9; 32]);
     assert_eq!(Request::Piece(258).encode(), [1, 2, 1, 0, 0]);
     assert_eq!(Request::Manifest.encode(), [2, 0, 0, 0, 0]);
 }

@@ -18,7 +18,7 @@ use crate::core::group::{self, Member};
 /// Mbit/s in the first second instead of 2, and the WAN bytes stayed
 /// 1.055 x S (2 x 4) and 1.064 x S (3 groups test).
 /// A host that is a bridge already does not settle again when it meets a
-/// newcomer: by seniority the newcomer cannot outrank it.
+/// newcomer: by seniority a newcomer seldom outranks it (see `core::group`).
 const BRIDGE_SETTLE: Duration = Duration::from_millis(300);
 const BRIDGE_SETTLE_MAX: Duration = Duration::from_secs(10);
 

@@ -242,7 +242,7 @@ impl Engine {
     fn remove_peer(&mut self, key: PeerKey, why: &str) -> Option<bool> {
         let p = self.peers.remove(&key)?;
         let remote = p.remote;
-        if !remote {
+        if !remote && self.download.is_some() {
             self.recently_gone
                 .insert(p.info.id, (p.since, Instant::now()));
         }
