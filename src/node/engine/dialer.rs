@@ -18,6 +18,12 @@ const MAX_KNOWN: usize = 4096;
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
 const REDIAL_MAX: Duration = Duration::from_secs(15);
 const MAX_DIAL_FAILURES: u32 = 8;
+/// Two hosts that learn of each other at once (the seed tells both) would
+/// dial each other at once, and one of the two connections is then closed
+/// as a duplicate, with the requests already made on it. Only the one
+/// whose connection is kept (the lower peer id dials) dials at once; the
+/// other waits this long for it before dialing itself.
+const DIAL_DEFER: Duration = Duration::from_secs(2);
 
 struct Known {
     info: PeerInfo,
@@ -34,15 +40,17 @@ pub(super) struct Dialer {
 }
 
 impl Dialer {
-    /// Remembers a peer to dial soon, unless the table is full, the peer
-    /// has no address, or it is already known.
-    pub(super) fn learn(&mut self, info: PeerInfo) {
+    /// Remembers a peer to dial soon (after `DIAL_DEFER` if `defer`: the
+    /// peer is expected to dial this host), unless the table is full, the
+    /// peer has no address, or it is already known.
+    pub(super) fn learn(&mut self, info: PeerInfo, defer: bool) {
         if self.known.len() >= MAX_KNOWN || info.addrs.is_empty() {
             return;
         }
+        let wait = if defer { DIAL_DEFER } else { Duration::ZERO };
         self.known.entry(info.id).or_insert(Known {
             info,
-            next_dial: Instant::now(),
+            next_dial: Instant::now() + wait,
             failures: 0,
             dialing: false,
         });

@@ -226,7 +226,9 @@ impl Engine {
         {
             return;
         }
-        self.dialer.learn(info);
+        // both sides keep the connection the lower id dialed: let it dial
+        let defer = info.id < self.id.peer_id;
+        self.dialer.learn(info, defer);
     }
 
     /// Drops a peer whose connection closed or must close, and re-runs the
