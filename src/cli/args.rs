@@ -112,7 +112,8 @@ pub struct GroupArgs {
     /// This host's group (datacenter); any name, up to 64 bytes.
     #[arg(long, value_name = "NAME", default_value = "default")]
     pub group: String,
-    /// How many hosts of each group fetch across groups (1 to 16).
+    /// How many hosts of each group fetch across groups (1 to 16): the
+    /// group's longest-running hosts.
     #[arg(long, value_name = "K", default_value_t = 1)]
     pub bridges: usize,
     /// Cap on this host's cross-group traffic, each direction (e.g. 400Mbit/s).
