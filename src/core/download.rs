@@ -369,6 +369,13 @@ impl Download {
         Ok(())
     }
 
+    /// Whether some connected peer (of any group) lacks piece `i`, so may
+    /// ask this host for it.
+    pub fn lacked_by_a_peer(&self, i: usize) -> bool {
+        let holders = self.availability[i] as usize + self.remote_availability[i] as usize;
+        holders < self.peers.len()
+    }
+
     /// Whether `peer` has every piece (a seed or a finished joiner).
     pub fn peer_is_complete(&self, peer: PeerKey) -> bool {
         self.peers.get(&peer).is_some_and(|p| p.bits.all())

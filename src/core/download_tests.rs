@@ -43,6 +43,23 @@ fn picks_rarest_first() {
 }
 
 #[test]
+fn a_piece_is_lacked_while_a_peer_of_either_group_has_not_got_it() {
+    let mut d = Download::new(bitvec![0; 3], cfg(), 1);
+    d.add_peer(1);
+    d.add_remote_peer(2);
+    d.peer_bitfield(1, &bitvec![1, 1, 0]).unwrap();
+    d.peer_bitfield(2, &bitvec![1, 0, 0]).unwrap();
+    assert!(!d.lacked_by_a_peer(0), "both hold piece 0");
+    assert!(d.lacked_by_a_peer(1), "the remote peer lacks piece 1");
+    d.peer_have(2, 1).unwrap();
+    assert!(!d.lacked_by_a_peer(1));
+    assert!(d.lacked_by_a_peer(2));
+    d.remove_peer(1);
+    d.remove_peer(2);
+    assert!(!d.lacked_by_a_peer(2), "no peers, nobody to serve");
+}
+
+#[test]
 fn respects_per_peer_and_total_limits() {
     let c = DownloadConfig {
         per_peer: 2,

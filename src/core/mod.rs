@@ -13,11 +13,14 @@
 //!   once before serving any piece twice.
 //! * `serve`: how many of one connection's requests a host serves at once
 //!   (slow start, one slot for a requester that stops reading).
+//! * `RecentPieces`: the pieces a joiner received lately, kept to serve
+//!   from memory.
 //! * `group`: datacenter groups: bridge election and how bridges split the
 //!   cross-group pieces; `Download` applies the group-rarest rule.
 
 mod download;
 pub mod group;
+mod recent;
 pub mod serve;
 mod source;
 mod spread;
@@ -25,4 +28,5 @@ mod spread;
 pub use download::{
     Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
 };
+pub use recent::RecentPieces;
 pub use spread::Spreader;

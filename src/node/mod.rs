@@ -139,6 +139,9 @@ pub struct Report {
     pub complete_secs: Option<f64>,
     pub bytes_received: u64,
     pub bytes_served: u64,
+    /// Piece requests answered from the pieces received lately, kept in
+    /// memory; the others were read from disk.
+    pub pieces_served_from_memory: u64,
     /// The peer id of the seed (joiners: the host the ticket named).
     pub seed_peer_id: Option<String>,
     pub received_from_seed: u64,

@@ -49,14 +49,23 @@ fn stall_timeout(len: u64) -> Duration {
 /// Why the engine allowed or refused a request, with what to read from.
 pub enum ServeAnswer {
     Piece {
-        content: Arc<Content>,
-        offset: u64,
+        from: PieceSource,
         len: u64,
         /// Token buckets every byte of the piece passes (upload, WAN).
         limits: Vec<Arc<RateLimit>>,
     },
     Manifest(Arc<Vec<u8>>),
     Refuse(Status),
+}
+
+/// Where a served piece's bytes come from.
+pub enum PieceSource {
+    Disk {
+        content: Arc<Content>,
+        offset: u64,
+    },
+    /// A piece received lately (`core::RecentPieces`).
+    Memory(Bytes),
 }
 
 /// The requester took no byte for a while.
@@ -156,24 +165,14 @@ async fn serve_one(
             send.finish()?;
             Ok(Served::Other)
         }
-        ServeAnswer::Piece {
-            content,
-            offset,
-            len,
-            limits,
-        } => {
+        ServeAnswer::Piece { from, len, limits } => {
             let Request::Piece(piece) = req else {
                 bail!("piece answer to a manifest request")
             };
             // The same deadline the requester applies: a peer that reads
             // too slowly cannot hold a serve slot for longer.
             let deadline = super::fetch::deadline(len);
-            let result = match timeout(
-                deadline,
-                send_piece(&mut send, content, offset, len, &limits),
-            )
-            .await
-            {
+            let result = match timeout(deadline, send_piece(&mut send, from, len, &limits)).await {
                 Ok(r) => r,
                 Err(_) => Err(Stalled(deadline).into()),
             };
@@ -196,8 +195,7 @@ async fn serve_one(
 
 async fn send_piece(
     send: &mut SendStream,
-    content: Arc<Content>,
-    offset: u64,
+    from: PieceSource,
     len: u64,
     limits: &[Arc<RateLimit>],
 ) -> anyhow::Result<u64> {
@@ -206,19 +204,24 @@ async fn send_piece(
     let mut done = 0u64;
     while done < len {
         let n = (len - done).min(SERVE_CHUNK as u64) as usize;
-        let c = content.clone();
-        let at = offset + done;
-        let buf = tokio::task::spawn_blocking(move || {
-            let mut buf = Chunk::take(n);
-            c.read_at(at, &mut buf.0).map(|_| buf)
-        })
-        .await??;
+        let chunk = match &from {
+            PieceSource::Memory(data) => data.slice(done as usize..done as usize + n),
+            PieceSource::Disk { content, offset } => {
+                let (c, at) = (content.clone(), offset + done);
+                let buf = tokio::task::spawn_blocking(move || {
+                    let mut buf = Chunk::take(n);
+                    c.read_at(at, &mut buf.0).map(|_| buf)
+                })
+                .await??;
+                Bytes::from_owner(buf)
+            }
+        };
         for l in limits {
             l.acquire(n).await;
         }
-        // hand the buffer to quinn instead of copying it, watching that
+        // hand the bytes to quinn instead of copying them, watching that
         // the requester keeps taking bytes
-        let mut bufs = [Bytes::from_owner(buf)];
+        let mut bufs = [chunk];
         while !bufs[0].is_empty() {
             timeout(stall, send.write_chunks(&mut bufs))
                 .await

@@ -53,6 +53,12 @@ impl PieceBuf {
     }
 }
 
+impl AsRef<[u8]> for PieceBuf {
+    fn as_ref(&self) -> &[u8] {
+        self.as_slice()
+    }
+}
+
 impl Drop for PieceBuf {
     fn drop(&mut self) {
         let raw = std::mem::take(&mut self.raw);

@@ -104,6 +104,18 @@ fn random_64mib_mostly_from_peers() {
         seed["bytes_served"].as_u64().unwrap() >= size as u64,
         "the seed must have sent at least one copy"
     );
+    // what joiners pass on they mostly just received: served from memory,
+    // not read back from disk (every copy was compared byte for byte above)
+    let from_memory: u64 = reports
+        .iter()
+        .map(|r| r["pieces_served_from_memory"].as_u64().unwrap())
+        .sum();
+    let piece_size = 1u64 << 20;
+    eprintln!(
+        "joiners served {from_memory} pieces from memory of {} passed on",
+        from_peers / piece_size
+    );
+    assert!(from_memory > 0, "no joiner served a piece from memory");
 }
 
 #[test]

@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
+use bytes::Bytes;
 use quinn::Endpoint;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -34,7 +35,7 @@ use super::serve::{self, ServeAnswer};
 use super::{
     ALONE_TIMEOUT, GroupConfig, NodeError, QUIET_TIMEOUT, Report, STALL_TIMEOUT, Status, hex,
 };
-use crate::core::{Download, DownloadConfig, Failure, PeerKey, Spreader};
+use crate::core::{Download, DownloadConfig, Failure, PeerKey, RecentPieces, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
 use crate::wire::{Message, PeerId, Request};
@@ -56,10 +57,11 @@ pub enum Event {
         key: PeerKey,
         why: String,
     },
+    /// A piece verified and written; `data` is its bytes, to serve from.
     PieceDone {
         key: PeerKey,
         piece: u32,
-        bytes: u64,
+        data: Bytes,
         elapsed: Duration,
     },
     PieceFailed {
@@ -94,6 +96,10 @@ pub struct Exit {
     pub force: bool,
 }
 
+/// Memory for pieces received lately, served without reading them back
+/// from disk (see `core::RecentPieces`).
+const RECENT_BYTES: usize = 16 << 20;
+
 pub struct Engine {
     pub id: Identity,
     manifest: Arc<Manifest>,
@@ -106,6 +112,9 @@ pub struct Engine {
     /// joiner feeds it only its group's peers.
     spreader: Spreader,
     partial: Option<Partial>,
+    /// Pieces received lately that a peer still lacks, served from memory
+    /// (`RECENT_BYTES` at most).
+    recent: RecentPieces<Bytes>,
     finalizing: bool,
     complete: bool,
     have: watch::Sender<Arc<BitVec>>,
@@ -178,6 +187,7 @@ impl Engine {
             spreader: Spreader::new(n, Instant::now())
                 .with_copies_goal(p.exit.until_copies.unwrap_or(0)),
             partial: p.partial,
+            recent: RecentPieces::new(RECENT_BYTES),
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,
             finalizing: false,
@@ -282,9 +292,9 @@ impl Engine {
             Event::PieceDone {
                 key,
                 piece,
-                bytes,
+                data,
                 elapsed,
-            } => self.on_piece(key, piece, bytes, elapsed),
+            } => self.on_piece(key, piece, data, elapsed),
             Event::PieceFailed { key, piece, why } => self.on_piece_failed(key, piece, why),
             Event::WriteFailed { piece, why } => self.on_write_failed(piece, why)?,
             Event::ServeAsk { key, req, reply } => {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
+use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Event};
 use crate::core::{Failure, PeerKey};
 use crate::node::peer::close;
-use crate::node::serve::ServeAnswer;
+use crate::node::serve::{PieceSource, ServeAnswer};
 use crate::node::{NodeError, fetch, hex};
 use crate::storage::{Content, StorageError};
 use crate::wire::{Message, Request, Status as WireStatus};
@@ -25,6 +26,7 @@ impl Engine {
             let Some(p) = self.peers.get(&key) else {
                 continue;
             };
+            tracing::trace!(peer = key, piece, remote = p.remote, "request");
             let cancel = CancellationToken::new();
             self.fetches.insert((key, piece), cancel.clone());
             let job = fetch::Job {
@@ -40,11 +42,16 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_piece(&mut self, key: PeerKey, piece: u32, bytes: u64, elapsed: Duration) {
+    pub(super) fn on_piece(&mut self, key: PeerKey, piece: u32, data: Bytes, elapsed: Duration) {
         self.fetches.remove(&(key, piece));
+        tracing::trace!(peer = key, piece, ?elapsed, "piece done");
         let Some(d) = &mut self.download else { return };
         if d.have()[piece as usize] {
             return; // a duplicate that finished after the winner
+        }
+        let bytes = data.len() as u64;
+        if d.lacked_by_a_peer(piece as usize) {
+            self.recent.insert(piece, data, bytes as usize);
         }
         for c in d.piece_received(key, piece, bytes, elapsed) {
             if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
@@ -147,9 +154,18 @@ impl Engine {
             self.upload_limit.clone(),
             self.wan_limit.clone().filter(|_| remote),
         ];
+        let from = match self.recent.get(i as u32) {
+            Some(data) if data.len() as u64 == len => {
+                self.report.pieces_served_from_memory += 1;
+                PieceSource::Memory(data)
+            }
+            _ => PieceSource::Disk {
+                content: self.content.clone(),
+                offset,
+            },
+        };
         ServeAnswer::Piece {
-            content: self.content.clone(),
-            offset,
+            from,
             len,
             limits: limits.into_iter().flatten().collect(),
         }
