@@ -50,7 +50,15 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(EXIT_INTERNAL);
         }
     };
-    rt.block_on(run(cli))
+    // Everything runs as a task on the worker threads: the engine on the
+    // thread that calls `block_on` would be woken from a worker (a futex
+    // and a context switch) for every event of every connection.
+    rt.block_on(async {
+        tokio::spawn(run(cli)).await.unwrap_or_else(|e| {
+            eprintln!("error: internal: {e}");
+            ExitCode::from(EXIT_INTERNAL)
+        })
+    })
 }
 
 fn init_logging(verbose: u8) {
