@@ -46,13 +46,6 @@ impl<T: Clone> RecentPieces<T> {
             .map(|e| e.1.clone())
     }
 
-    /// Forgets every piece (the copy is complete and in the page cache's
-    /// reach, or memory is wanted back).
-    pub fn clear(&mut self) {
-        self.entries.clear();
-        self.bytes = 0;
-    }
-
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -85,8 +78,7 @@ mod tests {
         r.insert(1, 'a', 4);
         r.insert(2, 'b', 5);
         assert_eq!((r.get(1), r.get(2)), (Some('a'), None));
-        r.clear();
-        assert_eq!((r.get(1), r.bytes()), (None, 0));
+        assert_eq!(r.bytes(), 4);
     }
 
     proptest! {

@@ -192,19 +192,19 @@ impl QuicCounters {
     }
 }
 
-/// This process's peak resident set size in bytes (0 if unknown).
+/// This process's peak resident set size in bytes (0 if unknown): `VmHWM`
+/// of /proc/self/status, the high-water mark of this program's own memory.
+/// Not getrusage's `ru_maxrss`: Linux carries that over `execve`, so a
+/// join started by a big parent (a test harness holding the image) would
+/// report the parent's size.
 pub fn peak_rss_bytes() -> u64 {
-    let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a rusage into the pointer it is given, which
-    // points to memory of that type.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, ru.as_mut_ptr()) } == 0;
-    if !ok {
-        return 0;
-    }
-    // SAFETY: getrusage succeeded, so the struct is initialized (and it
-    // was zeroed before). Linux reports ru_maxrss in KiB.
-    let kib = unsafe { ru.assume_init() }.ru_maxrss;
-    u64::try_from(kib).unwrap_or(0) * 1024
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map_or(0, |kib| kib * 1024)
 }
 
 #[derive(Debug, Error)]
