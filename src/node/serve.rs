@@ -4,9 +4,12 @@
 //! at once follows `core::serve::ServeWindow`; a process serves at most
 //! `SERVE_TOTAL` at once in all, so the buffers being read stay below
 //! `SERVE_TOTAL * SERVE_CHUNK` (16 MiB) however many peers connect, and
-//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). A requester
-//! that stops reading is found out by `stall_timeout` and then holds one
-//! slot at most.
+//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). What quinn
+//! still holds of finished serves (sent, not yet acknowledged) is bounded
+//! only by each connection's send window: with 8 peers on loopback a seed
+//! peaked near 100 MiB (docs/benchmarks.md, "Memory with many peers"). A
+//! requester that stops reading is found out by `stall_timeout` and then
+//! holds one slot at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
