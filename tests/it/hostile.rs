@@ -136,7 +136,11 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_path_buf();
     let src = d.join("image.bin");
-    let (size, piece) = (8u64 << 20, 256u64 << 10);
+    // More pieces than a joiner has in flight, so its first requests go to
+    // distinct pieces, the corrupt peer's among them, and are not endgame
+    // duplicates an honest copy could overtake (with 8 MiB every request
+    // was one, and in some runs no corrupt piece was ever completed).
+    let (size, piece) = (32u64 << 20, 256u64 << 10);
     random_file(&src, size as usize, 11);
     let seed = seed(&d, &src, &["--until-done", "3", "--piece-size", "256KiB"]);
     let t = Ticket::parse(&seed.ticket).unwrap();
@@ -151,7 +155,10 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     ] {
         adversaries.push(adversary::start(mode, &t, size, piece).await);
     }
-    joiners_a_b_c_then_seed_exit(&d, seed).await;
+    // The banned peer comes back under a new id as soon as it is closed;
+    // the joiners stay up a while after they finish so that a ban late in
+    // the download still meets a running host.
+    joiners_a_b_c_then_seed_exit(&d, seed, &["--linger", "5s"]).await;
 
     let mut corrupt = 0;
     for n in ["a", "b", "c"] {
@@ -168,6 +175,20 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
             r["complete_secs"].as_f64().unwrap() < 60.0,
             "{n} took too long"
         );
+    }
+    // the comeback's outcome is recorded asynchronously: wait for it
+    let t = std::time::Instant::now();
+    for a in adversaries.iter().filter(|a| a.mode == Mode::Corrupt) {
+        while t.elapsed() < std::time::Duration::from_secs(10) {
+            let tried = {
+                let seen = a.seen.lock().unwrap();
+                seen.comebacks_refused + seen.comebacks_not_refused > 0
+            };
+            if tried {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     for a in &adversaries {
         let seen = a.seen.lock().unwrap();
@@ -283,7 +304,7 @@ async fn clients_that_never_read_do_not_starve_the_seed() {
     }
     // and takes what more it can get
     tokio::time::sleep(Duration::from_secs(3)).await;
-    joiners_a_b_c_then_seed_exit(&d, seed).await;
+    joiners_a_b_c_then_seed_exit(&d, seed, &[]).await;
 
     for n in ["a", "b", "c"] {
         assert_same(&src, &d.join(n).join("image.bin"));
@@ -327,12 +348,16 @@ async fn clients_that_never_read_do_not_starve_the_seed() {
 
 /// Runs joiners "a", "b" and "c" of `seed` in `dir` to a clean exit, then
 /// waits for the seed's (it runs with `--until-done 3`).
-async fn joiners_a_b_c_then_seed_exit(dir: &std::path::Path, seed: Seed) {
+async fn joiners_a_b_c_then_seed_exit(
+    dir: &std::path::Path,
+    seed: Seed,
+    join_args: &'static [&'static str],
+) {
     let d = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut joiners: Vec<Proc> = ["a", "b", "c"]
             .iter()
-            .map(|n| join(&d, &seed, n, &[]))
+            .map(|n| join(&d, &seed, n, join_args))
             .collect();
         for j in &mut joiners {
             j.wait_ok(LIMIT);

@@ -130,8 +130,11 @@ pub fn join(dir: &Path, seed: &Seed, name: &str, extra: &[&str]) -> Proc {
     cmd.arg("join")
         .arg(format!("@{}", seed.ticket_file.display()))
         .arg(&dest);
-    cmd.args(["--listen", "127.0.0.1:0", "--linger", "1s", "--report"]);
+    cmd.args(["--listen", "127.0.0.1:0", "--report"]);
     cmd.arg(dir.join(format!("{name}.json"))).args(extra);
+    if !extra.contains(&"--linger") {
+        cmd.args(["--linger", "1s"]);
+    }
     Proc::spawn(cmd, name, dir)
 }
 
