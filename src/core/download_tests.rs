@@ -104,6 +104,8 @@ fn endgame_duplicates_then_cancels_losers() {
     );
     assert!(reqs.iter().all(|r| r.1 == 2));
     d.check_invariants();
+    // a peer with a request in flight takes no duplicate
+    assert!(d.poll_requests(t0()).is_empty());
     let winner = reqs[0].0;
     let cancels = d.piece_received(winner, 2, 100, Duration::from_millis(10));
     assert_eq!(
@@ -600,20 +602,30 @@ fn a_piece_stuck_at_silent_peers_is_duplicated_to_a_proven_one() {
         d.peer_bitfield(k, &full(3)).unwrap();
     }
     let first = d.poll_requests(now);
-    assert_eq!(first.len(), 3 + 3, "every piece at both: {first:?}");
-    // peer 3 arrives, holding pieces 0 and 1, and delivers both
+    assert_eq!(
+        first.len(),
+        3 + 1,
+        "every piece at one, one duplicate at the other: {first:?}"
+    );
+    // peer 3 arrives, holding pieces 0 and 1, and delivers both, one at a
+    // time: in the endgame a peer duplicates only with nothing in flight
     d.add_peer(3);
     d.peer_bitfield(3, &bitvec![1, 1, 0]).unwrap();
-    let from3 = d.poll_requests(now);
-    assert_eq!(from3.len(), 2, "{from3:?}");
-    for (_, i) in from3 {
-        d.piece_received(3, i, 1 << 20, Duration::from_millis(5));
+    // the silent peers' requests are long overdue
+    let later = now + Duration::from_secs(1);
+    for _ in 0..2 {
+        let reqs = d.poll_requests(later);
+        let from3: Vec<u32> = reqs.iter().filter(|r| r.0 == 3).map(|r| r.1).collect();
+        assert_eq!(from3.len(), 1, "{reqs:?}");
+        d.piece_received(3, from3[0], 1 << 20, Duration::from_millis(5));
     }
+    assert!(d.have()[0] && d.have()[1]);
     d.check_invariants();
-    // piece 2 is requested twice already, but from peers that never
+    // piece 2 is requested already, but only from peers that never
     // delivered: peer 3, proven, may still take it once it has it
     d.peer_have(3, 2).unwrap();
-    assert_eq!(d.poll_requests(now), vec![(3, 2)]);
+    let reqs = d.poll_requests(later);
+    assert!(reqs.contains(&(3, 2)), "{reqs:?}");
     d.check_invariants();
 }
 
@@ -645,9 +657,35 @@ fn many_silent_peers_do_not_keep_a_proven_one_from_the_last_piece() {
     d.piece_received(13, 0, 1 << 20, Duration::from_millis(5));
     d.peer_have(13, 1).unwrap();
     assert_eq!(
-        d.poll_requests(now),
+        d.poll_requests(now + Duration::from_secs(1)),
         vec![(13, 1)],
-        "the proven peer gets it"
+        "the proven peer gets it once the silent ones are late"
     );
+    d.check_invariants();
+}
+
+#[test]
+fn the_endgame_duplicates_only_a_late_piece() {
+    let now = t0();
+    let mut d = Download::new(bitvec![0; 3], cfg(), 5);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(3)).unwrap();
+    assert_eq!(d.poll_requests(now).len(), 3);
+    // a piece takes 100 ms: pieces 1 and 2 will be late 150 ms after asked
+    let first = d.piece_received(1, 0, 1 << 20, Duration::from_millis(100));
+    assert!(first.is_empty());
+    d.add_peer(2);
+    d.peer_bitfield(2, &full(3)).unwrap();
+    let asked = now;
+    let soon = asked + Duration::from_millis(100);
+    assert!(
+        d.poll_requests(soon).is_empty(),
+        "pieces in flight for 100 ms are on time"
+    );
+    let wake = d.poll_timeout(soon).expect("a deadline to wake for");
+    assert_eq!(wake, asked + Duration::from_millis(150));
+    let reqs = d.poll_requests(wake);
+    assert_eq!(reqs.len(), 1, "one duplicate for the idle peer: {reqs:?}");
+    assert_eq!(reqs[0].0, 2);
     d.check_invariants();
 }

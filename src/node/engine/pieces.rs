@@ -55,6 +55,7 @@ impl Engine {
         }
         for c in d.piece_received(key, piece, bytes, elapsed) {
             if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
+                tracing::trace!(peer = c.peer, piece = c.piece, "cancel");
                 t.cancel();
             }
         }
@@ -69,6 +70,7 @@ impl Engine {
     }
 
     pub(super) fn on_piece_failed(&mut self, key: PeerKey, piece: u32, why: Failure) {
+        tracing::trace!(peer = key, piece, ?why, "request failed");
         self.fetches.remove(&(key, piece));
         if why == Failure::Corrupt {
             self.report.pieces_corrupt += 1;
