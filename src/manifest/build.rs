@@ -104,7 +104,19 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
             max: codec::MAX_PIECES as u64,
         });
     }
-    let content = Content::open(root.to_path_buf(), &m.files(), false).map_err(io_err(root))?;
+    let files = m.files();
+    if let [f] = files.as_slice()
+        && f.size > 0
+    {
+        let path = if f.path.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&f.path)
+        };
+        m.hashes = hash_mapped(&path, &m, n as usize, f.size)?;
+        return Ok(m);
+    }
+    let content = Content::open(root.to_path_buf(), &files, false).map_err(io_err(root))?;
     m.hashes = (0..n as usize)
         .into_par_iter()
         .map_init(Vec::new, |buf, i| {
@@ -115,6 +127,42 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
         })
         .collect::<Result<_, BuildError>>()?;
     Ok(m)
+}
+
+/// Hashes the pieces of a single file from a read-only mapping, as b3sum
+/// does. Reading through `pread` copied every byte out of the page cache
+/// first, and with AVX-512 blake3 that copy was 38% of the build's time
+/// (`perf record`, 1 GiB cached): 6.1-6.7 GB/s against b3sum's 8.7-9.5.
+/// A file truncated meanwhile, or unreadable, raises SIGBUS: `sigbus::Guard`
+/// turns that into a message naming the file and a non-zero exit.
+fn hash_mapped(
+    path: &Path,
+    m: &Manifest,
+    pieces: usize,
+    size: u64,
+) -> Result<Vec<[u8; 32]>, BuildError> {
+    let file = fs::File::open(path).map_err(io_err(path))?;
+    // SAFETY: the mapping is read-only and private to this function; a
+    // concurrent change of the file is the SIGBUS case handled above.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    if (map.len() as u64) < size {
+        return Err(BuildError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the file shrank while the manifest was built",
+            ),
+        });
+    }
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let _guard = super::sigbus::Guard::new(path);
+    Ok((0..pieces)
+        .into_par_iter()
+        .map(|i| {
+            let (offset, len) = m.piece_range(i);
+            *blake3::hash(&map[offset as usize..(offset + len) as usize]).as_bytes()
+        })
+        .collect())
 }
 
 /// Appends the entries under `dir` (relative prefix `rel`) in component order.

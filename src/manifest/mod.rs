@@ -9,6 +9,7 @@
 mod build;
 mod codec;
 pub mod path;
+mod sigbus;
 
 pub use build::{BuildError, build, default_piece_size};
 pub use codec::{MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PIECES};
