@@ -41,8 +41,8 @@ use super::source::Source;
 /// yet, at most (they never keep a proven peer from a duplicate).
 const ENDGAME_MAX_UNPROVEN: u8 = 8;
 
-/// In the endgame a piece is duplicated only once its first request has
-/// been in flight this many times as long as a piece typically takes.
+/// In the endgame a piece is duplicated only once its oldest request in
+/// flight has taken this many times as long as a piece typically takes.
 const LATE_FACTOR: f64 = 1.5;
 
 /// The node's handle for a connected peer.
@@ -142,6 +142,8 @@ struct Peer {
     bits: BitVec,
     has_bitfield: bool,
     requested: Vec<u32>,
+    /// When each of `requested` was asked for (same order).
+    requested_at: Vec<Instant>,
     /// Its rate, request window and backoffs.
     src: Source,
 }
@@ -217,7 +219,7 @@ pub struct Download {
     /// The same, counting only proven peers' requests (the endgame cap).
     proven_inflight: Vec<u8>,
     inflight_total: usize,
-    /// When each piece in flight was first asked for.
+    /// When each piece in flight was asked for by its oldest request.
     asked_at: Vec<Option<Instant>>,
     /// How long a request typically takes to deliver (moving average).
     typical: Option<Duration>,
@@ -283,6 +285,7 @@ impl Download {
             bits: bitvec![0; n],
             has_bitfield: false,
             requested: Vec::new(),
+            requested_at: Vec::new(),
             src: Source::new(self.cfg.initial_window),
         });
     }
@@ -323,9 +326,7 @@ impl Download {
             }
             for i in p.requested {
                 self.inflight[i as usize] -= 1;
-                if self.inflight[i as usize] == 0 {
-                    self.asked_at[i as usize] = None;
-                }
+                self.update_asked_at(i as usize);
                 self.inflight_total -= 1;
                 if p.src.is_proven() {
                     self.proven_inflight[i as usize] -= 1;
@@ -409,15 +410,30 @@ impl Download {
             return false;
         };
         p.requested.swap_remove(pos);
-        self.inflight[i as usize] -= 1;
-        if self.inflight[i as usize] == 0 {
-            self.asked_at[i as usize] = None;
-        }
-        self.inflight_total -= 1;
+        p.requested_at.swap_remove(pos);
         if p.src.is_proven() {
             self.proven_inflight[i as usize] -= 1;
         }
+        self.inflight[i as usize] -= 1;
+        self.inflight_total -= 1;
+        self.update_asked_at(i as usize);
         true
+    }
+
+    /// After a request of `i` ended: the oldest of its requests left, if
+    /// any (a fresh duplicate that outlives the first request is not late
+    /// at once). Scans the requests in flight, a few dozen at most.
+    fn update_asked_at(&mut self, i: usize) {
+        self.asked_at[i] = if self.inflight[i] == 0 {
+            None
+        } else {
+            self.peers
+                .values()
+                .flat_map(|p| p.requested.iter().zip(&p.requested_at))
+                .filter(|(r, _)| **r as usize == i)
+                .map(|(_, t)| *t)
+                .min()
+        };
     }
 
     /// A piece arrived from `peer` and verified, taking `elapsed`. Returns
@@ -429,11 +445,15 @@ impl Download {
         bytes: u64,
         elapsed: Duration,
     ) -> Vec<Cancel> {
-        self.finish_request(peer, i);
-        self.typical = Some(match self.typical {
-            None => elapsed,
-            Some(t) => (t * 7 + elapsed) / 8,
-        });
+        let tracked = self.finish_request(peer, i);
+        // the typical time of this group's sources (a bridge's WAN pieces
+        // take longer and are never duplicated)
+        if tracked && self.peers.get(&peer).is_some_and(|p| !p.remote) {
+            self.typical = Some(match self.typical {
+                None => elapsed,
+                Some(t) => (t * 7 + elapsed) / 8,
+            });
+        }
         if let Some(p) = self.peers.get_mut(&peer) {
             let slots = max_slots(&self.cfg, p);
             if p.src.delivered(bytes, elapsed, slots) {
@@ -486,7 +506,7 @@ impl Download {
         }
     }
 
-    /// When piece `i`, in flight, may be duplicated: once its first
+    /// When piece `i`, in flight, may be duplicated: once its oldest
     /// request has taken `LATE_FACTOR` times the typical time. Before any
     /// piece arrived there is no typical time, and anything may be.
     fn late_at(&self, i: usize) -> Option<Instant> {
@@ -549,6 +569,7 @@ impl Download {
                 let Some(i) = self.pick(key, now) else { break };
                 let p = self.peers.get_mut(&key).expect("peer in order");
                 p.requested.push(i as u32);
+                p.requested_at.push(now);
                 if self.inflight[i] == 0 {
                     self.asked_at[i] = Some(now);
                 }
@@ -663,9 +684,18 @@ impl Download {
         assert_eq!(avail, self.availability);
         assert_eq!(remote_avail, self.remote_availability);
         assert_eq!(infl, self.inflight);
-        for (i, n) in infl.iter().enumerate() {
-            assert_eq!(*n > 0, self.asked_at[i].is_some(), "asked_at of piece {i}");
+        let mut oldest: Vec<Option<Instant>> = vec![None; n];
+        for p in self.peers.values() {
+            assert_eq!(p.requested.len(), p.requested_at.len());
+            for (&i, &t) in p.requested.iter().zip(&p.requested_at) {
+                let o = &mut oldest[i as usize];
+                *o = Some(o.map_or(t, |o| o.min(t)));
+            }
         }
+        assert_eq!(
+            oldest, self.asked_at,
+            "asked_at: the oldest request of each piece"
+        );
         assert_eq!(proven_infl, self.proven_inflight);
         assert_eq!(total, self.inflight_total);
         assert!(total <= self.cfg.total);

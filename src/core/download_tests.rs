@@ -689,3 +689,28 @@ fn the_endgame_duplicates_only_a_late_piece() {
     assert_eq!(reqs[0].0, 2);
     d.check_invariants();
 }
+
+#[test]
+fn a_duplicate_that_outlives_the_first_request_is_not_late_at_once() {
+    let t = t0();
+    let ms = Duration::from_millis;
+    let mut d = Download::new(bitvec![0; 2], cfg(), 7);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(2)).unwrap();
+    assert_eq!(d.poll_requests(t).len(), 2);
+    // piece 0 takes 100 ms: piece 1, asked at t, is late from t + 150 ms
+    d.piece_received(1, 0, 1 << 20, ms(100));
+    d.add_peer(2);
+    d.peer_bitfield(2, &full(2)).unwrap();
+    assert_eq!(d.poll_requests(t + ms(200)), vec![(2, 1)]);
+    // the first request fails; the duplicate, asked at t + 200 ms, is what
+    // is left, and it is late only from t + 350 ms
+    d.piece_failed(1, 1, Failure::Failed, t + ms(210));
+    d.check_invariants();
+    d.add_peer(3);
+    d.peer_bitfield(3, &full(2)).unwrap();
+    assert!(d.poll_requests(t + ms(250)).is_empty());
+    assert_eq!(d.poll_timeout(t + ms(250)), Some(t + ms(350)));
+    assert_eq!(d.poll_requests(t + ms(350)), vec![(3, 1)]);
+    d.check_invariants();
+}

@@ -113,8 +113,10 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
         } else {
             root.join(&f.path)
         };
-        m.hashes = hash_mapped(&path, &m, n as usize, f.size)?;
-        return Ok(m);
+        if let Some(hashes) = hash_mapped(&path, &m, n as usize, f.size)? {
+            m.hashes = hashes;
+            return Ok(m);
+        }
     }
     let content = Content::open(root.to_path_buf(), &files, false).map_err(io_err(root))?;
     m.hashes = (0..n as usize)
@@ -134,17 +136,21 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
 /// first, and with AVX-512 blake3 that copy was 38% of the build's time
 /// (`perf record`, 1 GiB cached): 6.1-6.7 GB/s against b3sum's 8.7-9.5.
 /// A file truncated meanwhile, or unreadable, raises SIGBUS: `sigbus::Guard`
-/// turns that into a message naming the file and a non-zero exit.
+/// turns that into a message naming the file and a non-zero exit. `None`
+/// when the file cannot be mapped.
 fn hash_mapped(
     path: &Path,
     m: &Manifest,
     pieces: usize,
     size: u64,
-) -> Result<Vec<[u8; 32]>, BuildError> {
+) -> Result<Option<Vec<[u8; 32]>>, BuildError> {
     let file = fs::File::open(path).map_err(io_err(path))?;
-    // SAFETY: the mapping is read-only and private to this function; a
-    // concurrent change of the file is the SIGBUS case handled above.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err(path))?;
+    // SAFETY: a read-only shared mapping, only read from here while the
+    // guard below is armed: a file truncated meanwhile is its SIGBUS case.
+    let Ok(map) = (unsafe { memmap2::Mmap::map(&file) }) else {
+        // a file system that cannot map files: read it instead
+        return Ok(None);
+    };
     if (map.len() as u64) < size {
         return Err(BuildError::Io {
             path: path.to_path_buf(),
@@ -156,13 +162,15 @@ fn hash_mapped(
     }
     let _ = map.advise(memmap2::Advice::Sequential);
     let _guard = super::sigbus::Guard::new(path);
-    Ok((0..pieces)
-        .into_par_iter()
-        .map(|i| {
-            let (offset, len) = m.piece_range(i);
-            *blake3::hash(&map[offset as usize..(offset + len) as usize]).as_bytes()
-        })
-        .collect())
+    Ok(Some(
+        (0..pieces)
+            .into_par_iter()
+            .map(|i| {
+                let (offset, len) = m.piece_range(i);
+                *blake3::hash(&map[offset as usize..(offset + len) as usize]).as_bytes()
+            })
+            .collect(),
+    ))
 }
 
 /// Appends the entries under `dir` (relative prefix `rel`) in component order.

@@ -5,28 +5,30 @@
 //! `Guard` lives, SIGBUS writes what happened and exits with
 //! `EXIT_SIGBUS`. Only async-signal-safe calls run in the handler
 //! (`write`, `_exit`), and the message is prepared before the guard arms.
+//! The handler does not check the faulting address: on Linux/x86-64 a
+//! SIGBUS while hashing comes from a mapping; elsewhere std's overflow
+//! handling uses SIGSEGV.
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicPtr, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 /// Exit status after SIGBUS under a guard (the CLI's I/O error status).
 pub const EXIT_SIGBUS: i32 = 5;
 
-static MSG: AtomicPtr<u8> = AtomicPtr::new(std::ptr::null_mut());
-static MSG_LEN: AtomicUsize = AtomicUsize::new(0);
+/// The message, leaked: pointer and length are published together.
+static MSG: AtomicPtr<Vec<u8>> = AtomicPtr::new(std::ptr::null_mut());
 
 /// Live guards, and the handler that was in place before the first.
 static ARMED: Mutex<(usize, Option<libc::sigaction>)> = Mutex::new((0, None));
 
 extern "C" fn on_sigbus(_: libc::c_int) {
-    let p = MSG.load(Ordering::Acquire);
-    let n = MSG_LEN.load(Ordering::Acquire);
-    // SAFETY: `p` is null or a leaked message of `n` bytes that is never
-    // freed; write(2) and _exit(2) are async-signal-safe.
+    let msg = MSG.load(Ordering::Acquire);
+    // SAFETY: `msg` is null or a leaked, never freed or changed message;
+    // reading it, write(2) and _exit(2) are async-signal-safe.
     unsafe {
-        if !p.is_null() {
-            libc::write(2, p as *const libc::c_void, n);
+        if let Some(m) = msg.as_ref() {
+            libc::write(2, m.as_ptr() as *const libc::c_void, m.len());
         }
         libc::_exit(EXIT_SIGBUS);
     }
@@ -45,16 +47,18 @@ impl Guard {
         );
         // leaked on purpose: the handler may read it at any time, and a
         // few bytes per hashed file do not add up
-        let msg: &'static mut [u8] = Box::leak(msg.into_bytes().into_boxed_slice());
+        let msg: &'static mut Vec<u8> = Box::leak(Box::new(msg.into_bytes()));
         let mut armed = ARMED.lock().unwrap_or_else(|e| e.into_inner());
-        MSG_LEN.store(msg.len(), Ordering::Release);
-        MSG.store(msg.as_mut_ptr(), Ordering::Release);
+        MSG.store(msg, Ordering::Release);
         if armed.0 == 0 {
             // SAFETY: a zeroed sigaction with a plain handler and an empty
             // mask is valid; the old action is saved for `drop`.
             unsafe {
                 let mut act: libc::sigaction = std::mem::zeroed();
                 act.sa_sigaction = on_sigbus as *const () as libc::sighandler_t;
+                // on the alternate stack if the thread has one (as std's
+                // stack-overflow handler does)
+                act.sa_flags = libc::SA_ONSTACK;
                 libc::sigemptyset(&mut act.sa_mask);
                 let mut old: libc::sigaction = std::mem::zeroed();
                 if libc::sigaction(libc::SIGBUS, &act, &mut old) == 0 {
