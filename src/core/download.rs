@@ -21,7 +21,7 @@
 //! measured throughput and each fills its slots before the next, so fast
 //! sources get the slots. When every missing piece is already requested
 //! (endgame), a peer with nothing in flight duplicates one request of a
-//! piece that is late (see `LATE_FACTOR`), at most `endgame_dup` per piece,
+//! piece that is late (see `late`), at most `endgame_dup` per piece,
 //! counting only requests to peers that have delivered a piece: a peer
 //! that never answers cannot use up a piece's duplicates. The first copy
 //! to arrive wins and `piece_received` returns the others to cancel.
@@ -35,15 +35,12 @@ use rand::{Rng, SeedableRng};
 use thiserror::Error;
 
 use super::group::BridgeShare;
+use super::late::Lateness;
 use super::source::Source;
 
 /// In the endgame, requests of one piece to peers that have not delivered
 /// yet, at most (they never keep a proven peer from a duplicate).
 const ENDGAME_MAX_UNPROVEN: u8 = 8;
-
-/// In the endgame a piece is duplicated only once its oldest request in
-/// flight has taken this many times as long as a piece typically takes.
-const LATE_FACTOR: f64 = 1.5;
 
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
@@ -219,10 +216,8 @@ pub struct Download {
     /// The same, counting only proven peers' requests (the endgame cap).
     proven_inflight: Vec<u8>,
     inflight_total: usize,
-    /// When each piece in flight was asked for by its oldest request.
-    asked_at: Vec<Option<Instant>>,
-    /// How long a request typically takes to deliver (moving average).
-    typical: Option<Duration>,
+    /// When each piece in flight turns late (endgame duplicates).
+    late: Lateness,
     peers: HashMap<PeerKey, Peer>,
     /// Set while this host is one of its group's bridges.
     bridge: Option<BridgeShare>,
@@ -241,8 +236,7 @@ impl Download {
             inflight: vec![0; n],
             proven_inflight: vec![0; n],
             inflight_total: 0,
-            asked_at: vec![None; n],
-            typical: None,
+            late: Lateness::new(n),
             peers: HashMap::new(),
             bridge: None,
             rng: SmallRng::seed_from_u64(seed),
@@ -424,7 +418,7 @@ impl Download {
     /// any (a fresh duplicate that outlives the first request is not late
     /// at once). Scans the requests in flight, a few dozen at most.
     fn update_asked_at(&mut self, i: usize) {
-        self.asked_at[i] = if self.inflight[i] == 0 {
+        let oldest = if self.inflight[i] == 0 {
             None
         } else {
             self.peers
@@ -434,6 +428,7 @@ impl Download {
                 .map(|(_, t)| *t)
                 .min()
         };
+        self.late.set_oldest(i, oldest);
     }
 
     /// A piece arrived from `peer` and verified, taking `elapsed`. Returns
@@ -449,10 +444,7 @@ impl Download {
         // the typical time of this group's sources (a bridge's WAN pieces
         // take longer and are never duplicated)
         if tracked && self.peers.get(&peer).is_some_and(|p| !p.remote) {
-            self.typical = Some(match self.typical {
-                None => elapsed,
-                Some(t) => (t * 7 + elapsed) / 8,
-            });
+            self.late.delivered(elapsed);
         }
         if let Some(p) = self.peers.get_mut(&peer) {
             let slots = max_slots(&self.cfg, p);
@@ -506,18 +498,6 @@ impl Download {
         }
     }
 
-    /// When piece `i`, in flight, may be duplicated: once its oldest
-    /// request has taken `LATE_FACTOR` times the typical time. Before any
-    /// piece arrived there is no typical time, and anything may be.
-    fn late_at(&self, i: usize) -> Option<Instant> {
-        let typical = self.typical?;
-        Some(self.asked_at[i]? + typical.mul_f64(LATE_FACTOR))
-    }
-
-    fn is_late(&self, i: usize, now: Instant) -> bool {
-        self.late_at(i).is_none_or(|t| t <= now)
-    }
-
     /// The earliest backoff or endgame deadline (`late_at`) still pending
     /// after `now`, for the caller's timer (expired ones are not reported,
     /// or a finished download, which no longer purges them, would wake its
@@ -530,7 +510,7 @@ impl Download {
             .peers
             .values()
             .flat_map(|p| &p.requested)
-            .filter_map(|&i| self.late_at(i as usize));
+            .filter_map(|&i| self.late.late_at(i as usize));
         self.peers
             .values()
             .flat_map(|p| p.src.wake_times().copied())
@@ -570,9 +550,7 @@ impl Download {
                 let p = self.peers.get_mut(&key).expect("peer in order");
                 p.requested.push(i as u32);
                 p.requested_at.push(now);
-                if self.inflight[i] == 0 {
-                    self.asked_at[i] = Some(now);
-                }
+                self.late.asked(i, now);
                 self.inflight[i] += 1;
                 if p.src.is_proven() {
                     self.proven_inflight[i] += 1;
@@ -622,7 +600,7 @@ impl Download {
         }
         let mut best_inflight = u8::MAX;
         for i in missing(&p.bits, &self.have) {
-            if avoided(i) || !self.is_late(i, now) {
+            if avoided(i) || !self.late.is_late(i, now) {
                 continue;
             }
             let n = self.proven_inflight[i];
@@ -693,7 +671,8 @@ impl Download {
             }
         }
         assert_eq!(
-            oldest, self.asked_at,
+            oldest,
+            self.late.asked_at(),
             "asked_at: the oldest request of each piece"
         );
         assert_eq!(proven_infl, self.proven_inflight);

@@ -8,7 +8,8 @@
 //! * `Download`: a joiner's view of its peers and its missing pieces;
 //!   rarest-first with random first pieces, throughput-ordered sources,
 //!   endgame duplicates with cancellation; `source` is how much it asks of
-//!   each peer (rate, slow-start window, backoff).
+//!   each peer (rate, slow-start window, backoff); `late` is when a piece
+//!   in flight is late enough to duplicate.
 //! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
 //!   once before serving any piece twice.
 //! * `serve`: how many of one connection's requests a host serves at once
@@ -20,6 +21,7 @@
 
 mod download;
 pub mod group;
+mod late;
 mod recent;
 pub mod serve;
 mod source;
