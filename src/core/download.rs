@@ -685,3 +685,7 @@ impl Download {
 #[cfg(test)]
 #[path = "download_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "download_group_tests.rs"]
+mod group_tests;

@@ -1,0 +1,230 @@
+//! Tests of `Download` across datacenter groups: only bridges ask other
+//! groups, for their share of what their group lacks (group-rarest).
+
+use super::tests::{cfg, full, t0};
+use super::*;
+use crate::core::group::BridgeShare;
+use proptest::prelude::*;
+
+fn share(rank: usize, of: usize) -> Option<BridgeShare> {
+    Some(BridgeShare { rank, of })
+}
+
+#[test]
+fn a_host_that_is_not_a_bridge_never_asks_another_group() {
+    let mut d = Download::new(bitvec![0; 8], cfg(), 1);
+    d.add_remote_peer(1);
+    d.peer_bitfield(1, &full(8)).unwrap();
+    assert!(d.poll_requests(t0()).is_empty());
+    d.add_peer(2);
+    d.peer_bitfield(2, &bitvec![1, 1, 0, 0, 0, 0, 0, 0])
+        .unwrap();
+    let reqs = d.poll_requests(t0());
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|r| r.0 == 2),
+        "{reqs:?}"
+    );
+    d.check_invariants();
+}
+
+#[test]
+fn a_bridge_pulls_across_groups_only_what_its_group_lacks() {
+    let c = DownloadConfig {
+        per_peer: 8,
+        per_remote_peer: 8,
+        total: 16,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 8], c, 3);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(1, &full(8)).unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(2, &bitvec![1, 1, 1, 0, 0, 0, 0, 0])
+        .unwrap();
+    let reqs = d.poll_requests(t0());
+    d.check_invariants();
+    let remote: Vec<u32> = reqs.iter().filter(|r| r.0 == 1).map(|r| r.1).collect();
+    let local: Vec<u32> = reqs.iter().filter(|r| r.0 == 2).map(|r| r.1).collect();
+    assert!(remote.iter().all(|&i| i >= 3), "{reqs:?}");
+    assert_eq!(remote.len(), 5, "{reqs:?}");
+    assert_eq!(local.len(), 3, "{reqs:?}");
+    // everything requested once; no duplicate crosses the WAN in the endgame
+    assert!(d.poll_requests(t0()).is_empty());
+}
+
+#[test]
+fn bridges_split_the_cross_group_pieces() {
+    let mut wanted = Vec::new();
+    for rank in 0..2 {
+        let c = DownloadConfig {
+            per_peer: 8,
+            per_remote_peer: 8,
+            total: 16,
+            ..cfg()
+        };
+        let mut d = Download::new(bitvec![0; 8], c, rank as u64);
+        d.set_bridge(share(rank, 2));
+        d.add_remote_peer(1);
+        d.peer_bitfield(1, &full(8)).unwrap();
+        let mut got: Vec<u32> = d.poll_requests(t0()).iter().map(|r| r.1).collect();
+        got.sort();
+        wanted.push(got);
+    }
+    assert_eq!(wanted, vec![vec![0, 2, 4, 6], vec![1, 3, 5, 7]]);
+}
+
+#[test]
+fn losing_the_bridge_role_lets_cross_group_requests_finish_and_makes_no_more() {
+    let mut d = Download::new(bitvec![0; 8], cfg(), 4);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(1, &bitvec![0, 0, 0, 0, 1, 1, 1, 1])
+        .unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(2, &bitvec![1, 1, 1, 1, 0, 0, 0, 0])
+        .unwrap();
+    let reqs = d.poll_requests(t0());
+    let remote: Vec<(u64, u32)> = reqs.iter().filter(|r| r.0 == 1).copied().collect();
+    assert_eq!(remote.len(), 3, "{reqs:?}");
+    d.set_bridge(None);
+    d.check_invariants();
+    // the WAN bytes already on their way still count
+    assert_eq!(d.inflight_total(), reqs.len());
+    let (peer, piece) = remote[0];
+    assert!(
+        d.piece_received(peer, piece, 10, Duration::from_millis(1))
+            .is_empty()
+    );
+    // but the remote peer's last piece is not asked for
+    let later = d.poll_requests(t0());
+    assert!(later.iter().all(|r| r.0 == 2), "{later:?}");
+    d.check_invariants();
+}
+
+#[test]
+fn a_piece_announced_in_the_group_is_no_longer_pulled_across() {
+    let c = DownloadConfig {
+        per_peer: 1,
+        total: 1,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 2], c, 9);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(1, &full(2)).unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(2, &bitvec![0, 0]).unwrap();
+    let first = d.poll_requests(t0());
+    assert_eq!(first.len(), 1);
+    let other = 1 - first[0].1 as usize;
+    // a group member got the other piece meanwhile (another bridge)
+    d.peer_have(2, other).unwrap();
+    d.piece_received(1, first[0].1, 10, Duration::from_millis(1));
+    assert_eq!(d.poll_requests(t0()), vec![(2, other as u32)]);
+    d.check_invariants();
+}
+
+proptest! {
+    /// Whatever happens, a request to another group is only made by a
+    /// bridge, for a piece of its share that no local peer holds and that
+    /// is not in flight; and a bridge with a complete remote peer finishes.
+    #[test]
+    fn cross_group_requests_follow_the_group_rules(
+        seed in any::<u64>(),
+        ops in proptest::collection::vec((0u8..7, 0u64..6, 0u32..16), 0..200),
+    ) {
+        let n = 16;
+        let mut d = Download::new(bitvec![0; n], DownloadConfig::default(), seed);
+        let now = t0();
+        d.add_remote_peer(100);
+        d.peer_bitfield(100, &full(n)).unwrap();
+        let mut outstanding: Vec<(PeerKey, u32)> = Vec::new();
+        for (op, peer, piece) in ops {
+            match op {
+                0 => {
+                    if peer % 2 == 0 { d.add_peer(peer) } else { d.add_remote_peer(peer) }
+                    let _ = d.peer_have(peer, piece as usize);
+                }
+                1 => { d.remove_peer(peer); outstanding.retain(|r| r.0 != peer); }
+                2 => {
+                    let before_avail = d.availability.clone();
+                    let before_inflight = d.inflight.clone();
+                    let reqs = d.poll_requests(now);
+                    for &(k, i) in &reqs {
+                        if d.peer_is_remote(k) {
+                            let s = d.bridge();
+                            prop_assert!(s.is_some_and(|s| s.takes(i as usize)), "{reqs:?}");
+                            prop_assert_eq!(before_avail[i as usize], 0);
+                            prop_assert_eq!(before_inflight[i as usize], 0);
+                            prop_assert_eq!(reqs.iter().filter(|r| r.1 == i).count(), 1);
+                        }
+                    }
+                    outstanding.extend(reqs);
+                }
+                3 => if let Some(r) = outstanding.pop() {
+                    for c in d.piece_received(r.0, r.1, 10, Duration::from_millis(1)) {
+                        outstanding.retain(|o| *o != (c.peer, c.piece));
+                    }
+                },
+                4 => if let Some(r) = outstanding.pop() {
+                    let why = if r.0 == 100 { Failure::Failed } else { Failure::Missing };
+                    d.piece_failed(r.0, r.1, why, now)
+                },
+                5 => {
+                    let new = match piece % 3 { 0 => None, 1 => share(0, 1), _ => share(peer as usize % 2, 2) };
+                    d.set_bridge(new);
+                }
+                _ => if let Some(r) = outstanding.pop() { d.piece_failed(r.0, r.1, Failure::Failed, now) },
+            }
+            d.check_invariants();
+        }
+        for r in outstanding.drain(..) { d.piece_failed(r.0, r.1, Failure::Failed, now); }
+        for k in 0..6 { d.remove_peer(k); }
+        d.set_bridge(share(0, 1));
+        let mut t = now;
+        for _ in 0..1000 {
+            if d.is_complete() { break; }
+            t += Duration::from_secs(1);
+            for (k, i) in d.poll_requests(t) {
+                d.piece_received(k, i, 10, Duration::from_millis(1));
+            }
+            d.check_invariants();
+        }
+        prop_assert!(d.is_complete());
+    }
+}
+
+#[test]
+fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
+    let c = DownloadConfig {
+        per_peer: 8,
+        per_remote_peer: 2,
+        total: 32,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; 20], c, 6);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1);
+    d.peer_bitfield(
+        1,
+        &bitvec![1; 10]
+            .into_iter()
+            .chain([false; 10])
+            .collect::<BitVec>(),
+    )
+    .unwrap();
+    d.add_peer(2);
+    d.peer_bitfield(
+        2,
+        &bitvec![0; 10]
+            .into_iter()
+            .chain([true; 10])
+            .collect::<BitVec>(),
+    )
+    .unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.iter().filter(|r| r.0 == 1).count(), 2, "{reqs:?}");
+    assert_eq!(reqs.iter().filter(|r| r.0 == 2).count(), 8, "{reqs:?}");
+    d.check_invariants();
+}
