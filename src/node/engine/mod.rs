@@ -138,6 +138,10 @@ pub struct Engine {
     /// Whether a peer has told this host who is in the swarm (a Peers
     /// message, sent by every host right after its bitfield).
     heard_peers: bool,
+    /// The manifest id, which salts the bridge ranking (`core::group`).
+    bridge_salt: [u8; 32],
+    /// When the bridge election last ran.
+    elected_at: Option<Instant>,
     alone_since: Option<Instant>,
     /// When the last piece arrived (or the run started).
     last_progress: Instant,
@@ -180,6 +184,7 @@ impl Engine {
             )
         });
         let (have, _) = watch::channel(Arc::new(p.have));
+        let bridge_salt = p.manifest.id().0;
         Engine {
             id: p.id,
             content: Arc::new(p.content),
@@ -208,6 +213,8 @@ impl Engine {
             started: p.started,
             recently_gone: HashMap::new(),
             heard_peers: false,
+            bridge_salt,
+            elected_at: None,
             alone_since: None,
             last_progress: p.started,
             all_done_since: None,
@@ -340,7 +347,7 @@ impl Engine {
         } else {
             self.alone_since = None;
         }
-        self.elect();
+        self.elect_if_due(now);
         // connected, but nobody has what we miss (e.g. the seed died before
         // every piece left it): give up rather than wait forever
         if !self.complete
