@@ -53,6 +53,9 @@ impl Engine {
 
     /// Publishes the live view for progress displays.
     pub(super) fn publish_status(&self) {
+        if self.status.is_closed() {
+            return; // nobody watches (--quiet)
+        }
         let have_count = self
             .download
             .as_ref()
