@@ -77,6 +77,51 @@ fn respects_per_peer_and_total_limits() {
 }
 
 #[test]
+fn many_sources_share_the_total_and_one_source_gets_a_deep_pipeline() {
+    let c = DownloadConfig {
+        per_peer: 12,
+        per_peer_min: 4,
+        total: 32,
+        ..cfg()
+    };
+    let per_peer = |reqs: &[(PeerKey, u32)]| {
+        let mut n: HashMap<PeerKey, usize> = HashMap::new();
+        for r in reqs {
+            *n.entry(r.0).or_default() += 1;
+        }
+        n
+    };
+    // one source: per_peer
+    let mut d = Download::new(bitvec![0; 100], c.clone(), 3);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(100)).unwrap();
+    assert_eq!(d.poll_requests(t0()).len(), 12);
+    d.check_invariants();
+    // 4 sources: 32 / 4 = 8 each
+    let mut d = Download::new(bitvec![0; 100], c.clone(), 3);
+    for k in 0..4 {
+        d.add_peer(k);
+        d.peer_bitfield(k, &full(100)).unwrap();
+    }
+    let reqs = d.poll_requests(t0());
+    assert!(per_peer(&reqs).values().all(|&n| n == 8), "{reqs:?}");
+    // 16 sources and 4 that hold nothing we lack: 32 / 16 = 2, but at
+    // least per_peer_min (4), so 8 sources fill the total
+    let mut d = Download::new(bitvec![0; 100], c, 3);
+    for k in 0..20 {
+        d.add_peer(k);
+        let bits = if k < 16 { full(100) } else { bitvec![0; 100] };
+        d.peer_bitfield(k, &bits).unwrap();
+    }
+    let reqs = d.poll_requests(t0());
+    d.check_invariants();
+    assert_eq!(reqs.len(), 32);
+    let n = per_peer(&reqs);
+    assert_eq!(n.len(), 8, "{reqs:?}");
+    assert!(n.values().all(|&n| n == 4), "{reqs:?}");
+}
+
+#[test]
 fn no_requests_before_a_bitfield_and_none_when_complete() {
     let mut d = Download::new(bitvec![0; 3], cfg(), 1);
     d.add_peer(1);
@@ -305,6 +350,8 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 32);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer_min, 4);
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer_min, 2);
 }
 
 proptest! {
