@@ -139,3 +139,30 @@ fn directory_tree_with_empty_parts_and_modes() {
     .unwrap();
     swarm_of_six(dir.path(), &root, &["--piece-size", "64KiB"]);
 }
+
+/// The seed hashes a single file from a mapping, a window at a time: its
+/// peak resident memory must not grow with the image (a mapping of the
+/// whole file once made it the image's size).
+#[test]
+fn seeding_a_large_file_keeps_memory_below_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("img");
+    const SIZE: usize = 160 << 20;
+    random_file(&src, SIZE, 11);
+    let seed = seed(dir.path(), &src, &[]);
+    let pid = seed.proc.child.id();
+    // VmHWM: the peak resident set so far; the ticket comes after hashing
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM in {status}"));
+    let hwm = hwm_kib << 10;
+    assert!(
+        hwm < (SIZE as u64) / 2,
+        "seed peak RSS {} MiB after hashing {} MiB",
+        hwm >> 20,
+        SIZE >> 20
+    );
+}
