@@ -552,7 +552,7 @@ impl Download {
         for p in self.peers.values_mut() {
             p.src.expire(now);
         }
-        let cap = self.local_cap();
+        let cap = self.local_cap(now);
         // fastest first; unmeasured peers count as fast so they get tried
         let mut order: Vec<(PeerKey, f64, u64)> = self
             .peers
@@ -588,14 +588,17 @@ impl Download {
     }
 
     /// Requests a local peer may have in flight: `total` shared among the
-    /// local peers that hold a piece this host lacks, within `per_peer_min
-    /// ..= per_peer`.
-    fn local_cap(&self) -> usize {
+    /// local peers that are ready (not backing off) and hold a piece this
+    /// host lacks, within `per_peer_min ..= per_peer`.
+    fn local_cap(&self, now: Instant) -> usize {
         let sources = self
             .peers
             .values()
             .filter(|p| {
-                !p.remote && p.has_bitfield && missing(&p.bits, &self.have).next().is_some()
+                !p.remote
+                    && p.has_bitfield
+                    && p.src.is_ready(now)
+                    && missing(&p.bits, &self.have).next().is_some()
             })
             .count();
         (self.cfg.total / sources.max(1))

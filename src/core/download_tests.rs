@@ -104,14 +104,24 @@ fn many_sources_share_the_total_and_one_source_gets_a_deep_pipeline() {
         d.peer_bitfield(k, &full(100)).unwrap();
     }
     let reqs = d.poll_requests(t0());
-    assert!(per_peer(&reqs).values().all(|&n| n == 8), "{reqs:?}");
-    // 16 sources and 4 that hold nothing we lack: 32 / 16 = 2, but at
-    // least per_peer_min (4), so 8 sources fill the total
-    let mut d = Download::new(bitvec![0; 100], c, 3);
-    for k in 0..20 {
+    assert_eq!(reqs.len(), 32);
+    let n = per_peer(&reqs);
+    assert!(n.len() == 4 && n.values().all(|&n| n == 8), "{reqs:?}");
+    // 4 sources and 4 peers that hold nothing we lack: still 8 each
+    let mut d = Download::new(bitvec![0; 100], c.clone(), 3);
+    for k in 0..8 {
         d.add_peer(k);
-        let bits = if k < 16 { full(100) } else { bitvec![0; 100] };
+        let bits = if k < 4 { full(100) } else { bitvec![0; 100] };
         d.peer_bitfield(k, &bits).unwrap();
+    }
+    let n = per_peer(&d.poll_requests(t0()));
+    assert!(n.len() == 4 && n.values().all(|&n| n == 8), "{n:?}");
+    // 16 sources: 32 / 16 = 2, but at least per_peer_min (4), so 8 of
+    // them fill the total
+    let mut d = Download::new(bitvec![0; 100], c, 3);
+    for k in 0..16 {
+        d.add_peer(k);
+        d.peer_bitfield(k, &full(100)).unwrap();
     }
     let reqs = d.poll_requests(t0());
     d.check_invariants();

@@ -141,9 +141,10 @@ const MAP_WINDOW: u64 = 64 << 20;
 /// A file truncated meanwhile, or unreadable, raises SIGBUS: `sigbus::Guard`
 /// turns that into a message naming the file and a non-zero exit. `None`
 /// when the file cannot be mapped. The file is mapped `window` bytes
-/// (`MAP_WINDOW`) at a time: every page of a mapping that was read counts in the resident set,
-/// so one mapping of the whole file made a seed's peak RSS the image's size
-/// (1.05 GB for 1 GiB).
+/// (`MAP_WINDOW`), or one piece per thread if that is more, at a time:
+/// every page of a mapping that was read counts in the resident set, so
+/// one mapping of the whole file made a seed's peak RSS the image's size
+/// (1,054,860 KiB for 1 GiB).
 fn hash_mapped(
     path: &Path,
     m: &Manifest,
@@ -159,6 +160,9 @@ fn hash_mapped(
             "the file shrank while the manifest was built",
         ),
     };
+    // at least a piece per thread, so big pieces still hash in parallel
+    let threads = rayon::current_num_threads().max(1) as u64;
+    let window = window.max(u64::from(m.piece_size) * threads);
     let per_window = (window / u64::from(m.piece_size)).max(1) as usize;
     let _guard = super::sigbus::Guard::new(path);
     let mut hashes = Vec::with_capacity(pieces);
@@ -299,8 +303,10 @@ mod tests {
             .map(|c| *blake3::hash(c).as_bytes())
             .collect();
         assert_eq!(m.hashes, want);
-        // windows of 3 pieces, of one, and of a size that is no multiple
-        for window in [3 * 4096, 1, 5000] {
+        // windows of 3 pieces, of 2 (a size that is no multiple of the
+        // piece size; 11 pieces leave a short last window), and of one
+        // piece per thread (a window smaller than that is widened)
+        for window in [3 * 4096, 2 * 4096 + 100, 1] {
             let got = hash_mapped(&f, &m, want.len(), data.len() as u64, window).unwrap();
             assert_eq!(got.as_ref(), Some(&want), "window {window}");
         }

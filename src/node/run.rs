@@ -62,7 +62,7 @@ fn endpoint(
 /// Bytes of the connection IDs this endpoint hands out, which every packet
 /// sent to it carries. quinn's default is 8; 4 leaves 2^32 values for the
 /// few hundred IDs a node has out at once (quinn draws again on a clash)
-/// and saves 4 of the 78 bytes of headers around each 1434 bytes of piece
+/// and saves 4 of the 76 bytes of headers around each 1436 bytes of piece
 /// data at MTU 1500: 0.26% of every byte sent, WAN included (see
 /// docs/architecture.md, "QUIC tuning"). Zero-length IDs would save 8 but
 /// route by address, and two hosts that dial each other at once briefly

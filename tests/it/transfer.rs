@@ -159,8 +159,9 @@ fn seeding_a_large_file_keeps_memory_below_its_size() {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmHWM in {status}"));
     let hwm = hwm_kib << 10;
+    // 64 MiB mapped at a time plus the process; the whole file was 168 MiB
     assert!(
-        hwm < (SIZE as u64) / 2,
+        hwm < (SIZE as u64) * 3 / 4,
         "seed peak RSS {} MiB after hashing {} MiB",
         hwm >> 20,
         SIZE >> 20

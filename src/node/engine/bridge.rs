@@ -31,9 +31,10 @@ const BRIDGE_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// replaced this much later, after its idle timeout.
 pub(super) const GONE_GRACE: Duration = Duration::from_secs(2);
 
-/// How often `tick` re-runs the election when no member came or went (a
-/// connect or a drop re-runs it at once): often enough for the time-based
-/// settling above, and not once per event. Per event it ranked every
+/// The most often `tick` (after events, and at least every 250 ms) re-runs
+/// the election when no member came or went (a connect or a drop re-runs
+/// it at once): often enough for the time-based settling above, and not
+/// once per event. Per event it ranked every
 /// member by a hash and, until session 10, hashed the whole manifest too:
 /// 2.3% of all CPU with 16 hosts of a 256 MiB image, and growing with the
 /// image (a 64 GiB manifest is 2 MiB).
