@@ -16,9 +16,9 @@
 //! * A peer's requests number at most `per_peer`, all peers' at most `total`.
 //!
 //! Slots: a local peer may have `total / n` requests in flight when `n`
-//! local peers hold pieces this host lacks, clamped to `per_peer_min ..=
-//! per_peer`: one source gets a deep pipeline, and many share the total
-//! instead of the fastest few taking it all.
+//! local peers are ready and hold pieces this host lacks, clamped to
+//! `per_peer_min ..= per_peer`: one source gets a deep pipeline, and many
+//! share the total instead of the fastest few taking it all.
 //!
 //! Picking: while we hold fewer than `random_first` pieces, a random piece
 //! (so new hosts soon have something to trade); after that the rarest
