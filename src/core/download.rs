@@ -41,6 +41,7 @@ use thiserror::Error;
 
 use super::group::BridgeShare;
 use super::late::Lateness;
+pub use super::limits::{DownloadConfig, INFLIGHT_BYTES};
 use super::source::Source;
 
 /// In the endgame, requests of one piece to peers that have not delivered
@@ -49,78 +50,6 @@ const ENDGAME_MAX_UNPROVEN: u8 = 8;
 
 /// The node's handle for a connected peer.
 pub type PeerKey = u64;
-
-#[derive(Clone, Debug)]
-pub struct DownloadConfig {
-    pub per_peer: usize,
-    /// The fewest a local peer is allowed when many share `total` (see the
-    /// module doc).
-    pub per_peer_min: usize,
-    /// The same for a peer of another group: few, since no cross-group
-    /// request is ever duplicated, and a slow WAN source holding many
-    /// pieces would hold up the end of the download.
-    pub per_remote_peer: usize,
-    pub total: usize,
-    pub random_first: usize,
-    pub endgame_dup: u8,
-    /// How long a peer that answered `Elsewhere` is not asked for that piece.
-    pub elsewhere_backoff: Duration,
-    /// Requests a new peer gets before it has delivered anything (see
-    /// `Peer::window`).
-    pub initial_window: usize,
-}
-
-/// Bytes of piece buffers a joiner holds at most (requests in flight).
-pub const INFLIGHT_BYTES: u64 = 32 << 20;
-/// Bytes requested from one peer at a time, at most. One seed to one
-/// joiner on loopback with 1 MiB pieces: 3 in flight took 2.2-3.1 s per GiB,
-/// 12 took 1.9-2.0 s; with 8 hosts the two did not differ.
-pub const PEER_INFLIGHT_BYTES: u64 = 12 << 20;
-/// Bytes requested from one peer when many hold what this host lacks. 16
-/// hosts on 200 Mbit/s NICs (1 x 16, 256 MiB, session 10), with 12 MiB per
-/// peer and 32 MiB in all the fastest-looking sources drew 12 requests each
-/// and their uplinks queued them: last host 20.1-21.4 s, CPU 9.7-10.5 s
-/// per GB over 4 runs; with 4 MiB per peer 18.6-19.6 s, 9.0-9.3; the
-/// seed sent fewer copies. One source on loopback still needs 12 (4 were
-/// 13% slower), hence the sharing rule rather than a smaller `per_peer`.
-pub const PEER_SHARED_INFLIGHT_BYTES: u64 = 4 << 20;
-/// Requests in flight at most, whatever the piece size.
-const MAX_REQUESTS: u64 = 64;
-
-impl DownloadConfig {
-    /// Limits in bytes whatever the piece size: 32 MiB in flight in all and
-    /// 12 MiB per peer (8 and 3 requests of 4 MiB, 32 and 12 of 1 MiB),
-    /// never fewer than 2 requests.
-    pub fn for_piece_size(piece_size: u32) -> Self {
-        let d = DownloadConfig::default();
-        let piece = piece_size.max(1) as u64;
-        let total = (INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
-        let per_peer = (PEER_INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
-        let per_peer_min = (PEER_SHARED_INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
-        DownloadConfig {
-            total,
-            per_peer: per_peer.min(total),
-            per_peer_min: per_peer_min.min(per_peer).min(total),
-            per_remote_peer: d.per_remote_peer.min(total),
-            ..d
-        }
-    }
-}
-
-impl Default for DownloadConfig {
-    fn default() -> Self {
-        DownloadConfig {
-            per_peer: 3,
-            per_peer_min: 3,
-            per_remote_peer: 3,
-            total: 12,
-            random_first: 4,
-            endgame_dup: 2,
-            elsewhere_backoff: Duration::from_millis(500),
-            initial_window: 2,
-        }
-    }
-}
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ProtocolViolation {
@@ -677,52 +606,6 @@ impl Download {
                 })
                 .map(|i| (i, remote_availability[i])),
         )
-    }
-
-    #[cfg(test)]
-    pub(crate) fn check_invariants(&self) {
-        let n = self.piece_count();
-        let mut avail = vec![0u32; n];
-        let mut remote_avail = vec![0u32; n];
-        let mut infl = vec![0u8; n];
-        let mut proven_infl = vec![0u8; n];
-        let mut total = 0;
-        for p in self.peers.values() {
-            for i in p.bits.iter_ones() {
-                if p.remote {
-                    remote_avail[i] += 1;
-                } else {
-                    avail[i] += 1;
-                }
-            }
-            assert!(p.requested.len() <= max_slots(&self.cfg, p));
-            for &i in &p.requested {
-                infl[i as usize] += 1;
-                proven_infl[i as usize] += u8::from(p.src.is_proven());
-                total += 1;
-                assert!(!self.have[i as usize], "piece {i} in flight but held");
-            }
-        }
-        assert_eq!(avail, self.availability);
-        assert_eq!(remote_avail, self.remote_availability);
-        assert_eq!(infl, self.inflight);
-        let mut oldest: Vec<Option<Instant>> = vec![None; n];
-        for p in self.peers.values() {
-            assert_eq!(p.requested.len(), p.requested_at.len());
-            for (&i, &t) in p.requested.iter().zip(&p.requested_at) {
-                let o = &mut oldest[i as usize];
-                *o = Some(o.map_or(t, |o| o.min(t)));
-            }
-        }
-        assert_eq!(
-            oldest,
-            self.late.asked_at(),
-            "asked_at: the oldest request of each piece"
-        );
-        assert_eq!(proven_infl, self.proven_inflight);
-        assert_eq!(total, self.inflight_total);
-        assert!(total <= self.cfg.total);
-        assert_eq!(self.have.count_ones(), self.have_count);
     }
 }
 

@@ -19,6 +19,23 @@ pub(super) fn cfg() -> DownloadConfig {
     }
 }
 
+/// Lets the peers deliver every request, a second of clock per round (1000
+/// at most), checking the invariants each round; whether `d` completed.
+pub(super) fn deliver_until_complete(d: &mut Download, now: Instant) -> bool {
+    let mut t = now;
+    for _ in 0..1000 {
+        if d.is_complete() {
+            break;
+        }
+        t += Duration::from_secs(1);
+        for (k, i) in d.poll_requests(t) {
+            d.piece_received(k, i, 10, Duration::from_millis(1));
+        }
+        d.check_invariants();
+    }
+    d.is_complete()
+}
+
 #[test]
 fn picks_rarest_first() {
     let mut d = Download::new(bitvec![0; 4], cfg(), 1);
@@ -292,16 +309,7 @@ proptest! {
         // drain with the complete peer only
         for r in outstanding.drain(..) { d.piece_failed(r.0, r.1, Failure::Failed, now); }
         for k in 0..4 { d.remove_peer(k); }
-        let mut t = now;
-        for _ in 0..1000 {
-            if d.is_complete() { break; }
-            t += Duration::from_secs(1);
-            for (k, i) in d.poll_requests(t) {
-                d.piece_received(k, i, 10, Duration::from_millis(1));
-            }
-            d.check_invariants();
-        }
-        prop_assert!(d.is_complete());
+        prop_assert!(deliver_until_complete(&mut d, now));
     }
 }
 
@@ -546,4 +554,52 @@ fn a_duplicate_that_outlives_the_first_request_is_not_late_at_once() {
     assert_eq!(d.poll_timeout(t + ms(250)), Some(t + ms(350)));
     assert_eq!(d.poll_requests(t + ms(350)), vec![(3, 1)]);
     d.check_invariants();
+}
+
+/// The state `Download` keeps incrementally, recomputed from scratch.
+impl Download {
+    pub(crate) fn check_invariants(&self) {
+        let n = self.piece_count();
+        let mut avail = vec![0u32; n];
+        let mut remote_avail = vec![0u32; n];
+        let mut infl = vec![0u8; n];
+        let mut proven_infl = vec![0u8; n];
+        let mut total = 0;
+        for p in self.peers.values() {
+            for i in p.bits.iter_ones() {
+                if p.remote {
+                    remote_avail[i] += 1;
+                } else {
+                    avail[i] += 1;
+                }
+            }
+            assert!(p.requested.len() <= max_slots(&self.cfg, p));
+            for &i in &p.requested {
+                infl[i as usize] += 1;
+                proven_infl[i as usize] += u8::from(p.src.is_proven());
+                total += 1;
+                assert!(!self.have[i as usize], "piece {i} in flight but held");
+            }
+        }
+        assert_eq!(avail, self.availability);
+        assert_eq!(remote_avail, self.remote_availability);
+        assert_eq!(infl, self.inflight);
+        let mut oldest: Vec<Option<Instant>> = vec![None; n];
+        for p in self.peers.values() {
+            assert_eq!(p.requested.len(), p.requested_at.len());
+            for (&i, &t) in p.requested.iter().zip(&p.requested_at) {
+                let o = &mut oldest[i as usize];
+                *o = Some(o.map_or(t, |o| o.min(t)));
+            }
+        }
+        assert_eq!(
+            oldest,
+            self.late.asked_at(),
+            "asked_at: the oldest request of each piece"
+        );
+        assert_eq!(proven_infl, self.proven_inflight);
+        assert_eq!(total, self.inflight_total);
+        assert!(total <= self.cfg.total);
+        assert_eq!(self.have.count_ones(), self.have_count);
+    }
 }

@@ -9,7 +9,8 @@
 //!   rarest-first with random first pieces, throughput-ordered sources,
 //!   endgame duplicates with cancellation; `source` is how much it asks of
 //!   each peer (rate, slow-start window, backoff); `late` is when a piece
-//!   in flight is late enough to duplicate.
+//!   in flight is late enough to duplicate; `limits` how many requests may
+//!   be in flight.
 //! * `Spreader`: the seed's upload policy (super-seeding): serve each piece
 //!   once before serving any piece twice.
 //! * `serve`: how many of one connection's requests a host serves at once
@@ -22,6 +23,7 @@
 mod download;
 pub mod group;
 mod late;
+mod limits;
 mod recent;
 pub mod serve;
 mod source;
