@@ -142,7 +142,23 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     // was one, and in some runs no corrupt piece was ever completed).
     let (size, piece) = (32u64 << 20, 256u64 << 10);
     random_file(&src, size as usize, 11);
-    let seed = seed(&d, &src, &["--until-done", "3", "--piece-size", "256KiB"]);
+    // The seed uploads slowly, so that the corrupt peer's answers (random
+    // bytes, sent at once) arrive before any honest copy of the same piece.
+    // Without the limit the honest hosts, fast on loopback, sometimes won
+    // every race, the corrupt pieces were dropped as late duplicates, never
+    // verified, and nobody was banned.
+    let seed = seed(
+        &d,
+        &src,
+        &[
+            "--until-done",
+            "3",
+            "--piece-size",
+            "256KiB",
+            "--upload-limit",
+            "8MiB/s",
+        ],
+    );
     let t = Ticket::parse(&seed.ticket).unwrap();
     let mut adversaries = Vec::new();
     for mode in [
