@@ -6,7 +6,9 @@
 //! peers are asked for any piece they hold. Remote peers are asked only by
 //! a bridge (`set_bridge`), only for pieces of its share that no local peer
 //! holds and nobody is fetching (group-rarest), and never twice: every
-//! cross-group byte crosses a WAN link.
+//! cross-group byte crosses a WAN link. When several groups pull at once,
+//! a bridge asks a group with a complete copy for its own group's stripe
+//! first (`download_remote.rs`).
 //!
 //! Invariants (checked by `check_invariants` in tests):
 //! * `availability[i]` = number of local peers whose bitfield has `i`;
@@ -84,7 +86,11 @@ struct Peer {
     /// In another group: only a bridge asks it, and only for pieces no
     /// local peer holds.
     remote: bool,
+    /// Its group's tag (`group::group_tag`).
+    group: u64,
     bits: BitVec,
+    /// Ones in `bits`.
+    held: usize,
     has_bitfield: bool,
     requested: Vec<u32>,
     /// When each of `requested` was asked for (same order).
@@ -174,6 +180,8 @@ pub struct Download {
     peers: HashMap<PeerKey, Peer>,
     /// Set while this host is one of its group's bridges.
     bridge: Option<BridgeShare>,
+    /// This host's group tag (`set_group`).
+    group: u64,
     rng: SmallRng,
 }
 
@@ -192,6 +200,7 @@ impl Download {
             late: Lateness::new(n),
             peers: HashMap::new(),
             bridge: None,
+            group: 0,
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -217,43 +226,22 @@ impl Download {
 
     /// A peer of this host's group.
     pub fn add_peer(&mut self, peer: PeerKey) {
-        self.insert_peer(peer, false);
+        self.insert_peer(peer, None);
     }
 
-    /// A peer of another group.
-    pub fn add_remote_peer(&mut self, peer: PeerKey) {
-        self.insert_peer(peer, true);
-    }
-
-    fn insert_peer(&mut self, peer: PeerKey, remote: bool) {
+    fn insert_peer(&mut self, peer: PeerKey, remote_group: Option<u64>) {
         let n = self.piece_count();
+        let group = remote_group.unwrap_or(self.group);
         self.peers.entry(peer).or_insert_with(|| Peer {
-            remote,
+            remote: remote_group.is_some(),
+            group,
+            held: 0,
             bits: bitvec![0; n],
             has_bitfield: false,
             requested: Vec::new(),
             requested_at: Vec::new(),
             src: Source::new(self.cfg.initial_window),
         });
-    }
-
-    /// Makes this host a bridge of its group with `share`, or (`None`) not
-    /// a bridge. Cross-group requests already in flight run to the end
-    /// even when the new share no longer covers them: their bytes are
-    /// already crossing the WAN, and cancelling would throw away what has
-    /// arrived (the next bridge picks among many pieces, so it seldom asks
-    /// for one of these). Only new requests follow the new share.
-    pub fn set_bridge(&mut self, share: Option<BridgeShare>) {
-        self.bridge = share;
-    }
-
-    pub fn bridge(&self) -> Option<BridgeShare> {
-        self.bridge
-    }
-
-    /// Whether `peer` is in another group.
-    pub fn peer_is_remote(&self, peer: PeerKey) -> bool {
-        self.peers.get(&peer).is_some_and(|p| p.remote)
     }
 
     fn avail_mut(&mut self, remote: bool) -> &mut Vec<u32> {
@@ -306,6 +294,7 @@ impl Download {
         for i in bits.iter_ones() {
             if !p.bits[i] {
                 p.bits.set(i, true);
+                p.held += 1;
                 avail[i] += 1;
             }
         }
@@ -324,6 +313,7 @@ impl Download {
             .ok_or(ProtocolViolation::UnknownPeer)?;
         if !p.bits[i] {
             p.bits.set(i, true);
+            p.held += 1;
             let remote = p.remote;
             self.avail_mut(remote)[i] += 1;
         }
@@ -339,7 +329,9 @@ impl Download {
 
     /// Whether `peer` has every piece (a seed or a finished joiner).
     pub fn peer_is_complete(&self, peer: PeerKey) -> bool {
-        self.peers.get(&peer).is_some_and(|p| p.bits.all())
+        self.peers
+            .get(&peer)
+            .is_some_and(|p| p.held == self.piece_count())
     }
 
     /// Whether `peer` holds a piece we lack.
@@ -435,6 +427,7 @@ impl Download {
                 Failure::Missing => {
                     if p.bits[i as usize] {
                         p.bits.set(i as usize, false);
+                        p.held -= 1;
                         let avail = if p.remote {
                             &mut self.remote_availability
                         } else {
@@ -588,26 +581,10 @@ impl Download {
         }
         best
     }
-
-    /// Group-rarest: a piece of this bridge's share that no local peer
-    /// holds and nobody is fetching; among those, the one fewest remote
-    /// peers hold, so that several groups pulling from one source take
-    /// different pieces and can trade them. No endgame duplicates here.
-    fn pick_remote(&mut self, key: PeerKey) -> Option<usize> {
-        let share = self.bridge?;
-        let p = &self.peers[&key];
-        let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
-        let remote_availability = &self.remote_availability;
-        lowest_score(
-            &mut self.rng,
-            missing(&p.bits, have)
-                .filter(|&i| {
-                    availability[i] == 0 && inflight[i] == 0 && share.takes(i) && !p.src.avoids(i)
-                })
-                .map(|i| (i, remote_availability[i])),
-        )
-    }
 }
+
+#[path = "download_remote.rs"]
+mod remote;
 
 #[cfg(test)]
 #[path = "download_tests.rs"]

@@ -1,9 +1,9 @@
 //! Tests of `Download` across datacenter groups: only bridges ask other
 //! groups, for their share of what their group lacks (group-rarest).
 
-use super::tests::{cfg, deliver_until_complete, full, t0};
+use super::tests::{REMOTE, cfg, deliver_until_complete, full, t0};
 use super::*;
-use crate::core::group::BridgeShare;
+use crate::core::group::{BridgeShare, stripe_owner};
 use proptest::prelude::*;
 
 fn share(rank: usize, of: usize) -> Option<BridgeShare> {
@@ -13,7 +13,7 @@ fn share(rank: usize, of: usize) -> Option<BridgeShare> {
 #[test]
 fn a_host_that_is_not_a_bridge_never_asks_another_group() {
     let mut d = Download::new(bitvec![0; 8], cfg(), 1);
-    d.add_remote_peer(1);
+    d.add_remote_peer(1, REMOTE);
     d.peer_bitfield(1, &full(8)).unwrap();
     assert!(d.poll_requests(t0()).is_empty());
     d.add_peer(2);
@@ -37,7 +37,7 @@ fn a_bridge_pulls_across_groups_only_what_its_group_lacks() {
     };
     let mut d = Download::new(bitvec![0; 8], c, 3);
     d.set_bridge(share(0, 1));
-    d.add_remote_peer(1);
+    d.add_remote_peer(1, REMOTE);
     d.peer_bitfield(1, &full(8)).unwrap();
     d.add_peer(2);
     d.peer_bitfield(2, &bitvec![1, 1, 1, 0, 0, 0, 0, 0])
@@ -65,7 +65,7 @@ fn bridges_split_the_cross_group_pieces() {
         };
         let mut d = Download::new(bitvec![0; 8], c, rank as u64);
         d.set_bridge(share(rank, 2));
-        d.add_remote_peer(1);
+        d.add_remote_peer(1, REMOTE);
         d.peer_bitfield(1, &full(8)).unwrap();
         let mut got: Vec<u32> = d.poll_requests(t0()).iter().map(|r| r.1).collect();
         got.sort();
@@ -78,7 +78,7 @@ fn bridges_split_the_cross_group_pieces() {
 fn losing_the_bridge_role_lets_cross_group_requests_finish_and_makes_no_more() {
     let mut d = Download::new(bitvec![0; 8], cfg(), 4);
     d.set_bridge(share(0, 1));
-    d.add_remote_peer(1);
+    d.add_remote_peer(1, REMOTE);
     d.peer_bitfield(1, &bitvec![0, 0, 0, 0, 1, 1, 1, 1])
         .unwrap();
     d.add_peer(2);
@@ -111,7 +111,7 @@ fn a_piece_announced_in_the_group_is_no_longer_pulled_across() {
     };
     let mut d = Download::new(bitvec![0; 2], c, 9);
     d.set_bridge(share(0, 1));
-    d.add_remote_peer(1);
+    d.add_remote_peer(1, REMOTE);
     d.peer_bitfield(1, &full(2)).unwrap();
     d.add_peer(2);
     d.peer_bitfield(2, &bitvec![0, 0]).unwrap();
@@ -137,13 +137,13 @@ proptest! {
         let n = 16;
         let mut d = Download::new(bitvec![0; n], DownloadConfig::default(), seed);
         let now = t0();
-        d.add_remote_peer(100);
+        d.add_remote_peer(100, REMOTE);
         d.peer_bitfield(100, &full(n)).unwrap();
         let mut outstanding: Vec<(PeerKey, u32)> = Vec::new();
         for (op, peer, piece) in ops {
             match op {
                 0 => {
-                    if peer % 2 == 0 { d.add_peer(peer) } else { d.add_remote_peer(peer) }
+                    if peer % 2 == 0 { d.add_peer(peer) } else { d.add_remote_peer(peer, REMOTE) }
                     let _ = d.peer_have(peer, piece as usize);
                 }
                 1 => { d.remove_peer(peer); outstanding.retain(|r| r.0 != peer); }
@@ -196,7 +196,7 @@ fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
     };
     let mut d = Download::new(bitvec![0; 20], c, 6);
     d.set_bridge(share(0, 1));
-    d.add_remote_peer(1);
+    d.add_remote_peer(1, REMOTE);
     d.peer_bitfield(
         1,
         &bitvec![1; 10]
@@ -218,4 +218,73 @@ fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
     assert_eq!(reqs.iter().filter(|r| r.0 == 1).count(), 2, "{reqs:?}");
     assert_eq!(reqs.iter().filter(|r| r.0 == 2).count(), 8, "{reqs:?}");
     d.check_invariants();
+}
+
+/// Group tags of the stripe tests: a group with a complete copy, and
+/// another group besides this host's (tag 0).
+const ORIGIN: u64 = 7;
+const OTHER: u64 = 9;
+
+/// A bridge of group 0 asking one request at a time, with peer 1 of
+/// `ORIGIN` holding all `n` pieces.
+fn bridge_beside_an_origin(n: usize) -> Download {
+    let c = DownloadConfig {
+        per_remote_peer: 1,
+        total: 1,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; n], c, 5);
+    d.set_group(0);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1, ORIGIN);
+    d.peer_bitfield(1, &full(n)).unwrap();
+    d
+}
+
+/// Two groups pull from a third that has it all: this bridge asks the
+/// full group for the pieces its own group owns first (about half), and
+/// only then for the rest, which the other pulling group is meant to
+/// bring. One request at a time, so the order is the order of the picks.
+#[test]
+fn pulling_groups_take_disjoint_stripes_from_a_full_group() {
+    let n = 64;
+    let mut d = bridge_beside_an_origin(n);
+    d.add_remote_peer(2, OTHER);
+    d.peer_bitfield(2, &bitvec![0; n]).unwrap();
+    let mine: Vec<usize> = (0..n)
+        .filter(|&i| stripe_owner(i, &[0, OTHER]) == 0)
+        .collect();
+    assert!((20..=44).contains(&mine.len()), "{} of {n}", mine.len());
+    let mut order = Vec::new();
+    while let Some(&(peer, i)) = d.poll_requests(t0()).first() {
+        assert_eq!(peer, 1);
+        order.push(i as usize);
+        d.piece_received(peer, i, 1 << 20, Duration::from_millis(5));
+        d.check_invariants();
+    }
+    assert_eq!(order.len(), n, "a preference, not a rule: all pieces come");
+    let (first, rest) = order.split_at(mine.len());
+    assert!(first.iter().all(|i| mine.contains(i)), "{order:?}");
+    assert!(rest.iter().all(|i| !mine.contains(i)), "{order:?}");
+}
+
+/// Once the other group has a complete copy it no longer pulls: every
+/// piece is this group's to take, rarest first as before.
+#[test]
+fn a_group_with_a_full_copy_owns_no_stripe() {
+    let n = 64;
+    let mut d = bridge_beside_an_origin(n);
+    d.add_remote_peer(2, OTHER);
+    d.peer_bitfield(2, &full(n)).unwrap();
+    let mine: Vec<usize> = (0..n)
+        .filter(|&i| stripe_owner(i, &[0, OTHER]) == 0)
+        .collect();
+    // as many picks as this group's stripe would have: not all in it
+    let mut first = Vec::new();
+    for _ in 0..mine.len() {
+        let (peer, i) = d.poll_requests(t0())[0];
+        first.push(i as usize);
+        d.piece_received(peer, i, 1 << 20, Duration::from_millis(5));
+    }
+    assert!(first.iter().any(|i| !mine.contains(i)), "{first:?}");
 }

@@ -1,6 +1,9 @@
 use super::*;
 use proptest::prelude::*;
 
+/// The group tag of the remote peers in these tests (this host's is 0).
+pub const REMOTE: u64 = 1;
+
 pub(super) fn t0() -> Instant {
     Instant::now()
 }
@@ -62,7 +65,7 @@ fn picks_rarest_first() {
 fn a_piece_is_lacked_while_a_peer_of_either_group_has_not_got_it() {
     let mut d = Download::new(bitvec![0; 3], cfg(), 1);
     d.add_peer(1);
-    d.add_remote_peer(2);
+    d.add_remote_peer(2, REMOTE);
     d.peer_bitfield(1, &bitvec![1, 1, 0]).unwrap();
     d.peer_bitfield(2, &bitvec![1, 0, 0]).unwrap();
     assert!(!d.lacked_by_a_peer(0), "both hold piece 0");
@@ -364,9 +367,9 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
         assert!(c.total >= 2 && c.per_peer <= c.total);
         assert!(c.total as u64 * piece as u64 <= INFLIGHT_BYTES.max(2 * piece as u64));
     }
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 4);
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 32);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 16);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer_min, 4);
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer_min, 2);

@@ -51,6 +51,31 @@ impl BridgeShare {
     }
 }
 
+/// A group's name as the download core knows it.
+pub fn group_tag(name: &str) -> u64 {
+    let h = blake3::hash(name.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Which of `groups` (tags) owns `piece`: the one whose mix with the piece
+/// index is highest (rendezvous hashing). Every host that knows the same
+/// groups agrees, each group owns about an equal share, and when a group
+/// leaves the set only its pieces move.
+pub fn stripe_owner(piece: usize, groups: &[u64]) -> u64 {
+    groups
+        .iter()
+        .copied()
+        .max_by_key(|&g| mix(g ^ (piece as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)))
+        .unwrap_or(0)
+}
+
+/// splitmix64's finaliser: every input bit moves every output bit.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// The bridges of a group, best first, out of `members` (duplicates and
 /// order do not matter).
 pub fn bridges(salt: &[u8; 32], members: &[Member], k: usize) -> Vec<MemberId> {

@@ -24,7 +24,11 @@ pub struct DownloadConfig {
 }
 
 /// Bytes of piece buffers a joiner holds at most (requests in flight).
-pub const INFLIGHT_BYTES: u64 = 32 << 20;
+/// Session 11, 16 against 32 MiB, alternating: 1 x 16 (256 MiB) last host
+/// the same (17.9-18.7 against 17.6-19.4 s) and joiner peak RSS 45-69
+/// against 55-82 MiB; 2 x 8 27.7-28.9 against 28.9-29.7 s; the wan bench
+/// 1.12-1.14 against 1.15-1.22 T*. One source keeps 12 (`per_peer`).
+pub const INFLIGHT_BYTES: u64 = 16 << 20;
 /// Bytes requested from one peer at a time, at most. One seed to one
 /// joiner on loopback with 1 MiB pieces: 3 in flight took 2.2-3.1 s per GiB,
 /// 12 took 1.9-2.0 s; with 8 hosts the two did not differ.
@@ -41,8 +45,8 @@ pub const PEER_SHARED_INFLIGHT_BYTES: u64 = 4 << 20;
 const MAX_REQUESTS: u64 = 64;
 
 impl DownloadConfig {
-    /// Limits in bytes whatever the piece size: 32 MiB in flight in all and
-    /// 12 MiB per peer (8 and 3 requests of 4 MiB, 32 and 12 of 1 MiB),
+    /// Limits in bytes whatever the piece size: 16 MiB in flight in all and
+    /// 12 MiB per peer (4 and 3 requests of 4 MiB, 16 and 12 of 1 MiB),
     /// never fewer than 2 requests.
     pub fn for_piece_size(piece_size: u32) -> Self {
         let d = DownloadConfig::default();

@@ -35,6 +35,7 @@ use super::serve::{self, ServeAnswer};
 use super::{
     ALONE_TIMEOUT, GroupConfig, NodeError, QUIET_TIMEOUT, Report, STALL_TIMEOUT, Status, hex,
 };
+use crate::core::group::group_tag;
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, RecentPieces, Spreader};
 use crate::manifest::Manifest;
 use crate::storage::{Content, Partial, StorageError};
@@ -177,11 +178,13 @@ impl Engine {
         let is_seed = p.partial.is_none();
         let complete = p.have.all();
         let download = (!is_seed).then(|| {
-            Download::new(
+            let mut d = Download::new(
                 p.have.clone(),
                 DownloadConfig::for_piece_size(p.manifest.piece_size),
                 rand::random(),
-            )
+            );
+            d.set_group(group_tag(&p.group.name));
+            d
         });
         let (have, _) = watch::channel(Arc::new(p.have));
         let bridge_salt = p.manifest.id().0;

@@ -10,6 +10,7 @@ use quinn::ConnectionError;
 
 use super::Engine;
 use crate::core::PeerKey;
+use crate::core::group::group_tag;
 use crate::node::connect;
 use crate::node::hex;
 use crate::node::peer::{self, Handshaken, PeerHandle, close};
@@ -132,7 +133,7 @@ impl Engine {
         }
         if let Some(d) = &mut self.download {
             if cross {
-                d.add_remote_peer(key);
+                d.add_remote_peer(key, group_tag(&info.group));
             } else {
                 d.add_peer(key);
             }
