@@ -20,7 +20,8 @@
 //! way), SWARM_BENCH_MTU (1500), SWARM_BENCH_OUT (docs/bench, or
 //! target/bench-compare in quick mode), SWARM_BENCH_LOGS (a directory to
 //! keep each method's logs and swarm's reports in, as
-//! GxH-method/; none by default). Needs root; writes compare.json and
+//! GxH-method/; none by default), SWARM_BENCH_JOIN_ARGS (more arguments
+//! for every `swarm join`, e.g. `--bridges 2`). Needs root; writes compare.json and
 //! one SVG per layout (plus scaling.svg) into the output directory.
 
 mod ceiling;

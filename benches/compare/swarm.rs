@@ -45,7 +45,8 @@ pub fn swarm(b: &Bench, out: &Path) -> Result<Outcome, String> {
             .args(["--listen", "0.0.0.0:7000"])
             .args(["--group", &format!("g{}", b.joiners[j].0)])
             .args(["--linger", "2s", "--report"])
-            .arg(logs.join(format!("{name}.json")));
+            .arg(logs.join(format!("{name}.json")))
+            .args(extra_join_args());
         joiners.push(Task::spawn(cmd, &name, &logs));
     }
     let mut cpu = 0.0;
@@ -76,4 +77,12 @@ pub fn swarm(b: &Bench, out: &Path) -> Result<Outcome, String> {
     }
     cpu += exit.cpu;
     Ok(Outcome { done, cpu })
+}
+
+/// `SWARM_BENCH_JOIN_ARGS`: more arguments for every `swarm join`
+/// (space-separated, e.g. `--bridges 2`), for experiments.
+fn extra_join_args() -> Vec<String> {
+    std::env::var("SWARM_BENCH_JOIN_ARGS")
+        .map(|a| a.split_whitespace().map(String::from).collect())
+        .unwrap_or_default()
 }

@@ -9,7 +9,7 @@ use super::content::DIRECT_ALIGN;
 
 /// Buffers kept for reuse. The pool never holds more buffers than were
 /// alive at once, so this only needs to cover the most requests in flight
-/// (`core::DownloadConfig::for_piece_size`: 32 of 1 MiB, 64 at most).
+/// (`core::DownloadConfig::for_piece_size`: 16 of 1 MiB, 64 at most).
 const POOL_MAX: usize = 64;
 
 static POOL: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
