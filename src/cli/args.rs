@@ -20,8 +20,8 @@ pub struct Cli {
     /// No progress output.
     #[arg(short, long, global = true)]
     pub quiet: bool,
-    /// Worker threads for networking (default: one per core). Hashing
-    /// and disk I/O run on their own threads.
+    /// Worker threads for networking (default: half the cores, at least
+    /// one). Hashing and disk I/O run on their own threads.
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
     pub threads: Option<u16>,
     #[command(subcommand)]
