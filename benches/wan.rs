@@ -11,7 +11,8 @@
 //! SWARM_BENCH_HOSTS (per group, the seed included in group 0),
 //! SWARM_BENCH_NIC_MBIT, SWARM_BENCH_WAN_MBIT, SWARM_BENCH_WAN_DELAY_MS,
 //! SWARM_BENCH_MTU (host NICs; 1500 default, 9000 for jumbo frames),
-//! SWARM_BENCH_PIECE (the seed's --piece-size).
+//! SWARM_BENCH_PIECE (the seed's --piece-size), SWARM_BENCH_ARGS (more arguments for
+//! every swarm process, e.g. `--threads 2`).
 //! Needs root. Writes target/bench-wan.json.
 
 #[path = "../tests/it/netsim.rs"]
@@ -85,11 +86,15 @@ fn main() {
         wan / 1_000_000
     );
     let piece = std::env::var("SWARM_BENCH_PIECE").ok();
-    let seed_args: Vec<&str> = match &piece {
+    let mut seed_args: Vec<&str> = match &piece {
         Some(p) => vec!["--piece-size", p.as_str()],
         None => vec![],
     };
-    let mut run = swarmnet::Run::start(spec, size as usize, &seed_args, &[]);
+    // more arguments for every process, for experiments (`--threads 2`)
+    let extra = std::env::var("SWARM_BENCH_ARGS").unwrap_or_default();
+    let extra: Vec<&str> = extra.split_whitespace().collect();
+    seed_args.extend(&extra);
+    let mut run = swarmnet::Run::start(spec, size as usize, &seed_args, &extra);
     let wan_before: Vec<u64> = (0..groups).map(|g| run.net.wan_bytes_in(g)).collect();
     let ip_before: Vec<u64> = (0..groups).map(|g| run.net.wan_ip_bytes_in(g)).collect();
     // the WAN's use over time: bytes into each remote group, every second
