@@ -11,6 +11,7 @@
 //! ```
 
 pub mod auth;
+pub(crate) mod cc;
 mod connect;
 mod engine;
 mod fetch;

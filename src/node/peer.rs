@@ -66,6 +66,9 @@ pub struct WanPath {
     pub client: quinn::ClientConfig,
     pub server: Arc<quinn::ServerConfig>,
     pub addrs: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+    /// Marked whenever this host serves another group: connections inside
+    /// the group then keep their queues short (`cc`).
+    pub serving: Arc<super::cc::WanServing>,
 }
 
 impl WanPath {

@@ -46,7 +46,8 @@ fn endpoint(
         .max_udp_payload_size(tuning.max_mtu)
         .map_err(|e| NodeError::Other(anyhow::anyhow!("max UDP payload: {e}")))?;
     let socket = socket::wrap(socket, &*runtime, tuning.max_mtu).map_err(cannot)?;
-    let configs = tls::configs(tuning)?;
+    let serving = Arc::new(super::cc::WanServing::default());
+    let configs = tls::configs(tuning, serving.clone())?;
     let mut ep =
         quinn::Endpoint::new_with_abstract_socket(config, Some(configs.server), socket, runtime)
             .map_err(cannot)?;
@@ -55,6 +56,7 @@ fn endpoint(
         client: configs.client_wan,
         server: configs.server_wan,
         addrs: Default::default(),
+        serving,
     };
     Ok((ep, wan))
 }

@@ -17,6 +17,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
+use super::cc::WanServing;
 use crate::wire::ALPN;
 
 /// Transport choices; see docs/architecture.md ("QUIC tuning") for the
@@ -27,6 +28,10 @@ pub struct Tuning {
     pub congestion: String,
     /// The congestion controller of connections to other groups.
     pub wan_congestion: String,
+    /// While this host serves another group, connections inside its group
+    /// back off once their queueing delay passes this floor or half the
+    /// delay of their last loss (`cc`); `None` leaves them plain cubic.
+    pub lan_delay_floor: Option<Duration>,
     pub stream_window: u64,
     pub conn_window: u64,
     pub send_window: u64,
@@ -43,6 +48,12 @@ impl Default for Tuning {
             // bbr fills a WAN better but cost 2-5% more WAN bytes here
             // (see Configs); cubic until that is understood
             wan_congestion: env("SWARM_QUIC_WAN_CC").unwrap_or_else(|| "cubic".into()),
+            // SWARM_QUIC_LAN_DELAY_MS=0 turns the back-off off
+            lan_delay_floor: match env("SWARM_QUIC_LAN_DELAY_MS").and_then(|m| m.parse().ok()) {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => Some(LAN_DELAY_FLOOR),
+            },
             stream_window: window.unwrap_or(8 << 20),
             conn_window: window.map_or(32 << 20, |w| w * 4),
             send_window: window.map_or(32 << 20, |w| w * 4),
@@ -54,7 +65,20 @@ impl Default for Tuning {
     }
 }
 
-fn transport(t: &Tuning, congestion: &str) -> anyhow::Result<quinn::TransportConfig> {
+/// Measured on 2 x 8 and 2 x 4 hosts (docs/benchmarks.md, groups
+/// section): 5 ms let scheduling noise on a busy host cut the LAN flows
+/// too often, 15 ms kept the WAN less full than 10.
+const LAN_DELAY_FLOOR: Duration = Duration::from_millis(10);
+
+/// Which connections a transport config is for.
+#[derive(Clone)]
+enum Path {
+    /// Inside the group; when this host last served another group.
+    Lan(Arc<WanServing>),
+    Wan,
+}
+
+fn transport(t: &Tuning, path: &Path) -> anyhow::Result<quinn::TransportConfig> {
     let mut c = quinn::TransportConfig::default();
     // Until the peer has proved the secret it may open one stream and send
     // a few KiB; `open_up` raises both after authentication.
@@ -69,7 +93,18 @@ fn transport(t: &Tuning, congestion: &str) -> anyhow::Result<quinn::TransportCon
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
         .initial_rtt(Duration::from_millis(10));
-    match congestion {
+    let congestion = match path {
+        Path::Lan(wan_serving) => {
+            if let (Some(floor), "cubic") = (t.lan_delay_floor, t.congestion.as_str()) {
+                let lan = super::cc::LanConfig::new(wan_serving.clone(), floor);
+                c.congestion_controller_factory(Arc::new(lan));
+                return Ok(mtu_discovery(c, t));
+            }
+            &t.congestion
+        }
+        Path::Wan => &t.wan_congestion,
+    };
+    match congestion.as_str() {
         "cubic" => c.congestion_controller_factory(Arc::new(congestion::CubicConfig::default())),
         "bbr" => c.congestion_controller_factory(Arc::new(congestion::BbrConfig::default())),
         "newreno" => {
@@ -77,6 +112,10 @@ fn transport(t: &Tuning, congestion: &str) -> anyhow::Result<quinn::TransportCon
         }
         other => anyhow::bail!("unknown congestion controller {other:?} (cubic, bbr, newreno)"),
     };
+    Ok(mtu_discovery(c, t))
+}
+
+fn mtu_discovery(mut c: quinn::TransportConfig, t: &Tuning) -> quinn::TransportConfig {
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     // Probe up to jumbo frames; on a 1500-byte network the probes simply
     // fail. Search to the byte: quinn's default stops within 20 bytes
@@ -86,7 +125,7 @@ fn transport(t: &Tuning, congestion: &str) -> anyhow::Result<quinn::TransportCon
     if let Some(m) = t.initial_mtu {
         c.initial_mtu(m);
     }
-    Ok(c)
+    c
 }
 
 const PRE_AUTH_STREAMS: u32 = 1;
@@ -120,13 +159,17 @@ pub struct Configs {
     pub client_wan: quinn::ClientConfig,
 }
 
-pub fn configs(t: &Tuning) -> anyhow::Result<Configs> {
-    let server = server_config(t)?;
+/// `wan_serving` is marked whenever this host serves another group.
+pub fn configs(t: &Tuning, wan_serving: Arc<WanServing>) -> anyhow::Result<Configs> {
+    let lan = Path::Lan(wan_serving);
+    let mut server = server_config(t)?;
+    server.transport_config(Arc::new(transport(t, &lan)?));
     let mut server_wan = server.clone();
-    server_wan.transport_config(Arc::new(transport(t, &t.wan_congestion)?));
-    let client = client_config(t)?;
+    server_wan.transport_config(Arc::new(transport(t, &Path::Wan)?));
+    let mut client = client_config(t)?;
+    client.transport_config(Arc::new(transport(t, &lan)?));
     let mut client_wan = client.clone();
-    client_wan.transport_config(Arc::new(transport(t, &t.wan_congestion)?));
+    client_wan.transport_config(Arc::new(transport(t, &Path::Wan)?));
     Ok(Configs {
         server,
         server_wan: Arc::new(server_wan),
@@ -147,7 +190,7 @@ fn server_config(t: &Tuning) -> anyhow::Result<quinn::ServerConfig> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    c.transport_config(Arc::new(transport(t, &t.congestion)?));
+    c.transport_config(Arc::new(transport(t, &Path::Lan(Default::default()))?));
     Ok(c)
 }
 
@@ -161,7 +204,7 @@ pub fn client_config(t: &Tuning) -> anyhow::Result<quinn::ClientConfig> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    c.transport_config(Arc::new(transport(t, &t.congestion)?));
+    c.transport_config(Arc::new(transport(t, &Path::Lan(Default::default()))?));
     Ok(c)
 }
 

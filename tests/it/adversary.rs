@@ -132,7 +132,7 @@ fn hold_control(send: SendStream, mut recv: RecvStream) {
 pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
     let pieces = size.div_ceil(piece) as usize;
     let all: BitVec<u8, Lsb0> = bitvec![u8, Lsb0; u8::from(mode != Mode::Mute); pieces];
-    let cfg = tls::configs(&Tuning::default()).unwrap();
+    let cfg = tls::configs(&Tuning::default(), Default::default()).unwrap();
     let mut ep = quinn::Endpoint::server(cfg.server, "127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(cfg.client);
     let addr = ep.local_addr().unwrap();

@@ -70,7 +70,7 @@ pub async fn start(
     }));
     let mut out = Vec::new();
     for c in 0..conns {
-        let cfg = tls::configs(&tuning).unwrap();
+        let cfg = tls::configs(&tuning, Default::default()).unwrap();
         let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         ep.set_default_client_config(cfg.client);
         let addr = ep.local_addr().unwrap();

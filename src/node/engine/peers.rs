@@ -103,6 +103,7 @@ impl Engine {
         };
         if cross {
             self.id.wan.learn(&info.addrs);
+            crate::node::cc::mark_cross_group(&h.conn);
         }
         let handle = peer::start(
             h,

@@ -148,6 +148,9 @@ impl Engine {
         if !serve {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
+        if remote {
+            self.id.wan.serving.mark(now);
+        }
         if let Some(p) = self.peers.get_mut(&key) {
             p.serving += 1;
         }
@@ -178,6 +181,9 @@ impl Engine {
             Some(p) => {
                 p.serving = p.serving.saturating_sub(1);
                 p.heard = Instant::now();
+                if p.remote {
+                    self.id.wan.serving.mark(p.heard);
+                }
                 true
             }
             None => false,
