@@ -148,7 +148,7 @@ impl Engine {
         if !serve {
             return ServeAnswer::Refuse(WireStatus::Elsewhere);
         }
-        if remote {
+        if remote && self.group_holds_all() {
             self.id.wan.serving.mark(now);
         }
         if let Some(p) = self.peers.get_mut(&key) {
@@ -176,18 +176,27 @@ impl Engine {
         }
     }
 
+    /// Whether this host's group holds a full copy (this host, or a peer of
+    /// its group that holds every piece): its hosts then put the WAN flows
+    /// they serve before their own group (`cc`). A group still pulling the
+    /// image in does not: there every piece that crosses the WAN must
+    /// spread to its members, and its LAN is the path that matters.
+    fn group_holds_all(&self) -> bool {
+        self.download.is_none() || self.spreader.has_full_holder() || self.have.borrow().all()
+    }
+
     pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
-        let known = match self.peers.get_mut(&key) {
+        let (known, remote) = match self.peers.get_mut(&key) {
             Some(p) => {
                 p.serving = p.serving.saturating_sub(1);
                 p.heard = Instant::now();
-                if p.remote {
-                    self.id.wan.serving.mark(p.heard);
-                }
-                true
+                (true, p.remote)
             }
-            None => false,
+            None => (false, false),
         };
+        if remote && self.group_holds_all() {
+            self.id.wan.serving.mark(Instant::now());
+        }
         // a peer already dropped must not come back as a holder
         self.spreader
             .serve_ended(key, piece as usize, completed && known, Instant::now());
