@@ -114,8 +114,8 @@ impl Controller for Lan {
     ) {
         self.cubic.on_ack(now, sent, bytes, app_limited, rtt);
         let yielding =
-            !self.cross_group.load(Ordering::Relaxed) && self.config.wan_serving.recent(now);
-        if self.delay.on_ack(now, rtt.get(), rtt.min()) && yielding {
+            self.config.wan_serving.recent(now) && !self.cross_group.load(Ordering::Relaxed);
+        if yielding && self.delay.on_ack(now, rtt.get(), rtt.min()) {
             // a congestion event for packets sent until now
             self.cubic.on_congestion_event(now, now, false, 0);
         }
@@ -185,7 +185,7 @@ pub struct DelayTrigger {
     floor: Duration,
     /// Queueing delay at the last loss.
     at_loss: Option<Duration>,
-    /// Queueing delay at the last acknowledgement.
+    /// Queueing delay at the last acknowledgement counted (while yielding).
     now: Duration,
     last_cut: Option<Instant>,
 }
