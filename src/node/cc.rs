@@ -12,11 +12,12 @@
 //! group, each of its connections inside the group also backs off on
 //! queueing delay (smoothed RTT over minimum RTT), not only on loss: once
 //! the delay passes half of what it was when the queue last overflowed
-//! (and a floor), it cuts its window as cubic does on a loss (at most once per round trip).
-//! The LAN flows then keep that queue from overflowing, and the WAN flows,
-//! plain cubic, no longer lose packets in it. A host that serves no other
-//! group (every host of a one-group swarm, most of a remote group) runs
-//! plain cubic.
+//! (and a floor), it cuts its window as cubic does on a loss, at most once
+//! per round trip. The LAN flows then keep that queue from overflowing,
+//! and the WAN flows, plain cubic, no longer lose packets in it. A host
+//! that serves no other group, or whose group still pulls the image in
+//! (every host of a one-group swarm, the remote groups until one of their
+//! hosts is complete), runs plain cubic.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -42,8 +43,8 @@ impl LanConfig {
     }
 }
 
-/// When this host last served a host of another group; the cap holds for
-/// `HOLD` after that (a piece crosses a WAN share in about a second).
+/// When this host last served a host of another group; the back-off holds
+/// for `HOLD` after that (a piece crosses a WAN share in about a second).
 pub struct WanServing {
     base: Instant,
     /// Milliseconds since `base`, plus one; 0: never.
@@ -163,8 +164,8 @@ impl Controller for Lan {
 
 /// A connection accepted before this host knew the dialer's address
 /// belongs to another group gets the in-group controller; once the
-/// handshake names the peer's group, this exempts it from the cap, so
-/// that it is plain cubic like the connections this host opens to other
+/// handshake names the peer's group, this exempts it from the back-off,
+/// so that it is plain cubic like the connections this host opens to other
 /// groups.
 pub fn mark_cross_group(conn: &quinn::Connection) {
     if let Ok(lan) = conn.congestion_state().into_any().downcast::<Lan>() {

@@ -93,29 +93,23 @@ fn transport(t: &Tuning, path: &Path) -> anyhow::Result<quinn::TransportConfig> 
         .keep_alive_interval(Some(Duration::from_secs(2)))
         .max_idle_timeout(Some(Duration::from_secs(10).try_into()?))
         .initial_rtt(Duration::from_millis(10));
-    let congestion = match path {
-        Path::Lan(wan_serving) => {
-            if let (Some(floor), "cubic") = (t.lan_delay_floor, t.congestion.as_str()) {
-                let lan = super::cc::LanConfig::new(wan_serving.clone(), floor);
-                c.congestion_controller_factory(Arc::new(lan));
-                return Ok(mtu_discovery(c, t));
-            }
-            &t.congestion
-        }
+    let name = match path {
+        Path::Lan(_) => &t.congestion,
         Path::Wan => &t.wan_congestion,
     };
-    match congestion.as_str() {
-        "cubic" => c.congestion_controller_factory(Arc::new(congestion::CubicConfig::default())),
-        "bbr" => c.congestion_controller_factory(Arc::new(congestion::BbrConfig::default())),
-        "newreno" => {
-            c.congestion_controller_factory(Arc::new(congestion::NewRenoConfig::default()))
-        }
-        other => anyhow::bail!("unknown congestion controller {other:?} (cubic, bbr, newreno)"),
-    };
-    Ok(mtu_discovery(c, t))
-}
-
-fn mtu_discovery(mut c: quinn::TransportConfig, t: &Tuning) -> quinn::TransportConfig {
+    let factory: Arc<dyn congestion::ControllerFactory + Send + Sync> =
+        match (name.as_str(), path, t.lan_delay_floor) {
+            ("cubic", Path::Lan(serving), Some(floor)) => {
+                Arc::new(super::cc::LanConfig::new(serving.clone(), floor))
+            }
+            ("cubic", ..) => Arc::new(congestion::CubicConfig::default()),
+            ("bbr", ..) => Arc::new(congestion::BbrConfig::default()),
+            ("newreno", ..) => Arc::new(congestion::NewRenoConfig::default()),
+            (other, ..) => {
+                anyhow::bail!("unknown congestion controller {other:?} (cubic, bbr, newreno)")
+            }
+        };
+    c.congestion_controller_factory(factory);
     let mut mtu = quinn::MtuDiscoveryConfig::default();
     // Probe up to jumbo frames; on a 1500-byte network the probes simply
     // fail. Search to the byte: quinn's default stops within 20 bytes
@@ -125,7 +119,7 @@ fn mtu_discovery(mut c: quinn::TransportConfig, t: &Tuning) -> quinn::TransportC
     if let Some(m) = t.initial_mtu {
         c.initial_mtu(m);
     }
-    c
+    Ok(c)
 }
 
 const PRE_AUTH_STREAMS: u32 = 1;
@@ -162,12 +156,10 @@ pub struct Configs {
 /// `wan_serving` is marked whenever this host serves another group.
 pub fn configs(t: &Tuning, wan_serving: Arc<WanServing>) -> anyhow::Result<Configs> {
     let lan = Path::Lan(wan_serving);
-    let mut server = server_config(t)?;
-    server.transport_config(Arc::new(transport(t, &lan)?));
+    let server = server_config(t, &lan)?;
     let mut server_wan = server.clone();
     server_wan.transport_config(Arc::new(transport(t, &Path::Wan)?));
-    let mut client = client_config(t)?;
-    client.transport_config(Arc::new(transport(t, &lan)?));
+    let client = client_config_for(t, &lan)?;
     let mut client_wan = client.clone();
     client_wan.transport_config(Arc::new(transport(t, &Path::Wan)?));
     Ok(Configs {
@@ -178,7 +170,7 @@ pub fn configs(t: &Tuning, wan_serving: Arc<WanServing>) -> anyhow::Result<Confi
     })
 }
 
-fn server_config(t: &Tuning) -> anyhow::Result<quinn::ServerConfig> {
+fn server_config(t: &Tuning, path: &Path) -> anyhow::Result<quinn::ServerConfig> {
     let key = rcgen::generate_simple_self_signed(vec!["swarm".to_string()])
         .context("making a certificate")?;
     let cert = CertificateDer::from(key.cert);
@@ -190,11 +182,16 @@ fn server_config(t: &Tuning) -> anyhow::Result<quinn::ServerConfig> {
     tls.alpn_protocols = vec![ALPN.to_vec()];
     tls.max_early_data_size = 0;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
-    c.transport_config(Arc::new(transport(t, &Path::Lan(Default::default()))?));
+    c.transport_config(Arc::new(transport(t, path)?));
     Ok(c)
 }
 
+/// A client config for a host that serves no other group.
 pub fn client_config(t: &Tuning) -> anyhow::Result<quinn::ClientConfig> {
+    client_config_for(t, &Path::Lan(Default::default()))
+}
+
+fn client_config_for(t: &Tuning, path: &Path) -> anyhow::Result<quinn::ClientConfig> {
     let p = provider();
     let verifier = Arc::new(AnyCert(p.signature_verification_algorithms));
     let mut tls = rustls::ClientConfig::builder_with_provider(p)
@@ -204,7 +201,7 @@ pub fn client_config(t: &Tuning) -> anyhow::Result<quinn::ClientConfig> {
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
-    c.transport_config(Arc::new(transport(t, &Path::Lan(Default::default()))?));
+    c.transport_config(Arc::new(transport(t, path)?));
     Ok(c)
 }
 
