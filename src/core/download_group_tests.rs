@@ -268,6 +268,101 @@ fn pulling_groups_take_disjoint_stripes_from_a_full_group() {
     assert!(rest.iter().all(|i| !mine.contains(i)), "{order:?}");
 }
 
+/// With request slots to spare, a bridge still asks a full group for
+/// nothing but its own group's stripe until it holds all of it, so each
+/// piece leaves that group once; then it takes the rest there too.
+#[test]
+fn a_full_group_serves_only_the_stripe_until_it_is_held() {
+    let n = 64;
+    let c = DownloadConfig {
+        per_remote_peer: n,
+        total: n,
+        ..cfg()
+    };
+    let mut d = Download::new(bitvec![0; n], c, 5);
+    d.set_group(0);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1, ORIGIN);
+    d.peer_bitfield(1, &full(n)).unwrap();
+    d.add_remote_peer(2, OTHER);
+    d.peer_bitfield(2, &bitvec![0; n]).unwrap();
+    let mine: Vec<usize> = (0..n)
+        .filter(|&i| stripe_owner(i, &[0, OTHER]) == 0)
+        .collect();
+    let mut asked: Vec<usize> = d.poll_requests(t0()).iter().map(|r| r.1 as usize).collect();
+    asked.sort_unstable();
+    assert_eq!(asked, mine);
+    // all in flight, none held: still nothing else
+    assert!(d.poll_requests(t0()).is_empty());
+    for (k, &i) in mine.iter().enumerate() {
+        d.piece_received(1, i as u32, 1 << 20, Duration::from_millis(5));
+        d.check_invariants();
+        if k + 1 < mine.len() {
+            assert!(
+                d.poll_requests(t0()).is_empty(),
+                "after {} of {}",
+                k + 1,
+                mine.len()
+            );
+        }
+    }
+    let rest = d.poll_requests(t0());
+    assert_eq!(rest.len(), n - mine.len(), "{rest:?}");
+    assert!(
+        rest.iter()
+            .all(|r| r.0 == 1 && !mine.contains(&(r.1 as usize)))
+    );
+}
+
+/// Past its own stripe, a bridge leaves a full group alone while another
+/// pulling group has a piece to trade, and takes the rest there once
+/// there is nothing to trade (a group slower than this one).
+#[test]
+fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
+    let n = 64;
+    let c = DownloadConfig {
+        per_remote_peer: 1,
+        total: n,
+        ..cfg()
+    };
+    let (mine, theirs): (Vec<usize>, Vec<usize>) =
+        (0..n).partition(|&i| stripe_owner(i, &[0, OTHER]) == 0);
+    let mut have = bitvec![0; n];
+    for &i in &mine {
+        have.set(i, true);
+    }
+    let mut d = Download::new(have, c, 5);
+    d.set_group(0);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1, ORIGIN);
+    d.peer_bitfield(1, &full(n)).unwrap();
+    d.add_remote_peer(2, OTHER);
+    let mut two = bitvec![0; n];
+    two.set(theirs[0], true);
+    two.set(theirs[1], true);
+    d.peer_bitfield(2, &two).unwrap();
+    // one request per remote peer: the other group gets one, the full
+    // group none, as the second piece still waits at the other group
+    let mut reqs = d.poll_requests(t0());
+    reqs.extend(d.poll_requests(t0()));
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].0, 2);
+    d.piece_received(2, reqs[0].1, 1 << 20, Duration::from_millis(5));
+    d.check_invariants();
+    // the other group's second piece, then nothing left to trade
+    let mut reqs = d.poll_requests(t0());
+    reqs.extend(d.poll_requests(t0()));
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    assert!(reqs.iter().any(|r| r.0 == 2), "{reqs:?}");
+    let help: Vec<usize> = reqs
+        .iter()
+        .filter(|r| r.0 == 1)
+        .map(|r| r.1 as usize)
+        .collect();
+    assert_eq!(help.len(), 1, "{reqs:?}");
+    assert!(theirs[2..].contains(&help[0]), "{reqs:?}");
+}
+
 /// Once the other group has a complete copy it no longer pulls: every
 /// piece is this group's to take, rarest first as before.
 #[test]

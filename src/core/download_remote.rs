@@ -44,12 +44,21 @@ impl Download {
     /// different pieces and can trade them. No endgame duplicates here.
     ///
     /// With other groups still pulling too, each piece has an owner among
-    /// them (`group::stripe_owner`): from a group with a complete copy,
-    /// pieces this group owns go first, so the pulling groups take
-    /// disjoint halves (thirds...) across that group's uplink and trade the
-    /// rest among themselves instead of each pulling every piece through
-    /// it. A preference, not a rule: once its own stripe is all asked for,
-    /// a bridge takes the others' pieces from whoever has them.
+    /// them (`group::stripe_owner`), so that the pulling groups take
+    /// disjoint thirds (halves...) across the uplink of a group with a
+    /// complete copy and trade the rest among themselves, instead of each
+    /// pulling every piece through it:
+    /// - From a peer of a group with a complete copy, this bridge asks only
+    ///   for its own group's stripe while this host misses some of it, or
+    ///   while another pulling group holds a piece this one could fetch
+    ///   from it. Each piece then leaves the full group once. (As a mere
+    ///   preference, a bridge whose stripe was all asked for took the
+    ///   others' pieces there too: at 4 x 4 the seed's group sent 1.3 S.)
+    /// - Past that, with nothing to trade, it takes the others' pieces
+    ///   there too: that helps a group slower than the rest (a thinner
+    ///   WAN), at the cost of a piece crossing the full group's uplink
+    ///   twice.
+    /// - From a peer of a group still pulling, its own stripe comes first.
     pub(super) fn pick_remote(&mut self, key: PeerKey) -> Option<usize> {
         let share = self.bridge?;
         let pulling = self.pulling_groups();
@@ -57,20 +66,29 @@ impl Download {
         let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
         let remote_availability = &self.remote_availability;
         let me = self.group;
-        let others_first = |i: usize| {
-            if pulling.len() > 1 && stripe_owner(i, &pulling) != me {
-                1u32 << 31
-            } else {
-                0
-            }
-        };
+        let striped = pulling.len() > 1;
+        let mine = |i: usize| !striped || stripe_owner(i, &pulling) == me;
+        let wanted = |i: usize| availability[i] == 0 && inflight[i] == 0 && share.takes(i);
+        // a remote peer whose group is not pulling is in a full group
+        let only_mine = striped
+            && !pulling.contains(&p.group)
+            && (have.iter_zeros().any(|i| stripe_owner(i, &pulling) == me)
+                || self.peers.values().any(|q| {
+                    q.remote
+                        && q.group != me
+                        && pulling.contains(&q.group)
+                        && missing(&q.bits, have).any(wanted)
+                }));
         lowest_score(
             &mut self.rng,
             missing(&p.bits, have)
-                .filter(|&i| {
-                    availability[i] == 0 && inflight[i] == 0 && share.takes(i) && !p.src.avoids(i)
-                })
-                .map(|i| (i, others_first(i) + remote_availability[i])),
+                .filter(|&i| wanted(i) && !p.src.avoids(i) && (!only_mine || mine(i)))
+                .map(|i| {
+                    (
+                        i,
+                        if mine(i) { 0 } else { 1u32 << 31 } + remote_availability[i],
+                    )
+                }),
         )
     }
 

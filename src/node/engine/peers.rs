@@ -112,7 +112,7 @@ impl Engine {
             self.serve_limit.clone(),
         );
         let key = handle.key;
-        tracing::debug!(peer = hex(&id[..4]), %remote, "peer up");
+        tracing::debug!(peer = hex(&id[..4]), key, %remote, "peer up");
         // Tell the newcomer about everyone (also that there is nobody else:
         // it waits for a list before it may become a bridge), and everyone
         // about the newcomer.
