@@ -530,7 +530,7 @@ impl Download {
 
     fn pick(&mut self, key: PeerKey, now: Instant) -> Option<usize> {
         if self.peers[&key].remote {
-            return self.pick_remote(key);
+            return self.pick_remote(key, now);
         }
         let p = &self.peers[&key];
         // this runs once per request over all of a peer's pieces: the

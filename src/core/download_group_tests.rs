@@ -363,6 +363,46 @@ fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
     assert!(theirs[2..].contains(&help[0]), "{reqs:?}");
 }
 
+/// A peer of another pulling group that failed a request backs off, and
+/// while it does it offers nothing to trade: the full group is asked
+/// instead (a peer that claims pieces and never serves them must not hold
+/// the download back).
+#[test]
+fn a_failed_trade_lets_the_full_group_help() {
+    let n = 64;
+    let c = DownloadConfig {
+        per_remote_peer: 1,
+        total: n,
+        ..cfg()
+    };
+    let (mine, theirs): (Vec<usize>, Vec<usize>) =
+        (0..n).partition(|&i| stripe_owner(i, &[0, OTHER]) == 0);
+    let mut have = bitvec![0; n];
+    for &i in &mine {
+        have.set(i, true);
+    }
+    let mut d = Download::new(have, c, 5);
+    d.set_group(0);
+    d.set_bridge(share(0, 1));
+    d.add_remote_peer(1, ORIGIN);
+    d.peer_bitfield(1, &full(n)).unwrap();
+    d.add_remote_peer(2, OTHER);
+    let mut two = bitvec![0; n];
+    two.set(theirs[0], true);
+    two.set(theirs[1], true);
+    d.peer_bitfield(2, &two).unwrap();
+    let reqs = d.poll_requests(t0());
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    assert_eq!(reqs[0].0, 2);
+    d.piece_failed(2, reqs[0].1, Failure::Failed, t0());
+    d.check_invariants();
+    let reqs = d.poll_requests(t0());
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|r| r.0 == 1),
+        "{reqs:?}"
+    );
+}
+
 /// Once the other group has a complete copy it no longer pulls: every
 /// piece is this group's to take, rarest first as before.
 #[test]

@@ -2,6 +2,8 @@
 //! what a bridge asks other groups for (group-rarest, and stripes when
 //! several groups pull at once).
 
+use std::time::Instant;
+
 use super::{Download, PeerKey, lowest_score, missing};
 use crate::core::group::{BridgeShare, stripe_owner};
 
@@ -51,7 +53,7 @@ impl Download {
     /// - From a peer of a group with a complete copy, this bridge asks only
     ///   for its own group's stripe while this host misses some of it, or
     ///   while another pulling group holds a piece this one could fetch
-    ///   from it. Each piece then leaves the full group once. (As a mere
+    ///   from it (from a source that is not backing off). Each piece then leaves the full group once. (As a mere
     ///   preference, a bridge whose stripe was all asked for took the
     ///   others' pieces there too: at 4 x 4 the seed's group sent 1.3 S.)
     /// - Past that, with nothing to trade, it takes the others' pieces
@@ -59,7 +61,7 @@ impl Download {
     ///   WAN), at the cost of a piece crossing the full group's uplink
     ///   twice.
     /// - From a peer of a group still pulling, its own stripe comes first.
-    pub(super) fn pick_remote(&mut self, key: PeerKey) -> Option<usize> {
+    pub(super) fn pick_remote(&mut self, key: PeerKey, now: Instant) -> Option<usize> {
         let share = self.bridge?;
         let pulling = self.pulling_groups();
         let p = &self.peers[&key];
@@ -74,10 +76,14 @@ impl Download {
             && !pulling.contains(&p.group)
             && (have.iter_zeros().any(|i| stripe_owner(i, &pulling) == me)
                 || self.peers.values().any(|q| {
+                    // a source that is backing off, or failed the piece,
+                    // offers nothing (a peer that claims pieces and never
+                    // serves them must not hold the full group back)
                     q.remote
                         && q.group != me
                         && pulling.contains(&q.group)
-                        && missing(&q.bits, have).any(wanted)
+                        && q.src.is_ready(now)
+                        && missing(&q.bits, have).any(|i| wanted(i) && !q.src.avoids(i))
                 }));
         lowest_score(
             &mut self.rng,
