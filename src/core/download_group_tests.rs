@@ -314,11 +314,11 @@ fn a_full_group_serves_only_the_stripe_until_it_is_held() {
     );
 }
 
-/// Past its own stripe, a bridge leaves a full group alone while another
-/// pulling group has a piece to trade, and takes the rest there once
-/// there is nothing to trade (a group slower than this one).
-#[test]
-fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
+/// A bridge of group 0 that holds its group's whole stripe, one request
+/// per remote peer, beside peer 1 of `ORIGIN` with every piece and peer 2
+/// of `OTHER` (still pulling) with the first two pieces of its stripe;
+/// and that stripe.
+fn past_own_stripe() -> (Download, Vec<usize>) {
     let n = 64;
     let c = DownloadConfig {
         per_remote_peer: 1,
@@ -341,6 +341,15 @@ fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
     two.set(theirs[0], true);
     two.set(theirs[1], true);
     d.peer_bitfield(2, &two).unwrap();
+    (d, theirs)
+}
+
+/// Past its own stripe, a bridge leaves a full group alone while another
+/// pulling group has a piece to trade, and takes the rest there once
+/// there is nothing to trade (a group slower than this one).
+#[test]
+fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
+    let (mut d, theirs) = past_own_stripe();
     // one request per remote peer: the other group gets one, the full
     // group none, as the second piece still waits at the other group
     let mut reqs = d.poll_requests(t0());
@@ -369,28 +378,7 @@ fn a_full_group_helps_only_when_there_is_nothing_to_trade() {
 /// the download back).
 #[test]
 fn a_failed_trade_lets_the_full_group_help() {
-    let n = 64;
-    let c = DownloadConfig {
-        per_remote_peer: 1,
-        total: n,
-        ..cfg()
-    };
-    let (mine, theirs): (Vec<usize>, Vec<usize>) =
-        (0..n).partition(|&i| stripe_owner(i, &[0, OTHER]) == 0);
-    let mut have = bitvec![0; n];
-    for &i in &mine {
-        have.set(i, true);
-    }
-    let mut d = Download::new(have, c, 5);
-    d.set_group(0);
-    d.set_bridge(share(0, 1));
-    d.add_remote_peer(1, ORIGIN);
-    d.peer_bitfield(1, &full(n)).unwrap();
-    d.add_remote_peer(2, OTHER);
-    let mut two = bitvec![0; n];
-    two.set(theirs[0], true);
-    two.set(theirs[1], true);
-    d.peer_bitfield(2, &two).unwrap();
+    let (mut d, _) = past_own_stripe();
     let reqs = d.poll_requests(t0());
     assert_eq!(reqs.len(), 1, "{reqs:?}");
     assert_eq!(reqs[0].0, 2);
