@@ -53,9 +53,10 @@ impl Download {
     /// - From a peer of a group with a complete copy, this bridge asks only
     ///   for its own group's stripe while this host misses some of it, or
     ///   while another pulling group holds a piece this one could fetch
-    ///   from it (from a source that is not backing off). Each piece then leaves the full group once. (As a mere
-    ///   preference, a bridge whose stripe was all asked for took the
-    ///   others' pieces there too: at 4 x 4 the seed's group sent 1.3 S.)
+    ///   from it (from a source that is not backing off). Each piece then
+    ///   leaves the full group once. (As a mere preference, a bridge whose
+    ///   stripe was all asked for took the others' pieces there too: at
+    ///   4 x 4 the seed's group sent 1.3 S.)
     /// - Past that, with nothing to trade, it takes the others' pieces
     ///   there too: that helps a group slower than the rest (a thinner
     ///   WAN), at the cost of a piece crossing the full group's uplink

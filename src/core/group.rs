@@ -198,52 +198,52 @@ mod tests {
     }
 
     proptest! {
-            /// With k bridges, every piece is taken by exactly one of them.
-            #[test]
-            fn shares_partition_the_pieces(
-                since in proptest::collection::vec(0u64..4, 1..12),
-                k in 1usize..5,
-                salt in any::<[u8; 32]>(),
-            ) {
-                let members: Vec<Member> =
-                    since.iter().enumerate().map(|(n, &t)| m(n as u8, t)).collect();
-                let shares: Vec<BridgeShare> = members
-                    .iter()
-                    .filter_map(|&me| bridge_share(&salt, me, &others(&members, me), k))
-                    .collect();
-                prop_assert_eq!(shares.len(), k.min(members.len()));
-                for piece in 0..50 {
-                    prop_assert_eq!(shares.iter().filter(|s| s.takes(piece)).count(), 1);
-                }
+        /// With k bridges, every piece is taken by exactly one of them.
+        #[test]
+        fn shares_partition_the_pieces(
+            since in proptest::collection::vec(0u64..4, 1..12),
+            k in 1usize..5,
+            salt in any::<[u8; 32]>(),
+        ) {
+            let members: Vec<Member> =
+                since.iter().enumerate().map(|(n, &t)| m(n as u8, t)).collect();
+            let shares: Vec<BridgeShare> = members
+                .iter()
+                .filter_map(|&me| bridge_share(&salt, me, &others(&members, me), k))
+                .collect();
+            prop_assert_eq!(shares.len(), k.min(members.len()));
+            for piece in 0..50 {
+                prop_assert_eq!(shares.iter().filter(|s| s.takes(piece)).count(), 1);
             }
+        }
 
-            /// Every group owns the same number of pieces to one, and so does
-            /// every group within each bridge's share (no lining up).
-            #[test]
-            fn stripes_are_even(
-                tags in proptest::collection::btree_set(any::<u64>(), 1..6),
-                n in 0usize..300,
-                bridges in 1usize..4,
-            ) {
-                let groups: Vec<u64> = tags.into_iter().collect();
-                let count = |share: &dyn Fn(usize) -> bool, g: u64| {
-                    (0..n).filter(|&i| share(i) && stripe_owner(i, &groups) == g).count()
-                };
-                let all = |_: usize| true;
-                let counts: Vec<usize> = groups.iter().map(|&g| count(&all, g)).collect();
-                prop_assert_eq!(counts.iter().sum::<usize>(), n);
-                let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
-                prop_assert!(hi - lo <= 1, "{:?}", counts);
-                if groups.len() > 1 && n >= 60 * bridges * groups.len() / 2 {
-                    for rank in 0..bridges {
-                        let mine = |i: usize| BridgeShare { rank, of: bridges }.takes(i);
-                        for &g in &groups {
-                            let c = count(&mine, g);
-                            let fair = n / bridges / groups.len();
-                            prop_assert!(c * 3 >= fair, "rank {} group {}: {} of ~{}", rank, g, c, fair);
-                        }
+        /// Every group owns the same number of pieces to one, and so does
+        /// every group within each bridge's share (no lining up).
+        #[test]
+        fn stripes_are_even(
+            tags in proptest::collection::btree_set(any::<u64>(), 1..6),
+            n in 0usize..300,
+            bridges in 1usize..4,
+        ) {
+            let groups: Vec<u64> = tags.into_iter().collect();
+            let count = |share: &dyn Fn(usize) -> bool, g: u64| {
+                (0..n).filter(|&i| share(i) && stripe_owner(i, &groups) == g).count()
+            };
+            let all = |_: usize| true;
+            let counts: Vec<usize> = groups.iter().map(|&g| count(&all, g)).collect();
+            prop_assert_eq!(counts.iter().sum::<usize>(), n);
+            let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+            prop_assert!(hi - lo <= 1, "{:?}", counts);
+            if groups.len() > 1 && n >= 60 * bridges * groups.len() / 2 {
+                for rank in 0..bridges {
+                    let mine = |i: usize| BridgeShare { rank, of: bridges }.takes(i);
+                    for &g in &groups {
+                        let c = count(&mine, g);
+                        let fair = n / bridges / groups.len();
+                        prop_assert!(c * 3 >= fair, "rank {} group {}: {} of ~{}", rank, g, c, fair);
                     }
                 }
             }
+        }
     }
 }
