@@ -225,12 +225,12 @@ fn a_remote_peer_gets_fewer_requests_than_a_local_one() {
 const ORIGIN: u64 = 7;
 const OTHER: u64 = 9;
 
-/// A bridge of group 0 asking one request at a time, with peer 1 of
-/// `ORIGIN` holding all `n` pieces.
-fn bridge_beside_an_origin(n: usize) -> Download {
+/// A bridge of group 0 with `slots` requests in flight at most, with
+/// peer 1 of `ORIGIN` holding all `n` pieces.
+fn bridge_beside_an_origin(n: usize, slots: usize) -> Download {
     let c = DownloadConfig {
-        per_remote_peer: 1,
-        total: 1,
+        per_remote_peer: slots,
+        total: slots,
         ..cfg()
     };
     let mut d = Download::new(bitvec![0; n], c, 5);
@@ -248,7 +248,7 @@ fn bridge_beside_an_origin(n: usize) -> Download {
 #[test]
 fn pulling_groups_take_disjoint_stripes_from_a_full_group() {
     let n = 64;
-    let mut d = bridge_beside_an_origin(n);
+    let mut d = bridge_beside_an_origin(n, 1);
     d.add_remote_peer(2, OTHER);
     d.peer_bitfield(2, &bitvec![0; n]).unwrap();
     let mine: Vec<usize> = (0..n)
@@ -274,16 +274,7 @@ fn pulling_groups_take_disjoint_stripes_from_a_full_group() {
 #[test]
 fn a_full_group_serves_only_the_stripe_until_it_is_held() {
     let n = 64;
-    let c = DownloadConfig {
-        per_remote_peer: n,
-        total: n,
-        ..cfg()
-    };
-    let mut d = Download::new(bitvec![0; n], c, 5);
-    d.set_group(0);
-    d.set_bridge(share(0, 1));
-    d.add_remote_peer(1, ORIGIN);
-    d.peer_bitfield(1, &full(n)).unwrap();
+    let mut d = bridge_beside_an_origin(n, n);
     d.add_remote_peer(2, OTHER);
     d.peer_bitfield(2, &bitvec![0; n]).unwrap();
     let mine: Vec<usize> = (0..n)
@@ -396,7 +387,7 @@ fn a_failed_trade_lets_the_full_group_help() {
 #[test]
 fn a_group_with_a_full_copy_owns_no_stripe() {
     let n = 64;
-    let mut d = bridge_beside_an_origin(n);
+    let mut d = bridge_beside_an_origin(n, 1);
     d.add_remote_peer(2, OTHER);
     d.peer_bitfield(2, &full(n)).unwrap();
     let mine: Vec<usize> = (0..n)
