@@ -210,6 +210,9 @@ pub struct PeerHandle {
     pub conn: Connection,
     pub dialed: bool,
     pub control: mpsc::Sender<Message>,
+    /// Whether the peer wants our Haves (its last `WantHaves`; on at
+    /// first). The control writer holds its Haves while this is off.
+    pub wants_haves: watch::Sender<bool>,
     /// The control writer; it finishes once `control` is dropped.
     pub writer: tokio::task::JoinHandle<()>,
 }
@@ -223,7 +226,8 @@ pub fn start(
 ) -> PeerHandle {
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
-    let writer = tokio::spawn(control_writer(h.send, rx, have));
+    let (wants_haves, wants) = watch::channel(true);
+    let writer = tokio::spawn(control_writer(h.send, rx, have, wants));
     tokio::spawn(control_reader(key, h.conn.clone(), h.recv, events.clone()));
     tokio::spawn(super::serve::serve_requests(
         key,
@@ -236,6 +240,7 @@ pub fn start(
         conn: h.conn,
         dialed: h.dialed,
         control: tx,
+        wants_haves,
         writer,
     }
 }
@@ -266,24 +271,35 @@ async fn control_reader(
 
 /// Sends our bitfield first, then a Have for every piece we gain (from the
 /// engine's watch channel: coalesced, never an unbounded queue), and the
-/// messages the engine queues.
+/// messages the engine queues. While the peer wants no Haves (`wants`
+/// off), it holds them; when the peer wants them again, it sends the whole
+/// bitfield once more instead of the Haves it held.
 async fn control_writer(
     mut send: SendStream,
     mut rx: mpsc::Receiver<Message>,
     mut have: watch::Receiver<Arc<BitVec>>,
+    mut wants: watch::Receiver<bool>,
 ) {
     let mut sent: BitVec = have.borrow_and_update().as_ref().clone();
-    let first: BitVec<u8, Lsb0> = sent.iter().by_vals().collect();
-    if send
-        .write_all(&Message::Bitfield(first).encode_frame())
-        .await
-        .is_err()
-    {
+    if send.write_all(&bitfield_frame(&sent)).await.is_err() {
         return;
     }
+    let mut muted = false;
     loop {
         let frames: Vec<u8> = tokio::select! {
-            changed = have.changed() => {
+            changed = wants.changed() => {
+                if changed.is_err() { return; }
+                let on = *wants.borrow_and_update();
+                let unmuted = muted && on;
+                muted = !on;
+                if unmuted {
+                    sent = have.borrow_and_update().as_ref().clone();
+                    bitfield_frame(&sent)
+                } else {
+                    Vec::new()
+                }
+            }
+            changed = have.changed(), if !muted => {
                 if changed.is_err() { return; }
                 let now = have.borrow_and_update().clone();
                 let mut out = Vec::new();
@@ -309,4 +325,8 @@ async fn control_writer(
             return;
         }
     }
+}
+
+fn bitfield_frame(have: &BitVec) -> Vec<u8> {
+    Message::Bitfield(have.iter().by_vals().collect()).encode_frame()
 }

@@ -16,8 +16,8 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 2;
-pub const ALPN: &[u8] = b"swarm/2";
+pub const PROTOCOL_VERSION: u16 = 3;
+pub const ALPN: &[u8] = b"swarm/3";
 pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_GROUP_LEN: usize = 64;
 pub const MAX_ADDRS: usize = 16;
@@ -57,6 +57,10 @@ pub enum Message {
     Peers(Vec<PeerInfo>),
     /// The sender has every piece.
     Done,
+    /// Whether the sender wants the receiver's Haves. Off: send none for
+    /// now (a host that does not fetch from this peer: a non-bridge, from
+    /// another group). On: send a Bitfield now and Haves again.
+    WantHaves(bool),
 }
 
 mod code {
@@ -65,6 +69,7 @@ mod code {
     pub const HAVE: u8 = 3;
     pub const PEERS: u8 = 4;
     pub const DONE: u8 = 5;
+    pub const WANT_HAVES: u8 = 6;
 }
 
 impl Message {
@@ -103,6 +108,10 @@ impl Message {
                 }
             }
             Message::Done => w.u8(code::DONE),
+            Message::WantHaves(on) => {
+                w.u8(code::WANT_HAVES);
+                w.u8(u8::from(*on));
+            }
         }
         let len = (w.buf.len() - 4) as u32;
         w.buf[..4].copy_from_slice(&len.to_le_bytes());
@@ -159,6 +168,11 @@ impl Message {
                 Message::Peers(peers)
             }
             code::DONE => Message::Done,
+            code::WANT_HAVES => match r.u8()? {
+                0 => Message::WantHaves(false),
+                1 => Message::WantHaves(true),
+                v => return Err(DecodeError::invalid("want-haves flag", v.to_string())),
+            },
             t => return Err(DecodeError::invalid("message type", t.to_string())),
         };
         r.finish()?;

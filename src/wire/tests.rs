@@ -27,6 +27,8 @@ fn pinned_bytes() {
         [5, 0, 0, 0, 3, 4, 3, 2, 1]
     );
     assert_eq!(Message::Done.encode_frame(), [1, 0, 0, 0, 5]);
+    assert_eq!(Message::WantHaves(false).encode_frame(), [2, 0, 0, 0, 6, 0]);
+    assert_eq!(Message::WantHaves(true).encode_frame(), [2, 0, 0, 0, 6, 1]);
     let bits: BitVec<u8, Lsb0> = [true, false, true, true, false, false, false, false, true]
         .into_iter()
         .collect();
@@ -37,7 +39,7 @@ fn pinned_bytes() {
     // Hello: type, version, manifest id, peer id, then the start time
     let frame = Message::Hello(hello()).encode_frame();
     let body = &frame[4..];
-    assert_eq!(&body[..3], &[1, 2, 0]);
+    assert_eq!(&body[..3], &[1, 3, 0]);
     assert_eq!(&body[3..35], &[7; 32]);
     assert_eq!(&body[35..51], &[1; 16]);
     assert_eq!(&body[51..59], &1_795_000_000_000u64.to_le_bytes());
@@ -59,6 +61,8 @@ fn every_message_round_trips() {
             addrs: vec!["[::1]:5".parse().unwrap(), "1.2.3.4:5".parse().unwrap()],
         }]),
         Message::Done,
+        Message::WantHaves(false),
+        Message::WantHaves(true),
     ];
     for m in &msgs {
         assert_eq!(&round_trip(m), m);
@@ -83,6 +87,9 @@ fn limits_are_enforced() {
     h.group = "x".repeat(65);
     assert!(Message::decode(&Message::Hello(h).encode_frame()[4..]).is_err());
     assert!(Message::decode(&[99]).is_err());
+    // the want-haves flag is 0 or 1, nothing else
+    assert!(Message::decode(&[code::WANT_HAVES, 2]).is_err());
+    assert!(Message::decode(&[code::WANT_HAVES]).is_err());
     assert!(Message::decode(&[]).is_err());
     assert!(Request::decode([2, 1, 0, 0, 0]).is_err());
     assert!(Status::decode(3).is_err());

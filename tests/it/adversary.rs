@@ -71,7 +71,7 @@ fn piece_len(size: u64, piece: u64, i: u32) -> usize {
     (size.saturating_sub(start)).min(piece) as usize
 }
 
-async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
+pub async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     let mut len = [0u8; 4];
     recv.read_exact(&mut len).await.ok()?;
     let mut body = vec![0u8; Message::frame_len(len).ok()?];
@@ -80,12 +80,24 @@ async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
 }
 
 fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
+    hello_in("default", t, conn, role, id, addr)
+}
+
+/// A Hello frame as peer `id` of `group`, listening at `addr`.
+pub fn hello_in(
+    group: &str,
+    t: &Ticket,
+    conn: &Connection,
+    role: Role,
+    id: PeerId,
+    addr: SocketAddr,
+) -> Vec<u8> {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
         peer_id: id,
         since: 0,
-        group: "default".into(),
+        group: group.into(),
         addrs: vec![addr],
         proof: auth::proof(conn, &t.secret, role).unwrap(),
     })

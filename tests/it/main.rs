@@ -4,6 +4,7 @@ mod adversary;
 mod errors;
 mod faults;
 mod groups;
+mod haves;
 mod hoarder;
 mod hostile;
 mod netsim;

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use super::Engine;
 use crate::core::group::{self, Member};
+use crate::wire::Message;
 
 /// A joiner takes no bridge role in its first 300 ms, nor (for its first
 /// ten seconds) before a peer has told it who is in the swarm or while it
@@ -102,6 +103,30 @@ impl Engine {
             d.set_bridge(share);
             if share.is_some() {
                 self.report.was_bridge = true;
+            }
+        }
+    }
+
+    /// Tells the peers of other groups whether this host wants their Haves:
+    /// only while it fetches across groups (a bridge, not complete, in a
+    /// group without a full copy). Every other host of a group would
+    /// otherwise hear every Have of every host of the other groups over the
+    /// WAN and acknowledge each: measured at 2 groups of 8 (512 MiB), 6,450
+    /// small packets into each non-bridge, 11% of the packets and 0.8% of
+    /// the bytes into the group. A peer that wants Haves again is sent its
+    /// holder's whole bitfield first. Retried next tick if a queue is full.
+    pub(super) fn sync_want_haves(&mut self) {
+        let want = !self.group_holds_all()
+            && self
+                .download
+                .as_ref()
+                .is_some_and(|d| d.bridge().is_some() && !d.is_complete());
+        for p in self.peers.values_mut() {
+            if p.remote
+                && p.told_want_haves != want
+                && p.handle.control.try_send(Message::WantHaves(want)).is_ok()
+            {
+                p.told_want_haves = want;
             }
         }
     }

@@ -351,6 +351,7 @@ impl Engine {
             self.alone_since = None;
         }
         self.elect_if_due(now);
+        self.sync_want_haves();
         // connected, but nobody has what we miss (e.g. the seed died before
         // every piece left it): give up rather than wait forever
         if !self.complete

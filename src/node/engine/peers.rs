@@ -67,6 +67,9 @@ pub(super) struct Peer {
     pub(super) heard: Instant,
     /// Pieces being served to it now.
     pub(super) serving: u32,
+    /// Whether we last told it we want its Haves (on at first, as the
+    /// protocol starts); see `sync_want_haves`.
+    pub(super) told_want_haves: bool,
 }
 
 impl Engine {
@@ -152,6 +155,7 @@ impl Engine {
                 since,
                 heard: Instant::now(),
                 serving: 0,
+                told_want_haves: true,
             },
         );
         if !cross {
@@ -202,6 +206,19 @@ impl Engine {
                 p.done = true;
                 self.done_ids.insert(p.info.id);
                 tracing::debug!(peer = hex(&p.info.id[..4]), "peer is done");
+                // it holds every piece, whether or not we heard its Haves
+                let all = bitvec![1; self.manifest.piece_count()];
+                if spread {
+                    self.spreader.peer_bitfield(key, &all);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_bitfield(key, &all).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            }
+            Message::WantHaves(on) => {
+                let p = self.peers.get(&key).expect("checked above");
+                p.handle.wants_haves.send_replace(on);
                 Ok(())
             }
             Message::Hello(_) => Err("second hello".into()),

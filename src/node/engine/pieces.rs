@@ -181,7 +181,7 @@ impl Engine {
     /// they serve before their own group (`cc`). A group still pulling the
     /// image in does not: there every piece that crosses the WAN must
     /// spread to its members, and its LAN is the path that matters.
-    fn group_holds_all(&self) -> bool {
+    pub(super) fn group_holds_all(&self) -> bool {
         self.download.is_none() || self.spreader.has_full_holder() || self.have.borrow().all()
     }
 
