@@ -62,14 +62,16 @@ fn endpoint(
 }
 
 /// Bytes of the connection IDs this endpoint hands out, which every packet
-/// sent to it carries. quinn's default is 8; 4 leaves 2^32 values for the
-/// few hundred IDs a node has out at once (quinn draws again on a clash)
-/// and saves 4 of the 76 bytes of headers around each 1436 bytes of piece
-/// data at MTU 1500: 0.26% of every byte sent, WAN included (see
-/// docs/architecture.md, "QUIC tuning"). Zero-length IDs would save 8 but
-/// route by address, and two hosts that dial each other at once briefly
-/// have two connections between the same two sockets.
-const CID_LEN: usize = 4;
+/// sent to it carries. quinn's default is 8. 2 leaves 65,536 values for the
+/// few thousand IDs a node has out at most (8 per connection, at most 512
+/// peers and 64 handshakes: quinn draws again on a clash, and refuses new
+/// connections before 3/4 of the space is used, so a flood cannot make it
+/// spin) and saves 6 of the 76 bytes of headers around each 1436 bytes of
+/// piece data at MTU 1500: 0.4% of every byte sent, WAN included (see
+/// docs/architecture.md, "QUIC tuning"). Zero-length IDs would save 2 more
+/// but route by address, and two hosts that dial each other at once
+/// briefly have two connections between the same two sockets.
+const CID_LEN: usize = 2;
 
 /// What we advertise: an unspecified IP stands for "where you see me".
 fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
