@@ -285,10 +285,16 @@ async fn control_writer(
         return;
     }
     let mut muted = false;
+    // the handle (and with it the sender) goes away with the peer: then
+    // only the queue's end finishes the stream, after what it holds
+    let mut wants_open = true;
     loop {
         let frames: Vec<u8> = tokio::select! {
-            changed = wants.changed() => {
-                if changed.is_err() { return; }
+            changed = wants.changed(), if wants_open => {
+                if changed.is_err() {
+                    wants_open = false;
+                    continue;
+                }
                 let on = *wants.borrow_and_update();
                 let unmuted = muted && on;
                 muted = !on;
