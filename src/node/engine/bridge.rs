@@ -107,20 +107,27 @@ impl Engine {
         }
     }
 
+    /// Whether this host fetches across groups: a bridge, not complete, in
+    /// a group without a full copy. Only such a host dials peers of other
+    /// groups (they dial it when they fetch from its group) and wants their
+    /// Haves.
+    pub(super) fn fetches_across(&self) -> bool {
+        !self.group_holds_all()
+            && self
+                .download
+                .as_ref()
+                .is_some_and(|d| d.bridge().is_some() && !d.is_complete())
+    }
+
     /// Tells the peers of other groups whether this host wants their Haves:
-    /// only while it fetches across groups (a bridge, not complete, in a
-    /// group without a full copy). Every other host of a group would
+    /// only while it fetches across groups (`fetches_across`). Every other host of a group would
     /// otherwise hear every Have of every host of the other groups over the
     /// WAN and acknowledge each: measured at 2 groups of 8 (512 MiB), 6,450
     /// small packets into each non-bridge, 11% of the packets and 0.8% of
     /// the bytes into the group. A peer that wants Haves again is sent its
     /// holder's whole bitfield first. Retried next tick if a queue is full.
     pub(super) fn sync_want_haves(&mut self) {
-        let want = !self.group_holds_all()
-            && self
-                .download
-                .as_ref()
-                .is_some_and(|d| d.bridge().is_some() && !d.is_complete());
+        let want = self.fetches_across();
         for p in self.peers.values_mut() {
             if p.remote
                 && p.told_want_haves != want

@@ -97,12 +97,14 @@ impl Dialer {
 
     /// The peers to dial now, marked as dialing: those due, members of
     /// `group` first, as many as keep `connections` plus dials in progress
-    /// within the dial target.
+    /// within the dial target. Members of other groups only if `cross`
+    /// (this host fetches across groups); the others wait, known.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
         connections: usize,
         group: &str,
+        cross: bool,
     ) -> Vec<PeerInfo> {
         let dialing = self.known.values().filter(|k| k.dialing).count();
         let room = DIAL_TARGET.saturating_sub(connections + dialing);
@@ -111,7 +113,7 @@ impl Dialer {
         let mut due: Vec<&mut Known> = self
             .known
             .values_mut()
-            .filter(|k| !k.dialing && k.next_dial <= now)
+            .filter(|k| !k.dialing && k.next_dial <= now && (cross || k.info.group == group))
             .collect();
         due.sort_by_key(|k| k.info.group != group);
         due.into_iter()
@@ -140,5 +142,48 @@ impl Dialer {
         self.known
             .values()
             .any(|k| k.info.group == group && (k.dialing || k.failures == 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u8, group: &str) -> PeerInfo {
+        PeerInfo {
+            id: [id; 16],
+            group: group.into(),
+            addrs: vec!["10.0.0.1:7000".parse().unwrap()],
+        }
+    }
+
+    fn ids(due: Vec<PeerInfo>) -> Vec<u8> {
+        due.iter().map(|p| p.id[0]).collect()
+    }
+
+    #[test]
+    fn peers_of_other_groups_wait_until_this_host_fetches_across() {
+        let mut d = Dialer::default();
+        d.learn(info(1, "a"), false);
+        d.learn(info(2, "b"), false);
+        let now = Instant::now();
+        assert_eq!(ids(d.take_due(now, 0, "a", false)), [1]);
+        assert!(
+            d.take_due(now, 0, "a", false).is_empty(),
+            "the other group's peer waits"
+        );
+        assert_eq!(ids(d.take_due(now, 0, "a", true)), [2]);
+    }
+
+    #[test]
+    fn members_of_the_group_come_first_within_the_target() {
+        let mut d = Dialer::default();
+        for i in 0..DIAL_TARGET as u8 {
+            d.learn(info(i, "far"), false);
+        }
+        d.learn(info(200, "near"), false);
+        let due = ids(d.take_due(Instant::now(), 1, "near", true));
+        assert_eq!(due.len(), DIAL_TARGET - 1);
+        assert_eq!(due[0], 200);
     }
 }

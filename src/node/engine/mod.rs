@@ -324,9 +324,12 @@ impl Engine {
     fn tick(&mut self) -> Result<(), NodeError> {
         let now = Instant::now();
         // dial peers we learned about, up to the dial target
-        let due = self
-            .dialer
-            .take_due(now, self.peers.len(), &self.group.name);
+        let due = self.dialer.take_due(
+            now,
+            self.peers.len(),
+            &self.group.name,
+            self.fetches_across(),
+        );
         for info in due {
             tokio::spawn(connect::dial(
                 self.endpoint.clone(),

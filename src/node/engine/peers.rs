@@ -283,13 +283,17 @@ impl Engine {
             }
             *k != key
         });
-        // A peer that left normally, or that we refused, is not redialed.
+        // A peer that left normally, or that we refused, is not redialed;
+        // nor one that was done, once this host is complete too. (A done
+        // host never dials another group's hosts: after a WAN outage the
+        // bridge on the other side must dial it again.)
         let normal = matches!(p.handle.conn.close_reason(), Some(ConnectionError::ApplicationClosed(ref c)) if c.error_code == close::DONE.into() || c.error_code == close::DUPLICATE.into())
             || matches!(
                 p.handle.conn.close_reason(),
                 Some(ConnectionError::LocallyClosed)
             );
-        if !normal && !p.done && !self.banned.covers(&p.info) && !self.by_id.contains_key(&id) {
+        let useful = !p.done || !self.complete;
+        if !normal && useful && !self.banned.covers(&p.info) && !self.by_id.contains_key(&id) {
             self.dialer.redial_later(p.info);
         }
         Some(remote)
