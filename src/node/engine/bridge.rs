@@ -120,12 +120,12 @@ impl Engine {
     }
 
     /// Tells the peers of other groups whether this host wants their Haves:
-    /// only while it fetches across groups (`fetches_across`). Every other host of a group would
-    /// otherwise hear every Have of every host of the other groups over the
-    /// WAN and acknowledge each: measured at 2 groups of 8 (512 MiB), 6,450
-    /// small packets into each non-bridge, 11% of the packets and 0.8% of
-    /// the bytes into the group. A peer that wants Haves again is sent its
-    /// holder's whole bitfield first. Retried next tick if a queue is full.
+    /// only while it fetches across groups (`fetches_across`). Otherwise
+    /// every host of a group heard every Have of the other groups' hosts
+    /// over the WAN and acknowledged each: at 2 groups of 8 (512 MiB),
+    /// 6,450 small packets into each non-bridge, 11% of the packets into
+    /// the group. A peer that wants Haves again is sent its holder's whole
+    /// bitfield first. Retried next tick if a queue is full.
     pub(super) fn sync_want_haves(&mut self) {
         let want = self.fetches_across();
         for p in self.peers.values_mut() {
