@@ -148,6 +148,44 @@ fn hash_file(path: &Path) -> blake3::Hash {
     }
 }
 
+/// CPU time (user + system) of this process's children that have been
+/// waited for, and of their own waited-for children: what every method's
+/// processes used, read before and after it runs.
+fn children_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU time of this process (all threads): QUIC alone runs in it.
+fn own_cpu() -> Duration {
+    rusage_cpu(libc::RUSAGE_SELF)
+}
+
+fn rusage_cpu(who: libc::c_int) -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(who, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time a running process has used so far, from /proc (10 ms steps).
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // the fields after the parenthesised name; utime and stime are the
+    // 14th and 15th of the whole line
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    // rest[0] is field 3 (the state)
+    let ticks = field(11) + field(12);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr().expect("local addr").port()
@@ -274,6 +312,11 @@ struct SwarmRun {
     bytes_per_sec: f64,
     complete_secs: f64,
     rss_kib: u64,
+    /// CPU the seed had used when its ticket appeared: the manifest build,
+    /// left out of the transfer's CPU.
+    seed_build_cpu: Duration,
+    /// The join's own CPU (GNU time's user + system).
+    join_cpu: Duration,
 }
 
 fn swarm(b: &mut Bench, round: usize) -> SwarmRun {
@@ -301,13 +344,14 @@ fn swarm(b: &mut Bench, round: usize) -> SwarmRun {
     let ready = wait_for(Duration::from_secs(60), || ticket.exists() || seed.exited());
     let ok = ready && ticket.exists();
     assert!(ok, "no ticket within 60 s (see {})", dir.display());
+    let seed_build_cpu = proc_cpu(seed.child.id());
 
     let dest = b.fresh("swarm");
     let (report, rss) = (dir.join("join.json"), dir.join("join.rss"));
     let took = run_timed(
         "swarm join",
         Command::new("/usr/bin/time")
-            .args(["-f", "%M", "-o"])
+            .args(["-f", "%M %U %S", "-o"])
             .arg(&rss)
             .arg(SWARM)
             .args(["-q", "join"])
@@ -327,14 +371,22 @@ fn swarm(b: &mut Bench, round: usize) -> SwarmRun {
     let bytes_per_sec = b.verify("swarm", &dest, took);
     let r: Value = serde_json::from_slice(&fs::read(&report).expect("read join report"))
         .expect("join report is JSON");
-    let rss_text = fs::read_to_string(&rss).expect("read RSS file");
+    let time_text = fs::read_to_string(&rss).expect("read GNU time's output");
+    // the last line: GNU time puts a note above it when the command fails
+    let f: Vec<f64> = (time_text.lines().last().unwrap_or(""))
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    assert!(
+        f.len() == 3,
+        "GNU time wrote {time_text:?}, not RSS, user, system"
+    );
     SwarmRun {
         bytes_per_sec,
         complete_secs: r["complete_secs"].as_f64().expect("complete_secs"),
-        rss_kib: rss_text
-            .trim()
-            .parse()
-            .expect("GNU time wrote the peak RSS"),
+        rss_kib: f[0] as u64,
+        seed_build_cpu,
+        join_cpu: Duration::from_secs_f64(f[1] + f[2]),
     }
 }
 
@@ -453,29 +505,56 @@ fn main() {
     // Per method, one bytes/s figure a round: iperf3, rsync, rsync --fsync,
     // swarm (wall time), swarm (by its report's complete_secs), QUIC alone.
     let mut samples: [Vec<f64>; 6] = Default::default();
+    // CPU seconds per GiB a round, both ends together: iperf3, rsync,
+    // rsync --fsync, swarm, QUIC alone; then swarm's seed (serving only)
+    // and joiner apart.
+    let mut cpu: [Vec<f64>; 7] = Default::default();
+    let per_gib = |d: Duration| d.as_secs_f64() * GIB as f64 / size as f64;
     let mut rss_kib = 0;
     for round in 1..=rounds {
         eprintln!("bench: round {round}/{rounds}");
-        samples[0].push(iperf3(&mut b));
-        samples[1].push(rsync(&mut b, false));
-        samples[2].push(rsync(&mut b, true));
+        let mut timed = |i: usize, cpu_of: fn() -> Duration, f: &mut dyn FnMut() -> f64| {
+            let before = cpu_of();
+            samples[i].push(f());
+            cpu[i].push(per_gib(cpu_of() - before));
+        };
+        timed(0, children_cpu, &mut || iperf3(&mut b));
+        timed(1, children_cpu, &mut || rsync(&mut b, false));
+        timed(2, children_cpu, &mut || rsync(&mut b, true));
+        let before = children_cpu();
         let s = swarm(&mut b, round);
+        let both = children_cpu() - before - s.seed_build_cpu;
+        cpu[3].push(per_gib(both));
+        cpu[5].push(per_gib(both.saturating_sub(s.join_cpu)));
+        cpu[6].push(per_gib(s.join_cpu));
         samples[3].push(s.bytes_per_sec);
         samples[4].push(size as f64 / s.complete_secs);
         rss_kib = rss_kib.max(s.rss_kib);
         b.fresh("quic"); // writes nothing, but frees the previous copy
+        let before = own_cpu();
         samples[5].push(quic_alone(size, b.timeout));
+        cpu[4].push(per_gib(own_cpu() - before));
         let mbs: Vec<String> = samples
             .iter()
             .map(|v| format!("{:.0}", v[round - 1] / 1e6))
             .collect();
+        let cpus: Vec<String> = cpu[..5]
+            .iter()
+            .map(|v| format!("{:.2}", v[round - 1]))
+            .collect();
         eprintln!(
-            "bench: round {round} MB/s (iperf3, rsync, rsync --fsync, swarm, swarm by complete_secs, QUIC alone): {}",
-            mbs.join(", ")
+            "bench: round {round} MB/s (iperf3, rsync, rsync --fsync, swarm, swarm by complete_secs, QUIC alone): {}; CPU s/GiB: {}",
+            mbs.join(", "),
+            cpus.join(", ")
         );
     }
     b.fresh("done");
     let [ip, rs, rsf, sw, sw_own, qc] = samples.map(median);
+    let [ip_cpu, rs_cpu, rsf_cpu, sw_cpu, qc_cpu, seed_cpu, join_cpu] = cpu.map(median);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // What a method could move if it kept every core busy: cores / (CPU s
+    // per byte). Both ends share these cores on loopback.
+    let cpu_cap = |cpu_per_gib: f64| cores as f64 * GIB as f64 / cpu_per_gib;
     let (build_gbs, b3_gbs, threads) = hashing_speeds(&b.image, size);
     let ratio = build_gbs / b3_gbs;
 
@@ -487,23 +566,33 @@ fn main() {
     };
     let s = size as f64 / s as f64;
     println!("\nloopback, S = {s:.2} {unit}, {rounds} round{plural} (median)");
-    println!("method                 MB/s   ratio to iperf3   ratio to rsync");
+    println!(
+        "method                 MB/s   ratio to iperf3   CPU s/GiB   CPU-bound at   ratio to rsync"
+    );
     let rows = [
-        ("iperf3 (TCP)", ip, String::new()),
-        ("rsync daemon", rs, "1.00".into()),
-        ("rsync --fsync", rsf, format!("{:.2}", rsf / rs)),
+        ("iperf3 (TCP)", ip, ip_cpu, String::new()),
+        ("rsync daemon", rs, rs_cpu, "1.00".into()),
+        ("rsync --fsync", rsf, rsf_cpu, format!("{:.2}", rsf / rs)),
         (
             "swarm",
             sw,
+            sw_cpu,
             format!("{:.2} (vs rsync --fsync: {:.2})", sw / rs, sw / rsf),
         ),
-        ("QUIC alone", qc, format!("{:.2}", qc / rs)),
+        ("QUIC alone", qc, qc_cpu, format!("{:.2}", qc / rs)),
     ];
-    for (method, bps, vs_rsync) in rows {
-        let (mbs, vs_ip) = (bps / 1e6, bps / ip);
-        let line = format!("{method:<18}{mbs:>9.0}   {vs_ip:<18.2}{vs_rsync}");
+    for (method, bps, c, vs_rsync) in rows {
+        let (mbs, vs_ip, cap) = (bps / 1e6, bps / ip, cpu_cap(c) / 1e6);
+        let line = format!("{method:<18}{mbs:>9.0}   {vs_ip:<18.2}{c:<12.2}{cap:<15.0}{vs_rsync}");
         println!("{}", line.trim_end());
     }
+    println!(
+        "(CPU: both ends' processes, the seed's manifest build left out; CPU-bound at: \
+         {cores} cores / CPU per byte, the most the method could move on this machine. \
+         swarm: seed serving {seed_cpu:.2} + joiner {join_cpu:.2} CPU s/GiB; half of \
+         iperf3 would need at most {:.2})",
+        cores as f64 * GIB as f64 / (ip / 2.0)
+    );
     println!(
         "(swarm by the join's own complete_secs: {:.0} MB/s; the table uses wall time)",
         sw_own / 1e6
@@ -532,6 +621,12 @@ fn main() {
             "swarm": sw, "swarm_by_complete_secs": sw_own, "quic_alone": qc,
         },
         "swarm_ratio": { "iperf3": sw / ip, "rsync": sw / rs, "rsync_fsync": sw / rsf },
+        "cpu_secs_per_gib": {
+            "iperf3": ip_cpu, "rsync": rs_cpu, "rsync_fsync": rsf_cpu,
+            "swarm": sw_cpu, "swarm_seed_serving": seed_cpu, "swarm_join": join_cpu,
+            "quic_alone": qc_cpu,
+        },
+        "cores": cores,
         "swarm_join_peak_rss_kib": rss_kib,
         "manifest_build_gb_per_sec": build_gbs,
         "b3sum_gb_per_sec": b3_gbs,
