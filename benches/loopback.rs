@@ -20,8 +20,6 @@ use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 use serde_json::{Value, json};
 
-use cpu::{children_cpu, own_cpu, proc_cpu};
-
 #[path = "common/cpu.rs"]
 mod cpu;
 #[path = "common/quic.rs"]
@@ -150,6 +148,31 @@ fn hash_file(path: &Path) -> blake3::Hash {
         }
         h.update(&buf[..n]);
     }
+}
+
+/// CPU time of this process's waited-for children: what every method's
+/// processes used, read before and after it runs.
+fn children_cpu() -> Duration {
+    cpu::rusage(libc::RUSAGE_CHILDREN)
+}
+
+/// CPU time of this process: QUIC alone runs in it.
+fn own_cpu() -> Duration {
+    cpu::rusage(libc::RUSAGE_SELF)
+}
+
+/// CPU time a running process has used so far, from /proc (10 ms steps).
+fn proc_cpu(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // utime and stime are the 14th and 15th fields of the line; after the
+    // parenthesised name, the first field is the 3rd (the state)
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+    let ticks = field(11) + field(12);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_millis(ticks * 1000 / hz)
 }
 
 fn free_port() -> u16 {

@@ -37,14 +37,7 @@ const BUF: usize = 1 << 20;
 
 /// CPU seconds (user + system) of the calling thread.
 fn thread_cpu() -> f64 {
-    // SAFETY: rusage is plain old data; all zeroes is a valid value.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: a valid out-pointer.
-    if unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut ru) } != 0 {
-        return 0.0;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
+    crate::cpu::rusage(libc::RUSAGE_THREAD).as_secs_f64()
 }
 
 /// What one thread reports: when it finished and its CPU seconds.

@@ -25,6 +25,8 @@
 //! one SVG per layout (plus scaling.svg) into the output directory.
 
 mod ceiling;
+#[path = "../common/cpu.rs"]
+mod cpu;
 #[path = "../../tests/it/netsim.rs"]
 mod netsim;
 mod plot;
