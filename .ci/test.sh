@@ -24,6 +24,8 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
+# advisories, licenses, duplicate versions, sources (offline, .ci/advisory-db)
+bash .ci/deny.sh
 # the benchmark in quick mode: real rsync, iperf3 and swarm side by side, small image
 SWARM_BENCH_QUICK=1 cargo bench --bench loopback
 # micro-benchmarks: hashing, codec, picker

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use bitvec::prelude::*;
 use divan::counter::{BytesCount, ItemsCount};
 use divan::{Bencher, black_box};
-use rand::{Rng, RngCore, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 
 use swarm::core::{Download, DownloadConfig};
 use swarm::manifest::{self, Manifest};

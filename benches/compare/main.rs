@@ -40,7 +40,7 @@ mod torrent;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 use serde_json::json;
 
 use netsim::{Host, Net, Spec};

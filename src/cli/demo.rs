@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
+use rand::Rng;
 
 use super::args::DemoArgs;
 use super::progress::human;
@@ -238,7 +238,7 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
 }
 
 fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
-    let mut rng = rand::rngs::SmallRng::from_os_rng();
+    let mut rng = rand::make_rng::<rand::rngs::SmallRng>();
     let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;

@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use thiserror::Error;
 
 use super::group::BridgeShare;

@@ -279,7 +279,7 @@ async fn serve(
     match mode {
         Mode::Corrupt => {
             let mut bytes = vec![0u8; 1 + len];
-            rand::Rng::fill(&mut rand::rng(), &mut bytes[1..]);
+            rand::RngExt::fill(&mut rand::rng(), &mut bytes[1..]);
             let _ = send.write_all(&bytes).await;
             let _ = send.finish();
             conn.closed().await;
@@ -305,7 +305,7 @@ async fn serve(
         }
         Mode::Reset => {
             let mut bytes = vec![0u8; 1 + len / 2];
-            rand::Rng::fill(&mut rand::rng(), &mut bytes[1..]);
+            rand::RngExt::fill(&mut rand::rng(), &mut bytes[1..]);
             let _ = send.write_all(&bytes).await;
             let _ = send.reset(0u32.into());
         }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use rand::{RngCore, SeedableRng};
+use rand::{Rng, SeedableRng};
 
 pub fn swarm() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_swarm"));
