@@ -60,14 +60,67 @@ pub async fn connect(
     addr: SocketAddr,
     config: Option<quinn::ClientConfig>,
 ) -> anyhow::Result<Handshaken> {
+    connect_within(endpoint, id, addr, config, DIAL_TIMEOUT).await
+}
+
+async fn connect_within(
+    endpoint: &Endpoint,
+    id: &Identity,
+    addr: SocketAddr,
+    config: Option<quinn::ClientConfig>,
+    wait: Duration,
+) -> anyhow::Result<Handshaken> {
     let connecting = match config {
         Some(c) => endpoint.connect_with(c, addr, "swarm")?,
         None => endpoint.connect(addr, "swarm")?,
     };
-    let conn = tokio::time::timeout(DIAL_TIMEOUT, connecting)
+    let conn = tokio::time::timeout(wait, connecting)
         .await
-        .map_err(|_| anyhow::anyhow!("no answer within {}s", DIAL_TIMEOUT.as_secs()))??;
+        .map_err(|_| anyhow::anyhow!("no answer within {:.1}s", wait.as_secs_f64()))??;
     peer::handshake_dialer(id, conn).await
+}
+
+/// The first pause between two dials of a host that did not answer; it
+/// doubles with each attempt up to `RETRY_PAUSE_MAX`.
+const RETRY_PAUSE: Duration = Duration::from_millis(250);
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
+
+/// Dials `addr` again and again until it answers or `until` passes (a
+/// seed still hashing, a host not yet started, a lost packet burst): each
+/// attempt gets at most `DIAL_TIMEOUT`, the pause between attempts doubles
+/// from 250 ms to 2 s, and all of it ends by `until`. A host that refused
+/// the ticket is not asked again.
+pub async fn connect_until(
+    endpoint: &Endpoint,
+    id: &Identity,
+    addr: SocketAddr,
+    until: tokio::time::Instant,
+) -> anyhow::Result<Handshaken> {
+    let start = tokio::time::Instant::now();
+    let mut pause = RETRY_PAUSE;
+    let mut attempts = 0u32;
+    loop {
+        attempts += 1;
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        // the handshake too must end by `until`
+        let attempt = connect_within(endpoint, id, addr, None, left.min(DIAL_TIMEOUT));
+        let err = match tokio::time::timeout(left, attempt).await {
+            Ok(Ok(h)) => return Ok(h),
+            Ok(Err(e)) => e,
+            Err(_) => anyhow::anyhow!("handshake not done by the connect timeout"),
+        };
+        let text = format!("{err:#}");
+        let refused = text.contains(peer::REJECTED_AUTH) || text.contains(peer::REJECTED_MANIFEST);
+        if refused || tokio::time::Instant::now() + pause >= until {
+            return Err(err.context(format!(
+                "{attempts} attempt{} over {:.1}s",
+                if attempts == 1 { "" } else { "s" },
+                start.elapsed().as_secs_f64()
+            )));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(RETRY_PAUSE_MAX);
+    }
 }
 
 /// Accepts connections, authenticates them, and hands them to the engine.

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use quinn_proto::RandomConnectionIdGenerator;
 use tokio::sync::{mpsc, watch};
@@ -302,8 +302,9 @@ pub async fn join(
 /// Dials every ticket address and `--peer` address at once; each
 /// authenticated host is asked for the manifest, and the first that sends
 /// the one the ticket names wins. A host that refuses it, sends another, or
-/// stalls does not hold up the others. `connect_timeout` bounds the wait for
-/// a first authenticated host; a manifest already under way may take
+/// stalls does not hold up the others. Hosts that do not answer are dialed
+/// again until `connect_timeout`, which bounds the wait for a first
+/// authenticated host; a manifest already under way may take
 /// `MANIFEST_TIMEOUT`.
 async fn bootstrap(
     ep: &quinn::Endpoint,
@@ -314,11 +315,12 @@ async fn bootstrap(
     addrs.extend(cfg.peers.iter().filter(|a| !cfg.ticket.addrs.contains(a)));
     let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut set = tokio::task::JoinSet::new();
+    let until = tokio::time::Instant::now() + cfg.connect_timeout;
     for &addr in &addrs {
         let (ep, id, connected) = (ep.clone(), id.clone(), connected.clone());
         let want = cfg.ticket.manifest_id;
         set.spawn(async move {
-            let h = match connect::connect(&ep, &id, addr, None).await {
+            let h = match connect::connect_until(&ep, &id, addr, until).await {
                 Ok(h) => h,
                 Err(e) => return (addr, Err(Failed::Connect(e))),
             };
@@ -340,7 +342,8 @@ async fn bootstrap(
         .join(", ");
     let mut errors = Vec::new();
     let mut bad_manifest = None;
-    let deadline = tokio::time::sleep(cfg.connect_timeout);
+    // every dial ends by `until` and reports why; this is the backstop
+    let deadline = tokio::time::sleep_until(until + Duration::from_secs(1));
     tokio::pin!(deadline);
     let mut waited = false;
     loop {

@@ -66,6 +66,56 @@ fn unreachable_seed_fails_in_bounded_time_naming_the_address() {
     );
 }
 
+/// `--connect-timeout` is how long a join keeps trying, not the length of
+/// one dial: an address that never answers is dialed again until then.
+#[test]
+fn an_address_that_never_answers_is_dialed_for_the_whole_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+    };
+    let started = Instant::now();
+    let err = stderr_of(
+        join_cmd(&t.encode(), dir.path(), &["--connect-timeout", "9s"]),
+        3,
+    );
+    let took = started.elapsed();
+    // one dial gives up after 5 s; the join must keep trying to 9 s
+    assert!(
+        took >= Duration::from_millis(8500),
+        "gave up after {took:?}: {err}"
+    );
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    assert!(
+        err.contains("within 9s") && err.contains("attempts"),
+        "{err}"
+    );
+}
+
+/// A seed that does not answer yet (here: stopped, as if busy) is reached
+/// once it does, within the connect timeout.
+#[test]
+fn a_seed_that_answers_late_is_reached_within_the_connect_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("image.bin");
+    random_file(&src, 300_000, 7);
+    let mut s = seed(dir.path(), &src, &["--until-done", "1"]);
+    s.proc.signal(libc::SIGSTOP);
+    let mut j = join(dir.path(), &s, "late", &["--connect-timeout", "40s"]);
+    std::thread::sleep(Duration::from_secs(7));
+    s.proc.signal(libc::SIGCONT);
+    j.wait_ok(LIMIT);
+    assert_same(&src, &dir.path().join("late/image.bin"));
+    s.proc.wait_ok(LIMIT);
+}
+
 #[test]
 fn wrong_secret_or_manifest_id_is_a_verification_error() {
     let dir = tempfile::tempdir().unwrap();

@@ -33,13 +33,6 @@ fn wait_for_pieces(p: &mut Proc, n: usize) {
     }
 }
 
-fn signal(p: &Proc, sig: libc::c_int) {
-    // SAFETY: kill has no memory preconditions; the PID is our own child,
-    // not yet waited for, so it cannot have been reused.
-    let r = unsafe { libc::kill(p.child.id() as libc::pid_t, sig) };
-    assert_eq!(r, 0, "signal {sig} to {}", p.name);
-}
-
 /// A seed of `src` with 256 KiB pieces, uploading at most `rate`, that
 /// exits on `exit` (e.g. `["--until-done", "5"]`).
 fn limited_seed(d: &Path, src: &Path, exit: [&str; 2], rate: &str) -> Seed {
@@ -163,7 +156,7 @@ fn a_stopped_peer_does_not_hold_up_the_others_and_catches_up_when_continued() {
     let names = ["a", "b", "c", "stopped"];
     let mut joiners: Vec<Proc> = names.iter().map(|n| join(d, &seed, n, &limit)).collect();
     wait_for_pieces(&mut joiners[3], 8);
-    signal(&joiners[3], libc::SIGSTOP);
+    joiners[3].signal(libc::SIGSTOP);
     let t = Instant::now();
     for j in &mut joiners[..3] {
         j.wait_ok(LIMIT);
@@ -172,7 +165,7 @@ fn a_stopped_peer_does_not_hold_up_the_others_and_catches_up_when_continued() {
         "the others finished {:.1} s after the stop",
         t.elapsed().as_secs_f64()
     );
-    signal(&joiners[3], libc::SIGCONT);
+    joiners[3].signal(libc::SIGCONT);
     joiners[3].wait_ok(LIMIT);
     seed.proc.wait_ok(LIMIT);
     for n in names {

@@ -78,6 +78,14 @@ impl Proc {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Sends `sig` to this process (only ever a PID we started).
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill has no memory preconditions; the PID is our own
+        // child, not yet waited for, so it cannot have been reused.
+        let r = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "signal {sig} to {}", self.name);
+    }
+
     pub fn kill9(&mut self) {
         // SIGKILL to the PID we spawned
         let _ = self.child.kill();
