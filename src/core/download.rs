@@ -73,6 +73,9 @@ pub enum Failure {
     Missing,
     /// The peer asks us to fetch it elsewhere for now.
     Elsewhere,
+    /// The peer's copy changed after the manifest was made: it no longer
+    /// holds the piece, and nobody may hold it any more.
+    Changed,
 }
 
 /// A duplicate request to cancel (endgame).
@@ -182,6 +185,8 @@ pub struct Download {
     bridge: Option<BridgeShare>,
     /// This host's group tag (`set_group`).
     group: u64,
+    /// Pieces a peer said its copy of no longer matches the manifest.
+    changed: BitVec,
     rng: SmallRng,
 }
 
@@ -201,6 +206,7 @@ impl Download {
             peers: HashMap::new(),
             bridge: None,
             group: 0,
+            changed: BitVec::repeat(false, n),
             rng: SmallRng::seed_from_u64(seed),
         }
     }
@@ -216,6 +222,17 @@ impl Download {
     }
     pub fn is_complete(&self) -> bool {
         self.have_count == self.have.len()
+    }
+
+    /// A piece this host lacks that a source reported changed (its file
+    /// was modified after the manifest was made) and that no connected
+    /// peer holds: unless a host that fetched it earlier appears, nobody
+    /// can deliver it.
+    pub fn lost_to_change(&self) -> Option<u32> {
+        self.changed.iter_ones().find_map(|i| {
+            let held = self.availability[i] + self.remote_availability[i] > 0;
+            (!self.have[i] && !held).then_some(i as u32)
+        })
     }
     pub fn inflight_total(&self) -> usize {
         self.inflight_total
@@ -424,7 +441,10 @@ impl Download {
         let backoff = self.cfg.elsewhere_backoff;
         if let Some(p) = self.peers.get_mut(&peer) {
             match why {
-                Failure::Missing => {
+                Failure::Missing | Failure::Changed => {
+                    if why == Failure::Changed {
+                        self.changed.set(i as usize, true);
+                    }
                     if p.bits[i as usize] {
                         p.bits.set(i as usize, false);
                         p.held -= 1;

@@ -243,6 +243,24 @@ fn missing_corrects_the_peer_bitfield() {
 }
 
 #[test]
+fn a_piece_changed_at_its_only_holder_is_lost_until_another_has_it() {
+    let mut d = Download::new(bitvec![0; 2], cfg(), 3);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(2)).unwrap();
+    let now = t0();
+    assert_eq!(d.lost_to_change(), None);
+    let reqs = d.poll_requests(now);
+    let &(k, i) = reqs.first().unwrap();
+    d.piece_failed(k, i, Failure::Changed, now);
+    d.check_invariants();
+    assert_eq!(d.lost_to_change(), Some(i));
+    // a host that fetched it before the change announces it
+    d.add_peer(2);
+    d.peer_have(2, i as usize).unwrap();
+    assert_eq!(d.lost_to_change(), None);
+}
+
+#[test]
 fn bad_input_is_an_error() {
     let mut d = Download::new(bitvec![0; 2], cfg(), 3);
     assert_eq!(d.peer_have(9, 0), Err(ProtocolViolation::UnknownPeer));

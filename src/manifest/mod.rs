@@ -136,6 +136,11 @@ impl Manifest {
         total.div_ceil(piece_size as u64)
     }
 
+    /// The blake3 hash piece `i` must have.
+    pub fn piece_hash(&self, i: usize) -> Option<&[u8; 32]> {
+        self.hashes.get(i)
+    }
+
     pub fn verify_piece(&self, i: usize, data: &[u8]) -> bool {
         self.hashes.get(i) == Some(blake3::hash(data).as_bytes())
     }

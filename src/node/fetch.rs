@@ -96,6 +96,11 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             piece: job.piece,
             why: Failure::Elsewhere,
         },
+        Ok(Outcome::Refused(Status::Changed)) => Event::PieceFailed {
+            key: job.key,
+            piece: job.piece,
+            why: Failure::Changed,
+        },
         Ok(Outcome::Refused(_)) => Event::PieceFailed {
             key: job.key,
             piece: job.piece,
@@ -128,6 +133,9 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
                 match recv.read_chunk(len as usize - data.len(), true).await {
                     Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
                     Ok(None) => anyhow::bail!("stream ended after {} of {len} bytes", data.len()),
+                    Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
+                        return Ok(Outcome::Refused(Status::Changed));
+                    }
                     Err(e) => {
                         let _ = recv.stop(close::CANCEL.into());
                         return Err(e.into());

@@ -135,6 +135,9 @@ pub struct Report {
     pub pieces_resumed: usize,
     pub pieces_fetched: usize,
     pub pieces_corrupt: usize,
+    /// Pieces whose copy on this host's disk no longer matched the
+    /// manifest when read to serve them (the file changed after hashing).
+    pub pieces_changed: usize,
     pub elapsed_secs: f64,
     /// Seconds from start until the copy was complete and in place.
     pub complete_secs: Option<f64>,

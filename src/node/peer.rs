@@ -28,6 +28,9 @@ pub mod close {
     pub const DUPLICATE: u32 = 3;
     pub const CORRUPT: u32 = 4;
     pub const CANCEL: u32 = 5;
+    /// Stream reset code: the piece read from disk no longer matches the
+    /// manifest (its file changed after it was hashed).
+    pub const CHANGED: u32 = 6;
 }
 
 /// Capacity of each peer's outgoing control-message queue.

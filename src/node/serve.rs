@@ -63,13 +63,25 @@ pub enum ServeAnswer {
 
 /// Where a served piece's bytes come from.
 pub enum PieceSource {
+    /// Hashed as it is read: the last chunk leaves only if the piece
+    /// matches `hash`, the manifest's (see `Changed`).
     Disk {
         content: Arc<Content>,
         offset: u64,
+        hash: [u8; 32],
     },
     /// A piece received lately (`core::RecentPieces`).
     Memory(Bytes),
 }
+
+/// The piece read from disk does not hash to the manifest's: its file
+/// changed after it was hashed (or the disk lost it). The stream is reset
+/// before its last chunk, so the requester never holds a bad piece (and
+/// does not take this host for a liar), and the engine serves the piece no
+/// more.
+#[derive(Debug, thiserror::Error)]
+#[error("the piece read from disk does not match the manifest")]
+pub struct Changed;
 
 /// The requester took no byte for a while.
 #[derive(Debug, thiserror::Error)]
@@ -179,8 +191,16 @@ async fn serve_one(
                 Ok(r) => r,
                 Err(_) => Err(Stalled(deadline).into()),
             };
+            let changed = result
+                .as_ref()
+                .is_err_and(|e| e.downcast_ref::<Changed>().is_some());
             if result.is_err() {
-                let _ = send.reset(close::CANCEL.into());
+                let code = if changed {
+                    close::CHANGED
+                } else {
+                    close::CANCEL
+                };
+                let _ = send.reset(code.into());
             }
             let sent = *result.as_ref().unwrap_or(&0);
             events
@@ -189,6 +209,7 @@ async fn serve_one(
                     piece,
                     bytes: sent,
                     completed: result.is_ok(),
+                    changed,
                 })
                 .await?;
             result.map(|_| Served::Piece)
@@ -205,17 +226,38 @@ async fn send_piece(
     let stall = stall_timeout(len);
     send.write_all(&[Status::Ok as u8]).await?;
     let mut done = 0u64;
+    let mut hasher = Some(Box::new(blake3::Hasher::new()));
     while done < len {
         let n = (len - done).min(SERVE_CHUNK as u64) as usize;
         let chunk = match &from {
             PieceSource::Memory(data) => data.slice(done as usize..done as usize + n),
-            PieceSource::Disk { content, offset } => {
+            PieceSource::Disk {
+                content,
+                offset,
+                hash,
+            } => {
                 let (c, at) = (content.clone(), offset + done);
-                let buf = tokio::task::spawn_blocking(move || {
+                let mut h = hasher.take().unwrap_or_default();
+                // hashed on the same thread, while the bytes are in cache
+                let read = tokio::task::spawn_blocking(move || {
                     let mut buf = Chunk::take(n);
-                    c.read_at(at, &mut buf.0).map(|_| buf)
+                    c.read_at(at, &mut buf.0)?;
+                    h.update(&buf.0);
+                    Ok::<_, std::io::Error>((buf, h))
                 })
-                .await??;
+                .await?;
+                let (buf, h) = match read {
+                    Ok(r) => r,
+                    // the file is shorter than when it was hashed
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                        return Err(Changed.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                if done + n as u64 == len && h.finalize().as_bytes() != hash {
+                    return Err(Changed.into());
+                }
+                hasher = Some(h);
                 Bytes::from_owner(buf)
             }
         };

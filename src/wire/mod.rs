@@ -242,6 +242,9 @@ pub enum Status {
     /// The holder wants the requester to fetch this piece elsewhere for now
     /// (the seed spreading distinct pieces first).
     Elsewhere = 2,
+    /// The holder's copy of this piece no longer matches the manifest (its
+    /// file changed after it was hashed); it will not serve it again.
+    Changed = 3,
 }
 
 impl Status {
@@ -250,6 +253,7 @@ impl Status {
             0 => Ok(Status::Ok),
             1 => Ok(Status::Missing),
             2 => Ok(Status::Elsewhere),
+            3 => Ok(Status::Changed),
             s => Err(DecodeError::invalid("status", s.to_string())),
         }
     }

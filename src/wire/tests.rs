@@ -92,7 +92,8 @@ fn limits_are_enforced() {
     assert!(Message::decode(&[code::WANT_HAVES]).is_err());
     assert!(Message::decode(&[]).is_err());
     assert!(Request::decode([2, 1, 0, 0, 0]).is_err());
-    assert!(Status::decode(3).is_err());
+    assert_eq!(Status::decode(3).unwrap(), Status::Changed);
+    assert!(Status::decode(4).is_err());
 }
 
 proptest! {

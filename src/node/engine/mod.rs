@@ -84,6 +84,8 @@ pub enum Event {
         piece: u32,
         bytes: u64,
         completed: bool,
+        /// The piece read from disk no longer matched the manifest.
+        changed: bool,
     },
     Finalized(Result<PathBuf, StorageError>),
 }
@@ -96,6 +98,10 @@ pub struct Exit {
     pub until_copies: Option<u32>,
     pub force: bool,
 }
+
+/// How long a joiner waits, with nothing in flight, for another holder of
+/// a piece whose only sources reported it changed, before it gives up.
+const CHANGED_GRACE: Duration = Duration::from_secs(10);
 
 /// Memory for pieces received lately, served without reading them back
 /// from disk (see `core::RecentPieces`).
@@ -125,6 +131,13 @@ pub struct Engine {
     banned: peers::Bans,
     fetches: HashMap<(PeerKey, u32), CancellationToken>,
     done_ids: HashSet<PeerId>,
+    /// Pieces whose copy on this host's disk no longer matches the
+    /// manifest (found while serving them): refused from then on.
+    changed: BitVec,
+    /// Files (as `files_of_piece` names them) already reported changed.
+    changed_files: HashSet<String>,
+    /// Where this host's copy lives: the seeded path, or the partial copy.
+    content_root: PathBuf,
     endpoint: Endpoint,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
@@ -160,6 +173,8 @@ pub struct Parts {
     pub manifest: Arc<Manifest>,
     pub manifest_bytes: Arc<Vec<u8>>,
     pub content: Content,
+    /// Where `content` lives (for messages).
+    pub content_root: PathBuf,
     pub have: BitVec,
     pub partial: Option<Partial>,
     pub endpoint: Endpoint,
@@ -207,6 +222,9 @@ impl Engine {
             banned: peers::Bans::default(),
             fetches: HashMap::new(),
             done_ids: HashSet::new(),
+            changed: BitVec::repeat(false, n),
+            changed_files: HashSet::new(),
+            content_root: p.content_root,
             endpoint: p.endpoint,
             events_tx,
             events,
@@ -315,7 +333,13 @@ impl Engine {
                 piece,
                 bytes,
                 completed,
-            } => self.on_serve_ended(key, piece, bytes, completed),
+                changed,
+            } => {
+                if changed {
+                    self.on_source_changed(piece);
+                }
+                self.on_serve_ended(key, piece, bytes, completed)
+            }
             Event::Finalized(r) => self.on_finalized(r)?,
         }
         Ok(())
@@ -369,6 +393,21 @@ impl Engine {
                 self.download.as_ref().map_or(0, |d| d.have_count()),
                 self.manifest.piece_count()
             )));
+        }
+        // the only copies of a piece we miss changed after the manifest was
+        // made: say so instead of waiting for the stall timeout
+        if !self.complete && !self.finalizing && self.fetches.is_empty() {
+            let lost = self.download.as_ref().and_then(|d| d.lost_to_change());
+            if let Some(i) = lost.filter(|_| now - self.last_progress > CHANGED_GRACE) {
+                return Err(NodeError::Verification(format!(
+                    "piece {i} ({}) changed at its source after the manifest was made, \
+                     and no other host holds it: the seeded files were modified while \
+                     seeded; seed them again for a new ticket ({} of {} pieces here)",
+                    self.files_of_piece(i as usize),
+                    self.download.as_ref().map_or(0, |d| d.have_count()),
+                    self.manifest.piece_count()
+                )));
+            }
         }
         // Peers that went away without finishing (crashed, cut off) do not
         // hold a finished host: they are redialed, but not waited for. Nor

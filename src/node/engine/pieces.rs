@@ -130,6 +130,9 @@ impl Engine {
         if i >= self.manifest.piece_count() || !self.have.borrow()[i] {
             return ServeAnswer::Refuse(WireStatus::Missing);
         }
+        if self.changed[i] {
+            return ServeAnswer::Refuse(WireStatus::Changed);
+        }
         let remote = self.peers.get(&key).is_some_and(|p| p.remote);
         let now = Instant::now();
         let serve = match &self.download {
@@ -167,6 +170,7 @@ impl Engine {
             _ => PieceSource::Disk {
                 content: self.content.clone(),
                 offset,
+                hash: *self.manifest.piece_hash(i).unwrap_or(&[0; 32]),
             },
         };
         ServeAnswer::Piece {
@@ -183,6 +187,49 @@ impl Engine {
     /// spread to its members, and its LAN is the path that matters.
     pub(super) fn group_holds_all(&self) -> bool {
         self.download.is_none() || self.spreader.has_full_holder() || self.have.borrow().all()
+    }
+
+    /// A piece read from disk to serve no longer matched the manifest:
+    /// the file changed after it was hashed. Said loudly (once per file),
+    /// counted, and never served again.
+    pub(super) fn on_source_changed(&mut self, piece: u32) {
+        let i = piece as usize;
+        if self.changed.replace(i, true) {
+            return;
+        }
+        self.report.pieces_changed += 1;
+        let files = self.files_of_piece(i);
+        if self.changed_files.insert(files.clone()) {
+            let root = self.content_root.display().to_string();
+            tracing::error!(
+                "{root:?} changed after it was hashed: piece {i} ({files}) no longer matches \
+                 the manifest and is no longer served; hosts that need it will fail. \
+                 Seed the new content again for a new ticket"
+            );
+        } else {
+            tracing::debug!(piece, "changed on disk; no longer served");
+        }
+    }
+
+    /// The files piece `i` spans, for messages (names quoted and escaped:
+    /// on a joiner they come from the seed).
+    pub(super) fn files_of_piece(&self, i: usize) -> String {
+        let (start, len) = self.manifest.piece_range(i);
+        let names: Vec<String> = self
+            .manifest
+            .files()
+            .into_iter()
+            .filter(|f| f.offset < start + len && start < f.offset + f.size)
+            .map(|f| match f.path.is_empty() {
+                true => format!("{:?}", self.manifest.name),
+                false => format!("{:?}", format!("{}/{}", self.manifest.name, f.path)),
+            })
+            .collect();
+        match names.len() {
+            0 => "no file".into(),
+            1..=3 => names.join(", "),
+            n => format!("{} and {} more files", names[..3].join(", "), n - 3),
+        }
     }
 
     pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
