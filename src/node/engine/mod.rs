@@ -38,7 +38,7 @@ use super::{
 use crate::core::group::group_tag;
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, RecentPieces, Spreader};
 use crate::manifest::Manifest;
-use crate::storage::{Content, Partial, StorageError};
+use crate::storage::{Content, Partial, Root, StorageError};
 use crate::wire::{Message, PeerId, Request};
 
 pub const EVENT_QUEUE: usize = 1024;
@@ -85,7 +85,8 @@ pub enum Event {
         bytes: u64,
         completed: bool,
     },
-    Finalized(Result<PathBuf, StorageError>),
+    /// The copy is in place: its path and the handle on it.
+    Finalized(Result<(PathBuf, Root), StorageError>),
 }
 
 /// How the engine's run ends when nothing goes wrong.

@@ -15,7 +15,7 @@ use crate::core::{Failure, PeerKey};
 use crate::node::peer::close;
 use crate::node::serve::{PieceSource, ServeAnswer};
 use crate::node::{NodeError, fetch, hex};
-use crate::storage::{Content, StorageError};
+use crate::storage::{Content, Root, StorageError};
 use crate::wire::{Message, Request, Status as WireStatus};
 
 impl Engine {
@@ -220,12 +220,14 @@ impl Engine {
     /// The complete copy is in place: serve from it and tell every peer.
     pub(super) fn on_finalized(
         &mut self,
-        r: Result<PathBuf, StorageError>,
+        r: Result<(PathBuf, Root), StorageError>,
     ) -> Result<(), NodeError> {
-        let path = r?;
+        let (path, root) = r?;
+        // served from the handle the copy was made through, not by name:
+        // whatever is put at the final path later is not what peers get
         let files = self.manifest.files();
-        let content = Content::open(path.clone(), &files, false)
-            .map_err(|e| NodeError::Other(anyhow::anyhow!("reopening {}: {e}", path.display())))?;
+        let content = Content::from_root(root, &files, false)
+            .map_err(|e| NodeError::Storage(StorageError::Io { path: path.clone(), source: e }))?;
         self.content = Arc::new(content);
         self.complete = true;
         self.finalizing = false;
