@@ -159,7 +159,7 @@ impl Dir {
 
     /// Opens the existing directory `rel`.
     pub fn open_dir(&self, rel: &str) -> Result<Dir, StorageError> {
-        self.at_parent(rel, |at, leaf, shown| open_dir_at(at, leaf, shown))
+        self.at_parent(rel, open_dir_at)
     }
 
     /// Creates the directory `rel` (mode 0700), or opens it if it is
@@ -196,7 +196,8 @@ impl Dir {
                 if self.kind(to)?.is_some() {
                     return Err(StorageError::Exists(self.join(to)));
                 }
-                rfs::renameat(&self.fd, from, &self.fd, to).map_err(|e| io_at(&self.join(to))(e.into()))
+                rfs::renameat(&self.fd, from, &self.fd, to)
+                    .map_err(|e| io_at(&self.join(to))(e.into()))
             }
             Err(e) => Err(io_at(&self.join(to))(e.into())),
         }
@@ -220,8 +221,9 @@ impl Dir {
         match self.kind(name)? {
             None => Ok(()),
             Some(FileType::Directory) => std::fs::remove_dir_all(&shown).map_err(io_at(&shown)),
-            Some(_) => rfs::unlinkat(&self.fd, name, AtFlags::empty())
-                .map_err(|e| io_at(&shown)(e.into())),
+            Some(_) => {
+                rfs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(|e| io_at(&shown)(e.into()))
+            }
         }
     }
 

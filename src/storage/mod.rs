@@ -37,9 +37,15 @@ pub enum StorageError {
         text::path(.0)
     )]
     Link(PathBuf),
-    #[error("{} exists but is not a {want}; remove it and run again", text::path(path))]
+    #[error(
+        "{} exists but is not a {want}; remove it and run again",
+        text::path(path)
+    )]
     NotKind { path: PathBuf, want: &'static str },
-    #[error("not enough free space in {}: need {need} bytes, {avail} available", text::path(dir))]
+    #[error(
+        "not enough free space in {}: need {need} bytes, {avail} available",
+        text::path(dir)
+    )]
     NoSpace { dir: PathBuf, need: u64, avail: u64 },
     #[error("{}: {source}", text::path(path))]
     Io { path: PathBuf, source: io::Error },

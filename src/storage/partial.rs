@@ -124,7 +124,9 @@ impl Partial {
                 for e in entries.iter().rev() {
                     let p = d.join(&e.path);
                     match e.kind {
-                        EntryKind::Dir => at::sync_and_chmod(d.open_dir(&e.path)?.fd(), e.mode, &p)?,
+                        EntryKind::Dir => {
+                            at::sync_and_chmod(d.open_dir(&e.path)?.fd(), e.mode, &p)?
+                        }
                         EntryKind::File { .. } => {
                             at::sync_and_chmod(d.open_file(&e.path, false)?, e.mode, &p)?
                         }

@@ -52,7 +52,11 @@ impl PrivateFile {
             .map_err(|e| {
                 io::Error::new(
                     e.kind(),
-                    format!("{}: cannot create a file in {}: {e}", text::path(path), text::path(dir)),
+                    format!(
+                        "{}: cannot create a file in {}: {e}",
+                        text::path(path),
+                        text::path(dir)
+                    ),
                 )
             })?;
         Ok(PrivateFile {
@@ -100,7 +104,10 @@ mod tests {
         symlink(&victim, &target).unwrap();
         write_private(&target, b"secret\n").unwrap();
         assert_eq!(fs::read(&victim).unwrap(), b"precious");
-        assert_eq!(fs::metadata(&victim).unwrap().permissions().mode() & 0o777, 0o644);
+        assert_eq!(
+            fs::metadata(&victim).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
         let meta = fs::symlink_metadata(&target).unwrap();
         assert!(meta.is_file());
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);

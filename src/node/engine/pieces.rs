@@ -226,8 +226,12 @@ impl Engine {
         // served from the handle the copy was made through, not by name:
         // whatever is put at the final path later is not what peers get
         let files = self.manifest.files();
-        let content = Content::from_root(root, &files, false)
-            .map_err(|e| NodeError::Storage(StorageError::Io { path: path.clone(), source: e }))?;
+        let content = Content::from_root(root, &files, false).map_err(|e| {
+            NodeError::Storage(StorageError::Io {
+                path: path.clone(),
+                source: e,
+            })
+        })?;
         self.content = Arc::new(content);
         self.complete = true;
         self.finalizing = false;
