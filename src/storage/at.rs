@@ -54,7 +54,7 @@ pub enum Root {
 }
 
 impl Root {
-    /// Opens `path`, a root the operator named: the path as written, but
+    /// Opens `path` (errors do not name it), a root the operator named: the path as written, but
     /// not a link at its end (`manifest::build` refuses those too). A
     /// file is opened for writing too if `write`.
     pub fn open(path: &Path, write: bool) -> io::Result<Root> {
@@ -62,18 +62,14 @@ impl Root {
         let fd = match rfs::openat(CWD, path, FILE | rw, Mode::empty()) {
             Err(Errno::ISDIR) => rfs::openat(CWD, path, FILE | OFlags::RDONLY, Mode::empty()),
             r => r,
-        }
-        .map_err(|e| with_path(path, e.into()))?;
-        match file_type(&fd).map_err(|e| with_path(path, e))? {
+        }?;
+        match file_type(&fd)? {
             FileType::RegularFile => Ok(Root::File(File::from(fd))),
             FileType::Directory => Ok(Root::Dir(Dir {
                 fd,
                 path: path.to_path_buf(),
             })),
-            _ => Err(with_path(
-                path,
-                io::Error::other("not a regular file or directory"),
-            )),
+            _ => Err(io::Error::other("not a regular file or directory")),
         }
     }
 
@@ -287,10 +283,6 @@ fn classify(
 
 fn file_type(fd: impl AsFd) -> io::Result<FileType> {
     Ok(FileType::from_raw_mode(rfs::fstat(fd)?.st_mode))
-}
-
-fn with_path(path: &Path, e: io::Error) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", crate::text::path(path)))
 }
 
 /// fsync, then the permission bits, on the open file or directory.

@@ -49,6 +49,13 @@ pub enum StorageError {
     NoSpace { dir: PathBuf, need: u64, avail: u64 },
     #[error("{}: {source}", text::path(path))]
     Io { path: PathBuf, source: io::Error },
+    /// A file written for the operator (`what` is the option, e.g.
+    /// `--ticket-file`); `source` names the path.
+    #[error("{what}: {source}")]
+    Output {
+        what: &'static str,
+        source: io::Error,
+    },
 }
 
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
@@ -63,7 +70,7 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ 
 impl From<StorageError> for io::Error {
     fn from(e: StorageError) -> io::Error {
         let kind = match &e {
-            StorageError::Io { source, .. } => source.kind(),
+            StorageError::Io { source, .. } | StorageError::Output { source, .. } => source.kind(),
             StorageError::NoSpace { .. } => io::ErrorKind::StorageFull,
             StorageError::Exists(_) => io::ErrorKind::AlreadyExists,
             StorageError::NoDestDir(_) => io::ErrorKind::NotFound,

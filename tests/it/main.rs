@@ -7,6 +7,7 @@ mod groups;
 mod haves;
 mod hoarder;
 mod hostile;
+mod local_safety;
 mod netsim;
 mod resume;
 mod swarmnet;
