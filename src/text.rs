@@ -13,8 +13,12 @@ use std::path::Path;
 /// `s` with every control character (C0, DEL, C1) and every invisible
 /// formatting character (bidi overrides and isolates, zero-width marks,
 /// line and paragraph separators, BOM) written as a Rust escape: `\n`,
-/// `\t`, `\r`, or `\u{1b}`. Backslashes are doubled, so what is shown maps
-/// back to exactly one string. Plain text is returned as it is.
+/// `\t`, `\r`, or `\u{1b}`. Plain text is returned as it is.
+///
+/// Backslashes are kept as they are, so escaping twice changes nothing
+/// (an error message escaped where it is made and again where it is
+/// printed reads the same). Manifest names cannot hold a backslash
+/// (`manifest::path`), so a name shown with `\u{1b}` had an ESC there.
 pub fn escape(s: &str) -> Cow<'_, str> {
     if !s.chars().any(needs_escape) {
         return Cow::Borrowed(s);
@@ -25,7 +29,6 @@ pub fn escape(s: &str) -> Cow<'_, str> {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            '\\' => out.push_str("\\\\"),
             c if needs_escape(c) => out.extend(c.escape_unicode()),
             c => out.push(c),
         }
@@ -34,8 +37,7 @@ pub fn escape(s: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c == '\\'
-        || c.is_control()
+    c.is_control()
         || matches!(
             c,
             '\u{061c}'
@@ -78,7 +80,9 @@ mod tests {
         assert_eq!(escape("x\ty\rz\u{7f}"), "x\\ty\\rz\\u{7f}");
         assert_eq!(escape("\u{9b}2J"), "\\u{9b}2J");
         assert_eq!(escape("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
-        assert_eq!(escape("a\\u{1b}"), "a\\\\u{1b}");
+        // idempotent
+        let once = escape("a\u{1b}b\nc\u{202e}").into_owned();
+        assert_eq!(escape(&once), once);
         for c in (0u32..0x20).chain(0x7f..0xa0).filter_map(char::from_u32) {
             let e = escape(&c.to_string()).into_owned();
             assert!(!e.chars().any(|x| x.is_control()), "{c:?} -> {e:?}");

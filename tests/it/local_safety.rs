@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use swarm::ticket::Ticket;
 
-use crate::util::*;
+use crate::util::{self, *};
 
 /// A file outside every directory swarm writes in, with content and mode
 /// that must survive.
@@ -230,4 +230,126 @@ fn local_safety_links_planted_in_a_partial_tree_are_never_followed() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "resume: {err}");
     assert_same(&tree, &dest.join("tree"));
+}
+
+/// Waits until `path` is a regular file (not merely something that
+/// exists: a planted link to an existing file does).
+fn wait_regular(p: &mut Proc, path: &Path) {
+    let t = std::time::Instant::now();
+    while !fs::symlink_metadata(path).is_ok_and(|m| m.is_file()) {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            panic!("{} exited with {st}: {}", p.name, p.log_text());
+        }
+        assert!(t.elapsed() < LIMIT, "{} never appeared", path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn mode(path: &Path) -> u32 {
+    fs::symlink_metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn local_safety_ticket_and_report_files_are_0600_and_never_written_through_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = root.join("img.bin");
+    random_file(&image, 100_000, 5);
+    let out = root.join("out");
+    fs::create_dir(&out).unwrap();
+    let (ticket, report) = (out.join("ticket"), out.join("seed.json"));
+    // links at the files themselves and at the temporaries' old fixed names
+    let victims: Vec<Victim> = ["ticket", "ticket.tmp-swarm", "seed.json", "seed.tmp-swarm"]
+        .iter()
+        .map(|name| {
+            let v = Victim::file(root, &format!("victim-{name}"));
+            symlink(&v.path, out.join(name)).unwrap();
+            v
+        })
+        .collect();
+    let stdout = root.join("seed.stdout");
+    let mut cmd = swarm();
+    cmd.arg("seed")
+        .arg(&image)
+        .args(["--listen", "127.0.0.1:0", "--ticket-file"])
+        .arg(&ticket)
+        .arg("--report")
+        .arg(&report)
+        .stdout(fs::File::create(&stdout).unwrap());
+    let log = root.join("seed.log");
+    let mut seed = Proc {
+        child: cmd.stderr(fs::File::create(&log).unwrap()).spawn().unwrap(),
+        name: "seed".into(),
+        log,
+    };
+    wait_regular(&mut seed, &ticket);
+    assert_eq!(mode(&ticket), 0o600, "ticket file mode");
+    let line = fs::read_to_string(&ticket).unwrap();
+    let t = Ticket::parse(&line).expect("the ticket file holds the ticket");
+    // SAFETY: kill has no memory preconditions; the PID is our own child,
+    // not yet waited for.
+    assert_eq!(
+        unsafe { libc::kill(seed.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    assert_eq!(seed.wait(LIMIT).code(), Some(130), "{}", seed.log_text());
+    assert_eq!(mode(&report), 0o600, "report mode");
+    assert!(fs::symlink_metadata(&report).unwrap().is_file());
+    assert_eq!(util::report(&report)["interrupted"], true);
+    for v in &victims {
+        v.assert_untouched(&v.path.display().to_string());
+    }
+    // The secret is on stdout, and nowhere in stderr (logs).
+    assert_eq!(fs::read_to_string(&stdout).unwrap(), line);
+    let err = seed.log_text();
+    let secret = t.encode();
+    let body = secret.trim_start_matches("swarm1:");
+    assert!(!err.contains(body), "stderr holds the ticket: {err}");
+    assert!(err.contains("the ticket is on stdout"), "{err}");
+    // the stale links at the old temporary names are left alone, nothing else
+    let mut names: Vec<String> = fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["seed.json", "seed.tmp-swarm", "ticket", "ticket.tmp-swarm"]
+    );
+}
+
+#[test]
+fn local_safety_an_unwritable_ticket_file_fails_at_once_before_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let image = root.join("img.bin");
+    random_file(&image, 100_000, 6);
+    fs::write(root.join("plain-file"), b"x").unwrap();
+    for (bad, needle) in [
+        (root.join("no-such-dir/ticket"), "No such file or directory"),
+        (root.join("plain-file/ticket"), "Not a directory"),
+        (root.to_path_buf(), "is a directory"),
+    ] {
+        let report = root.join("r.json");
+        let mut cmd = swarm();
+        cmd.arg("seed")
+            .arg(&image)
+            .args(["--listen", "127.0.0.1:0", "--ticket-file"])
+            .arg(&bad)
+            .arg("--report")
+            .arg(&report);
+        let out = run(cmd, Duration::from_secs(60));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{}: {err}", bad.display());
+        assert!(err.contains("--ticket-file"), "{err}");
+        assert!(err.contains(&bad.display().to_string()), "{err}");
+        assert!(err.contains(needle), "{err}");
+        assert!(out.stdout.is_empty(), "a ticket was printed");
+        // it failed before the manifest was built: the report has none
+        let r = util::report(&report);
+        assert_eq!(r["exit_code"], 5);
+        assert_eq!(r["ended"], "failed");
+        assert_eq!(r["manifest_id"], "");
+        assert!(r["error"].as_str().unwrap().contains("--ticket-file"));
+    }
 }

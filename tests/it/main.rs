@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real QUIC on loopback, real files.
 
 mod adversary;
+mod endings;
 mod errors;
 mod faults;
 mod groups;
@@ -8,6 +9,7 @@ mod haves;
 mod hoarder;
 mod hostile;
 mod local_safety;
+mod names;
 mod netsim;
 mod resume;
 mod swarmnet;
