@@ -87,6 +87,12 @@ impl Content {
         })
     }
 
+    /// The one file of a single-file content, open (for `manifest::build`,
+    /// which maps it).
+    pub fn single_file(&self) -> Option<&File> {
+        self.single.as_ref()
+    }
+
     /// Calls `f(file, offset_in_file, range_in_buf)` for each file touched by
     /// `[offset, offset + len)`.
     fn each_span(
@@ -210,5 +216,44 @@ mod tests {
         let mut back = vec![0u8; 2500];
         c.read_at(65536 * 3 - 2000, &mut back).unwrap();
         assert_eq!(back, &data[65536 * 3 - 2000..][..2500]);
+    }
+
+    /// A file of a tree swapped for a link after the manifest was built
+    /// (seed) or the partial tree was made (join) is refused: its target
+    /// is neither read (and served to peers) nor written.
+    #[test]
+    fn a_link_in_a_tree_is_neither_read_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, vec![7u8; 4096]).unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("a"), vec![1u8; 4096]).unwrap();
+        std::os::unix::fs::symlink(&secret, tree.join("sub/b")).unwrap();
+        let files = [
+            FileSpan {
+                path: "a".into(),
+                offset: 0,
+                size: 4096,
+            },
+            FileSpan {
+                path: "sub/b".into(),
+                offset: 4096,
+                size: 4096,
+            },
+        ];
+        for writable in [false, true] {
+            let c = Content::open(tree.clone(), &files, writable).unwrap();
+            let mut buf = vec![0u8; 4096];
+            c.read_at(0, &mut buf).unwrap();
+            assert_eq!(buf, vec![1u8; 4096]);
+            let e = c.read_at(4096, &mut buf).unwrap_err();
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+            assert_eq!(buf, vec![1u8; 4096], "bytes of the link's target read");
+            if writable {
+                assert!(c.write_at(4096, &[9u8; 4096]).is_err());
+            }
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), vec![7u8; 4096]);
     }
 }
