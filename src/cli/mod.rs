@@ -51,12 +51,18 @@ pub fn main(cli: Cli) -> ExitCode {
     // Everything runs as a task on the worker threads: the engine on the
     // thread that calls `block_on` would be woken from a worker (a futex
     // and a context switch) for every event of every connection.
-    rt.block_on(async {
+    let code = rt.block_on(async {
         tokio::spawn(run(cli)).await.unwrap_or_else(|e| {
             eprintln!("error: internal: {e}");
             ExitCode::from(EXIT_INTERNAL)
         })
-    })
+    });
+    // The report is written. Dropping the runtime would wait for every
+    // blocking task, and one may still be hashing a large image after
+    // Ctrl-C: give short ones (a piece being written, a rename) a moment,
+    // not that.
+    rt.shutdown_timeout(std::time::Duration::from_secs(3));
+    code
 }
 
 /// Networking threads: half the cores, at least one. Verification and
