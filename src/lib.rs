@@ -15,5 +15,6 @@ pub mod core;
 pub mod manifest;
 pub mod node;
 pub mod storage;
+pub mod text;
 pub mod ticket;
 pub mod wire;

@@ -11,7 +11,8 @@ use clap::{Args, Parser, Subcommand};
     version,
     about = "Distribute a big file or directory to many hosts, BitTorrent-style over QUIC",
     after_help = "Exit codes: 0 success, 1 internal error, 2 usage error, 3 network failure, \
-                  4 verification failure, 5 local I/O failure, 130 interrupted."
+                  4 verification failure, 5 local I/O failure, 130 interrupted \
+                  (SIGINT, SIGTERM; a serving seed stopped so exits 0)."
 )]
 pub struct Cli {
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
@@ -48,7 +49,8 @@ pub struct SeedArgs {
     /// Piece size, a power of two from 4KiB to 1GiB (default: 1MiB, larger for images over 64GiB).
     #[arg(long)]
     pub piece_size: Option<String>,
-    /// Also write the ticket to FILE.
+    /// Also write the ticket to FILE (mode 0600, by an atomic rename;
+    /// checked before hashing).
     #[arg(long)]
     pub ticket_file: Option<PathBuf>,
     /// Exit once N peers have reported a complete copy.
@@ -64,7 +66,7 @@ pub struct SeedArgs {
     pub upload_limit: Option<String>,
     #[command(flatten)]
     pub group: GroupArgs,
-    /// Write a JSON report of the run to FILE.
+    /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
 }
@@ -100,7 +102,7 @@ pub struct JoinArgs {
     pub upload_limit: Option<String>,
     #[command(flatten)]
     pub group: GroupArgs,
-    /// Write a JSON report of the run to FILE.
+    /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
 }

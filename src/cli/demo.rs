@@ -237,9 +237,20 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
     Ok(())
 }
 
+/// Writes a new file at `path` (one left by an earlier demo is removed
+/// first): created exclusively, so a link planted there is not written
+/// through.
 fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
     let mut rng = rand::make_rng::<rand::rngs::SmallRng>();
-    let mut w = BufWriter::with_capacity(1 << 20, File::create(path)?);
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;
     while left > 0 {

@@ -5,16 +5,15 @@ pub mod args;
 pub mod config;
 mod demo;
 pub mod progress;
+mod run;
 pub mod units;
 
-use std::io::Write;
-use std::path::Path;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
 
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::node::{self, NodeError, Report};
+use crate::node::NodeError;
 use args::{Cli, Command};
 
 pub const EXIT_INTERNAL: u8 = 1;
@@ -52,12 +51,18 @@ pub fn main(cli: Cli) -> ExitCode {
     // Everything runs as a task on the worker threads: the engine on the
     // thread that calls `block_on` would be woken from a worker (a futex
     // and a context switch) for every event of every connection.
-    rt.block_on(async {
+    let code = rt.block_on(async {
         tokio::spawn(run(cli)).await.unwrap_or_else(|e| {
             eprintln!("error: internal: {e}");
             ExitCode::from(EXIT_INTERNAL)
         })
-    })
+    });
+    // The report is written. Dropping the runtime would wait for every
+    // blocking task, and one may still be hashing a large image after
+    // Ctrl-C: give short ones (a piece being written, a rename) a moment,
+    // not that.
+    rt.shutdown_timeout(std::time::Duration::from_secs(3));
+    code
 }
 
 /// Networking threads: half the cores, at least one. Verification and
@@ -92,122 +97,30 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // colours only on a terminal: a log file or a journal gets plain text
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(tty)
         .with_writer(std::io::stderr)
         .try_init();
 }
 
 async fn run(cli: Cli) -> ExitCode {
     let stop = CancellationToken::new();
-    let signals = tokio::spawn(wait_for_signal(stop.clone()));
-    let (status_tx, status_rx) = watch::channel(Default::default());
-    let result = match &cli.command {
-        Command::Seed(a) => {
-            let cfg = match config::seed(a) {
-                Ok(c) => c,
-                Err(e) => return usage(&e),
-            };
-            let ticket_file = a.ticket_file.clone();
-            let quiet = cli.quiet;
-            let progress = progress::spawn(status_rx, cli.quiet, "seed");
-            let mut ticket_err = None;
-            let r = node::seed(
-                cfg,
-                |t, m| {
-                    let line = t.encode();
-                    println!("{line}");
-                    let _ = std::io::stdout().flush();
-                    if !quiet {
-                        eprintln!(
-                            "seeding {} ({} bytes, {} pieces of {}); run on each target host:\n  swarm join {line} DEST_DIR",
-                            m.name,
-                            m.total_size(),
-                            m.piece_count(),
-                            progress::human(m.piece_size as f64)
-                        );
-                    }
-                    if let Some(f) = &ticket_file
-                        && let Err(e) = write_atomic(f, format!("{line}\n").as_bytes())
-                    {
-                        ticket_err = Some(e);
-                    }
-                },
-                status_tx,
-                stop.clone(),
-            )
-            .await;
-            progress.abort();
-            if let Some(e) = ticket_err {
-                eprintln!("error: --ticket-file: {e}");
-                return ExitCode::from(EXIT_IO);
-            }
-            // Ctrl-C is how a seed is normally stopped.
-            let r = match r {
-                Err(NodeError::Interrupted) => Ok(None),
-                r => r.map(Some),
-            };
-            finish(r, a.report.as_deref(), cli.quiet)
-        }
-        Command::Join(a) => {
-            let cfg = match config::join(a) {
-                Ok(c) => c,
-                Err(e) => return usage(&e),
-            };
-            let progress = progress::spawn(status_rx, cli.quiet, "join");
-            let r = node::join(cfg, status_tx, stop.clone()).await;
-            progress.abort();
-            finish(r.map(Some), a.report.as_deref(), cli.quiet)
-        }
+    let caught = Arc::new(OnceLock::new());
+    let signals = tokio::spawn(wait_for_signal(stop.clone(), caught.clone()));
+    let code = match &cli.command {
+        Command::Seed(a) => run::seed(a, cli.quiet, stop, &caught).await,
+        Command::Join(a) => run::join(a, cli.quiet, stop, &caught).await,
         Command::Demo(_) => unreachable!("handled before the runtime starts"),
     };
     signals.abort();
-    result
+    code
 }
 
-fn usage(msg: &str) -> ExitCode {
-    eprintln!("error: {msg}");
-    ExitCode::from(EXIT_USAGE)
-}
-
-fn finish(
-    r: Result<Option<Report>, NodeError>,
-    report_file: Option<&Path>,
-    quiet: bool,
-) -> ExitCode {
-    match r {
-        Ok(report) => {
-            if let Some(report) = report {
-                if !quiet {
-                    eprintln!("{}", progress::summary(&report));
-                }
-                if let Some(f) = report_file {
-                    let json = serde_json::to_vec_pretty(&report).expect("report serializes");
-                    if let Err(e) = write_atomic(f, &json) {
-                        eprintln!("error: --report: {e}");
-                        return ExitCode::from(EXIT_IO);
-                    }
-                }
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(exit_code(&e))
-        }
-    }
-}
-
-/// Writes via a temporary file and a rename, so readers never see half a file.
-pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp-swarm");
-    std::fs::write(&tmp, data)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", tmp.display())))?;
-    std::fs::rename(&tmp, path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
-}
-
-async fn wait_for_signal(stop: CancellationToken) {
+/// Waits for SIGINT or SIGTERM, notes which in `caught`, and stops the run.
+async fn wait_for_signal(stop: CancellationToken, caught: Arc<OnceLock<&'static str>>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -215,9 +128,10 @@ async fn wait_for_signal(stop: CancellationToken) {
     ) else {
         return;
     };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    let _ = caught.set(name);
     stop.cancel();
 }

@@ -6,78 +6,108 @@ use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::node::{Report, Status};
+use crate::text::{self, Escaped};
 
 /// The most often the display is updated.
 const REFRESH: Duration = Duration::from_millis(100);
 
-pub fn spawn(
+/// The progress display, running until `finish`.
+pub struct Progress {
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    /// Stops the display and waits until it is gone (the bar cleared from
+    /// the terminal), so that what is printed next is not drawn over.
+    pub async fn finish(self) {
+        self.stop.cancel();
+        let _ = self.task.await;
+    }
+}
+
+pub fn spawn(rx: watch::Receiver<Status>, quiet: bool, label: &'static str) -> Progress {
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(show(rx, quiet, label, stop.clone()));
+    Progress { stop, task }
+}
+
+async fn show(
     mut rx: watch::Receiver<Status>,
     quiet: bool,
     label: &'static str,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        if quiet {
-            return;
+    stop: CancellationToken,
+) {
+    if quiet {
+        return;
+    }
+    let tty = std::io::stderr().is_terminal();
+    let bar = tty.then(|| {
+        let b = ProgressBar::new(0);
+        b.set_style(
+            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pieces {msg}")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        b.set_prefix(label);
+        b
+    });
+    let start = Instant::now();
+    let mut last_line = Instant::now();
+    let mut bridge = None;
+    loop {
+        tokio::select! {
+            r = rx.changed() => if r.is_err() { break },
+            _ = stop.cancelled() => break,
         }
-        let tty = std::io::stderr().is_terminal();
-        let bar = tty.then(|| {
-            let b = ProgressBar::new(0);
-            b.set_style(
-                ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pieces {msg}")
-                    .expect("static template")
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(label);
-            b
-        });
-        let start = Instant::now();
-        let mut last_line = Instant::now();
-        let mut bridge = None;
-        while rx.changed().await.is_ok() {
-            let s = rx.borrow_and_update().clone();
-            if s.bridge != bridge {
-                // a role change is news: say it at once, with the group
-                bridge = s.bridge;
-                let line = match s.bridge {
-                    Some((rank, of)) => {
-                        format!("{label}: group {}: bridge {} of {}", s.group, rank + 1, of)
-                    }
-                    None => format!("{label}: group {}: no longer a bridge", s.group),
-                };
-                match &bar {
-                    Some(b) => b.println(line),
-                    None => eprintln!("{line}"),
+        let s = rx.borrow_and_update().clone();
+        if s.bridge != bridge {
+            // a role change is news: say it at once, with the group
+            bridge = s.bridge;
+            let group = Escaped(&s.group);
+            let line = match s.bridge {
+                Some((rank, of)) => {
+                    format!("{label}: group {group}: bridge {} of {}", rank + 1, of)
                 }
-            }
+                None => format!("{label}: group {group}: no longer a bridge"),
+            };
             match &bar {
-                Some(b) => {
-                    b.set_length(s.pieces_total as u64);
-                    b.set_position(s.pieces_have as u64);
-                    b.set_message(message(&s, start));
-                }
-                None if last_line.elapsed() >= Duration::from_secs(2) => {
-                    last_line = Instant::now();
-                    eprintln!(
-                        "{label}: {}/{} pieces{}, {}",
-                        s.pieces_have,
-                        s.pieces_total,
-                        if s.complete { " complete" } else { "" },
-                        message(&s, start)
-                    );
-                }
-                None => {}
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
             }
-            // The engine publishes after every event; a display needs a
-            // few updates a second (at 16 hosts, formatting every one was
-            // 0.9% of all CPU).
-            tokio::time::sleep(REFRESH).await;
         }
-        if let Some(b) = bar {
-            b.finish_and_clear();
+        match &bar {
+            Some(b) => {
+                b.set_length(s.pieces_total as u64);
+                b.set_position(s.pieces_have as u64);
+                b.set_message(message(&s, start));
+            }
+            None if last_line.elapsed() >= Duration::from_secs(2) => {
+                last_line = Instant::now();
+                eprintln!(
+                    "{label}: {}/{} pieces{}, {}",
+                    s.pieces_have,
+                    s.pieces_total,
+                    if s.complete { " complete" } else { "" },
+                    message(&s, start)
+                );
+            }
+            None => {}
         }
-    })
+        // The engine publishes after every event; a display needs a
+        // few updates a second (at 16 hosts, formatting every one was
+        // 0.9% of all CPU).
+        tokio::select! {
+            _ = tokio::time::sleep(REFRESH) => {}
+            _ = stop.cancelled() => break,
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
 }
 
 /// Group, role, peers and rates since `start`.
@@ -89,7 +119,7 @@ fn message(s: &Status, start: Instant) -> String {
     };
     format!(
         "group {}{role}, peers {} (done {}), in {}/s, out {}/s",
-        s.group,
+        Escaped(&s.group),
         s.peers,
         s.peers_done,
         human(s.bytes_received as f64 / secs),
@@ -101,32 +131,146 @@ pub fn human(bytes: f64) -> String {
     bytesize::ByteSize(bytes as u64).display().iec().to_string()
 }
 
-pub fn summary(r: &Report) -> String {
+/// Columns the summary is wrapped to: a terminal of 80 shows it whole.
+pub const SUMMARY_WIDTH: usize = 80;
+
+/// How the run was interrupted, for the summary.
+pub fn interrupted(r: &Report) -> String {
+    match &r.signal {
+        Some(sig) => format!("interrupted by {sig}"),
+        None => "interrupted".into(),
+    }
+}
+
+/// The end-of-run summary: clauses separated by commas, wrapped before
+/// `width` columns (continuation lines indented), then the destination on
+/// a line of its own, in full and escaped, however long it is.
+pub fn summary(r: &Report, width: usize) -> String {
     let secs = r.elapsed_secs.max(1e-3);
-    let mut s = format!(
-        "{}: {} in {:.1}s, received {} ({}/s), served {}",
-        r.role,
-        human(r.bytes_total as f64),
-        r.complete_secs.unwrap_or(r.elapsed_secs),
-        human(r.bytes_received as f64),
-        human(r.bytes_received as f64 / r.complete_secs.unwrap_or(secs).max(1e-3)),
-        human(r.bytes_served as f64),
-    );
+    let mut clauses = vec![
+        format!(
+            "{}: {} in {:.1}s",
+            r.role,
+            human(r.bytes_total as f64),
+            r.complete_secs.unwrap_or(r.elapsed_secs)
+        ),
+        format!(
+            "received {} ({}/s)",
+            human(r.bytes_received as f64),
+            human(r.bytes_received as f64 / r.complete_secs.unwrap_or(secs).max(1e-3))
+        ),
+        format!("served {}", human(r.bytes_served as f64)),
+    ];
     if r.received_cross_group + r.served_cross_group > 0 {
-        s += &format!(
-            ", across groups received {} and served {}",
+        clauses.push(format!(
+            "across groups received {} and served {}",
             human(r.received_cross_group as f64),
             human(r.served_cross_group as f64)
-        );
+        ));
     }
     if r.pieces_resumed > 0 {
-        s += &format!(", {} pieces resumed from disk", r.pieces_resumed);
+        clauses.push(format!("{} pieces resumed from disk", r.pieces_resumed));
     }
     if r.pieces_corrupt > 0 {
-        s += &format!(", {} corrupt pieces rejected", r.pieces_corrupt);
+        clauses.push(format!("{} corrupt pieces rejected", r.pieces_corrupt));
     }
+    if r.pieces_changed > 0 {
+        clauses.push(format!(
+            "{} pieces changed on disk since hashed, not served",
+            r.pieces_changed
+        ));
+    }
+    if r.interrupted {
+        clauses.push(interrupted(r));
+    } else if r.error.is_some() {
+        clauses.push("failed".into());
+    }
+    let mut out = String::new();
+    let mut line = String::new();
+    for c in clauses {
+        if line.is_empty() {
+            line = c;
+        } else if line.chars().count() + ", ".len() + c.chars().count() < width {
+            // (< width: the line may yet end in a comma)
+            line += ", ";
+            line += &c;
+        } else {
+            out += &line;
+            out += ",\n";
+            line = format!("  {c}");
+        }
+    }
+    out += &line;
     if let Some(p) = &r.output {
-        s += &format!(" -> {}", p.display());
+        out += &format!("\n  -> {}", text::path(p));
     }
-    s
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn full_report(output: &str) -> Report {
+        Report {
+            role: "join".into(),
+            bytes_total: 64 << 30,
+            bytes_received: 63 << 30,
+            bytes_served: 250 << 30,
+            received_cross_group: 12 << 30,
+            served_cross_group: 1 << 30,
+            pieces_resumed: 1024,
+            pieces_corrupt: 3,
+            elapsed_secs: 1234.5,
+            complete_secs: Some(1200.25),
+            output: Some(PathBuf::from(output)),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_summary_fits_80_columns_and_keeps_the_whole_destination() {
+        let long = format!("/srv/images/{}/db-2026-11-21.img", "x".repeat(120));
+        for path in ["/srv/images/db-2026-11-21", long.as_str()] {
+            let s = summary(&full_report(path), 80);
+            let lines: Vec<&str> = s.lines().collect();
+            let last = lines.last().unwrap();
+            assert_eq!(*last, format!("  -> {path}"), "{s}");
+            for l in &lines[..lines.len() - 1] {
+                assert!(
+                    l.chars().count() <= 80,
+                    "{} columns: {l:?}",
+                    l.chars().count()
+                );
+            }
+            for part in [
+                "received 63.0 GiB",
+                "1024 pieces resumed",
+                "3 corrupt pieces",
+            ] {
+                assert!(s.contains(part), "{part} missing: {s}");
+            }
+        }
+        // a short summary stays on one line, the destination on the next
+        let r = Report {
+            role: "seed".into(),
+            bytes_total: 1 << 20,
+            elapsed_secs: 2.0,
+            ..Default::default()
+        };
+        assert_eq!(summary(&r, 80).lines().count(), 1);
+    }
+
+    #[test]
+    fn the_summary_says_how_the_run_ended_and_escapes_the_destination() {
+        let mut r = full_report("/dst/evil\u{1b}[31m\nname");
+        r.interrupted = true;
+        r.signal = Some("SIGTERM".into());
+        let s = summary(&r, 80);
+        assert!(s.contains("interrupted by SIGTERM"), "{s}");
+        assert!(s.ends_with("  -> /dst/evil\\u{1b}[31m\\nname"), "{s}");
+        assert!(!s.contains('\u{1b}'));
+    }
 }

@@ -105,20 +105,23 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
         });
     }
     let files = m.files();
+    // Opened without following links (`storage::at`): a file swapped for a
+    // link after the walk is refused, not hashed and then served.
+    let content = Content::open(root.to_path_buf(), &files, false).map_err(io_err(root))?;
     if let [f] = files.as_slice()
         && f.size > 0
+        && let Some(file) = content.single_file()
     {
         let path = if f.path.is_empty() {
             root.to_path_buf()
         } else {
             root.join(&f.path)
         };
-        if let Some(hashes) = hash_mapped(&path, &m, n as usize, f.size, MAP_WINDOW)? {
+        if let Some(hashes) = hash_mapped(file, &path, &m, n as usize, f.size, MAP_WINDOW)? {
             m.hashes = hashes;
             return Ok(m);
         }
     }
-    let content = Content::open(root.to_path_buf(), &files, false).map_err(io_err(root))?;
     m.hashes = (0..n as usize)
         .into_par_iter()
         .map_init(Vec::new, |buf, i| {
@@ -146,13 +149,13 @@ const MAP_WINDOW: u64 = 64 << 20;
 /// one mapping of the whole file made a seed's peak RSS the image's size
 /// (1,054,860 KiB for 1 GiB).
 fn hash_mapped(
+    file: &fs::File,
     path: &Path,
     m: &Manifest,
     pieces: usize,
     size: u64,
     window: u64,
 ) -> Result<Option<Vec<[u8; 32]>>, BuildError> {
-    let file = fs::File::open(path).map_err(io_err(path))?;
     let shrank = || BuildError::Io {
         path: path.to_path_buf(),
         source: std::io::Error::new(
@@ -181,7 +184,7 @@ fn hash_mapped(
             memmap2::MmapOptions::new()
                 .offset(start)
                 .len(len as usize)
-                .map(&file)
+                .map(file)
         } {
             Ok(map) => map,
             // a file system that cannot map files: read it instead
@@ -307,7 +310,8 @@ mod tests {
         // piece size; 11 pieces leave a short last window), and of one
         // piece per thread (a window smaller than that is widened)
         for window in [3 * 4096, 2 * 4096 + 100, 1] {
-            let got = hash_mapped(&f, &m, want.len(), data.len() as u64, window).unwrap();
+            let file = fs::File::open(&f).unwrap();
+            let got = hash_mapped(&file, &f, &m, want.len(), data.len() as u64, window).unwrap();
             assert_eq!(got.as_ref(), Some(&want), "window {window}");
         }
     }

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use super::engine::Event;
 use super::peer::{self, Handshaken, Identity, close};
+use crate::text::Escaped;
 use crate::wire::PeerInfo;
 
 /// How long a dial may take before the handshake starts.
@@ -157,7 +158,7 @@ pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<
                 Ok(h) => {
                     let _ = events.send(Event::Connected(Box::new(h))).await;
                 }
-                Err(e) => tracing::info!("refused a connection: {e:#}"),
+                Err(e) => tracing::info!("refused a connection: {}", Escaped(&format!("{e:#}"))),
             }
         });
     }

@@ -17,6 +17,7 @@ use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
 use crate::core::{Failure, PeerKey};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
 use crate::storage::{Content, PieceBuf};
+use crate::text::Escaped;
 use crate::wire::{Request, Status};
 
 pub struct Job {
@@ -107,7 +108,12 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             why: Failure::Missing,
         },
         Err(e) => {
-            tracing::debug!(peer = job.key, piece = job.piece, "request failed: {e:#}");
+            tracing::debug!(
+                peer = job.key,
+                piece = job.piece,
+                "request failed: {}",
+                Escaped(&format!("{e:#}"))
+            );
             Event::PieceFailed {
                 key: job.key,
                 piece: job.piece,

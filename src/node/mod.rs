@@ -170,6 +170,22 @@ pub struct Report {
     pub output: Option<PathBuf>,
     /// The process's peak resident memory (getrusage), at the report.
     pub peak_rss_bytes: u64,
+    /// How the run ended: "ok", "failed" or "interrupted" (set by the
+    /// command line, which writes the report on every end).
+    #[serde(default)]
+    pub ended: String,
+    /// The exit status the process ends with.
+    #[serde(default)]
+    pub exit_code: u8,
+    /// The error that ended the run, when it failed (control characters
+    /// escaped, as printed).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Whether SIGINT or SIGTERM stopped the run, and which.
+    #[serde(default)]
+    pub interrupted: bool,
+    #[serde(default)]
+    pub signal: Option<String>,
 }
 
 /// A sum of quinn's `ConnectionStats`.

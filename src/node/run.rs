@@ -15,6 +15,7 @@ use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST, WanPat
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
+use crate::text::Escaped;
 use crate::ticket::Ticket;
 
 /// A QUIC endpoint on `listen` as `seed` and `join` make theirs (socket
@@ -123,19 +124,54 @@ fn ticket_addrs(local: SocketAddr) -> Vec<SocketAddr> {
 }
 
 /// Seeds `cfg.path`. `on_ticket` receives the ticket once the manifest is
-/// built and the endpoint listens.
+/// built and the endpoint listens; an error from it ends the seed at once.
+/// The report comes back however the run ended (with what is known by
+/// then), for the caller to complete and write.
 pub async fn seed(
     cfg: SeedConfig,
-    on_ticket: impl FnOnce(&Ticket, &Manifest),
+    on_ticket: impl FnOnce(&Ticket, &Manifest) -> Result<(), NodeError>,
     status: watch::Sender<Status>,
     stop: CancellationToken,
-) -> Result<Report, NodeError> {
+) -> (Report, Result<(), NodeError>) {
     let started = Instant::now();
+    let mut report = Report {
+        role: "seed".into(),
+        group: cfg.group.name.clone(),
+        ..Default::default()
+    };
+    match seed_parts(cfg, on_ticket, status, &stop, started, &mut report).await {
+        Ok(parts) => run_engine(parts, None, stop).await,
+        Err(e) => (ended_early(report, started), Err(e)),
+    }
+}
+
+/// A report for a run that ended before its engine started.
+fn ended_early(mut report: Report, started: Instant) -> Report {
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    report.peak_rss_bytes = super::peak_rss_bytes();
+    report
+}
+
+async fn seed_parts(
+    cfg: SeedConfig,
+    on_ticket: impl FnOnce(&Ticket, &Manifest) -> Result<(), NodeError>,
+    status: watch::Sender<Status>,
+    stop: &CancellationToken,
+    started: Instant,
+    report: &mut Report,
+) -> Result<Parts, NodeError> {
     let path = cfg.path.clone();
     let piece_size = cfg.piece_size;
-    let m = tokio::task::spawn_blocking(move || manifest::build(&path, piece_size))
-        .await
-        .map_err(anyhow::Error::from)??;
+    // hashing a large image takes a while: Ctrl-C must not wait for it
+    let m = tokio::select! {
+        m = tokio::task::spawn_blocking(move || manifest::build(&path, piece_size)) => {
+            m.map_err(anyhow::Error::from)??
+        }
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
+    report.manifest_id = hex(&m.id().0);
+    report.bytes_total = m.total_size();
+    report.pieces_total = m.piece_count();
     let bytes = m.encode();
     let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
     let local = ep
@@ -146,9 +182,13 @@ pub async fn seed(
         secret: rand::random(),
         addrs: ticket_addrs(local),
     };
-    on_ticket(&ticket, &m);
-    let content = Content::open(cfg.path.clone(), &m.files(), false)
-        .map_err(|e| NodeError::Other(anyhow::anyhow!("{}: {e}", cfg.path.display())))?;
+    on_ticket(&ticket, &m)?;
+    let content = Content::open(cfg.path.clone(), &m.files(), false).map_err(|source| {
+        crate::storage::StorageError::Io {
+            path: cfg.path.clone(),
+            source,
+        }
+    })?;
     let id = Identity {
         manifest_id: ticket.manifest_id,
         secret: ticket.secret,
@@ -160,17 +200,9 @@ pub async fn seed(
         wan: wan.clone(),
     };
     let n = m.piece_count();
-    let report = Report {
-        role: "seed".into(),
-        group: cfg.group.name.clone(),
-        peer_id: hex(&id.peer_id),
-        manifest_id: hex(&m.id().0),
-        bytes_total: m.total_size(),
-        pieces_total: n,
-        seed_peer_id: Some(hex(&id.peer_id)),
-        ..Default::default()
-    };
-    let parts = Parts {
+    report.peer_id = hex(&id.peer_id);
+    report.seed_peer_id = Some(hex(&id.peer_id));
+    Ok(Parts {
         id,
         manifest: Arc::new(m),
         manifest_bytes: Arc::new(bytes),
@@ -189,26 +221,24 @@ pub async fn seed(
         status,
         started,
         seed_id: None,
-        report,
+        report: std::mem::take(report),
         upload_limit: cfg.upload_limit,
         group: cfg.group.clone(),
-    };
-    run_engine(parts, None, stop).await
+    })
 }
 
 async fn run_engine(
     parts: Parts,
     first: Option<Handshaken>,
     stop: CancellationToken,
-) -> Result<Report, NodeError> {
+) -> (Report, Result<(), NodeError>) {
     let (tx, rx) = mpsc::channel(EVENT_QUEUE);
     let ep = parts.endpoint.clone();
     let id = parts.id.clone();
     let engine = Engine::new(parts, tx.clone(), rx);
     if let Some(h) = first {
-        tx.send(Event::Connected(Box::new(h)))
-            .await
-            .map_err(anyhow::Error::from)?;
+        // the engine holds the receiver: this cannot fail
+        let _ = tx.send(Event::Connected(Box::new(h))).await;
     }
     let acceptor = tokio::spawn(connect::accept_loop(ep, id, tx));
     let r = engine.run(stop).await;
@@ -217,12 +247,32 @@ async fn run_engine(
 }
 
 /// Joins the swarm of `cfg.ticket` and places the copy in `cfg.dest_dir`.
+/// The report comes back however the run ended.
 pub async fn join(
     cfg: JoinConfig,
     status: watch::Sender<Status>,
     stop: CancellationToken,
-) -> Result<Report, NodeError> {
+) -> (Report, Result<(), NodeError>) {
     let started = Instant::now();
+    let mut report = Report {
+        role: "join".into(),
+        group: cfg.group.name.clone(),
+        manifest_id: hex(&cfg.ticket.manifest_id.0),
+        ..Default::default()
+    };
+    match join_parts(cfg, status, &stop, started, &mut report).await {
+        Ok((parts, first)) => run_engine(parts, Some(first), stop).await,
+        Err(e) => (ended_early(report, started), Err(e)),
+    }
+}
+
+async fn join_parts(
+    cfg: JoinConfig,
+    status: watch::Sender<Status>,
+    stop: &CancellationToken,
+    started: Instant,
+    report: &mut Report,
+) -> Result<(Parts, Handshaken), NodeError> {
     if !cfg.dest_dir.is_dir() {
         return Err(crate::storage::StorageError::NoDestDir(cfg.dest_dir.clone()).into());
     }
@@ -238,14 +288,19 @@ pub async fn join(
         wan: wan.clone(),
     };
     id.addrs.truncate(crate::wire::MAX_ADDRS);
+    report.peer_id = hex(&id.peer_id);
     let (first, m, bytes) = tokio::select! {
         r = bootstrap(&ep, &id, &cfg) => r?,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
+    report.bytes_total = m.total_size();
+    report.pieces_total = m.piece_count();
+    report.seed_peer_id = Some(hex(&first.hello.peer_id));
     let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
     let m = Arc::new(m);
     let m2 = m.clone();
-    let (partial, content, have) = tokio::task::spawn_blocking(move || {
+    // preparing and re-verifying a large partial copy takes a while
+    let prepared = tokio::task::spawn_blocking(move || {
         let partial = Partial::prepare(&dest, &m2, force)?;
         let content = partial.content(&m2)?;
         let have = if partial.resumed {
@@ -254,9 +309,11 @@ pub async fn join(
             bitvec::bitvec![0; m2.piece_count()]
         };
         Ok::<_, crate::storage::StorageError>((partial, content, have))
-    })
-    .await
-    .map_err(anyhow::Error::from)??;
+    });
+    let (partial, content, have) = tokio::select! {
+        r = prepared => r.map_err(anyhow::Error::from)??,
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
     let resumed = have.count_ones();
     if resumed > 0 {
         tracing::info!(
@@ -264,17 +321,7 @@ pub async fn join(
             m.piece_count()
         );
     }
-    let report = Report {
-        role: "join".into(),
-        group: cfg.group.name.clone(),
-        peer_id: hex(&id.peer_id),
-        manifest_id: hex(&m.id().0),
-        bytes_total: m.total_size(),
-        pieces_total: m.piece_count(),
-        pieces_resumed: resumed,
-        seed_peer_id: Some(hex(&first.hello.peer_id)),
-        ..Default::default()
-    };
+    report.pieces_resumed = resumed;
     let parts = Parts {
         seed_id: Some(first.hello.peer_id),
         id,
@@ -294,11 +341,11 @@ pub async fn join(
         },
         status,
         started,
-        report,
+        report: std::mem::take(report),
         upload_limit: cfg.upload_limit,
         group: cfg.group.clone(),
     };
-    run_engine(parts, Some(first), stop).await
+    Ok((parts, first))
 }
 
 /// Dials every ticket address and `--peer` address at once; each
@@ -354,7 +401,7 @@ async fn bootstrap(
                 Some(Ok((_, Ok(found)))) => return Ok(found),
                 Some(Ok((addr, Err(Failed::Connect(e))))) => errors.push(format!("{addr}: {e:#}")),
                 Some(Ok((addr, Err(Failed::Manifest(e))))) => {
-                    tracing::warn!("{addr}: {e}; trying the other hosts");
+                    tracing::warn!("{addr}: {}; trying the other hosts", Escaped(&e.to_string()));
                     errors.push(format!("{addr}: {e}"));
                     if matches!(e, NodeError::Verification(_)) {
                         bad_manifest = Some(e);

@@ -27,6 +27,7 @@ use super::rate::RateLimit;
 use crate::core::PeerKey;
 use crate::core::serve::{ServeWindow, Served};
 use crate::storage::Content;
+use crate::text::Escaped;
 use crate::wire::{REQUEST_LEN, Request, Status};
 
 /// Most requests of one connection served at once.
@@ -141,7 +142,11 @@ pub async fn serve_requests(
             let how = match serve_one(key, send, recv, &events).await {
                 Ok(how) => how,
                 Err(e) => {
-                    tracing::debug!(peer = key, "serving a request failed: {e:#}");
+                    tracing::debug!(
+                        peer = key,
+                        "serving a request failed: {}",
+                        Escaped(&format!("{e:#}"))
+                    );
                     if e.downcast_ref::<Stalled>().is_some() {
                         Served::Stalled
                     } else {

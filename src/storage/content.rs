@@ -2,25 +2,33 @@
 //! onto the files that hold it (one file, or every file of a tree in entry
 //! order). Pieces may span file boundaries.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rustix::fs::OFlags;
+
+use super::at::{self, Dir, Root};
 use crate::manifest::FileSpan;
 
 struct Span {
-    path: PathBuf,
+    /// Relative to the root directory; empty when the root is the file.
+    path: String,
     offset: u64,
     size: u64,
 }
 
 /// Files of a content stream, ordered by offset. A single-file stream keeps
-/// its file open; a tree opens files per access so that a datadir of many
-/// thousands of files does not exhaust file descriptors.
+/// its file open; a tree opens files per access, relative to its open root
+/// directory and never through a link (`at::Dir`), so that a datadir of
+/// many thousands of files does not exhaust file descriptors and a file
+/// swapped for a link under it is refused rather than read or written.
 pub struct Content {
     spans: Vec<Span>,
+    /// The tree's root directory; `None` when the root is the file.
+    dir: Option<Dir>,
     single: Option<File>,
     /// The single file opened again with O_DIRECT, for writes (see
     /// `write_at`); `None` for trees, read-only content, or a filesystem
@@ -38,36 +46,51 @@ pub const DIRECT_ALIGN: usize = 4096;
 
 impl Content {
     /// `base` is the file itself when the root is a file, or the root
-    /// directory of a tree; `files` comes from `Manifest::files`.
+    /// directory of a tree; `files` comes from `Manifest::files`. Neither
+    /// a link at `base` nor one below it is followed.
     pub fn open(base: PathBuf, files: &[FileSpan], writable: bool) -> io::Result<Content> {
+        Content::from_root(Root::open(&base, writable)?, files, writable)
+    }
+
+    /// Content under an open root (see `Partial`, which creates it).
+    pub fn from_root(root: Root, files: &[FileSpan], writable: bool) -> io::Result<Content> {
         let spans: Vec<Span> = files
             .iter()
             .filter(|f| f.size > 0)
             .map(|f| Span {
-                path: if f.path.is_empty() {
-                    base.clone()
-                } else {
-                    base.join(&f.path)
-                },
+                path: f.path.clone(),
                 offset: f.offset,
                 size: f.size,
             })
             .collect();
-        let single = match (files.len(), spans.first()) {
-            (1, Some(s)) => Some(open(&s.path, writable)?),
-            _ => None,
+        let (dir, single) = match root {
+            Root::File(f) => (None, Some(f)),
+            Root::Dir(d) => {
+                let single = match (files.len(), spans.first()) {
+                    (1, Some(s)) => Some(d.open_file(&s.path, writable)?),
+                    _ => None,
+                };
+                (Some(d), single)
+            }
         };
         let direct = match (&single, writable) {
-            (Some(_), true) => open_direct(&spans[0].path),
+            (Some(f), true) => at::reopen(f, OFlags::WRONLY | OFlags::DIRECT),
             _ => None,
         };
         Ok(Content {
             spans,
+            dir,
             single,
             direct_ok: AtomicBool::new(direct.is_some()),
             direct,
             writable,
         })
+    }
+
+    /// The one file of a single-file content, open (for `manifest::build`,
+    /// which maps it).
+    pub fn single_file(&self) -> Option<&File> {
+        self.single.as_ref()
     }
 
     /// Calls `f(file, offset_in_file, range_in_buf)` for each file touched by
@@ -89,9 +112,13 @@ impl Content {
             let to = end.min(s.offset + s.size);
             let n = (to - from) as usize;
             let range = done..done + n;
-            match &self.single {
-                Some(file) => f(file, from - s.offset, range)?,
-                None => f(&open(&s.path, self.writable)?, from - s.offset, range)?,
+            match (&self.single, &self.dir) {
+                (Some(file), _) => f(file, from - s.offset, range)?,
+                (None, Some(dir)) => {
+                    let file = dir.open_file(&s.path, self.writable)?;
+                    f(&file, from - s.offset, range)?
+                }
+                (None, None) => return Err(io::Error::other("content without a root")),
             }
             done += n;
         }
@@ -117,6 +144,12 @@ impl Content {
     /// joiner about as much CPU as QUIC itself, and the page cache holding
     /// a multi-GB image the host does not read is no help either.
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        if !self.writable {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the content is open read-only",
+            ));
+        }
         let mut buf = buf;
         let mut offset = offset;
         if let Some(direct) = &self.direct {
@@ -145,22 +178,6 @@ impl Content {
             file.write_all_at(&buf[range], at)
         })
     }
-}
-
-fn open_direct(path: &PathBuf) -> Option<File> {
-    OpenOptions::new()
-        .write(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(path)
-        .ok()
-}
-
-fn open(path: &PathBuf, writable: bool) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .write(writable)
-        .open(path)
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
@@ -199,5 +216,44 @@ mod tests {
         let mut back = vec![0u8; 2500];
         c.read_at(65536 * 3 - 2000, &mut back).unwrap();
         assert_eq!(back, &data[65536 * 3 - 2000..][..2500]);
+    }
+
+    /// A file of a tree swapped for a link after the manifest was built
+    /// (seed) or the partial tree was made (join) is refused: its target
+    /// is neither read (and served to peers) nor written.
+    #[test]
+    fn a_link_in_a_tree_is_neither_read_nor_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, vec![7u8; 4096]).unwrap();
+        let tree = dir.path().join("tree");
+        std::fs::create_dir_all(tree.join("sub")).unwrap();
+        std::fs::write(tree.join("a"), vec![1u8; 4096]).unwrap();
+        std::os::unix::fs::symlink(&secret, tree.join("sub/b")).unwrap();
+        let files = [
+            FileSpan {
+                path: "a".into(),
+                offset: 0,
+                size: 4096,
+            },
+            FileSpan {
+                path: "sub/b".into(),
+                offset: 4096,
+                size: 4096,
+            },
+        ];
+        for writable in [false, true] {
+            let c = Content::open(tree.clone(), &files, writable).unwrap();
+            let mut buf = vec![0u8; 4096];
+            c.read_at(0, &mut buf).unwrap();
+            assert_eq!(buf, vec![1u8; 4096]);
+            let e = c.read_at(4096, &mut buf).unwrap_err();
+            assert!(e.to_string().contains("is a symbolic link"), "{e}");
+            assert_eq!(buf, vec![1u8; 4096], "bytes of the link's target read");
+            if writable {
+                assert!(c.write_at(4096, &[9u8; 4096]).is_err());
+            }
+        }
+        assert_eq!(std::fs::read(&secret).unwrap(), vec![7u8; 4096]);
     }
 }

@@ -1,11 +1,81 @@
-//! Disk I/O: reading and writing pieces in place (`Content`), and the
-//! download target (`Partial`): a partial file or tree next to the final
-//! destination, verified on resume and renamed into place when complete.
+//! Disk I/O: reading and writing pieces in place (`Content`), the download
+//! target (`Partial`): a partial file or tree next to the final destination,
+//! verified on resume and renamed into place when complete, and the files
+//! written for the operator (`PrivateFile`: ticket, report).
+//!
+//! Nothing here follows a symbolic link below a directory the operator
+//! named (DEST_DIR, the seeded root): `at` opens, creates, renames and
+//! chmods relative to open directory handles, one component at a time.
 
+mod at;
 mod buf;
 mod content;
 mod partial;
+mod private;
 
+use std::io;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::text;
+
+pub use at::Root;
 pub use buf::PieceBuf;
 pub use content::Content;
-pub use partial::{Partial, StorageError};
+pub use partial::Partial;
+pub use private::{PrivateFile, write_private};
+
+#[derive(Debug, Error)]
+pub enum StorageError {
+    #[error("destination {} already exists (use --force to replace it)", text::path(.0))]
+    Exists(PathBuf),
+    #[error("destination directory {} does not exist or is not a directory", text::path(.0))]
+    NoDestDir(PathBuf),
+    #[error(
+        "{} is a symbolic link; swarm never follows links in what it creates under DEST_DIR: remove it and run again",
+        text::path(.0)
+    )]
+    Link(PathBuf),
+    #[error(
+        "{} exists but is not a {want}; remove it and run again",
+        text::path(path)
+    )]
+    NotKind { path: PathBuf, want: &'static str },
+    #[error(
+        "not enough free space in {}: need {need} bytes, {avail} available",
+        text::path(dir)
+    )]
+    NoSpace { dir: PathBuf, need: u64, avail: u64 },
+    #[error("{}: {source}", text::path(path))]
+    Io { path: PathBuf, source: io::Error },
+    /// A file written for the operator (`what` is the option, e.g.
+    /// `--ticket-file`); `source` names the path.
+    #[error("{what}: {source}")]
+    Output {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {
+    move |source| StorageError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// For `Content`'s positional I/O, which speaks `io::Error`: the message
+/// (with its path) is kept, and the kind where there is one.
+impl From<StorageError> for io::Error {
+    fn from(e: StorageError) -> io::Error {
+        let kind = match &e {
+            StorageError::Io { source, .. } | StorageError::Output { source, .. } => source.kind(),
+            StorageError::NoSpace { .. } => io::ErrorKind::StorageFull,
+            StorageError::Exists(_) => io::ErrorKind::AlreadyExists,
+            StorageError::NoDestDir(_) => io::ErrorKind::NotFound,
+            StorageError::Link(_) | StorageError::NotKind { .. } => io::ErrorKind::InvalidData,
+        };
+        io::Error::new(kind, e)
+    }
+}

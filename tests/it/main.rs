@@ -2,12 +2,15 @@
 
 mod adversary;
 mod changed;
+mod endings;
 mod errors;
 mod faults;
 mod groups;
 mod haves;
 mod hoarder;
 mod hostile;
+mod local_safety;
+mod names;
 mod netsim;
 mod resume;
 mod swarmnet;

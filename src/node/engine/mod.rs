@@ -38,7 +38,7 @@ use super::{
 use crate::core::group::group_tag;
 use crate::core::{Download, DownloadConfig, Failure, PeerKey, RecentPieces, Spreader};
 use crate::manifest::Manifest;
-use crate::storage::{Content, Partial, StorageError};
+use crate::storage::{Content, Partial, Root, StorageError};
 use crate::wire::{Message, PeerId, Request};
 
 pub const EVENT_QUEUE: usize = 1024;
@@ -87,7 +87,8 @@ pub enum Event {
         /// The piece read from disk no longer matched the manifest.
         changed: bool,
     },
-    Finalized(Result<PathBuf, StorageError>),
+    /// The copy is in place: its path and the handle on it.
+    Finalized(Result<(PathBuf, Root), StorageError>),
 }
 
 /// How the engine's run ends when nothing goes wrong.
@@ -251,8 +252,9 @@ impl Engine {
         self.have.subscribe()
     }
 
-    /// Runs until the exit condition holds, a fatal error, or `stop`.
-    pub async fn run(mut self, stop: CancellationToken) -> Result<Report, NodeError> {
+    /// Runs until the exit condition holds, a fatal error, or `stop`; the
+    /// report comes back however it ended.
+    pub async fn run(mut self, stop: CancellationToken) -> (Report, Result<(), NodeError>) {
         // A joiner that resumed a complete copy only needs to finalize.
         if !self.complete && self.download.as_ref().is_some_and(|d| d.is_complete()) {
             self.start_finalize();
@@ -304,14 +306,18 @@ impl Engine {
         }
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
         self.report.peak_rss_bytes = super::peak_rss_bytes();
-        result.map(|_| self.report)
+        (self.report, result)
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), NodeError> {
         match ev {
             Event::Connected(h) => self.on_connected(*h),
             Event::DialFailed { id, why } => {
-                tracing::debug!(peer = hex(&id[..4]), "dial failed: {why}");
+                tracing::debug!(
+                    peer = hex(&id[..4]),
+                    "dial failed: {}",
+                    crate::text::Escaped(&why)
+                );
                 self.dialer.failed(&id);
             }
             Event::PeerMsg { key, msg } => self.on_message(key, msg),

@@ -14,6 +14,7 @@ use crate::core::group::group_tag;
 use crate::node::connect;
 use crate::node::hex;
 use crate::node::peer::{self, Handshaken, PeerHandle, close};
+use crate::text::Escaped;
 use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo};
 
 /// Connections this host keeps at most; more are refused or not dialed.
@@ -225,7 +226,11 @@ impl Engine {
         };
         if let Err(why) = res {
             if let Some(p) = self.peers.get(&key) {
-                tracing::warn!(peer = hex(&p.info.id[..4]), "protocol violation: {why}");
+                tracing::warn!(
+                    peer = hex(&p.info.id[..4]),
+                    "protocol violation: {}",
+                    Escaped(&why)
+                );
                 p.handle.conn.close(close::PROTOCOL.into(), why.as_bytes());
             }
             self.drop_peer(key, &why);
@@ -268,7 +273,7 @@ impl Engine {
                 .insert(p.info.id, (p.since, Instant::now()));
         }
         let id = p.info.id;
-        tracing::debug!(peer = hex(&id[..4]), "peer down: {why}");
+        tracing::debug!(peer = hex(&id[..4]), "peer down: {}", Escaped(why));
         self.count_quic(p.remote, &p.handle.conn);
         if self.by_id.get(&id) == Some(&key) {
             self.by_id.remove(&id);

@@ -15,7 +15,8 @@ use crate::core::{Failure, PeerKey};
 use crate::node::peer::close;
 use crate::node::serve::{PieceSource, ServeAnswer};
 use crate::node::{NodeError, fetch, hex};
-use crate::storage::{Content, StorageError};
+use crate::storage::{Content, Root, StorageError};
+use crate::text;
 use crate::wire::{Message, Request, Status as WireStatus};
 
 impl Engine {
@@ -200,9 +201,9 @@ impl Engine {
         self.report.pieces_changed += 1;
         let files = self.files_of_piece(i);
         if self.changed_files.insert(files.clone()) {
-            let root = self.content_root.display().to_string();
+            let root = text::path(&self.content_root);
             tracing::error!(
-                "{root:?} changed after it was hashed: piece {i} ({files}) no longer matches \
+                "{root} changed after it was hashed: piece {i} ({files}) no longer matches \
                  the manifest and is no longer served; hosts that need it will fail. \
                  Seed the new content again for a new ticket"
             );
@@ -221,8 +222,12 @@ impl Engine {
             .into_iter()
             .filter(|f| f.offset < start + len && start < f.offset + f.size)
             .map(|f| match f.path.is_empty() {
-                true => format!("{:?}", self.manifest.name),
-                false => format!("{:?}", format!("{}/{}", self.manifest.name, f.path)),
+                true => format!("\"{}\"", text::escape(&self.manifest.name)),
+                false => format!(
+                    "\"{}/{}\"",
+                    text::escape(&self.manifest.name),
+                    text::escape(&f.path)
+                ),
             })
             .collect();
         match names.len() {
@@ -267,12 +272,18 @@ impl Engine {
     /// The complete copy is in place: serve from it and tell every peer.
     pub(super) fn on_finalized(
         &mut self,
-        r: Result<PathBuf, StorageError>,
+        r: Result<(PathBuf, Root), StorageError>,
     ) -> Result<(), NodeError> {
-        let path = r?;
+        let (path, root) = r?;
+        // served from the handle the copy was made through, not by name:
+        // whatever is put at the final path later is not what peers get
         let files = self.manifest.files();
-        let content = Content::open(path.clone(), &files, false)
-            .map_err(|e| NodeError::Other(anyhow::anyhow!("reopening {}: {e}", path.display())))?;
+        let content = Content::from_root(root, &files, false).map_err(|e| {
+            NodeError::Storage(StorageError::Io {
+                path: path.clone(),
+                source: e,
+            })
+        })?;
         self.content = Arc::new(content);
         self.complete = true;
         self.finalizing = false;

@@ -1,0 +1,308 @@
+//! File system operations that never follow a symbolic link. Everything is
+//! done relative to an open directory handle (`Dir`), one path component at
+//! a time, each opened with O_NOFOLLOW; new files and directories are
+//! created exclusively (O_CREAT|O_EXCL, mkdirat), modes are set with fchmod
+//! on the open file, renames are renameat2 between names in one directory
+//! handle. A link planted where swarm creates or reopens something is an
+//! error (`StorageError::Link`), never a way to reach its target.
+//!
+//! rustix rather than raw `libc` calls: the same system calls, but with
+//! owned file descriptors and no `unsafe` at each call site (paths as
+//! C strings, errno); it is already built for `tempfile`, so it adds no
+//! code to the build.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, RenameFlags};
+use rustix::io::Errno;
+
+use super::{StorageError, io_at};
+
+/// Intermediate components: enough to look names up in, nothing more.
+const WALK: OFlags = OFlags::PATH
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// A directory to fsync and fchmod.
+const DIR: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+/// A file: NONBLOCK so that a FIFO put in its place cannot hang the open
+/// (it is then refused as not a regular file).
+const FILE: OFlags = OFlags::NOFOLLOW
+    .union(OFlags::NONBLOCK)
+    .union(OFlags::CLOEXEC);
+
+/// While a download is in progress everything it creates is the owner's only.
+const NEW_DIR_MODE: u32 = 0o700;
+const NEW_FILE_MODE: u32 = 0o600;
+
+/// An open directory, and its path for messages.
+pub struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// The root of a content: the file itself, or the top directory of a tree.
+pub enum Root {
+    File(File),
+    Dir(Dir),
+}
+
+impl Root {
+    /// Opens `path` (errors do not name it), a root the operator named: the path as written, but
+    /// not a link at its end (`manifest::build` refuses those too). A
+    /// file is opened for writing too if `write`.
+    pub fn open(path: &Path, write: bool) -> io::Result<Root> {
+        let rw = if write { OFlags::RDWR } else { OFlags::RDONLY };
+        let fd = match rfs::openat(CWD, path, FILE | rw, Mode::empty()) {
+            Err(Errno::ISDIR) => rfs::openat(CWD, path, FILE | OFlags::RDONLY, Mode::empty()),
+            r => r,
+        }?;
+        match file_type(&fd)? {
+            FileType::RegularFile => Ok(Root::File(File::from(fd))),
+            FileType::Directory => Ok(Root::Dir(Dir {
+                fd,
+                path: path.to_path_buf(),
+            })),
+            _ => Err(io::Error::other("not a regular file or directory")),
+        }
+    }
+
+    pub fn try_clone(&self) -> io::Result<Root> {
+        Ok(match self {
+            Root::File(f) => Root::File(f.try_clone()?),
+            Root::Dir(d) => Root::Dir(d.try_clone()?),
+        })
+    }
+}
+
+impl Dir {
+    /// Opens a directory the operator named (DEST_DIR), following links
+    /// in the path as written: that choice is the operator's.
+    pub fn open(path: &Path) -> io::Result<Dir> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rfs::openat(CWD, path, flags, Mode::empty())?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    pub fn try_clone(&self) -> io::Result<Dir> {
+        Ok(Dir {
+            fd: self.fd.try_clone()?,
+            path: self.path.clone(),
+        })
+    }
+
+    /// `rel` ('/'-separated plain names) below this directory, for messages.
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    /// Calls `f(parent, leaf, shown)` with the directory that holds the
+    /// last component of `rel`, reached without following any link.
+    fn at_parent<T>(
+        &self,
+        rel: &str,
+        f: impl FnOnce(BorrowedFd<'_>, &str, PathBuf) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut comps: Vec<&str> = rel.split('/').collect();
+        let leaf = comps.pop().unwrap_or_default();
+        let mut cur: Option<OwnedFd> = None;
+        let mut shown = self.path.clone();
+        for c in comps {
+            shown.push(c);
+            let at = cur.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
+            let next = rfs::openat(at, c, WALK, Mode::empty())
+                .map_err(|e| classify(at, c, &shown, e, "directory"))?;
+            cur = Some(next);
+        }
+        let at = cur.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
+        f(at, leaf, shown.join(leaf))
+    }
+
+    /// Opens the existing regular file `rel`.
+    pub fn open_file(&self, rel: &str, write: bool) -> Result<File, StorageError> {
+        self.at_parent(rel, |at, leaf, shown| open_file_at(at, leaf, &shown, write))
+    }
+
+    /// Creates the file `rel` (O_EXCL, mode 0600), or opens it for
+    /// reading and writing if it is already there as a regular file.
+    pub fn create_file(&self, rel: &str) -> Result<File, StorageError> {
+        self.at_parent(rel, |at, leaf, shown| {
+            let flags = FILE | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
+            match rfs::openat(at, leaf, flags, Mode::from_raw_mode(NEW_FILE_MODE)) {
+                Ok(fd) => Ok(File::from(fd)),
+                Err(Errno::EXIST) => open_file_at(at, leaf, &shown, true),
+                Err(e) => Err(classify(at, leaf, &shown, e, "regular file")),
+            }
+        })
+    }
+
+    /// Opens the existing directory `rel`.
+    pub fn open_dir(&self, rel: &str) -> Result<Dir, StorageError> {
+        self.at_parent(rel, open_dir_at)
+    }
+
+    /// Creates the directory `rel` (mode 0700), or opens it if it is
+    /// already there as a directory.
+    pub fn create_dir(&self, rel: &str) -> Result<Dir, StorageError> {
+        self.at_parent(rel, |at, leaf, shown| {
+            match rfs::mkdirat(at, leaf, Mode::from_raw_mode(NEW_DIR_MODE)) {
+                Ok(()) | Err(Errno::EXIST) => open_dir_at(at, leaf, shown),
+                Err(e) => Err(classify(at, leaf, &shown, e, "directory")),
+            }
+        })
+    }
+
+    /// The type of `name` in this directory itself, not following a link;
+    /// `None` if there is nothing by that name.
+    pub fn kind(&self, name: &str) -> Result<Option<FileType>, StorageError> {
+        match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(FileType::from_raw_mode(st.st_mode))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_at(&self.join(name))(e.into())),
+        }
+    }
+
+    /// Renames `from` to `to`, both in this directory, never replacing what
+    /// is at `to` (a link there is kept, not followed): `Exists` instead.
+    pub fn rename_noreplace(&self, from: &str, to: &str) -> Result<(), StorageError> {
+        let r = rfs::renameat_with(&self.fd, from, &self.fd, to, RenameFlags::NOREPLACE);
+        match r {
+            Ok(()) => Ok(()),
+            Err(Errno::EXIST) => Err(StorageError::Exists(self.join(to))),
+            // file systems without RENAME_NOREPLACE: check, then rename
+            // (rename never follows a link at either name)
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                if self.kind(to)?.is_some() {
+                    return Err(StorageError::Exists(self.join(to)));
+                }
+                rfs::renameat(&self.fd, from, &self.fd, to)
+                    .map_err(|e| io_at(&self.join(to))(e.into()))
+            }
+            Err(e) => Err(io_at(&self.join(to))(e.into())),
+        }
+    }
+
+    /// Swaps the names `a` and `b` in one step. `Ok(false)` where the file
+    /// system cannot.
+    pub fn exchange(&self, a: &str, b: &str) -> Result<bool, StorageError> {
+        match rfs::renameat_with(&self.fd, a, &self.fd, b, RenameFlags::EXCHANGE) {
+            Ok(()) => Ok(true),
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => Ok(false),
+            Err(e) => Err(io_at(&self.join(b))(e.into())),
+        }
+    }
+
+    /// Removes `name` from this directory: a link or file itself, or a
+    /// directory with everything in it (std's `remove_dir_all` opens every
+    /// level with O_NOFOLLOW and never follows a link).
+    pub fn remove(&self, name: &str) -> Result<(), StorageError> {
+        let shown = self.join(name);
+        match self.kind(name)? {
+            None => Ok(()),
+            Some(FileType::Directory) => std::fs::remove_dir_all(&shown).map_err(io_at(&shown)),
+            Some(_) => {
+                rfs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(|e| io_at(&shown)(e.into()))
+            }
+        }
+    }
+
+    /// fsync of the directory: names created or renamed in it are durable.
+    pub fn sync(&self) -> Result<(), StorageError> {
+        rfs::fsync(&self.fd).map_err(|e| io_at(&self.path)(e.into()))
+    }
+}
+
+fn open_file_at(
+    at: BorrowedFd<'_>,
+    leaf: &str,
+    shown: &Path,
+    write: bool,
+) -> Result<File, StorageError> {
+    let flags = FILE | if write { OFlags::RDWR } else { OFlags::RDONLY };
+    let fd = rfs::openat(at, leaf, flags, Mode::empty())
+        .map_err(|e| classify(at, leaf, shown, e, "regular file"))?;
+    match file_type(&fd).map_err(io_at(shown))? {
+        FileType::RegularFile => Ok(File::from(fd)),
+        _ => Err(StorageError::NotKind {
+            path: shown.to_path_buf(),
+            want: "regular file",
+        }),
+    }
+}
+
+fn open_dir_at(at: BorrowedFd<'_>, leaf: &str, shown: PathBuf) -> Result<Dir, StorageError> {
+    match rfs::openat(at, leaf, DIR, Mode::empty()) {
+        Ok(fd) => Ok(Dir { fd, path: shown }),
+        Err(e) => Err(classify(at, leaf, &shown, e, "directory")),
+    }
+}
+
+/// Why opening `leaf` without following links failed: a link (ELOOP, or
+/// ENOTDIR where a directory was asked for and a link is there), something
+/// else of the wrong kind, or an I/O error.
+fn classify(
+    at: BorrowedFd<'_>,
+    leaf: &str,
+    shown: &Path,
+    e: Errno,
+    want: &'static str,
+) -> StorageError {
+    let link = || {
+        rfs::statat(at, leaf, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| FileType::from_raw_mode(st.st_mode) == FileType::Symlink)
+    };
+    match e {
+        Errno::LOOP => StorageError::Link(shown.to_path_buf()),
+        Errno::NOTDIR | Errno::ISDIR | Errno::NXIO if link() => {
+            StorageError::Link(shown.to_path_buf())
+        }
+        Errno::NOTDIR | Errno::ISDIR | Errno::NXIO => StorageError::NotKind {
+            path: shown.to_path_buf(),
+            want,
+        },
+        e => io_at(shown)(e.into()),
+    }
+}
+
+fn file_type(fd: impl AsFd) -> io::Result<FileType> {
+    Ok(FileType::from_raw_mode(rfs::fstat(fd)?.st_mode))
+}
+
+/// fsync, then the permission bits, on the open file or directory.
+pub fn sync_and_chmod(fd: impl AsFd, mode: u32, shown: &Path) -> Result<(), StorageError> {
+    rfs::fsync(&fd).map_err(|e| io_at(shown)(e.into()))?;
+    rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| io_at(shown)(e.into()))
+}
+
+/// The same file opened again with other flags (O_DIRECT for writes), by
+/// its descriptor rather than its name: `/proc/self/fd/N` names this very
+/// file whatever happened to its path. `None` where that fails (no /proc,
+/// a file system that refuses the flags).
+pub fn reopen(file: &File, flags: OFlags) -> Option<File> {
+    let name = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let fd = rfs::openat(CWD, name.as_str(), flags | OFlags::CLOEXEC, Mode::empty()).ok()?;
+    let (a, b) = (rfs::fstat(file).ok()?, rfs::fstat(&fd).ok()?);
+    (a.st_dev == b.st_dev && a.st_ino == b.st_ino).then(|| File::from(fd))
+}
+
+/// Bytes allocated to an open file (for the free-space check on resume).
+pub fn allocated(file: &File) -> u64 {
+    rfs::fstat(file).map_or(0, |st| st.st_blocks as u64 * 512)
+}
