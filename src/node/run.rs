@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect;
 use super::engine::{EVENT_QUEUE, Engine, Event, Exit, Parts};
-use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST, WanPath};
+use super::handshake::Refused;
+use super::peer::{Handshaken, Identity, WanPath};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
@@ -340,6 +341,8 @@ async fn bootstrap(
         .join(", ");
     let mut errors = Vec::new();
     let mut bad_manifest = None;
+    // a host refused the ticket (auth, manifest id), or speaks another version
+    let (mut rejected, mut version) = (false, false);
     let deadline = tokio::time::sleep(cfg.connect_timeout);
     tokio::pin!(deadline);
     let mut waited = false;
@@ -347,7 +350,14 @@ async fn bootstrap(
         tokio::select! {
             r = set.join_next() => match r {
                 Some(Ok((_, Ok(found)))) => return Ok(found),
-                Some(Ok((addr, Err(Failed::Connect(e))))) => errors.push(format!("{addr}: {e:#}")),
+                Some(Ok((addr, Err(Failed::Connect(e))))) => {
+                    match e.downcast_ref::<Refused>() {
+                        Some(Refused::Auth | Refused::Manifest(_)) => rejected = true,
+                        Some(Refused::Version { .. }) => version = true,
+                        _ => {}
+                    }
+                    errors.push(format!("{addr}: {e:#}"));
+                }
                 Some(Ok((addr, Err(Failed::Manifest(e))))) => {
                     tracing::warn!("{addr}: {e}; trying the other hosts");
                     errors.push(format!("{addr}: {e}"));
@@ -370,11 +380,13 @@ async fn bootstrap(
     if let Some(e) = bad_manifest {
         return Err(e);
     }
-    let authish = errors
-        .iter()
-        .any(|e| e.contains(REJECTED_AUTH) || e.contains(REJECTED_MANIFEST));
     let why = errors.join("; ");
-    if authish {
+    if version {
+        return Err(NodeError::Verification(format!(
+            "a host of {all} speaks another protocol version: {why}"
+        )));
+    }
+    if rejected {
         return Err(NodeError::Verification(format!(
             "a host of {all} rejected the ticket: {why}"
         )));
