@@ -63,16 +63,20 @@ fn endpoint(
 }
 
 /// Bytes of the connection IDs this endpoint hands out, which every packet
-/// sent to it carries. quinn's default is 8. 2 leaves 65,536 values for the
-/// few thousand IDs a node has out at most (8 per connection, at most 512
-/// peers and 64 handshakes: quinn draws again on a clash, and refuses new
-/// connections before 3/4 of the space is used, so a flood cannot make it
-/// spin) and saves 6 of the 76 bytes of headers around each 1436 bytes of
-/// piece data at MTU 1500: 0.4% of every byte sent, WAN included (see
-/// docs/architecture.md, "QUIC tuning"). Zero-length IDs would save 2 more
-/// but route by address, and two hosts that dial each other at once
-/// briefly have two connections between the same two sockets.
-const CID_LEN: usize = 2;
+/// sent to it carries. quinn's default is 8; 4 saves 4 bytes a packet (78
+/// bytes of headers around each 1434 bytes of piece data at MTU 1500, see
+/// docs/architecture.md, "QUIC tuning"). Not 2, as it was: quinn draws the
+/// ID of a QUIC retry (which the client's next Initial is addressed to)
+/// without checking it against the IDs in use, and an Initial whose ID
+/// belongs to a live connection is routed to it and dropped. With 2 bytes
+/// and a few thousand IDs out (8 per connection, up to 512 peers and 256
+/// handshakes) that was a few percent of all retries: under attack, one
+/// honest handshake in 20-40 stalled 2-4 s until the connection owning the
+/// ID closed (tests/it/preauth.rs), and for good where it was a peer's.
+/// Zero-length IDs would save more but route by address, and two hosts
+/// that dial each other at once briefly have two connections between the
+/// same two sockets.
+const CID_LEN: usize = 4;
 
 /// What we advertise: an unspecified IP stands for "where you see me".
 fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
