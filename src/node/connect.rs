@@ -1,23 +1,26 @@
 //! Making connections: dialing a known peer, accepting and authenticating
-//! incoming ones (with a bound on handshakes in progress), and handing each
+//! incoming ones (with bounds on handshakes in progress, in all and per
+//! source, that never make the accept loop wait), and handing each
 //! authenticated connection to the engine as an `Event::Connected`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use quinn::Endpoint;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
+use super::PREAUTH_TIMEOUT;
 use super::engine::Event;
-use super::peer::{self, Handshaken, Identity, close};
+use super::gate::{Admit, Gate, Source};
+use super::handshake::{self, BUSY, Refused};
+use super::peer::{Handshaken, Identity, close};
 use crate::text::Escaped;
 use crate::wire::PeerInfo;
 
 /// How long a dial may take before the handshake starts.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// Handshakes in progress at most; beyond, unvalidated senders get a retry.
-const HANDSHAKE_SLOTS: usize = 64;
 
 /// An unspecified advertised IP means "the address you see me at".
 pub fn resolve_addrs(addrs: &[SocketAddr], remote: SocketAddr) -> Vec<SocketAddr> {
@@ -53,18 +56,33 @@ pub async fn dial(endpoint: Endpoint, id: Identity, info: PeerInfo, events: mpsc
 }
 
 /// Connects and authenticates, within `DIAL_TIMEOUT` plus the handshake
-/// timeout; with `config` instead of the endpoint's default (a host of
-/// another group).
+/// timeouts; with `config` instead of the endpoint's default (a host of
+/// another group). A host that is busy (too many handshakes in progress)
+/// is asked again, after a short pause that doubles, within `DIAL_TIMEOUT`.
 pub async fn connect(
     endpoint: &Endpoint,
     id: &Identity,
     addr: SocketAddr,
     config: Option<quinn::ClientConfig>,
 ) -> anyhow::Result<Handshaken> {
-    connect_within(endpoint, id, addr, config, DIAL_TIMEOUT).await
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        match connect_once(endpoint, id, addr, config.clone(), DIAL_TIMEOUT).await {
+            Err(e)
+                if matches!(e.downcast_ref(), Some(Refused::Busy))
+                    && start.elapsed() + pause < DIAL_TIMEOUT =>
+            {
+                tracing::debug!("{addr} is busy; again in {pause:?}");
+                tokio::time::sleep(pause.mul_f64(0.5 + rand::random::<f64>())).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            r => return r,
+        }
+    }
 }
 
-async fn connect_within(
+async fn connect_once(
     endpoint: &Endpoint,
     id: &Identity,
     addr: SocketAddr,
@@ -75,10 +93,12 @@ async fn connect_within(
         Some(c) => endpoint.connect_with(c, addr, "swarm")?,
         None => endpoint.connect(addr, "swarm")?,
     };
-    let conn = tokio::time::timeout(wait, connecting)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer within {:.1}s", wait.as_secs_f64()))??;
-    peer::handshake_dialer(id, conn).await
+    let conn = match tokio::time::timeout(wait, connecting).await {
+        Err(_) => anyhow::bail!("no answer within {:.1}s", wait.as_secs_f64()),
+        Ok(Err(e)) => return Err(Refused::from_close(&e).map_or_else(|| e.into(), Into::into)),
+        Ok(Ok(c)) => c,
+    };
+    handshake::dialer(id, conn).await
 }
 
 /// The first pause between two dials of a host that did not answer; it
@@ -87,10 +107,11 @@ const RETRY_PAUSE: Duration = Duration::from_millis(250);
 const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 /// Dials `addr` again and again until it answers or `until` passes (a
-/// seed still hashing, a host not yet started, a lost packet burst): each
-/// attempt gets at most `DIAL_TIMEOUT`, the pause between attempts doubles
-/// from 250 ms to 2 s, and all of it ends by `until`. A host that refused
-/// the ticket is not asked again.
+/// seed still hashing, a host not yet started, a lost packet burst, a host
+/// busy with handshakes): each attempt gets at most `DIAL_TIMEOUT`, the
+/// pause between attempts doubles from 250 ms to 2 s, and all of it ends by
+/// `until`. A host that refused the ticket or speaks another version is not
+/// asked again.
 pub async fn connect_until(
     endpoint: &Endpoint,
     id: &Identity,
@@ -104,14 +125,16 @@ pub async fn connect_until(
         attempts += 1;
         let left = until.saturating_duration_since(tokio::time::Instant::now());
         // the handshake too must end by `until`
-        let attempt = connect_within(endpoint, id, addr, None, left.min(DIAL_TIMEOUT));
+        let attempt = connect_once(endpoint, id, addr, None, left.min(DIAL_TIMEOUT));
         let err = match tokio::time::timeout(left, attempt).await {
             Ok(Ok(h)) => return Ok(h),
             Ok(Err(e)) => e,
             Err(_) => anyhow::anyhow!("handshake not done by the connect timeout"),
         };
-        let text = format!("{err:#}");
-        let refused = text.contains(peer::REJECTED_AUTH) || text.contains(peer::REJECTED_MANIFEST);
+        let refused = matches!(
+            err.downcast_ref(),
+            Some(Refused::Auth | Refused::Manifest(_) | Refused::Version { .. })
+        );
         if refused || tokio::time::Instant::now() + pause >= until {
             return Err(err.context(format!(
                 "{attempts} attempt{} over {:.1}s",
@@ -125,41 +148,114 @@ pub async fn connect_until(
 }
 
 /// Accepts connections, authenticates them, and hands them to the engine.
+/// It never waits: each incoming connection is started, retried or refused
+/// at once (`gate`), and one that has not proved the secret within
+/// `PREAUTH_TIMEOUT` of its TLS handshake (itself within `PREAUTH_TIMEOUT`)
+/// is closed. Connections count towards the engine's connection cap only
+/// once they are authenticated.
 pub async fn accept_loop(endpoint: Endpoint, id: Identity, events: mpsc::Sender<Event>) {
-    let limit = Arc::new(tokio::sync::Semaphore::new(HANDSHAKE_SLOTS));
+    let gate = Arc::new(Mutex::new(Gate::new(PREAUTH_SLOTS, PREAUTH_PER_SOURCE)));
     while let Some(incoming) = endpoint.accept().await {
-        let permit = match limit.clone().try_acquire_owned() {
-            Ok(p) => p,
-            // Busy: make unvalidated senders prove their address first
-            // (a QUIC retry), so spoofed packets cannot hold the slots.
-            Err(_) if !incoming.remote_address_validated() => {
-                let _ = incoming.retry();
+        let src = Source::from(incoming.remote_address());
+        let stop = CancellationToken::new();
+        let admitted = lock(&gate).admit(src, incoming.remote_address_validated(), stop.clone());
+        let ticket = match admitted {
+            Admit::Accept { ticket, evicted } => {
+                if let Some(h) = evicted {
+                    tracing::debug!(?src, "all handshake slots taken: evicting one");
+                    h.cancel();
+                }
+                ticket
+            }
+            Admit::Retry => {
+                tracing::debug!(?src, "busy: asking for address validation");
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().refuse();
+                }
                 continue;
             }
-            Err(_) => match limit.clone().acquire_owned().await {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
-        let (id, events) = (id.clone(), events.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            let connecting = if id.wan.is_remote(incoming.remote_address()) {
-                incoming.accept_with(id.wan.server.clone())
-            } else {
-                incoming.accept()
-            };
-            let Ok(connecting) = connecting else { return };
-            let conn = match tokio::time::timeout(DIAL_TIMEOUT, connecting).await {
-                Ok(Ok(c)) => c,
-                _ => return,
-            };
-            match peer::handshake_acceptor(&id, conn).await {
-                Ok(h) => {
-                    let _ = events.send(Event::Connected(Box::new(h))).await;
-                }
-                Err(e) => tracing::info!("refused a connection: {}", Escaped(&format!("{e:#}"))),
+            Admit::Refuse => {
+                tracing::debug!(?src, "busy: refused");
+                incoming.refuse();
+                continue;
             }
-        });
+        };
+        let slot = Slot {
+            gate: gate.clone(),
+            src,
+            ticket,
+        };
+        tokio::spawn(accept(incoming, id.clone(), events.clone(), slot, stop));
+    }
+}
+
+/// Handshakes in progress (TLS, then the peer's proof) at most, and from
+/// one source (an IPv4 address or an IPv6 /64): see `gate`.
+const PREAUTH_SLOTS: usize = 256;
+const PREAUTH_PER_SOURCE: usize = 16;
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handshake's place in the gate, given back when dropped.
+struct Slot {
+    gate: Arc<Mutex<Gate<CancellationToken>>>,
+    src: Source,
+    ticket: u64,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        lock(&self.gate).release(self.src, self.ticket);
+    }
+}
+
+/// One incoming connection: TLS and the peer's proof while it holds its
+/// slot (given up if the gate evicts it: `stop`), then the rest of the
+/// handshake, and the engine.
+async fn accept(
+    incoming: quinn::Incoming,
+    id: Identity,
+    events: mpsc::Sender<Event>,
+    slot: Slot,
+    stop: CancellationToken,
+) {
+    let connecting = if id.wan.is_remote(incoming.remote_address()) {
+        incoming.accept_with(id.wan.server.clone())
+    } else {
+        incoming.accept()
+    };
+    let Ok(connecting) = connecting else { return };
+    let (from, at) = (connecting.remote_address(), Instant::now());
+    // dropping `connecting` (evicted, or too slow) closes it
+    let conn = tokio::select! {
+        r = tokio::time::timeout(PREAUTH_TIMEOUT, connecting) => match r {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return tracing::debug!(%from, "TLS handshake failed: {e}"),
+            Err(_) => return tracing::debug!(%from, "no TLS handshake in time"),
+        },
+        _ = stop.cancelled() => return tracing::debug!(%from, "evicted during TLS"),
+    };
+    tracing::trace!(%from, "TLS done after {:?}", at.elapsed());
+    let proved = tokio::select! {
+        r = handshake::acceptor_proof(&id, conn.clone()) => r,
+        _ = stop.cancelled() => {
+            conn.close(close::DUPLICATE.into(), BUSY.as_bytes());
+            return tracing::debug!(%from, "evicted before its proof");
+        }
+    };
+    tracing::trace!(%from, "proof after {:?}: {}", at.elapsed(), proved.is_ok());
+    // authenticated (or refused): no longer an outsider's handshake
+    drop(slot);
+    let h = match proved {
+        Ok(p) => handshake::acceptor_hello(&id, p).await,
+        Err(e) => Err(e),
+    };
+    match h {
+        Ok(h) => {
+            let _ = events.send(Event::Connected(Box::new(h))).await;
+        }
+        Err(e) => tracing::info!("refused a connection: {}", Escaped(&format!("{e:#}"))),
     }
 }

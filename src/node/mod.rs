@@ -15,6 +15,8 @@ pub(crate) mod cc;
 mod connect;
 mod engine;
 mod fetch;
+mod gate;
+mod handshake;
 mod peer;
 mod rate;
 mod run;
@@ -36,6 +38,10 @@ pub use tls::Tuning;
 
 /// How long to wait for a handshake or a request's first byte.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Before the peer has proved the secret: how long its TLS handshake may
+/// take, and then its proof (and, for a dialer, the acceptor's proof).
+/// An honest peer needs a round trip or two.
+pub const PREAUTH_TIMEOUT: Duration = Duration::from_secs(3);
 /// A piece request's deadline: `BASE + PER_MIB * size_in_MiB`.
 pub const REQUEST_DEADLINE_BASE: Duration = Duration::from_secs(10);
 pub const REQUEST_DEADLINE_PER_MIB: Duration = Duration::from_secs(4);

@@ -1,5 +1,5 @@
-//! One connection's tasks: the authenticated handshake, the control-stream
-//! reader and writer, and (in `serve`) the server for the peer's request
+//! One connection's tasks (once `handshake` has authenticated it): the
+//! control-stream reader and writer, and (in `serve`) the server for the peer's request
 //! streams. They report to the engine through its bounded event channel and
 //! never touch swarm state themselves.
 
@@ -7,18 +7,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use anyhow::{Context, bail};
 use bitvec::prelude::*;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{Semaphore, mpsc, watch};
-use tokio::time::timeout;
 
-use super::HANDSHAKE_TIMEOUT;
-use super::auth::{self, Role};
 use super::engine::Event;
 use crate::core::PeerKey;
 use crate::manifest::ManifestId;
-use crate::wire::{Hello, MAX_FRAME, Message, PROTOCOL_VERSION, PeerId};
+use crate::wire::{Hello, MAX_FRAME, Message, PeerId};
 
 /// Application close codes.
 pub mod close {
@@ -37,10 +33,6 @@ pub mod close {
 pub const CONTROL_QUEUE: usize = 256;
 /// How long a closing host waits for its last control messages to arrive.
 pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Close reasons a dialer recognizes as "the ticket is wrong".
-pub const REJECTED_AUTH: &str = "auth failed";
-pub const REJECTED_MANIFEST: &str = "version or manifest mismatch";
 
 static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
@@ -109,102 +101,6 @@ pub async fn read_frame(recv: &mut RecvStream) -> anyhow::Result<Message> {
     let mut body = vec![0u8; n.min(MAX_FRAME)];
     recv.read_exact(&mut body).await?;
     Ok(Message::decode(&body)?)
-}
-
-fn hello(id: &Identity, conn: &Connection, role: Role) -> anyhow::Result<Message> {
-    Ok(Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        manifest_id: id.manifest_id,
-        peer_id: id.peer_id,
-        since: id.since,
-        group: id.group.clone(),
-        addrs: id.addrs.clone(),
-        proof: auth::proof(conn, &id.secret, role)?,
-    }))
-}
-
-/// Checks the peer's Hello; on failure closes the connection before
-/// anything else is sent.
-fn check_hello(
-    id: &Identity,
-    conn: &Connection,
-    msg: Message,
-    their_role: Role,
-) -> anyhow::Result<Hello> {
-    let Message::Hello(h) = msg else {
-        conn.close(close::PROTOCOL.into(), b"expected hello");
-        bail!("peer did not start with a hello");
-    };
-    if !auth::check(conn, &id.secret, their_role, &h.proof) {
-        conn.close(close::AUTH.into(), REJECTED_AUTH.as_bytes());
-        bail!("peer failed authentication (wrong swarm secret)");
-    }
-    if h.version != PROTOCOL_VERSION || h.manifest_id != id.manifest_id {
-        conn.close(close::PROTOCOL.into(), REJECTED_MANIFEST.as_bytes());
-        bail!(
-            "peer speaks version {} for manifest {}",
-            h.version,
-            h.manifest_id
-        );
-    }
-    if h.peer_id == id.peer_id {
-        conn.close(close::DUPLICATE.into(), b"self");
-        bail!("connected to ourselves");
-    }
-    Ok(h)
-}
-
-pub async fn handshake_dialer(id: &Identity, conn: Connection) -> anyhow::Result<Handshaken> {
-    let work = async {
-        let (mut send, mut recv) = conn.open_bi().await?;
-        send.write_all(&hello(id, &conn, Role::Dialer)?.encode_frame())
-            .await?;
-        let msg = read_frame(&mut recv).await?;
-        let hello = check_hello(id, &conn, msg, Role::Acceptor)?;
-        super::tls::open_up(&conn, &id.tuning);
-        Ok::<_, anyhow::Error>((hello, send, recv))
-    };
-    let (hello, send, recv) = timeout(HANDSHAKE_TIMEOUT, work)
-        .await
-        .context("handshake timed out")??;
-    Ok(Handshaken {
-        conn,
-        hello,
-        send,
-        recv,
-        dialed: true,
-    })
-}
-
-pub async fn handshake_acceptor(id: &Identity, conn: Connection) -> anyhow::Result<Handshaken> {
-    let work = async {
-        let (mut send, mut recv) = conn.accept_bi().await?;
-        let msg = read_frame(&mut recv).await?;
-        let hello = check_hello(id, &conn, msg, Role::Dialer)?;
-        super::tls::open_up(&conn, &id.tuning);
-        send.write_all(&hello_msg_or_close(id, &conn)?.encode_frame())
-            .await?;
-        Ok::<_, anyhow::Error>((hello, send, recv))
-    };
-    let r = timeout(HANDSHAKE_TIMEOUT, work).await;
-    match r {
-        Ok(Ok((hello, send, recv))) => Ok(Handshaken {
-            conn,
-            hello,
-            send,
-            recv,
-            dialed: false,
-        }),
-        Ok(Err(e)) => Err(e),
-        Err(_) => {
-            conn.close(close::PROTOCOL.into(), b"handshake timeout");
-            bail!("handshake timed out")
-        }
-    }
-}
-
-fn hello_msg_or_close(id: &Identity, conn: &Connection) -> anyhow::Result<Message> {
-    hello(id, conn, Role::Acceptor).inspect_err(|_| conn.close(close::PROTOCOL.into(), b"internal"))
 }
 
 /// The engine's handle to a running peer.

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::connect;
 use super::engine::{EVENT_QUEUE, Engine, Event, Exit, Parts};
-use super::peer::{Handshaken, Identity, REJECTED_AUTH, REJECTED_MANIFEST, WanPath};
+use super::handshake::Refused;
+use super::peer::{Handshaken, Identity, WanPath};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
 use crate::storage::{Content, Partial};
@@ -63,16 +64,20 @@ fn endpoint(
 }
 
 /// Bytes of the connection IDs this endpoint hands out, which every packet
-/// sent to it carries. quinn's default is 8. 2 leaves 65,536 values for the
-/// few thousand IDs a node has out at most (8 per connection, at most 512
-/// peers and 64 handshakes: quinn draws again on a clash, and refuses new
-/// connections before 3/4 of the space is used, so a flood cannot make it
-/// spin) and saves 6 of the 76 bytes of headers around each 1436 bytes of
-/// piece data at MTU 1500: 0.4% of every byte sent, WAN included (see
-/// docs/architecture.md, "QUIC tuning"). Zero-length IDs would save 2 more
-/// but route by address, and two hosts that dial each other at once
-/// briefly have two connections between the same two sockets.
-const CID_LEN: usize = 2;
+/// sent to it carries. quinn's default is 8; 4 saves 4 bytes a packet (78
+/// bytes of headers around each 1434 bytes of piece data at MTU 1500, see
+/// docs/architecture.md, "QUIC tuning"). Not 2, as it was: quinn draws the
+/// ID of a QUIC retry (which the client's next Initial is addressed to)
+/// without checking it against the IDs in use, and an Initial whose ID
+/// belongs to a live connection is routed to it and dropped. With 2 bytes
+/// and a few thousand IDs out (8 per connection, up to 512 peers and 256
+/// handshakes) that was a few percent of all retries: under attack, one
+/// honest handshake in 20-40 stalled 2-4 s until the connection owning the
+/// ID closed (tests/it/preauth.rs), and for good where it was a peer's.
+/// Zero-length IDs would save more but route by address, and two hosts
+/// that dial each other at once briefly have two connections between the
+/// same two sockets.
+const CID_LEN: usize = 4;
 
 /// What we advertise: an unspecified IP stands for "where you see me".
 fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
@@ -391,6 +396,8 @@ async fn bootstrap(
         .join(", ");
     let mut errors = Vec::new();
     let mut bad_manifest = None;
+    // a host refused the ticket (auth, manifest id), or speaks another version
+    let (mut rejected, mut version) = (false, false);
     // every dial ends by `until` and reports why; this is the backstop
     let deadline = tokio::time::sleep_until(until + Duration::from_secs(1));
     tokio::pin!(deadline);
@@ -399,7 +406,14 @@ async fn bootstrap(
         tokio::select! {
             r = set.join_next() => match r {
                 Some(Ok((_, Ok(found)))) => return Ok(found),
-                Some(Ok((addr, Err(Failed::Connect(e))))) => errors.push(format!("{addr}: {e:#}")),
+                Some(Ok((addr, Err(Failed::Connect(e))))) => {
+                    match e.downcast_ref::<Refused>() {
+                        Some(Refused::Auth | Refused::Manifest(_)) => rejected = true,
+                        Some(Refused::Version { .. }) => version = true,
+                        _ => {}
+                    }
+                    errors.push(format!("{addr}: {e:#}"));
+                }
                 Some(Ok((addr, Err(Failed::Manifest(e))))) => {
                     tracing::warn!("{addr}: {}; trying the other hosts", Escaped(&e.to_string()));
                     errors.push(format!("{addr}: {e}"));
@@ -422,11 +436,13 @@ async fn bootstrap(
     if let Some(e) = bad_manifest {
         return Err(e);
     }
-    let authish = errors
-        .iter()
-        .any(|e| e.contains(REJECTED_AUTH) || e.contains(REJECTED_MANIFEST));
     let why = errors.join("; ");
-    if authish {
+    if version {
+        return Err(NodeError::Verification(format!(
+            "a host of {all} speaks another protocol version: {why}"
+        )));
+    }
+    if rejected {
         return Err(NodeError::Verification(format!(
             "a host of {all} rejected the ticket: {why}"
         )));

@@ -18,7 +18,7 @@ use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 
 use super::cc::WanServing;
-use crate::wire::ALPN;
+use crate::wire::{ALPN, KNOWN_VERSIONS, PROTOCOL_VERSION, alpn};
 
 /// Transport choices; see docs/architecture.md ("QUIC tuning") for the
 /// measurements behind the defaults. `SWARM_QUIC_CC` (cubic, bbr, newreno)
@@ -81,9 +81,12 @@ enum Path {
 fn transport(t: &Tuning, path: &Path) -> anyhow::Result<quinn::TransportConfig> {
     let mut c = quinn::TransportConfig::default();
     // Until the peer has proved the secret it may open one stream and send
-    // a few KiB; `open_up` raises both after authentication.
+    // a few KiB; `open_up` raises both after authentication. No datagrams
+    // ever: swarm sends none, and quinn would otherwise buffer 1.25 MB of
+    // them per connection, before authentication too.
     c.max_concurrent_bidi_streams(PRE_AUTH_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
+        .datagram_receive_buffer_size(None)
         .stream_receive_window(quinn::VarInt::from_u64(t.stream_window)?)
         .receive_window(PRE_AUTH_WINDOW.into())
         .send_window(t.send_window)
@@ -123,7 +126,11 @@ fn transport(t: &Tuning, path: &Path) -> anyhow::Result<quinn::TransportConfig> 
 }
 
 const PRE_AUTH_STREAMS: u32 = 1;
-const PRE_AUTH_WINDOW: u32 = 64 << 10;
+/// Before authentication a peer sends a 37-byte proof and, once the other
+/// side's proof checked out, a Hello of at most 434 bytes; a dialer
+/// receives the acceptor's proof and Hello. 4 KiB leaves room; an
+/// outsider's garbage beyond it is a flow-control error.
+const PRE_AUTH_WINDOW: u32 = 4 << 10;
 const STREAMS: u32 = 256;
 
 /// Lifts the pre-authentication limits of a connection whose peer proved
@@ -179,7 +186,11 @@ fn server_config(t: &Tuning, path: &Path) -> anyhow::Result<quinn::ServerConfig>
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_no_client_auth()
         .with_single_cert(vec![cert], key)?;
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // this version first; the others only so that a peer of another
+    // version gets the version close reason (`handshake`), not a TLS alert
+    tls.alpn_protocols = std::iter::once(ALPN.to_vec())
+        .chain(KNOWN_VERSIONS.filter(|&v| v != PROTOCOL_VERSION).map(alpn))
+        .collect();
     tls.max_early_data_size = 0;
     let mut c = quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(tls)?));
     c.transport_config(Arc::new(transport(t, path)?));
@@ -199,7 +210,12 @@ fn client_config_for(t: &Tuning, path: &Path) -> anyhow::Result<quinn::ClientCon
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
+    // this version, then the older ones: a host that speaks only an older
+    // one picks it, and `handshake` closes with both versions named,
+    // having sent nothing
+    tls.alpn_protocols = std::iter::once(ALPN.to_vec())
+        .chain((1..PROTOCOL_VERSION).rev().map(alpn))
+        .collect();
     let mut c = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(tls)?));
     c.transport_config(Arc::new(transport(t, path)?));
     Ok(c)

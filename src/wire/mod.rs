@@ -3,7 +3,8 @@
 //!
 //! * Control stream (the first bidirectional stream the dialer opens): a
 //!   sequence of frames `len u32 | type u8 | body`, `len` covering type and
-//!   body and at most `MAX_FRAME`.
+//!   body and at most `MAX_FRAME`. Each side's first frame is its `Proof`
+//!   (a fixed `PROOF_FRAME_LEN` bytes), its second its `Hello`.
 //! * Request streams (one bidirectional stream per request): the requester
 //!   writes a `Request`, the holder answers with a status byte and then the
 //!   bytes (a piece, or `len u32` + the manifest).
@@ -16,8 +17,14 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 3;
-pub const ALPN: &[u8] = b"swarm/3";
+pub const PROTOCOL_VERSION: u16 = 4;
+/// The ALPN of this version: `swarm/` and the version in decimal.
+pub const ALPN: &[u8] = b"swarm/4";
+/// Versions whose ALPN a host accepts at the TLS layer, only to close such
+/// a connection with the version close reason instead of a TLS alert.
+pub const KNOWN_VERSIONS: std::ops::RangeInclusive<u16> = 1..=15;
+/// A `Proof` frame, length prefix included: `33 u32 | 7 | proof [32]`.
+pub const PROOF_FRAME_LEN: usize = 4 + 1 + 32;
 pub const MAX_FRAME: usize = 1 << 20;
 pub const MAX_GROUP_LEN: usize = 64;
 pub const MAX_ADDRS: usize = 16;
@@ -33,6 +40,20 @@ pub struct PeerInfo {
     pub addrs: Vec<SocketAddr>,
 }
 
+/// The ALPN of protocol `version`.
+pub fn alpn(version: u16) -> Vec<u8> {
+    format!("swarm/{version}").into_bytes()
+}
+
+/// The version an ALPN of the form `swarm/N` names.
+pub fn alpn_version(alpn: &[u8]) -> Option<u16> {
+    let n = std::str::from_utf8(alpn.strip_prefix(b"swarm/")?).ok()?;
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || n.starts_with('0') {
+        return None;
+    }
+    n.parse().ok()
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hello {
     pub version: u16,
@@ -45,12 +66,14 @@ pub struct Hello {
     /// Where this host accepts connections. An unspecified IP (0.0.0.0)
     /// means "the address you see me at", with this port.
     pub addrs: Vec<SocketAddr>,
-    /// keyed blake3 of the TLS exporter value under the swarm secret.
-    pub proof: [u8; 32],
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
+    /// keyed blake3 of the TLS exporter value under the swarm secret: each
+    /// side's first frame, and all a side sends before the other's proof
+    /// has checked out.
+    Proof([u8; 32]),
     Hello(Hello),
     Bitfield(BitVec<u8, Lsb0>),
     Have(u32),
@@ -70,6 +93,7 @@ mod code {
     pub const PEERS: u8 = 4;
     pub const DONE: u8 = 5;
     pub const WANT_HAVES: u8 = 6;
+    pub const PROOF: u8 = 7;
 }
 
 impl Message {
@@ -78,6 +102,10 @@ impl Message {
         let mut w = Writer::new();
         w.u32(0);
         match self {
+            Message::Proof(p) => {
+                w.u8(code::PROOF);
+                w.bytes(p);
+            }
             Message::Hello(h) => {
                 w.u8(code::HELLO);
                 w.u16(h.version);
@@ -86,7 +114,6 @@ impl Message {
                 w.u64(h.since);
                 w.str16(&h.group);
                 encode_addrs(&mut w, &h.addrs);
-                w.bytes(&h.proof);
             }
             Message::Bitfield(bits) => {
                 w.u8(code::BITFIELD);
@@ -128,11 +155,23 @@ impl Message {
         Ok(len)
     }
 
+    /// Decodes a whole `Proof` frame, length prefix included: what a host
+    /// reads first from a peer that has not proved the secret, a fixed
+    /// number of bytes, so nothing the peer sends sizes a buffer.
+    pub fn decode_proof_frame(frame: &[u8; PROOF_FRAME_LEN]) -> Result<[u8; 32], DecodeError> {
+        let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        match Message::decode(&frame[4..]) {
+            Ok(Message::Proof(p)) if len as usize == PROOF_FRAME_LEN - 4 => Ok(p),
+            _ => Err(DecodeError::invalid("first frame", "not a proof")),
+        }
+    }
+
     /// Decodes a frame body (type byte and body, without the length prefix).
     pub fn decode(frame: &[u8]) -> Result<Message, DecodeError> {
         check_limit("frame length", frame.len() as u64, MAX_FRAME as u64)?;
         let mut r = Reader::new(frame);
         let msg = match r.u8()? {
+            code::PROOF => Message::Proof(r.array()?),
             code::HELLO => Message::Hello(Hello {
                 version: r.u16()?,
                 manifest_id: ManifestId(r.array()?),
@@ -140,7 +179,6 @@ impl Message {
                 since: r.u64()?,
                 group: group(&mut r)?,
                 addrs: decode_addrs(&mut r)?,
-                proof: r.array()?,
             }),
             code::BITFIELD => {
                 let n = r.u32()? as usize;

@@ -9,7 +9,6 @@ fn hello() -> Hello {
         since: 1_795_000_000_000,
         group: "dc1".into(),
         addrs: vec!["10.0.0.1:7000".parse().unwrap()],
-        proof: [9; 32],
     }
 }
 
@@ -36,15 +35,23 @@ fn pinned_bytes() {
         Message::Bitfield(bits).encode_frame(),
         [7, 0, 0, 0, 2, 9, 0, 0, 0, 0b0000_1101, 0b0000_0001]
     );
-    // Hello: type, version, manifest id, peer id, then the start time
-    let frame = Message::Hello(hello()).encode_frame();
-    let body = &frame[4..];
-    assert_eq!(&body[..3], &[1, 3, 0]);
-    assert_eq!(&body[3..35], &[7; 32]);
-    assert_eq!(&body[35..51], &[1; 16]);
-    assert_eq!(&body[51..59], &1_795_000_000_000u64.to_le_bytes());
-    assert_eq!(&body[59..64], &[3, 0, b'd', b'c', b'1']);
-    assert_eq!(&body[body.len() - 32..], &[9; 32]);
+    // Proof: the first frame each side sends, 37 bytes whatever the proof
+    let mut proof = vec![33, 0, 0, 0, 7];
+    proof.extend(0..32u8);
+    let p: [u8; 32] = std::array::from_fn(|i| i as u8);
+    assert_eq!(Message::Proof(p).encode_frame(), proof);
+    assert_eq!(proof.len(), PROOF_FRAME_LEN);
+    // Hello, every byte: the second frame, sent only after the other
+    // side's proof checked out
+    let mut want = vec![72, 0, 0, 0]; // length: type and body
+    want.push(1); // type
+    want.extend([4, 0]); // version 4
+    want.extend([7; 32]); // manifest id
+    want.extend([1; 16]); // peer id
+    want.extend(1_795_000_000_000u64.to_le_bytes()); // started
+    want.extend([3, 0, b'd', b'c', b'1']); // group
+    want.extend([1, 4, 10, 0, 0, 1, 0x58, 0x1b]); // 1 address: 10.0.0.1:7000
+    assert_eq!(Message::Hello(hello()).encode_frame(), want);
     assert_eq!(Request::Piece(258).encode(), [1, 2, 1, 0, 0]);
     assert_eq!(Request::Manifest.encode(), [2, 0, 0, 0, 0]);
 }
@@ -52,6 +59,7 @@ fn pinned_bytes() {
 #[test]
 fn every_message_round_trips() {
     let msgs = [
+        Message::Proof([8; 32]),
         Message::Hello(hello()),
         Message::Bitfield(bitvec![u8, Lsb0; 1, 0, 1]),
         Message::Have(42),
@@ -66,6 +74,40 @@ fn every_message_round_trips() {
     ];
     for m in &msgs {
         assert_eq!(&round_trip(m), m);
+    }
+}
+
+#[test]
+fn a_proof_frame_is_exactly_a_proof() {
+    let frame: [u8; PROOF_FRAME_LEN] = Message::Proof([5; 32]).encode_frame().try_into().unwrap();
+    assert_eq!(Message::decode_proof_frame(&frame).unwrap(), [5; 32]);
+    // another type, another length, or a Hello's first 37 bytes: refused
+    let mut other_type = frame;
+    other_type[4] = code::HELLO;
+    let mut other_len = frame;
+    other_len[0] = 34;
+    let hello: [u8; PROOF_FRAME_LEN] = Message::Hello(hello()).encode_frame()[..PROOF_FRAME_LEN]
+        .try_into()
+        .unwrap();
+    for bad in [other_type, other_len, hello, [0; PROOF_FRAME_LEN]] {
+        assert!(Message::decode_proof_frame(&bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn alpn_names_the_version() {
+    assert_eq!(alpn(PROTOCOL_VERSION), ALPN);
+    assert_eq!(alpn_version(ALPN), Some(PROTOCOL_VERSION));
+    assert_eq!(alpn_version(b"swarm/12"), Some(12));
+    for bad in [
+        &b"swarm/"[..],
+        b"swarm/04",
+        b"swarm/x",
+        b"h3",
+        b"swarm/99999999",
+        b"swarm/-1",
+    ] {
+        assert_eq!(alpn_version(bad), None, "{bad:?}");
     }
 }
 

@@ -79,19 +79,8 @@ pub async fn read_frame(recv: &mut RecvStream) -> Option<Message> {
     Message::decode(&body).ok()
 }
 
-fn hello(t: &Ticket, conn: &Connection, role: Role, id: PeerId, addr: SocketAddr) -> Vec<u8> {
-    hello_in("default", t, conn, role, id, addr)
-}
-
 /// A Hello frame as peer `id` of `group`, listening at `addr`.
-pub fn hello_in(
-    group: &str,
-    t: &Ticket,
-    conn: &Connection,
-    role: Role,
-    id: PeerId,
-    addr: SocketAddr,
-) -> Vec<u8> {
+pub fn hello_in(group: &str, t: &Ticket, id: PeerId, addr: SocketAddr) -> Vec<u8> {
     Message::Hello(Hello {
         version: PROTOCOL_VERSION,
         manifest_id: t.manifest_id,
@@ -99,9 +88,63 @@ pub fn hello_in(
         since: 0,
         group: group.into(),
         addrs: vec![addr],
-        proof: auth::proof(conn, &t.secret, role).unwrap(),
     })
     .encode_frame()
+}
+
+/// Our proof frame on `conn` as `role`.
+pub fn proof(t: &Ticket, conn: &Connection, role: Role) -> Vec<u8> {
+    Message::Proof(auth::proof(conn, &t.secret, role).unwrap()).encode_frame()
+}
+
+/// As the dialer of `conn`: sends our proof, takes the host's proof and
+/// Hello, lifts the limits per `tuning`, and says Hello as `id` of `group`
+/// at `addr`. Returns the control stream, or `None` if the host closed.
+pub async fn dial(
+    t: &Ticket,
+    conn: &Connection,
+    tuning: &Tuning,
+    group: &str,
+    id: PeerId,
+    addr: SocketAddr,
+) -> Option<(SendStream, RecvStream)> {
+    let (mut send, mut recv) = conn.open_bi().await.ok()?;
+    send.write_all(&proof(t, conn, Role::Dialer)).await.ok()?;
+    let Some(Message::Proof(_)) = read_frame(&mut recv).await else {
+        return None;
+    };
+    let Some(Message::Hello(_)) = read_frame(&mut recv).await else {
+        return None;
+    };
+    tls::open_up(conn, tuning);
+    send.write_all(&hello_in(group, t, id, addr)).await.ok()?;
+    Some((send, recv))
+}
+
+/// As the acceptor of `conn`: takes the dialer's proof, lifts the limits,
+/// sends our proof and Hello as `id` of `group` at `addr` and `then`, and
+/// takes the dialer's Hello.
+pub async fn accept(
+    t: &Ticket,
+    conn: &Connection,
+    group: &str,
+    id: PeerId,
+    addr: SocketAddr,
+    then: &[u8],
+) -> Option<(SendStream, RecvStream, Hello)> {
+    let (mut send, mut recv) = conn.accept_bi().await.ok()?;
+    let Some(Message::Proof(_)) = read_frame(&mut recv).await else {
+        return None;
+    };
+    tls::open_up(conn, &Tuning::default());
+    let mut out = proof(t, conn, Role::Acceptor);
+    out.extend(hello_in(group, t, id, addr));
+    out.extend(then);
+    send.write_all(&out).await.ok()?;
+    let Some(Message::Hello(h)) = read_frame(&mut recv).await else {
+        return None;
+    };
+    Some((send, recv, h))
 }
 
 /// As the dialer of `conn`: lifts its limits per `tuning`, says Hello as
@@ -115,15 +158,9 @@ pub async fn greet(
     addr: SocketAddr,
     bits: BitVec<u8, Lsb0>,
 ) {
-    tls::open_up(conn, tuning);
-    let (mut send, mut recv) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(t, conn, Role::Dialer, id, addr))
+    let (mut send, recv) = dial(t, conn, tuning, "default", id, addr)
         .await
-        .unwrap();
-    assert!(matches!(
-        read_frame(&mut recv).await,
-        Some(Message::Hello(_))
-    ));
+        .expect("the host refused the handshake");
     send.write_all(&Message::Bitfield(bits).encode_frame())
         .await
         .unwrap();
@@ -162,10 +199,9 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
             let ep = acc_ep.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
-                let Ok((mut send, mut recv)) = conn.accept_bi().await else {
-                    return;
-                };
-                let Some(Message::Hello(h)) = read_frame(&mut recv).await else {
+                let then = Message::Bitfield(all).encode_frame();
+                let Some((send, recv, h)) = accept(&t, &conn, "default", id, addr, &then).await
+                else {
                     return;
                 };
                 *seen
@@ -174,13 +210,6 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
                     .connections
                     .entry(h.peer_id)
                     .or_default() += 1;
-                // lift the pre-authentication stream limit, as a real peer does
-                tls::open_up(&conn, &Tuning::default());
-                let mut out = hello(&t, &conn, Role::Acceptor, id, addr);
-                out.extend(Message::Bitfield(all).encode_frame());
-                if send.write_all(&out).await.is_err() {
-                    return;
-                }
                 hold_control(send, recv);
                 if mode == Mode::Corrupt {
                     let at = h.addrs.first().map(|a| {
@@ -233,24 +262,20 @@ async fn come_back(
         seen.lock().unwrap().comebacks_not_refused += 1;
         return;
     };
-    tls::open_up(&conn, &Tuning::default());
     let fresh: PeerId = rand::random();
-    if let Ok((mut send, _recv)) = conn.open_bi().await {
-        let _ = send
-            .write_all(&hello(t, &conn, Role::Dialer, fresh, addr))
-            .await;
-        // refused: closed with the "not accepted" code (3); anything else
-        // (kept open, or closed for another reason) counts as admitted
-        let refused = matches!(
-            tokio::time::timeout(Duration::from_secs(3), conn.closed()).await,
-            Ok(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 3u32.into()
-        );
-        let mut seen = seen.lock().unwrap();
-        if refused {
-            seen.comebacks_refused += 1;
-        } else {
-            seen.comebacks_not_refused += 1;
-        }
+    // refused: closed with the "not accepted" code (3) once the handshake
+    // is done; anything else (kept open, or closed for another reason)
+    // counts as admitted
+    let _control = dial(t, &conn, &Tuning::default(), "default", fresh, addr).await;
+    let refused = matches!(
+        tokio::time::timeout(Duration::from_secs(3), conn.closed()).await,
+        Ok(quinn::ConnectionError::ApplicationClosed(c)) if c.error_code == 3u32.into()
+    );
+    let mut seen = seen.lock().unwrap();
+    if refused {
+        seen.comebacks_refused += 1;
+    } else {
+        seen.comebacks_not_refused += 1;
     }
 }
 

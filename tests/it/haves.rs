@@ -11,12 +11,11 @@ use std::time::{Duration, Instant};
 use bitvec::prelude::*;
 use quinn::Connection;
 
-use swarm::node::auth::Role;
 use swarm::node::tls::{self, Tuning};
 use swarm::ticket::Ticket;
 use swarm::wire::{Message, PeerId};
 
-use crate::adversary::{hello_in, read_frame};
+use crate::adversary::{accept, dial, read_frame};
 use crate::util::*;
 
 const PIECES: usize = 64;
@@ -53,11 +52,12 @@ async fn listener(t: &Ticket, mute: bool) -> Listener {
     let none = bitvec![u8, Lsb0; 0; PIECES];
 
     let seed = ep.connect(t.addrs[0], "swarm").unwrap().await.unwrap();
-    tls::open_up(&seed, &Tuning::default());
-    let (mut send, mut recv) = seed.open_bi().await.unwrap();
-    let mut out = hello_in("far", t, &seed, Role::Dialer, id, addr);
-    out.extend(Message::Bitfield(none.clone()).encode_frame());
-    send.write_all(&out).await.unwrap();
+    let (mut send, mut recv) = dial(t, &seed, &Tuning::default(), "far", id, addr)
+        .await
+        .expect("the seed refused the handshake");
+    send.write_all(&Message::Bitfield(none.clone()).encode_frame())
+        .await
+        .unwrap();
     tokio::spawn(async move {
         let _send = send;
         while read_frame(&mut recv).await.is_some() {}
@@ -69,17 +69,11 @@ async fn listener(t: &Ticket, mute: bool) -> Listener {
     tokio::spawn(async move {
         let incoming = acc_ep.accept().await?;
         let c = incoming.await.ok()?;
-        let (mut send, mut recv) = c.accept_bi().await.ok()?;
-        let Some(Message::Hello(_)) = read_frame(&mut recv).await else {
-            return None;
-        };
-        tls::open_up(&c, &Tuning::default());
-        let mut out = hello_in("far", &t, &c, Role::Acceptor, id, addr);
-        out.extend(Message::Bitfield(none).encode_frame());
+        let mut then = Message::Bitfield(none).encode_frame();
         if mute {
-            out.extend(Message::WantHaves(false).encode_frame());
+            then.extend(Message::WantHaves(false).encode_frame());
         }
-        send.write_all(&out).await.ok()?;
+        let (send, mut recv, _) = accept(&t, &c, "far", id, addr, &then).await?;
         *acc_conn.lock().unwrap() = Some((c, send));
         while let Some(msg) = read_frame(&mut recv).await {
             let mut h = acc_heard.lock().unwrap();

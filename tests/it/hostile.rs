@@ -17,7 +17,7 @@ struct Hostile {
     _ep: quinn::Endpoint,
 }
 
-/// Connects to `addr` and sends a Hello, with a valid proof or not.
+/// Connects to `addr` and sends a proof, valid or not.
 async fn connect(addr: SocketAddr, t: &Ticket, valid_proof: bool) -> Hostile {
     let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     ep.set_default_client_config(tls::client_config(&Tuning::default()).unwrap());
@@ -28,16 +28,9 @@ async fn connect(addr: SocketAddr, t: &Ticket, valid_proof: bool) -> Hostile {
     } else {
         [7; 32]
     };
-    let hello = Message::Hello(Hello {
-        version: PROTOCOL_VERSION,
-        manifest_id: t.manifest_id,
-        peer_id: rand::random(),
-        since: 0,
-        group: "default".into(),
-        addrs: vec![],
-        proof,
-    });
-    send.write_all(&hello.encode_frame()).await.unwrap();
+    send.write_all(&Message::Proof(proof).encode_frame())
+        .await
+        .unwrap();
     Hostile {
         conn,
         send,
@@ -56,14 +49,28 @@ async fn closed_with(conn: &quinn::Connection) -> u64 {
     }
 }
 
-/// Authenticates properly, checks the Hello answer, sends `bytes`, and
+/// Authenticates properly (proofs, then the Hellos), sends `bytes`, and
 /// returns the code the peer closes the connection with.
 async fn authed_then_send(addr: SocketAddr, t: &Ticket, bytes: &[u8]) -> u64 {
     let mut h = connect(addr, t, true).await;
     assert!(matches!(
         read_frame(&mut h.recv).await,
+        Some(Message::Proof(_))
+    ));
+    assert!(matches!(
+        read_frame(&mut h.recv).await,
         Some(Message::Hello(_))
     ));
+    tls::open_up(&h.conn, &Tuning::default());
+    let hello = Message::Hello(Hello {
+        version: PROTOCOL_VERSION,
+        manifest_id: t.manifest_id,
+        peer_id: rand::random(),
+        since: 0,
+        group: "default".into(),
+        addrs: vec![],
+    });
+    h.send.write_all(&hello.encode_frame()).await.unwrap();
     let _ = h.send.write_all(bytes).await;
     closed_with(&h.conn).await
 }

@@ -223,6 +223,7 @@ impl Engine {
                 Ok(())
             }
             Message::Hello(_) => Err("second hello".into()),
+            Message::Proof(_) => Err("proof after the handshake".into()),
         };
         if let Err(why) = res {
             if let Some(p) = self.peers.get(&key) {
