@@ -6,6 +6,7 @@ mod faults;
 mod groups;
 mod haves;
 mod hoarder;
+mod holder;
 mod hostile;
 mod netsim;
 mod resume;
