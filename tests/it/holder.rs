@@ -138,3 +138,166 @@ async fn holder_partial_requests_do_not_hold_serve_slots() {
         ep.close(0u32.into(), b"bye");
     }
 }
+
+/// A process's resident memory and its peak (`VmRSS`, `VmHWM`), in bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .and_then(|k| k.trim().parse::<u64>().ok())
+            .map_or(0, |k| k << 10)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// What a flooding connection does.
+#[derive(Default)]
+pub struct Flooded {
+    /// Bytes written on request streams the flooder opened.
+    pub stream_bytes: AtomicUsize,
+    pub streams: AtomicUsize,
+    pub datagram_bytes: AtomicUsize,
+}
+
+/// Authenticates to `at` as a peer holding nothing, then sends what the
+/// host never asked for, as fast as it can, until the connection closes:
+/// if `partial_frame`, on its control stream the largest frame the host
+/// takes but its last byte; part of a request on two streams; on as
+/// many other streams as the host allows, bytes that never end; and
+/// datagrams.
+async fn flood(
+    t: &Ticket,
+    at: SocketAddr,
+    pieces: usize,
+    partial_frame: bool,
+    seen: Arc<Flooded>,
+) -> Connection {
+    use swarm::node::auth::Role;
+    use swarm::wire::{Message, max_frame_for};
+    let cfg = tls::configs(&Tuning::default(), Default::default()).unwrap();
+    let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    ep.set_default_client_config(cfg.client);
+    let addr = ep.local_addr().unwrap();
+    let conn = ep.connect(at, "swarm").unwrap().await.unwrap();
+    tls::open_up(&conn, &Tuning::default());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let mut out =
+        crate::adversary::hello_in("default", t, &conn, Role::Dialer, rand::random(), addr);
+    send.write_all(&out).await.unwrap();
+    let _ = crate::adversary::read_frame(&mut recv).await;
+    out = Message::Bitfield(bitvec![u8, Lsb0; 0; pieces]).encode_frame();
+    if partial_frame {
+        // a Peers frame as large as this swarm allows, never finished
+        let n = max_frame_for(pieces);
+        out.extend((n as u32).to_le_bytes());
+        out.push(4);
+        out.extend(vec![0u8; n - 2]);
+    }
+    tokio::spawn(async move {
+        let _ = send.write_all(&out).await;
+        let _ = send.stopped().await;
+        drop(recv);
+    });
+    // two streams with part of a request, which held both of a new
+    // connection's serve slots and kept the host from reading the others
+    partial_requests(&conn, 2, Arc::new(AtomicUsize::new(0)));
+    let junk = bytes::Bytes::from(vec![0x5au8; 16 << 10]);
+    for _ in 0..254 {
+        let (conn, junk, seen) = (conn.clone(), junk.clone(), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _r)) = conn.open_bi().await {
+                seen.streams.fetch_add(1, Ordering::Relaxed);
+                while s.write_chunk(junk.clone()).await.is_ok() {
+                    seen.stream_bytes.fetch_add(junk.len(), Ordering::Relaxed);
+                }
+            }
+        });
+    }
+    let (c, s) = (conn.clone(), seen.clone());
+    tokio::spawn(async move {
+        let Some(max) = c.max_datagram_size() else {
+            return;
+        };
+        let d = bytes::Bytes::from(vec![0xa5u8; max]);
+        while c.send_datagram_wait(d.clone()).await.is_ok() {
+            s.datagram_bytes.fetch_add(max, Ordering::Relaxed);
+        }
+    });
+    std::mem::forget(ep); // lives as long as the test process
+    conn
+}
+
+/// Issue 21, item 6: every authenticated connection had a 32 MiB receive
+/// window (8 MiB per stream, 256 streams), and what a peer sent on streams
+/// the host had not accepted stayed buffered: 4 connections took a seed
+/// from 26 to 171 MiB. Now a peer can make a host buffer only a little
+/// beyond what the host itself asked it for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_cannot_fill_a_hosts_memory() {
+    const CONNS: usize = 32;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    let size = 32usize << 20;
+    random_file(&src, size, 22);
+    let seed = seed(&d, &src, &["--until-done", "1"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let pid = seed.proc.child.id();
+    let before = rss(pid).0;
+
+    let seen = Arc::new(Flooded::default());
+    let mut conns = Vec::new();
+    for i in 0..CONNS {
+        conns.push(flood(&t, t.addrs[0], size >> 20, i % 2 == 0, seen.clone()).await);
+    }
+    let t0 = Instant::now();
+    let mut peak = 0;
+    while t0.elapsed() < Duration::from_secs(8) {
+        peak = peak.max(rss(pid).0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open = conns.iter().filter(|c| c.close_reason().is_none()).count();
+    eprintln!(
+        "seed RSS after 8 s of flood from {CONNS} connections ({open} still open, {:?}): at most {} MiB",
+        conns.iter().find_map(|c| c.close_reason()),
+        peak >> 20
+    );
+    // an honest join completes under the flood
+    let mut j = join(&d, &seed, "honest", &["--exit-on-complete"]);
+    let mut j = tokio::task::spawn_blocking(move || {
+        j.wait_ok(LIMIT);
+        j
+    });
+    let j = loop {
+        tokio::select! {
+            r = &mut j => break r.unwrap(),
+            _ = tokio::time::sleep(Duration::from_millis(50)) => peak = peak.max(rss(pid).0),
+        }
+    };
+    drop(j);
+    assert_same(&src, &d.join("honest/image.bin"));
+    let mut seed = seed;
+    let st = seed.proc.wait(LIMIT);
+    let hwm = report(&seed.report)["peak_rss_bytes"].as_u64().unwrap();
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    eprintln!(
+        "seed RSS {:.0} MiB before the flood, {:.0} MiB at most while polled, peak {:.0} MiB (its report); \
+         {CONNS} connections sent {:.0} MiB on {} streams and {:.0} MiB of datagrams; \
+         honest join {:.2} s",
+        mib(before),
+        mib(peak),
+        mib(hwm),
+        mib(seen.stream_bytes.load(Ordering::Relaxed) as u64),
+        seen.streams.load(Ordering::Relaxed),
+        mib(seen.datagram_bytes.load(Ordering::Relaxed) as u64),
+        complete_secs(&d, "honest"),
+    );
+    assert!(st.success(), "the seed exited with {st}");
+    assert!(hwm < 256 << 20, "the seed peaked at {:.0} MiB", mib(hwm));
+    for c in &conns {
+        c.close(0u32.into(), b"bye");
+    }
+}

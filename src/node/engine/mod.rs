@@ -53,6 +53,9 @@ pub enum Event {
     PeerMsg {
         key: PeerKey,
         msg: Message,
+        /// The share of the control-frame budget a large message holds
+        /// until it is handled.
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     PeerDown {
         key: PeerKey,
@@ -296,7 +299,10 @@ impl Engine {
                 tracing::debug!(peer = hex(&id[..4]), "dial failed: {why}");
                 self.dialer.failed(&id);
             }
-            Event::PeerMsg { key, msg } => self.on_message(key, msg),
+            Event::PeerMsg { key, msg, budget } => {
+                self.on_message(key, msg);
+                drop(budget); // handled: its memory is free
+            }
             Event::PeerDown { key, why } => self.drop_peer(key, &why),
             Event::PieceDone {
                 key,

@@ -113,6 +113,7 @@ impl Engine {
             self.events_tx.clone(),
             self.have_rx(),
             self.serve_limit.clone(),
+            self.manifest.piece_count(),
         );
         let key = handle.key;
         tracing::debug!(peer = hex(&id[..4]), key, %remote, "peer up");
