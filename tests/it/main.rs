@@ -9,6 +9,7 @@ mod hoarder;
 mod holder;
 mod hostile;
 mod netsim;
+mod peerlists;
 mod resume;
 mod swarmnet;
 mod transfer;

@@ -10,6 +10,7 @@
 //! state with its own type: known-but-unconnected peers and when to dial them.
 
 mod bridge;
+mod dial_limits;
 mod dialer;
 mod peers;
 mod pieces;
@@ -297,7 +298,7 @@ impl Engine {
             Event::Connected(h) => self.on_connected(*h),
             Event::DialFailed { id, why } => {
                 tracing::debug!(peer = hex(&id[..4]), "dial failed: {why}");
-                self.dialer.failed(&id);
+                self.dialer.failed(&id, Instant::now());
             }
             Event::PeerMsg { key, msg, budget } => {
                 self.on_message(key, msg);
