@@ -83,6 +83,10 @@ pub async fn pull(
         .await
         .map_err(|e| format!("handshake with {server}: {e}"))?;
     tls::open_up(&conn, &Tuning::default());
+    // swarm grants receive credit for the bytes of its requests in flight
+    // (`node::credit`); here a window that always holds them does the same
+    let window = IN_FLIGHT as u64 * PIECE + u64::from(tls::POST_AUTH_WINDOW);
+    conn.set_receive_window(quinn::VarInt::from_u64(window).expect("small"));
     let start = Instant::now();
     let slots = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut tasks = JoinSet::new();

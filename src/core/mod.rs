@@ -15,11 +15,14 @@
 //!   once before serving any piece twice.
 //! * `serve`: how many of one connection's requests a host serves at once
 //!   (slow start, one slot for a requester that stops reading).
+//! * `credit`: receive credit beyond a connection's base window, granted
+//!   for this host's own requests from one process-wide budget.
 //! * `RecentPieces`: the pieces a joiner received lately, kept to serve
 //!   from memory.
 //! * `group`: datacenter groups: bridge election and how bridges split the
 //!   cross-group pieces; `Download` applies the group-rarest rule.
 
+pub mod credit;
 mod download;
 pub mod group;
 mod late;

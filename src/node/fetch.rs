@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
+use super::credit::Grant;
 use super::engine::Event;
 use super::peer::close;
 use super::rate::RateLimit;
@@ -31,6 +32,9 @@ pub struct Job {
     pub content: Arc<Content>,
     pub cancel: CancellationToken,
 }
+
+/// Receive credit held at once while the manifest arrives.
+const MANIFEST_CREDIT: u64 = 8 << 20;
 
 pub fn deadline(len: u64) -> Duration {
     REQUEST_DEADLINE_BASE + REQUEST_DEADLINE_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
@@ -125,11 +129,14 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
 }
 
 async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outcome> {
+    // the peer may send the answer's bytes (status and piece) at once
+    let mut credit = Grant::new(conn, 1 + len, 1 + len);
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&Request::Piece(piece).encode()).await?;
     send.finish()?;
     let mut status = [0u8; 1];
     recv.read_exact(&mut status).await?;
+    credit.read(1);
     match Status::decode(status[0])? {
         Status::Ok => {
             // read chunks as quinn hands them over: no zero-fill, one copy
@@ -137,7 +144,10 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
             let mut data = PieceBuf::with_capacity(len as usize);
             while data.len() < len as usize {
                 match recv.read_chunk(len as usize - data.len(), true).await {
-                    Ok(Some(chunk)) => data.extend_from_slice(&chunk.bytes),
+                    Ok(Some(chunk)) => {
+                        credit.read(chunk.bytes.len() as u64);
+                        data.extend_from_slice(&chunk.bytes);
+                    }
                     Ok(None) => anyhow::bail!("stream ended after {} of {len} bytes", data.len()),
                     Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
                         return Ok(Outcome::Refused(Status::Changed));
@@ -177,8 +187,17 @@ pub async fn manifest(
         recv.read_exact(&mut len).await?;
         let len = u32::from_le_bytes(len) as usize;
         crate::codec::check_limit("manifest length", len as u64, MAX_MANIFEST_BYTES as u64)?;
-        let mut bytes = vec![0u8; len];
-        recv.read_exact(&mut bytes).await?;
+        // credit for the manifest as it is read, a few MiB at a time; the
+        // buffer grows with what arrives, not with what the length claims
+        let mut credit = Grant::new(conn, len as u64, MANIFEST_CREDIT);
+        let mut bytes = Vec::with_capacity(len.min(MANIFEST_CREDIT as usize));
+        while bytes.len() < len {
+            let Some(chunk) = recv.read_chunk(len - bytes.len(), true).await? else {
+                anyhow::bail!("the manifest ended after {} of {len} bytes", bytes.len());
+            };
+            credit.read(chunk.bytes.len() as u64);
+            bytes.extend_from_slice(&chunk.bytes);
+        }
         Ok::<_, anyhow::Error>(bytes)
     };
     let bytes = timeout(super::MANIFEST_TIMEOUT, work)

@@ -13,6 +13,7 @@
 pub mod auth;
 pub(crate) mod cc;
 mod connect;
+pub mod credit;
 mod engine;
 mod fetch;
 mod gate;

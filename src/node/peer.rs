@@ -9,7 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bitvec::prelude::*;
 use quinn::{Connection, RecvStream, SendStream};
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::timeout;
 
 use super::engine::Event;
 use crate::core::PeerKey;
@@ -116,18 +117,27 @@ pub struct PeerHandle {
     pub writer: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the peer's tasks; returns the engine's handle.
+/// Starts the peer's tasks; returns the engine's handle. `pieces` is the
+/// manifest's piece count (it bounds the control frames).
 pub fn start(
     h: Handshaken,
     events: mpsc::Sender<Event>,
     have: watch::Receiver<Arc<BitVec>>,
     serve_limit: Arc<Semaphore>,
+    pieces: usize,
 ) -> PeerHandle {
     let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let (wants_haves, wants) = watch::channel(true);
     let writer = tokio::spawn(control_writer(h.send, rx, have, wants));
-    tokio::spawn(control_reader(key, h.conn.clone(), h.recv, events.clone()));
+    let limit = crate::wire::max_frame_for(pieces);
+    tokio::spawn(control_reader(
+        key,
+        h.conn.clone(),
+        h.recv,
+        events.clone(),
+        limit,
+    ));
     tokio::spawn(super::serve::serve_requests(
         key,
         h.conn.clone(),
@@ -144,22 +154,72 @@ pub fn start(
     }
 }
 
+/// A control frame longer than this takes `FRAME_COST` times its length
+/// from `FRAME_BUDGET` until the engine has handled its message.
+const BIG_FRAME: usize = 4 << 10;
+/// Bytes a decoded message may take per byte of its frame (a Peers entry
+/// of 19 bytes decodes to 64).
+const FRAME_COST: usize = 4;
+/// Memory for large control frames, being read or waiting for the engine,
+/// all connections together: however many peers send them, 32 MiB.
+const FRAME_BUDGET_BYTES: usize = 32 << 20;
+static FRAME_BUDGET: std::sync::LazyLock<Arc<Semaphore>> =
+    std::sync::LazyLock::new(|| Arc::new(Semaphore::new(FRAME_BUDGET_BYTES)));
+/// Once a frame's length has arrived, its body must follow within this.
+const FRAME_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The peer broke the control stream's rules: close with `close::PROTOCOL`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Violation(String);
+
+/// Reads one control frame of at most `limit` bytes; a large one first
+/// takes its share of `FRAME_BUDGET`, which the message carries to the
+/// engine.
+async fn read_control_frame(
+    recv: &mut RecvStream,
+    limit: usize,
+) -> anyhow::Result<(Message, Option<OwnedSemaphorePermit>)> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let n = Message::frame_len(len)?;
+    crate::codec::check_limit("frame length for this swarm", n as u64, limit as u64)?;
+    let permit = if n > BIG_FRAME {
+        let cost = (n * FRAME_COST).min(FRAME_BUDGET_BYTES) as u32;
+        Some(FRAME_BUDGET.clone().acquire_many_owned(cost).await?)
+    } else {
+        None
+    };
+    let mut body = vec![0u8; n];
+    timeout(FRAME_TIMEOUT, recv.read_exact(&mut body))
+        .await
+        .map_err(|_| Violation(format!("a frame of {n} bytes took over {FRAME_TIMEOUT:?}")))??;
+    Ok((Message::decode(&body)?, permit))
+}
+
 async fn control_reader(
     key: PeerKey,
     conn: Connection,
     mut recv: RecvStream,
     events: mpsc::Sender<Event>,
+    limit: usize,
 ) {
     let why = loop {
-        match read_frame(&mut recv).await {
-            Ok(msg) => {
-                if events.send(Event::PeerMsg { key, msg }).await.is_err() {
+        match read_control_frame(&mut recv, limit).await {
+            Ok((msg, budget)) => {
+                if events
+                    .send(Event::PeerMsg { key, msg, budget })
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
             Err(e) => {
                 if e.downcast_ref::<crate::codec::DecodeError>().is_some() {
                     conn.close(close::PROTOCOL.into(), b"malformed frame");
+                } else if e.downcast_ref::<Violation>().is_some() {
+                    conn.close(close::PROTOCOL.into(), b"frame too slow");
                 }
                 break format!("{e:#}");
             }

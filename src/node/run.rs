@@ -48,6 +48,7 @@ fn endpoint(
         .max_udp_payload_size(tuning.max_mtu)
         .map_err(|e| NodeError::Other(anyhow::anyhow!("max UDP payload: {e}")))?;
     let socket = socket::wrap(socket, &*runtime, tuning.max_mtu).map_err(cannot)?;
+    super::credit::set_limit(tuning.conn_window);
     let serving = Arc::new(super::cc::WanServing::default());
     let configs = tls::configs(tuning, serving.clone())?;
     let mut ep =

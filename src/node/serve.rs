@@ -1,6 +1,8 @@
 //! Serving one connection's request streams: each stream carries one
 //! request; the engine answers it (piece, manifest or refusal) and this
-//! module streams the bytes. How many of a connection's requests are served
+//! module streams the bytes. A request must be whole within
+//! `REQUEST_TIMEOUT` of its stream opening, and only a whole request takes
+//! a serve slot: a peer that sends part of one holds nothing but the stream. How many of a connection's requests are served
 //! at once follows `core::serve::ServeWindow`; a process serves at most
 //! `SERVE_TOTAL` at once in all, so the buffers being read stay below
 //! `SERVE_TOTAL * SERVE_CHUNK` (16 MiB) however many peers connect, and
@@ -14,13 +16,12 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::timeout;
 
-use super::HANDSHAKE_TIMEOUT;
 use super::engine::Event;
 use super::peer::close;
 use super::rate::RateLimit;
@@ -34,6 +35,11 @@ use crate::wire::{REQUEST_LEN, Request, Status};
 const SERVE_CONCURRENCY: usize = 8;
 /// Most requests a process serves at once.
 pub const SERVE_TOTAL: usize = 32;
+/// How long after a request stream opens its request (5 bytes) must be
+/// whole. A peer sends it with the stream's first packet; one that sends
+/// part of it holds no serve slot meanwhile (a slot is taken only for a
+/// whole request), only the stream, and not for long.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// Chunk size when streaming a piece from disk.
 const SERVE_CHUNK: usize = 512 << 10;
 /// A serve whose requester takes no byte for `STALL_BASE + STALL_PER_MIB *
@@ -125,6 +131,8 @@ pub async fn serve_requests(
         freed: Notify::new(),
     });
     let mut seq: i32 = 0;
+    // Every stream the peer opens is read at once (quinn lets it have
+    // `tls::STREAMS` open); a slot is taken only once its request is whole.
     while let Ok((send, recv)) = conn.accept_bi().await {
         // First come, first served: quinn sends the highest priority
         // first, so each piece completes (and can be passed on) as early
@@ -132,14 +140,21 @@ pub async fn serve_requests(
         // finishing together. The control stream (priority 0) goes first.
         seq = seq.wrapping_add(1) & 0x3fff_ffff;
         let _ = send.set_priority(-seq);
-        slots.take().await;
-        let Ok(global) = total.clone().acquire_owned().await else {
-            return;
-        };
-        let (events, slots) = (events.clone(), slots.clone());
+        let (events, slots, total) = (events.clone(), slots.clone(), total.clone());
         tokio::spawn(async move {
-            let _global = global;
-            let how = match serve_one(key, send, recv, &events).await {
+            let (send, req) = match read_request(send, recv).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(peer = key, "no request: {e:#}");
+                    return;
+                }
+            };
+            slots.take().await;
+            let Ok(global) = total.acquire_owned().await else {
+                slots.give_back(Served::Other);
+                return;
+            };
+            let how = match serve_one(key, send, req, &events).await {
                 Ok(how) => how,
                 Err(e) => {
                     tracing::debug!(
@@ -154,22 +169,45 @@ pub async fn serve_requests(
                     }
                 }
             };
+            drop(global);
             slots.give_back(how);
         });
+    }
+}
+
+/// Reads a stream's request, which must be whole within `REQUEST_TIMEOUT`
+/// of the stream's opening; then stops the receiving side, so that bytes a
+/// peer sends after its request are dropped, not buffered. A stream whose
+/// request is late or malformed is reset.
+async fn read_request(
+    mut send: SendStream,
+    mut recv: RecvStream,
+) -> anyhow::Result<(SendStream, Request)> {
+    let mut raw = [0u8; REQUEST_LEN];
+    let read = timeout(REQUEST_TIMEOUT, recv.read_exact(&mut raw)).await;
+    let req = match read {
+        Ok(Ok(())) => Request::decode(raw).map_err(anyhow::Error::from),
+        Ok(Err(e)) => Err(e.into()),
+        Err(_) => Err(anyhow::anyhow!(
+            "request not complete within {REQUEST_TIMEOUT:?}"
+        )),
+    };
+    let _ = recv.stop(close::CANCEL.into());
+    match req {
+        Ok(req) => Ok((send, req)),
+        Err(e) => {
+            let _ = send.reset(close::CANCEL.into());
+            Err(e)
+        }
     }
 }
 
 async fn serve_one(
     key: PeerKey,
     mut send: SendStream,
-    mut recv: RecvStream,
+    req: Request,
     events: &mpsc::Sender<Event>,
 ) -> anyhow::Result<Served> {
-    let mut raw = [0u8; REQUEST_LEN];
-    timeout(HANDSHAKE_TIMEOUT, recv.read_exact(&mut raw))
-        .await
-        .context("request timed out")??;
-    let req = Request::decode(raw)?;
     let (reply, answer) = oneshot::channel();
     events.send(Event::ServeAsk { key, req, reply }).await?;
     match answer.await? {

@@ -32,7 +32,12 @@ pub struct Tuning {
     /// back off once their queueing delay passes this floor or half the
     /// delay of their last loss (`cc`); `None` leaves them plain cubic.
     pub lan_delay_floor: Option<Duration>,
+    /// The receive window of each stream (a piece in flight needs its
+    /// whole length; a connection's window keeps peers from filling it).
     pub stream_window: u64,
+    /// Receive credit this host grants for its own requests, all
+    /// connections together (`node::credit`); beyond it a connection's
+    /// window is `POST_AUTH_WINDOW`.
     pub conn_window: u64,
     pub send_window: u64,
     pub max_mtu: u16,
@@ -131,13 +136,24 @@ const PRE_AUTH_STREAMS: u32 = 1;
 /// receives the acceptor's proof and Hello. 4 KiB leaves room; an
 /// outsider's garbage beyond it is a flow-control error.
 const PRE_AUTH_WINDOW: u32 = 4 << 10;
-const STREAMS: u32 = 256;
+/// Streams an authenticated peer may have open towards this host at once:
+/// its control stream and its requests. A host serves at most 8 of one
+/// connection's requests at once (`serve`); the rest wait for a slot, and
+/// a requester with more to ask waits for a stream instead.
+pub const STREAMS: u32 = 16;
+/// An authenticated peer's connection receive window, beyond the credit
+/// this host grants for the bytes of its own requests (`node::credit`): a
+/// peer sends little else (requests of 5 bytes, control frames that are
+/// read as they arrive), so this is all that a peer can make the host
+/// buffer without being asked.
+pub const POST_AUTH_WINDOW: u32 = 64 << 10;
 
 /// Lifts the pre-authentication limits of a connection whose peer proved
-/// the swarm secret.
-pub fn open_up(conn: &quinn::Connection, t: &Tuning) {
+/// the swarm secret: more streams, and a receive window that grows only
+/// for what this host asks for (`node::credit`).
+pub fn open_up(conn: &quinn::Connection, _t: &Tuning) {
     conn.set_max_concurrent_bi_streams(STREAMS.into());
-    conn.set_receive_window(quinn::VarInt::from_u64(t.conn_window).unwrap_or(quinn::VarInt::MAX));
+    conn.set_receive_window(POST_AUTH_WINDOW.into());
 }
 
 fn provider() -> Arc<CryptoProvider> {

@@ -33,6 +33,17 @@ pub const MAX_BITFIELD_BITS: usize = crate::manifest::MAX_PIECES;
 
 pub type PeerId = [u8; 16];
 
+/// The largest frame a valid message takes in a swarm of `pieces` pieces:
+/// a Peers message at every limit (512 peers, 64-byte group names, 16 IPv6
+/// addresses each: 198,147 bytes), or the bitfield if larger. A peer that
+/// announces a longer frame is refused before the body is read.
+pub fn max_frame_for(pieces: usize) -> usize {
+    const ADDR: usize = 1 + 16 + 2;
+    const PEERS: usize = 1 + 2 + MAX_PEERS * (16 + 2 + MAX_GROUP_LEN + 1 + MAX_ADDRS * ADDR);
+    let bitfield = 1 + 4 + pieces.div_ceil(8);
+    PEERS.max(bitfield).min(MAX_FRAME)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerInfo {
     pub id: PeerId,

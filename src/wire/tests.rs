@@ -154,3 +154,31 @@ proptest! {
         prop_assert_eq!(round_trip(&m), m);
     }
 }
+
+#[test]
+fn the_largest_valid_frames_fit_max_frame_for() {
+    let addrs: Vec<SocketAddr> = (0..MAX_ADDRS)
+        .map(|i| format!("[2001:db8::{i}]:7000").parse().unwrap())
+        .collect();
+    let peers: Vec<PeerInfo> = (0..MAX_PEERS)
+        .map(|i| PeerInfo {
+            id: [i as u8; 16],
+            group: "g".repeat(MAX_GROUP_LEN),
+            addrs: addrs.clone(),
+        })
+        .collect();
+    let frame = Message::Peers(peers).encode_frame();
+    assert_eq!(frame.len() - 4, max_frame_for(0));
+    for pieces in [0, 1, 9, 1 << 16, 1 << 21, MAX_BITFIELD_BITS] {
+        let bits = BitVec::<u8, Lsb0>::repeat(true, pieces);
+        let frame = Message::Bitfield(bits).encode_frame();
+        assert!(frame.len() - 4 <= max_frame_for(pieces), "{pieces} pieces");
+    }
+    let frame = Message::Hello(Hello {
+        group: "g".repeat(MAX_GROUP_LEN),
+        addrs,
+        ..hello()
+    })
+    .encode_frame();
+    assert!(frame.len() - 4 <= max_frame_for(0));
+}

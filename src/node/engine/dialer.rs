@@ -1,23 +1,46 @@
 //! Peers this host knows of but is not connected to, and when to dial them:
 //! learned addresses, the dial target, redial backoff and giving up.
+//!
+//! What one peer says is bounded: a peer list (any ticket holder can send
+//! one, with made-up ids and addresses) adds at most `PER_SOURCE` entries
+//! per peer that told us, and a peer whose entries failed `SOURCE_FAILS`
+//! times (plus 4 per entry of it that connected) is not believed again.
+//! The table holds `MAX_KNOWN`; when full, a newcomer takes the place of an
+//! entry of the source with the most, if that is another. Peers this host
+//! was connected to (first-hand) come before those only heard of
+//! (hearsay), and those heard of from several peers before the rest; and
+//! hearsay dials pass `dial_limits` (a rate, per-address backoff, per-IP
+//! throttling), so that peer lists cannot make honest hosts send
+//! handshakes to third parties.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use super::dial_limits::DialLimits;
 use crate::wire::{PeerId, PeerInfo};
 
 /// This host dials known peers only while it has fewer connections than
 /// this; others may still dial it (up to `MAX_CONNECTIONS`). Like
 /// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
 const DIAL_TARGET: usize = 24;
-const MAX_KNOWN: usize = 4096;
+const MAX_KNOWN: usize = 1024;
+/// Entries one peer's lists may have in the table at once.
+pub(super) const PER_SOURCE: usize = 64;
+/// A source whose entries failed this many dials, plus 4 for each of them
+/// that connected, is believed no more.
+pub(super) const SOURCE_FAILS: u32 = 16;
+/// Addresses kept per entry (a host advertises one, or a few).
+const MAX_ENTRY_ADDRS: usize = 4;
 /// Redial backoff: `REDIAL_AFTER` times the failures so far, at most
-/// `REDIAL_MAX`; a peer is forgotten after `MAX_DIAL_FAILURES`. With the
-/// 5 s dial timeout that keeps trying for about a minute and a half, so a
-/// WAN outage of that length heals by itself.
+/// `REDIAL_MAX`; a peer this host was connected to is forgotten after
+/// `MAX_DIAL_FAILURES`, one only heard of after `HEARSAY_FAILURES`. With
+/// the 5 s dial timeout that keeps trying a lost peer for about a minute
+/// and a half, so a WAN outage of that length heals by itself.
 const REDIAL_AFTER: Duration = Duration::from_secs(2);
 const REDIAL_MAX: Duration = Duration::from_secs(15);
 const MAX_DIAL_FAILURES: u32 = 8;
+const HEARSAY_FAILURES: u32 = 2;
 /// Two hosts that learn of each other at once (the seed tells both) would
 /// dial each other at once, and one of the two connections is then closed
 /// as a duplicate, with the requests already made on it. Only the one
@@ -27,78 +50,252 @@ const DIAL_DEFER: Duration = Duration::from_secs(2);
 
 struct Known {
     info: PeerInfo,
+    /// The peer whose list named it; `None`: a peer this host was
+    /// connected to, at an address it was seen at.
+    source: Option<PeerId>,
+    /// Other peers that named it too (up to 3).
+    vouchers: u8,
     next_dial: Instant,
     failures: u32,
-    dialing: bool,
+    /// The addresses being dialed now, if it is.
+    dialing: Option<Vec<SocketAddr>>,
+}
+
+impl Known {
+    fn hearsay(&self) -> bool {
+        self.source.is_some()
+    }
+}
+
+/// What the entries of one source came to.
+#[derive(Default)]
+struct Source {
+    entries: usize,
+    failed: u32,
+    connected: u32,
+}
+
+impl Source {
+    fn distrusted(&self) -> bool {
+        self.failed >= SOURCE_FAILS + 4 * self.connected
+    }
 }
 
 /// Known-but-unconnected peers. The engine decides who may be learned
 /// (not itself, not connected, not banned); this decides when to dial.
-#[derive(Default)]
 pub(super) struct Dialer {
     known: HashMap<PeerId, Known>,
+    /// Sources with entries in the table, or that were distrusted (bounded
+    /// like the table).
+    sources: HashMap<PeerId, Source>,
+    limits: DialLimits,
+}
+
+impl Default for Dialer {
+    fn default() -> Self {
+        Dialer {
+            known: HashMap::new(),
+            sources: HashMap::new(),
+            limits: DialLimits::new(Instant::now()),
+        }
+    }
 }
 
 impl Dialer {
-    /// Remembers a peer to dial soon (after `DIAL_DEFER` if `defer`: the
-    /// peer is expected to dial this host), unless the table is full, the
-    /// peer has no address, or it is already known.
-    pub(super) fn learn(&mut self, info: PeerInfo, defer: bool) {
-        if self.known.len() >= MAX_KNOWN || info.addrs.is_empty() {
-            return;
+    /// Remembers a peer that `source`'s list named, to dial soon (after
+    /// `DIAL_DEFER` if `defer`: the peer is expected to dial this host).
+    /// Returns whether it was taken (new, or one more voucher for a known
+    /// one); not if the source is over its share or distrusted, the table
+    /// is full of others' entries, or the peer has no address.
+    pub(super) fn learn(
+        &mut self,
+        mut info: PeerInfo,
+        source: PeerId,
+        defer: bool,
+        now: Instant,
+    ) -> bool {
+        if info.addrs.is_empty() || self.sources.get(&source).is_some_and(Source::distrusted) {
+            return false;
         }
+        if let Some(k) = self.known.get_mut(&info.id) {
+            if k.source.is_some_and(|s| s != source) && k.vouchers < 3 {
+                k.vouchers += 1;
+                return true;
+            }
+            return false;
+        }
+        let mine = self.sources.get(&source).map_or(0, |s| s.entries);
+        if mine >= PER_SOURCE || (self.known.len() >= MAX_KNOWN && !self.evict_for(mine)) {
+            return false;
+        }
+        if self.sources.len() >= 2 * MAX_KNOWN && !self.sources.contains_key(&source) {
+            self.sources.retain(|_, s| s.entries > 0);
+        }
+        info.addrs.truncate(MAX_ENTRY_ADDRS);
         let wait = if defer { DIAL_DEFER } else { Duration::ZERO };
-        self.known.entry(info.id).or_insert(Known {
-            info,
-            next_dial: Instant::now() + wait,
-            failures: 0,
-            dialing: false,
-        });
+        self.known.insert(
+            info.id,
+            Known {
+                info,
+                source: Some(source),
+                vouchers: 0,
+                next_dial: now + wait,
+                failures: 0,
+                dialing: None,
+            },
+        );
+        self.sources.entry(source).or_default().entries += 1;
+        true
+    }
+
+    /// Makes room for an entry of a source that has `mine` entries: drops
+    /// an entry (not being dialed, least vouched for) of the source with
+    /// the most, if it has more than `mine` + 1.
+    fn evict_for(&mut self, mine: usize) -> bool {
+        let Some((&big, _)) = self
+            .sources
+            .iter()
+            .filter(|(_, s)| s.entries > mine + 1)
+            .max_by_key(|(_, s)| s.entries)
+        else {
+            return false;
+        };
+        let victim = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.source == Some(big) && k.dialing.is_none())
+            .min_by_key(|(_, k)| k.vouchers)
+            .map(|(id, _)| *id);
+        match victim {
+            Some(id) => {
+                self.remove(&id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes an entry, with its source's count and its dial in flight.
+    fn remove(&mut self, id: &PeerId) -> Option<Known> {
+        let k = self.known.remove(id)?;
+        if let Some(s) = k.source.and_then(|s| self.sources.get_mut(&s)) {
+            s.entries -= 1;
+        }
+        if let Some(addrs) = &k.dialing
+            && k.hearsay()
+        {
+            self.limits.ended(addrs, false, Instant::now());
+        }
+        Some(k)
     }
 
     /// A dial failed: back off longer each time, forget after a few.
-    pub(super) fn failed(&mut self, id: &PeerId) {
-        if let Some(k) = self.known.get_mut(id) {
-            k.dialing = false;
-            k.failures += 1;
-            k.next_dial = Instant::now() + (REDIAL_AFTER * k.failures).min(REDIAL_MAX);
-            if k.failures >= MAX_DIAL_FAILURES {
-                self.known.remove(id);
+    pub(super) fn failed(&mut self, id: &PeerId, now: Instant) {
+        let Some(k) = self.known.get_mut(id) else {
+            return;
+        };
+        let Some(addrs) = k.dialing.take() else {
+            return;
+        };
+        k.failures += 1;
+        k.next_dial = now + (REDIAL_AFTER * k.failures).min(REDIAL_MAX);
+        let (hearsay, failures, source) = (k.hearsay(), k.failures, k.source);
+        if hearsay {
+            self.limits.ended(&addrs, true, now);
+        } else {
+            for a in addrs {
+                self.limits.addr_failed(a, now);
             }
+        }
+        if let Some(s) = source.and_then(|s| self.sources.get_mut(&s)) {
+            s.failed += 1;
+            if s.distrusted() {
+                let src = source.expect("has a source");
+                self.forget_source(src);
+            }
+        }
+        let most = if hearsay {
+            HEARSAY_FAILURES
+        } else {
+            MAX_DIAL_FAILURES
+        };
+        if failures >= most {
+            self.remove(id);
+        }
+    }
+
+    /// Drops what a distrusted source told us (but dials in progress).
+    fn forget_source(&mut self, source: PeerId) {
+        let ids: Vec<PeerId> = self
+            .known
+            .iter()
+            .filter(|(_, k)| k.source == Some(source) && k.dialing.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove(&id);
         }
     }
 
     /// A connection with `id` came up (dialed or accepted); it is no longer
     /// being dialed, whether or not the engine keeps it.
     pub(super) fn connected(&mut self, id: &PeerId) {
-        if let Some(k) = self.known.get_mut(id) {
-            k.dialing = false;
+        if let Some(k) = self.known.get_mut(id)
+            && let Some(addrs) = k.dialing.take()
+            && k.source.is_some()
+        {
+            self.limits.ended(&addrs, false, Instant::now());
         }
     }
 
-    /// The engine kept a connection with `id`: nothing left to dial.
+    /// The engine kept a connection with `id`: nothing left to dial, and
+    /// the source that named it told the truth.
     pub(super) fn forget(&mut self, id: &PeerId) {
-        self.known.remove(id);
+        if let Some(s) = self
+            .remove(id)
+            .and_then(|k| k.source)
+            .and_then(|s| self.sources.get_mut(&s))
+        {
+            s.connected += 1;
+        }
     }
 
     /// A connection with a peer was lost abnormally: dial it again after a
-    /// pause, as if one dial had failed.
-    pub(super) fn redial_later(&mut self, info: PeerInfo) {
+    /// pause, as if one dial had failed. First-hand if `seen_at` (the
+    /// address the connection came from) is one of its addresses: then
+    /// only those are kept. Otherwise its addresses are its own word, and
+    /// dialed as hearsay from itself.
+    pub(super) fn redial_later(&mut self, mut info: PeerInfo, seen_at: SocketAddr, now: Instant) {
+        self.remove(&info.id);
+        let ip = seen_at.ip().to_canonical();
+        let first_hand = info.addrs.iter().any(|a| a.ip().to_canonical() == ip);
+        if first_hand {
+            info.addrs.retain(|a| a.ip().to_canonical() == ip);
+        }
+        info.addrs.truncate(MAX_ENTRY_ADDRS);
+        let source = (!first_hand).then_some(info.id);
+        if let Some(s) = source {
+            self.sources.entry(s).or_default().entries += 1;
+        }
         self.known.insert(
             info.id,
             Known {
                 info,
-                next_dial: Instant::now() + REDIAL_AFTER,
+                source,
+                vouchers: 0,
+                next_dial: now + REDIAL_AFTER,
                 failures: 1,
-                dialing: false,
+                dialing: None,
             },
         );
     }
 
-    /// The peers to dial now, marked as dialing: those due, members of
-    /// `group` first, as many as keep `connections` plus dials in progress
-    /// within the dial target. Members of other groups only if `cross`
-    /// (this host fetches across groups); the others wait, known.
+    /// The peers to dial now, marked as dialing, with the addresses to
+    /// try: those due, first-hand before hearsay, members of `group`
+    /// first, as many as keep `connections` plus dials in progress within
+    /// the dial target. Members of other groups only if `cross` (this
+    /// host fetches across groups); the others wait, known. Hearsay
+    /// entries only as `dial_limits` allow.
     pub(super) fn take_due(
         &mut self,
         now: Instant,
@@ -106,34 +303,77 @@ impl Dialer {
         group: &str,
         cross: bool,
     ) -> Vec<PeerInfo> {
-        let dialing = self.known.values().filter(|k| k.dialing).count();
-        let room = DIAL_TARGET.saturating_sub(connections + dialing);
+        let dialing = self.known.values().filter(|k| k.dialing.is_some()).count();
+        let mut room = DIAL_TARGET.saturating_sub(connections + dialing);
+        if room == 0 {
+            return Vec::new();
+        }
         // members of this host's group first: it fetches from them, and
         // the bridge election needs to see them
-        let mut due: Vec<&mut Known> = self
+        let mut due: Vec<(bool, bool, u8, PeerId)> = self
             .known
-            .values_mut()
-            .filter(|k| !k.dialing && k.next_dial <= now && (cross || k.info.group == group))
-            .collect();
-        due.sort_by_key(|k| k.info.group != group);
-        due.into_iter()
-            .take(room)
-            .map(|k| {
-                k.dialing = true;
-                k.info.clone()
+            .iter()
+            .filter(|(_, k)| {
+                k.dialing.is_none() && k.next_dial <= now && (cross || k.info.group == group)
             })
-            .collect()
+            .map(|(id, k)| (k.info.group != group, k.hearsay(), 3 - k.vouchers, *id))
+            .collect();
+        due.sort_unstable();
+        let mut out = Vec::new();
+        for (_, hearsay, _, id) in due {
+            if room == 0 {
+                break;
+            }
+            let k = self.known.get_mut(&id).expect("listed above");
+            let addrs = if hearsay {
+                if !self.limits.has_token(now) {
+                    continue;
+                }
+                self.limits.admit(&k.info.addrs, now)
+            } else {
+                k.info.addrs.clone()
+            };
+            if addrs.is_empty() {
+                continue;
+            }
+            k.dialing = Some(addrs.clone());
+            out.push(PeerInfo {
+                id,
+                group: k.info.group.clone(),
+                addrs,
+            });
+            room -= 1;
+        }
+        out
+    }
+
+    /// A peer at `addr` connected (its IP runs swarm: `dial_limits`).
+    pub(super) fn peer_up(&mut self, addr: SocketAddr) {
+        self.limits.up(addr);
+    }
+
+    /// A peer at `addr` went away.
+    pub(super) fn peer_down(&mut self, addr: SocketAddr) {
+        self.limits.down(addr);
     }
 
     /// Whether any dial is in progress.
     pub(super) fn is_dialing(&self) -> bool {
-        self.known.values().any(|k| k.dialing)
+        self.known.values().any(|k| k.dialing.is_some())
     }
 
     /// Whether a peer never connected before is being dialed (one we just
-    /// heard of, not one that went away).
+    /// heard of, not one that went away) on the word of a source that
+    /// named a peer that connected, or of several.
     pub(super) fn is_dialing_new(&self) -> bool {
-        self.known.values().any(|k| k.dialing && k.failures == 0)
+        self.known.values().any(|k| {
+            k.dialing.is_some()
+                && k.failures == 0
+                && (k.vouchers > 0
+                    || k.source
+                        .and_then(|s| self.sources.get(&s))
+                        .is_some_and(|s| s.connected > 0))
+        })
     }
 
     /// Whether this host is still meeting members of `group`: one of them
@@ -141,7 +381,7 @@ impl Dialer {
     pub(super) fn meeting(&self, group: &str) -> bool {
         self.known
             .values()
-            .any(|k| k.info.group == group && (k.dialing || k.failures == 0))
+            .any(|k| k.info.group == group && (k.dialing.is_some() || k.failures == 0))
     }
 }
 
@@ -149,24 +389,35 @@ impl Dialer {
 mod tests {
     use super::*;
 
-    fn info(id: u8, group: &str) -> PeerInfo {
+    const SEED: PeerId = [0xee; 16];
+
+    /// A peer `id` of `group`, at an IP of its own.
+    fn info(id: u16, group: &str) -> PeerInfo {
+        let mut pid = [0u8; 16];
+        pid[..2].copy_from_slice(&id.to_be_bytes());
         PeerInfo {
-            id: [id; 16],
+            id: pid,
             group: group.into(),
-            addrs: vec!["10.0.0.1:7000".parse().unwrap()],
+            addrs: vec![SocketAddr::from(([10, 0, (id >> 8) as u8, id as u8], 7000))],
         }
     }
 
-    fn ids(due: Vec<PeerInfo>) -> Vec<u8> {
-        due.iter().map(|p| p.id[0]).collect()
+    fn ids(due: Vec<PeerInfo>) -> Vec<u16> {
+        due.iter()
+            .map(|p| u16::from_be_bytes([p.id[0], p.id[1]]))
+            .collect()
+    }
+
+    fn source(n: u8) -> PeerId {
+        [n; 16]
     }
 
     #[test]
     fn peers_of_other_groups_wait_until_this_host_fetches_across() {
         let mut d = Dialer::default();
-        d.learn(info(1, "a"), false);
-        d.learn(info(2, "b"), false);
         let now = Instant::now();
+        d.learn(info(1, "a"), SEED, false, now);
+        d.learn(info(2, "b"), SEED, false, now);
         assert_eq!(ids(d.take_due(now, 0, "a", false)), [1]);
         assert!(
             d.take_due(now, 0, "a", false).is_empty(),
@@ -178,12 +429,148 @@ mod tests {
     #[test]
     fn members_of_the_group_come_first_within_the_target() {
         let mut d = Dialer::default();
-        for i in 0..DIAL_TARGET as u8 {
-            d.learn(info(i, "far"), false);
+        let now = Instant::now();
+        for i in 0..DIAL_TARGET as u16 {
+            d.learn(info(i, "far"), SEED, false, now);
         }
-        d.learn(info(200, "near"), false);
-        let due = ids(d.take_due(Instant::now(), 1, "near", true));
+        d.learn(info(200, "near"), SEED, false, now);
+        let due = ids(d.take_due(now, 1, "near", true));
         assert_eq!(due.len(), DIAL_TARGET - 1);
         assert_eq!(due[0], 200);
+    }
+
+    #[test]
+    fn one_peer_adds_at_most_its_share() {
+        let mut d = Dialer::default();
+        let now = Instant::now();
+        let taken = (0..10_000u16)
+            .filter(|&i| d.learn(info(i, "a"), source(1), false, now))
+            .count();
+        assert_eq!(taken, PER_SOURCE);
+        // another peer is heard all the same
+        assert!(d.learn(info(20_000, "a"), source(2), false, now));
+    }
+
+    #[test]
+    fn a_full_table_makes_room_from_the_largest_source() {
+        let mut d = Dialer::default();
+        let now = Instant::now();
+        let mut n = 0u16;
+        // many sources fill the table, each to its share
+        for s in 0..(MAX_KNOWN / PER_SOURCE) as u8 {
+            for _ in 0..PER_SOURCE {
+                assert!(d.learn(info(n, "a"), source(s), false, now));
+                n += 1;
+            }
+        }
+        assert_eq!(d.known.len(), MAX_KNOWN);
+        // a newcomer's word still counts: it takes the place of one of theirs
+        assert!(d.learn(info(n, "a"), source(200), false, now));
+        assert_eq!(d.known.len(), MAX_KNOWN);
+        // but not when it is as large as the largest
+        for i in 1..PER_SOURCE as u16 {
+            d.learn(info(n + i, "a"), source(200), false, now);
+        }
+        assert!(d.known.len() <= MAX_KNOWN);
+    }
+
+    #[test]
+    fn a_source_whose_peers_never_answer_is_not_believed() {
+        let mut d = Dialer::default();
+        let mut now = Instant::now();
+        let liar = source(9);
+        let mut next = 0u16;
+        let mut dials = 0;
+        for _ in 0..200 {
+            while d.learn(info(next, "a"), liar, false, now) {
+                next += 1;
+            }
+            let due = d.take_due(now, 0, "a", false);
+            dials += due.len();
+            for p in due {
+                d.failed(&p.id, now);
+            }
+            now += Duration::from_secs(1);
+        }
+        assert!(
+            dials <= SOURCE_FAILS as usize + DIAL_TARGET,
+            "{dials} dials on a liar's word"
+        );
+        assert!(!d.learn(info(60_000, "a"), liar, false, now));
+        // what honest sources say still counts
+        assert!(d.learn(info(60_001, "a"), SEED, false, now));
+    }
+
+    #[test]
+    fn first_hand_peers_come_before_hearsay() {
+        let mut d = Dialer::default();
+        let now = Instant::now();
+        for i in 0..DIAL_TARGET as u16 {
+            d.learn(info(i, "a"), SEED, false, now);
+        }
+        let lost = info(500, "a");
+        let at = lost.addrs[0];
+        d.redial_later(lost, at, now);
+        let due = ids(d.take_due(now + REDIAL_AFTER, 1, "a", false));
+        assert_eq!(due[0], 500);
+    }
+
+    #[test]
+    fn a_lost_peers_own_word_is_hearsay() {
+        let mut d = Dialer::default();
+        let now = Instant::now();
+        let mut lost = info(500, "a");
+        // its Hello named addresses other than where it was seen
+        lost.addrs = (1..=16u8)
+            .map(|i| SocketAddr::from(([192, 0, 2, i], 7000)))
+            .collect();
+        d.redial_later(lost.clone(), "10.9.9.9:7000".parse().unwrap(), now);
+        let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].addrs.len(), super::super::dial_limits::HEARSAY_ADDRS);
+        // seen at one of them: only that one
+        lost.addrs.push("10.9.9.9:7000".parse().unwrap());
+        let mut d = Dialer::default();
+        d.redial_later(lost, "10.9.9.9:7001".parse().unwrap(), now);
+        let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
+        assert_eq!(due[0].addrs, ["10.9.9.9:7000".parse().unwrap()]);
+    }
+
+    #[test]
+    fn peers_named_by_several_come_first() {
+        let mut d = Dialer::default();
+        let now = Instant::now();
+        for i in 0..DIAL_TARGET as u16 {
+            d.learn(info(i, "a"), source(1), false, now);
+        }
+        d.learn(info(7, "a"), source(2), false, now);
+        let due = ids(d.take_due(now, DIAL_TARGET - 1, "a", false));
+        assert_eq!(due, [7]);
+    }
+
+    #[test]
+    fn a_dial_that_connects_counts_for_its_source() {
+        let mut d = Dialer::default();
+        let mut now = Instant::now();
+        let mut n = 0u16;
+        // a source that told the truth once may be wrong a few times more
+        d.learn(info(n, "a"), SEED, false, now);
+        let p = d.take_due(now, 0, "a", false).remove(0);
+        d.connected(&p.id);
+        d.forget(&p.id);
+        let mut failed = 0;
+        for _ in 0..100 {
+            n += 1;
+            if !d.learn(info(n, "a"), SEED, false, now) {
+                break;
+            }
+            for p in d.take_due(now, 0, "a", false) {
+                d.failed(&p.id, now);
+                d.failed(&p.id, now);
+                failed += 1;
+            }
+            now += Duration::from_secs(1);
+        }
+        assert_eq!(failed as u32, SOURCE_FAILS + 4);
     }
 }

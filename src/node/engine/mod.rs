@@ -10,6 +10,7 @@
 //! state with its own type: known-but-unconnected peers and when to dial them.
 
 mod bridge;
+mod dial_limits;
 mod dialer;
 mod peers;
 mod pieces;
@@ -53,6 +54,9 @@ pub enum Event {
     PeerMsg {
         key: PeerKey,
         msg: Message,
+        /// The share of the control-frame budget a large message holds
+        /// until it is handled.
+        budget: Option<tokio::sync::OwnedSemaphorePermit>,
     },
     PeerDown {
         key: PeerKey,
@@ -318,9 +322,12 @@ impl Engine {
                     "dial failed: {}",
                     crate::text::Escaped(&why)
                 );
-                self.dialer.failed(&id);
+                self.dialer.failed(&id, Instant::now());
             }
-            Event::PeerMsg { key, msg } => self.on_message(key, msg),
+            Event::PeerMsg { key, msg, budget } => {
+                self.on_message(key, msg);
+                drop(budget); // handled: its memory is free
+            }
             Event::PeerDown { key, why } => self.drop_peer(key, &why),
             Event::PieceDone {
                 key,

@@ -114,6 +114,7 @@ impl Engine {
             self.events_tx.clone(),
             self.have_rx(),
             self.serve_limit.clone(),
+            self.manifest.piece_count(),
         );
         let key = handle.key;
         tracing::debug!(peer = hex(&id[..4]), key, %remote, "peer up");
@@ -144,6 +145,7 @@ impl Engine {
             }
         }
         self.dialer.forget(&id);
+        self.dialer.peer_up(remote);
         self.recently_gone.remove(&id);
         self.by_id.insert(id, key);
         self.peers.insert(
@@ -168,7 +170,11 @@ impl Engine {
         let Some(p) = self.peers.get_mut(&key) else {
             return;
         };
-        p.heard = Instant::now();
+        // what a finished host waits for: pieces announced, Done (not
+        // peer lists, which a peer can send without end)
+        if matches!(msg, Message::Bitfield(_) | Message::Have(_) | Message::Done) {
+            p.heard = Instant::now();
+        }
         // the seed spreads towards everyone, a bridge towards its group
         let spread = self.download.is_none() || !p.remote;
         let res = match msg {
@@ -197,8 +203,9 @@ impl Engine {
             }
             Message::Peers(list) => {
                 self.heard_peers = true;
+                let source = p.info.id;
                 for info in list {
-                    self.learn(info);
+                    self.learn(info, source);
                 }
                 Ok(())
             }
@@ -238,22 +245,23 @@ impl Engine {
         }
     }
 
-    /// Passes a peer we heard of to the dialer, unless it is this host, is
-    /// connected already, or is banned.
-    fn learn(&mut self, info: PeerInfo) {
-        if info.group != self.group.name {
-            // its connections, dialed or accepted, get the WAN settings
-            self.id.wan.learn(&info.addrs);
-        }
+    /// Passes a peer that `source` told us of to the dialer, unless it is
+    /// this host, is connected already, or is banned.
+    fn learn(&mut self, info: PeerInfo, source: PeerId) {
         if info.id == self.id.peer_id
             || self.by_id.contains_key(&info.id)
             || self.banned.covers(&info)
         {
             return;
         }
+        let cross = info.group != self.group.name;
+        let addrs = info.addrs.clone();
         // both sides keep the connection the lower id dialed: let it dial
         let defer = info.id < self.id.peer_id;
-        self.dialer.learn(info, defer);
+        if self.dialer.learn(info, source, defer, Instant::now()) && cross {
+            // its connections, dialed or accepted, get the WAN settings
+            self.id.wan.learn(&addrs);
+        }
     }
 
     /// Drops a peer whose connection closed or must close, and re-runs the
@@ -275,6 +283,8 @@ impl Engine {
         }
         let id = p.info.id;
         tracing::debug!(peer = hex(&id[..4]), "peer down: {}", Escaped(why));
+        let seen_at = p.handle.conn.remote_address();
+        self.dialer.peer_down(seen_at);
         self.count_quic(p.remote, &p.handle.conn);
         if self.by_id.get(&id) == Some(&key) {
             self.by_id.remove(&id);
@@ -300,7 +310,7 @@ impl Engine {
             );
         let useful = !p.done || !self.complete;
         if !normal && useful && !self.banned.covers(&p.info) && !self.by_id.contains_key(&id) {
-            self.dialer.redial_later(p.info);
+            self.dialer.redial_later(p.info, seen_at, Instant::now());
         }
         Some(remote)
     }
