@@ -553,3 +553,45 @@ fn local_safety_a_root_name_like_a_partial_is_refused() {
         "created in DEST_DIR"
     );
 }
+
+/// `swarm demo --dir DIR` follows no link planted in DIR: a link at a log
+/// file is replaced (its target keeps its content and mode), a link at a
+/// joiner's directory or at `src` stops the demo (exit 5) naming it, and
+/// nothing is written into the link's target.
+#[test]
+fn local_safety_demo_dir_follows_no_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let demo = |d: &Path| {
+        let mut c = swarm();
+        c.args(["-q", "demo", "--peers", "1", "--size", "256KiB", "--dir"])
+            .arg(d);
+        run(c, LIMIT)
+    };
+
+    let d = root.join("demo1");
+    fs::create_dir(&d).unwrap();
+    let v = Victim::file(root, "victim-log");
+    symlink(&v.path, d.join("seed.log")).unwrap();
+    symlink(&v.path, d.join("peer1.log")).unwrap();
+    let out = demo(&d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    v.assert_untouched("log link");
+    assert!(fs::symlink_metadata(d.join("seed.log")).unwrap().is_file());
+
+    for what in ["peer1", "src"] {
+        let d = root.join(format!("demo-{what}"));
+        fs::create_dir(&d).unwrap();
+        let v = Victim::dir(root, &format!("victim-{what}"));
+        symlink(&v.path, d.join(what)).unwrap();
+        let out = demo(&d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{what}: {err}");
+        assert!(
+            err.contains(&format!("{what} is a symbolic link")),
+            "{what}: {err}"
+        );
+        v.assert_untouched(what);
+    }
+}
