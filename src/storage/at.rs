@@ -235,7 +235,11 @@ impl Dir {
 
     /// Creates the directory `rel` (mode 0700), or reopens it if it is
     /// already there as a directory of this user's (set to 0700 again).
-    /// Everything below the result is checked as swarm's own.
+    /// Everything below the result is checked as swarm's own (`check_own`:
+    /// swarm's effective uid, even for what was just created, else a name
+    /// swapped between mkdirat and openat would be adopted; a file system
+    /// that maps owners, such as NFS with root squashing or vfat mounted
+    /// with another uid=, therefore cannot hold a partial tree).
     pub fn create_dir(&self, rel: &str) -> Result<Dir, StorageError> {
         self.at_parent(rel, |at, leaf, shown| {
             match rfs::mkdirat(at, leaf, Mode::from_raw_mode(NEW_DIR_MODE)) {
