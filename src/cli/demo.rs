@@ -75,7 +75,8 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
         }
     };
     let exe = std::env::current_exe().map_err(io)?;
-    fs::create_dir_all(dir.join("src")).map_err(io)?;
+    fs::create_dir_all(dir).map_err(io)?;
+    own_dir(&dir.join("src"), false)?;
     let image = dir.join("src/image.bin");
     say(format!(
         "demo: writing a {} random image to {}",
@@ -86,7 +87,7 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
     let ticket = dir.join("ticket");
     let _ = fs::remove_file(&ticket);
     let log = |name: &str| {
-        File::create(dir.join(format!("{name}.log")))
+        new_file(&dir.join(format!("{name}.log")))
             .map(Stdio::from)
             .map_err(io)
     };
@@ -133,8 +134,7 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
     for k in 1..=peers {
         let name = format!("peer{k}");
         let dest = dir.join(&name);
-        let _ = fs::remove_dir_all(&dest);
-        fs::create_dir_all(&dest).map_err(io)?;
+        own_dir(&dest, true)?;
         let child = Command::new(&exe)
             .args(["-q", "join"])
             .arg(format!("@{}", ticket.display()))
@@ -237,19 +237,47 @@ fn demo(dir: &Path, size: u64, peers: usize, quiet: bool) -> Result<(), Fail> {
     Ok(())
 }
 
-/// Writes a new file at `path` (one left by an earlier demo is removed
-/// first): created exclusively, so a link planted there is not written
-/// through.
-fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
-    let mut rng = rand::make_rng::<rand::rngs::SmallRng>();
+/// A directory of the demo's in `--dir`: a link there is refused, never
+/// followed; with `fresh`, one left by an earlier demo is removed (std's
+/// remove_dir_all never follows a link) and a new one made exclusively.
+fn own_dir(path: &Path, fresh: bool) -> Result<(), Fail> {
+    let refuse = || {
+        Err(io(format!(
+            "{} is a symbolic link; the demo does not follow links in --dir: remove it and run again",
+            crate::text::path(path)
+        )))
+    };
+    match fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => return refuse(),
+        Ok(m) if m.is_dir() && !fresh => return Ok(()),
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path).map_err(io)?,
+        _ => {}
+    }
+    match fs::create_dir(path) {
+        Ok(()) => Ok(()),
+        Err(_) if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) => refuse(),
+        Err(e) => Err(io(format!("{}: {e}", crate::text::path(path)))),
+    }
+}
+
+/// A new file at `path` (one left by an earlier demo is removed first;
+/// remove_file removes a link itself): created exclusively, so a link
+/// planted there is not written through.
+fn new_file(path: &Path) -> std::io::Result<File> {
     match fs::remove_file(path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let file = fs::OpenOptions::new()
+    fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .open(path)?;
+        .open(path)
+}
+
+/// Writes a new file at `path` (see `new_file`).
+fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
+    let mut rng = rand::make_rng::<rand::rngs::SmallRng>();
+    let file = new_file(path)?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let mut buf = vec![0u8; 1 << 20];
     let mut left = size;

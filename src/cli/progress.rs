@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::{Report, Status};
-use crate::text::{self, Escaped};
+use crate::text::Escaped;
 
 /// The most often the display is updated.
 const REFRESH: Duration = Duration::from_millis(100);
@@ -202,7 +202,7 @@ pub fn summary(r: &Report, width: usize) -> String {
     }
     out += &line;
     if let Some(p) = &r.output {
-        out += &format!("\n  -> {}", text::path(p));
+        out += &format!("\n  -> {p}");
     }
     out
 }
@@ -225,7 +225,7 @@ mod tests {
             pieces_corrupt: 3,
             elapsed_secs: 1234.5,
             complete_secs: Some(1200.25),
-            output: Some(PathBuf::from(output)),
+            output: Some(crate::text::path(&PathBuf::from(output))),
             ..Default::default()
         }
     }

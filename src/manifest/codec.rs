@@ -14,7 +14,7 @@
 
 use std::collections::HashSet;
 
-use super::path::{MAX_PATH_LEN, check_component, check_rel_path};
+use super::path::{MAX_PATH_LEN, check_rel_path, check_root_name};
 use super::{Entry, EntryKind, MODE_MASK, Manifest, Root};
 use crate::codec::{DecodeError, Reader, Writer, check_limit};
 
@@ -87,7 +87,7 @@ impl Manifest {
         }
         let piece_size = 1u32 << log2;
         let name = r.str16("name", MAX_PATH_LEN)?.to_string();
-        check_component(&name)?;
+        check_root_name(&name)?;
         let root = match r.u8()? {
             0 => {
                 let mode = check_mode(r.u32()?)?;

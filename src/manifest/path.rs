@@ -31,6 +31,26 @@ pub fn check_component(c: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Checks the manifest's root name: a plain component, and not one of the
+/// names swarm itself uses next to the destination while it works
+/// (`.NAME.swarm-ID.partial`, `.NAME.swarm-replaced-N`): content by such a
+/// name would be taken for, or put into, another download's partial data.
+pub fn check_root_name(c: &str) -> Result<(), DecodeError> {
+    check_component(c)?;
+    let swarm_own = c.starts_with('.')
+        && c.contains(".swarm-")
+        && (c.ends_with(".partial") || c.contains(".swarm-replaced-"));
+    if swarm_own {
+        return Err(DecodeError::invalid(
+            "name",
+            format!(
+                "{c:?} looks like a temporary name of swarm's own (.NAME.swarm-*.partial, .NAME.swarm-replaced-*)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a relative path; returns its components.
 pub fn check_rel_path(p: &str) -> Result<Vec<&str>, DecodeError> {
     if p.len() > MAX_PATH_LEN {
@@ -57,6 +77,19 @@ mod tests {
     fn accepts_plain_paths() {
         assert_eq!(check_rel_path("a/b/c.db").unwrap(), vec!["a", "b", "c.db"]);
         assert!(check_rel_path(".hidden/x..y").is_ok());
+    }
+
+    #[test]
+    fn rejects_swarm_own_names_as_root() {
+        for bad in [
+            ".treeB.swarm-cae879ee5044b7e8.partial",
+            ".img.bin.swarm-replaced-00000000deadbeef",
+        ] {
+            assert!(check_root_name(bad).is_err(), "{bad}");
+        }
+        for good in ["img.bin", ".hidden", "a.swarm-x.partial", ".a.partial"] {
+            check_root_name(good).unwrap();
+        }
     }
 
     #[test]

@@ -43,7 +43,7 @@ impl Guard {
         let msg = format!(
             "swarm: {}: the file could not be read while it was hashed \
              (truncated meanwhile, or an I/O error); nothing was written\n",
-            path.display()
+            crate::text::path(path)
         );
         // leaked on purpose: the handler may read it at any time, and a
         // few bytes per hashed file do not add up

@@ -232,7 +232,11 @@ async fn accept(
     let conn = tokio::select! {
         r = tokio::time::timeout(PREAUTH_TIMEOUT, connecting) => match r {
             Ok(Ok(c)) => c,
-            Ok(Err(e)) => return tracing::debug!(%from, "TLS handshake failed: {e}"),
+            Ok(Err(e)) => {
+                // quinn shows a ConnectionClose with the peer's reason bytes
+                let e = crate::text::Escaped(&e.to_string()).to_string();
+                return tracing::debug!(%from, "TLS handshake failed: {e}");
+            }
             Err(_) => return tracing::debug!(%from, "no TLS handshake in time"),
         },
         _ = stop.cancelled() => return tracing::debug!(%from, "evicted during TLS"),

@@ -174,7 +174,10 @@ pub struct Report {
     /// piece bytes above.
     pub quic_same_group: QuicCounters,
     pub quic_cross_group: QuicCounters,
-    pub output: Option<PathBuf>,
+    /// Where the complete copy was put: the path as `text::path` shows it
+    /// (lossy UTF-8, control and bidirectional characters escaped), not
+    /// necessarily the bytes of the name on disk.
+    pub output: Option<String>,
     /// The process's peak resident memory (getrusage), at the report.
     pub peak_rss_bytes: u64,
     /// How the run ended: "ok", "failed" or "interrupted" (set by the

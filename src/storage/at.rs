@@ -45,6 +45,42 @@ const NEW_FILE_MODE: u32 = 0o600;
 pub struct Dir {
     fd: OwnedFd,
     path: PathBuf,
+    /// Everything below is swarm's own (the partial tree): every directory
+    /// and file reached from here is checked with `check_own` when opened.
+    own: bool,
+}
+
+/// Identity of a file: (st_dev, st_ino).
+pub type Ident = (u64, u64);
+
+#[allow(clippy::unnecessary_cast)] // not u64 on every target
+fn ident(st: &rfs::Stat) -> Ident {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
+/// Refuses what swarm did not create itself: anything owned by another
+/// user, or a regular file with more than one name (a hard link to a file
+/// elsewhere, which writes and fchmod would reach).
+fn check_own(fd: impl AsFd, shown: &Path) -> Result<rfs::Stat, StorageError> {
+    let st = rfs::fstat(fd).map_err(|e| io_at(shown)(e.into()))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if st.st_uid != me {
+        return Err(StorageError::Foreign {
+            path: shown.to_path_buf(),
+            why: format!(
+                "is owned by another user (uid {}, swarm runs as {me})",
+                st.st_uid
+            ),
+        });
+    }
+    if FileType::from_raw_mode(st.st_mode) == FileType::RegularFile && st.st_nlink != 1 {
+        return Err(StorageError::Foreign {
+            path: shown.to_path_buf(),
+            why: format!("has {} hard links", st.st_nlink),
+        });
+    }
+    Ok(st)
 }
 
 /// The root of a content: the file itself, or the top directory of a tree.
@@ -68,6 +104,7 @@ impl Root {
             FileType::Directory => Ok(Root::Dir(Dir {
                 fd,
                 path: path.to_path_buf(),
+                own: false,
             })),
             _ => Err(io::Error::other("not a regular file or directory")),
         }
@@ -78,6 +115,27 @@ impl Root {
             Root::File(f) => Root::File(f.try_clone()?),
             Root::Dir(d) => Root::Dir(d.try_clone()?),
         })
+    }
+
+    /// (st_dev, st_ino) of the open root.
+    pub fn ident(&self) -> io::Result<Ident> {
+        let st = match self {
+            Root::File(f) => rfs::fstat(f)?,
+            Root::Dir(d) => rfs::fstat(&d.fd)?,
+        };
+        Ok(ident(&st))
+    }
+
+    /// The same root, no longer checked as swarm's own (the finished copy,
+    /// which the operator may hard-link or chown as they like).
+    pub fn released(self) -> Root {
+        match self {
+            Root::Dir(mut d) => {
+                d.own = false;
+                Root::Dir(d)
+            }
+            f => f,
+        }
     }
 }
 
@@ -90,6 +148,7 @@ impl Dir {
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
+            own: false,
         })
     }
 
@@ -105,6 +164,7 @@ impl Dir {
         Ok(Dir {
             fd: self.fd.try_clone()?,
             path: self.path.clone(),
+            own: self.own,
         })
     }
 
@@ -129,6 +189,9 @@ impl Dir {
             let at = cur.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
             let next = rfs::openat(at, c, WALK, Mode::empty())
                 .map_err(|e| classify(at, c, &shown, e, "directory"))?;
+            if self.own {
+                check_own(&next, &shown)?;
+            }
             cur = Some(next);
         }
         let at = cur.as_ref().map_or(self.fd.as_fd(), |d| d.as_fd());
@@ -136,18 +199,28 @@ impl Dir {
     }
 
     /// Opens the existing regular file `rel`.
+    /// In swarm's own tree it must be swarm's (`check_own`).
     pub fn open_file(&self, rel: &str, write: bool) -> Result<File, StorageError> {
-        self.at_parent(rel, |at, leaf, shown| open_file_at(at, leaf, &shown, write))
+        self.at_parent(rel, |at, leaf, shown| {
+            open_file_at(at, leaf, &shown, write, self.own)
+        })
     }
 
-    /// Creates the file `rel` (O_EXCL, mode 0600), or opens it for
-    /// reading and writing if it is already there as a regular file.
+    /// Creates the file `rel` (O_EXCL, mode 0600), or reopens it for
+    /// reading and writing if it is already there as a regular file that
+    /// swarm made (owned by this user, one link: `check_own`); a reopened
+    /// file is set to mode 0600 again before anything else.
     pub fn create_file(&self, rel: &str) -> Result<File, StorageError> {
         self.at_parent(rel, |at, leaf, shown| {
             let flags = FILE | OFlags::RDWR | OFlags::CREATE | OFlags::EXCL;
             match rfs::openat(at, leaf, flags, Mode::from_raw_mode(NEW_FILE_MODE)) {
                 Ok(fd) => Ok(File::from(fd)),
-                Err(Errno::EXIST) => open_file_at(at, leaf, &shown, true),
+                Err(Errno::EXIST) => {
+                    let f = open_file_at(at, leaf, &shown, true, true)?;
+                    rfs::fchmod(&f, Mode::from_raw_mode(NEW_FILE_MODE))
+                        .map_err(|e| io_at(&shown)(e.into()))?;
+                    Ok(f)
+                }
                 Err(e) => Err(classify(at, leaf, &shown, e, "regular file")),
             }
         })
@@ -155,18 +228,58 @@ impl Dir {
 
     /// Opens the existing directory `rel`.
     pub fn open_dir(&self, rel: &str) -> Result<Dir, StorageError> {
-        self.at_parent(rel, open_dir_at)
+        self.at_parent(rel, |at, leaf, shown| {
+            open_dir_at(at, leaf, shown, self.own)
+        })
     }
 
-    /// Creates the directory `rel` (mode 0700), or opens it if it is
-    /// already there as a directory.
+    /// Creates the directory `rel` (mode 0700), or reopens it if it is
+    /// already there as a directory of this user's (set to 0700 again).
+    /// Everything below the result is checked as swarm's own (`check_own`:
+    /// swarm's effective uid, even for what was just created, else a name
+    /// swapped between mkdirat and openat would be adopted; a file system
+    /// that maps owners, such as NFS with root squashing or vfat mounted
+    /// with another uid=, therefore cannot hold a partial tree).
     pub fn create_dir(&self, rel: &str) -> Result<Dir, StorageError> {
         self.at_parent(rel, |at, leaf, shown| {
             match rfs::mkdirat(at, leaf, Mode::from_raw_mode(NEW_DIR_MODE)) {
-                Ok(()) | Err(Errno::EXIST) => open_dir_at(at, leaf, shown),
+                Ok(()) => open_dir_at(at, leaf, shown, true),
+                Err(Errno::EXIST) => {
+                    let d = open_dir_at(at, leaf, shown, true)?;
+                    rfs::fchmod(&d.fd, Mode::from_raw_mode(NEW_DIR_MODE))
+                        .map_err(|e| io_at(&d.path)(e.into()))?;
+                    Ok(d)
+                }
                 Err(e) => Err(classify(at, leaf, &shown, e, "directory")),
             }
         })
+    }
+
+    /// The names in this directory (not `.` nor `..`), read through the
+    /// handle. A name that is not UTF-8 is given lossily (it is then in
+    /// no manifest).
+    pub fn names(&self) -> Result<Vec<String>, StorageError> {
+        let err = |e: Errno| io_at(&self.path)(e.into());
+        let mut d = rfs::Dir::read_from(&self.fd).map_err(err)?;
+        let mut out = Vec::new();
+        while let Some(e) = d.read() {
+            let e = e.map_err(err)?;
+            let n = e.file_name().to_bytes();
+            if n != b"." && n != b".." {
+                out.push(String::from_utf8_lossy(n).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    /// (st_dev, st_ino) of `name` in this directory itself, not following
+    /// a link; `None` if there is nothing by that name.
+    pub fn ident_of(&self, name: &str) -> Result<Option<Ident>, StorageError> {
+        match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(ident(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(io_at(&self.join(name))(e.into())),
+        }
     }
 
     /// The type of `name` in this directory itself, not following a link;
@@ -209,18 +322,34 @@ impl Dir {
         }
     }
 
-    /// Removes `name` from this directory: a link or file itself, or a
-    /// directory with everything in it (std's `remove_dir_all` opens every
-    /// level with O_NOFOLLOW and never follows a link).
-    pub fn remove(&self, name: &str) -> Result<(), StorageError> {
+    /// Removes `name` from this directory if it is still the file or
+    /// directory `expect` (a link there is removed itself); a directory
+    /// with everything in it, walked through handles (openat with
+    /// O_NOFOLLOW|O_DIRECTORY, unlinkat), never by path and never through a
+    /// link or into another file system. Something else at `name` (put
+    /// there by another user since `expect` was seen) is left alone:
+    /// `StorageError::Replaced`.
+    pub fn remove_exact(&self, name: &str, expect: Ident) -> Result<(), StorageError> {
         let shown = self.join(name);
-        match self.kind(name)? {
-            None => Ok(()),
-            Some(FileType::Directory) => std::fs::remove_dir_all(&shown).map_err(io_at(&shown)),
-            Some(_) => {
-                rfs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(|e| io_at(&shown)(e.into()))
-            }
+        let err = |e: Errno| io_at(&shown)(e.into());
+        let st = match rfs::statat(&self.fd, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(err(e)),
+        };
+        if ident(&st) != expect {
+            return Err(StorageError::Replaced(shown));
         }
+        if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
+            return rfs::unlinkat(&self.fd, name, AtFlags::empty()).map_err(err);
+        }
+        let fd = rfs::openat(&self.fd, name, DIR, Mode::empty())
+            .map_err(|e| classify(self.fd(), name, &shown, e, "directory"))?;
+        if ident(&rfs::fstat(&fd).map_err(err)?) != expect {
+            return Err(StorageError::Replaced(shown));
+        }
+        remove_below(&fd, &shown, expect.0)?;
+        rfs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).map_err(err)
     }
 
     /// fsync of the directory: names created or renamed in it are durable.
@@ -234,12 +363,18 @@ fn open_file_at(
     leaf: &str,
     shown: &Path,
     write: bool,
+    own: bool,
 ) -> Result<File, StorageError> {
     let flags = FILE | if write { OFlags::RDWR } else { OFlags::RDONLY };
     let fd = rfs::openat(at, leaf, flags, Mode::empty())
         .map_err(|e| classify(at, leaf, shown, e, "regular file"))?;
     match file_type(&fd).map_err(io_at(shown))? {
-        FileType::RegularFile => Ok(File::from(fd)),
+        FileType::RegularFile => {
+            if own {
+                check_own(&fd, shown)?;
+            }
+            Ok(File::from(fd))
+        }
         _ => Err(StorageError::NotKind {
             path: shown.to_path_buf(),
             want: "regular file",
@@ -247,9 +382,23 @@ fn open_file_at(
     }
 }
 
-fn open_dir_at(at: BorrowedFd<'_>, leaf: &str, shown: PathBuf) -> Result<Dir, StorageError> {
+fn open_dir_at(
+    at: BorrowedFd<'_>,
+    leaf: &str,
+    shown: PathBuf,
+    own: bool,
+) -> Result<Dir, StorageError> {
     match rfs::openat(at, leaf, DIR, Mode::empty()) {
-        Ok(fd) => Ok(Dir { fd, path: shown }),
+        Ok(fd) => {
+            if own {
+                check_own(&fd, &shown)?;
+            }
+            Ok(Dir {
+                fd,
+                path: shown,
+                own,
+            })
+        }
         Err(e) => Err(classify(at, leaf, &shown, e, "directory")),
     }
 }
@@ -279,6 +428,49 @@ fn classify(
         },
         e => io_at(shown)(e.into()),
     }
+}
+
+/// Removes everything in the open directory `dir`, depth first.
+fn remove_below(dir: &OwnedFd, shown: &Path, dev: u64) -> Result<(), StorageError> {
+    use std::ffi::{CString, OsStr};
+    use std::os::unix::ffi::OsStrExt;
+    let err = |p: &Path, e: Errno| io_at(p)(e.into());
+    // entries can be removed from a read-only directory of the old copy
+    // only once it is writable again (fails harmlessly if not ours)
+    let _ = rfs::fchmod(dir, Mode::from_raw_mode(NEW_DIR_MODE));
+    let mut names: Vec<CString> = Vec::new();
+    let mut rd = rfs::Dir::read_from(dir).map_err(|e| err(shown, e))?;
+    while let Some(e) = rd.read() {
+        let e = e.map_err(|e| err(shown, e))?;
+        let n = e.file_name();
+        if n.to_bytes() != b"." && n.to_bytes() != b".." {
+            names.push(n.to_owned());
+        }
+    }
+    for n in names {
+        let p = shown.join(OsStr::from_bytes(n.to_bytes()));
+        let st = match rfs::statat(dir, n.as_c_str(), AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(err(&p, e)),
+        };
+        if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+            let sub = rfs::openat(dir, n.as_c_str(), DIR, Mode::empty())
+                .map_err(|_| StorageError::Replaced(p.clone()))?;
+            let sst = rfs::fstat(&sub).map_err(|e| err(&p, e))?;
+            if ident(&sst) != ident(&st) || ident(&sst).0 != dev {
+                return Err(StorageError::Replaced(p));
+            }
+            remove_below(&sub, &p, dev)?;
+            rfs::unlinkat(dir, n.as_c_str(), AtFlags::REMOVEDIR).map_err(|e| err(&p, e))?;
+        } else {
+            match rfs::unlinkat(dir, n.as_c_str(), AtFlags::empty()) {
+                Ok(()) | Err(Errno::NOENT) => {}
+                Err(e) => return Err(err(&p, e)),
+            }
+        }
+    }
+    Ok(())
 }
 
 fn file_type(fd: impl AsFd) -> io::Result<FileType> {

@@ -37,6 +37,26 @@ pub enum StorageError {
         text::path(.0)
     )]
     Link(PathBuf),
+    /// Something swarm expects to have made itself (partial data) that it
+    /// did not: another user's, or a file with other hard links.
+    #[error(
+        "{} {why}: swarm only reuses partial data it made itself; remove it and run again",
+        text::path(path)
+    )]
+    Foreign { path: PathBuf, why: String },
+    /// A name swarm was working on no longer holds what swarm put or found
+    /// there (moved or replaced by someone else).
+    #[error(
+        "{} was moved or replaced by someone else while swarm worked on it; check DEST_DIR and run again",
+        text::path(.0)
+    )]
+    Replaced(PathBuf),
+    /// An entry of a partial tree that the manifest does not have.
+    #[error(
+        "{} is in the partial tree but not in the manifest; swarm does not resume with entries it did not make: remove it and run again",
+        text::path(.0)
+    )]
+    Extra(PathBuf),
     #[error(
         "{} exists but is not a {want}; remove it and run again",
         text::path(path)
@@ -74,7 +94,11 @@ impl From<StorageError> for io::Error {
             StorageError::NoSpace { .. } => io::ErrorKind::StorageFull,
             StorageError::Exists(_) => io::ErrorKind::AlreadyExists,
             StorageError::NoDestDir(_) => io::ErrorKind::NotFound,
-            StorageError::Link(_) | StorageError::NotKind { .. } => io::ErrorKind::InvalidData,
+            StorageError::Link(_)
+            | StorageError::NotKind { .. }
+            | StorageError::Foreign { .. }
+            | StorageError::Replaced(_)
+            | StorageError::Extra(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)
     }

@@ -11,6 +11,7 @@
 //! `StorageError::Link` (exit 5); a link at the final name is kept and
 //! reported as an existing destination, or with --force replaced itself.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use bitvec::prelude::*;
@@ -29,6 +30,9 @@ pub struct Partial {
     /// The partial file, or the partial tree's root, as opened (or
     /// created) here: later steps work from this handle, not the name.
     root: Handle,
+    /// (st_dev, st_ino) of `root`: the names are checked against it
+    /// around the final rename.
+    ident: at::Ident,
     /// True when partial data from an earlier run was found.
     pub resumed: bool,
 }
@@ -63,6 +67,10 @@ impl Partial {
             }
             Root::Dir { entries, .. } => {
                 let root = dest.create_dir(&partial_name)?;
+                if resumed {
+                    let known: HashSet<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+                    refuse_extra(&root, "", &known)?;
+                }
                 for e in entries {
                     match e.kind {
                         EntryKind::Dir => drop(root.create_dir(&e.path)?),
@@ -78,6 +86,7 @@ impl Partial {
         if resumed {
             check_space(&dest, m.total_size().saturating_sub(allocated))?;
         }
+        let ident = root.ident().map_err(io_at(&partial_path))?;
         Ok(Partial {
             final_path,
             partial_path,
@@ -85,6 +94,7 @@ impl Partial {
             final_name,
             partial_name,
             root,
+            ident,
             resumed,
         })
     }
@@ -142,24 +152,79 @@ impl Partial {
             }
         }
         let dest = &self.dest;
-        if force && dest.kind(&self.final_name)?.is_some() {
+        // The names are checked against the handle the data was written
+        // through: another user who can write DEST_DIR may have moved the
+        // partial away and put their own file at its name.
+        let is_ours = |name: &str| -> Result<(), StorageError> {
+            match dest.ident_of(name)? {
+                Some(id) if id == self.ident => Ok(()),
+                _ => Err(StorageError::Replaced(dest.join(name))),
+            }
+        };
+        is_ours(&self.partial_name)?;
+        let old = if force {
+            dest.ident_of(&self.final_name)?
+        } else {
+            None
+        };
+        if let Some(old) = old {
             // The old destination (a link there included: only the link
             // moves) goes to the partial name in the same step as the new
-            // copy takes its place, and is removed from there.
+            // copy takes its place, and is removed from there: only if it
+            // is still what was at the final name (see `remove_old`).
             if dest.exchange(&self.partial_name, &self.final_name)? {
-                dest.remove(&self.partial_name)?;
+                is_ours(&self.final_name)?;
+                remove_old(dest, &self.partial_name, old);
             } else {
-                let old = format!(".{}.swarm-replaced-{:016x}", m.name, rand::random::<u64>());
-                dest.rename_noreplace(&self.final_name, &old)?;
+                let moved = format!(".{}.swarm-replaced-{:016x}", m.name, rand::random::<u64>());
+                dest.rename_noreplace(&self.final_name, &moved)?;
                 dest.rename_noreplace(&self.partial_name, &self.final_name)?;
-                dest.remove(&old)?;
+                is_ours(&self.final_name)?;
+                remove_old(dest, &moved, old);
             }
         } else {
             dest.rename_noreplace(&self.partial_name, &self.final_name)?;
+            is_ours(&self.final_name)?;
         }
         dest.sync()?;
-        Ok((self.final_path, self.root))
+        Ok((self.final_path, self.root.released()))
     }
+}
+
+/// Removes the old destination that --force replaced, now at `name`, if
+/// it is still the very file or directory that was at the final name
+/// (`old`); removal walks handles and never follows a link. Otherwise
+/// (someone renamed something else into `name` meanwhile) nothing is
+/// removed and a warning names what is left: the new copy is in place
+/// either way.
+fn remove_old(dest: &Dir, name: &str, old: at::Ident) {
+    if let Err(e) = dest.remove_exact(name, old) {
+        tracing::warn!(
+            "the replaced destination was not removed: {e}; {} is left as it is",
+            crate::text::path(&dest.join(name))
+        );
+    }
+}
+
+/// On resume: every name in the partial tree, at every level, must be one
+/// the manifest has (a hostile seed's earlier tree or another local user
+/// may have planted more). Only directories the manifest lists are
+/// entered; what else is wrong with an entry is for `create_*` to find.
+fn refuse_extra(dir: &Dir, prefix: &str, known: &HashSet<&str>) -> Result<(), StorageError> {
+    for n in dir.names()? {
+        let rel = if prefix.is_empty() {
+            n.clone()
+        } else {
+            format!("{prefix}/{n}")
+        };
+        if !known.contains(rel.as_str()) {
+            return Err(StorageError::Extra(dir.join(&n)));
+        }
+        if dir.kind(&n)? == Some(rustix::fs::FileType::Directory) {
+            refuse_extra(&dir.open_dir(&n)?, &rel, known)?;
+        }
+    }
+    Ok(())
 }
 
 /// Sets an open partial file (owner-only while in progress) to its final
@@ -248,5 +313,79 @@ mod tests {
             dir.open_file("sub/fifo", false),
             Err(StorageError::NotKind { .. })
         ));
+    }
+
+    /// A partial file with a second name elsewhere (a hard link) is
+    /// neither opened for writing nor chmod-ed nor truncated; neither is
+    /// one below a partial tree.
+    #[test]
+    fn hard_linked_partial_files_are_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        fs::set_permissions(&victim, fs::Permissions::from_mode(0o640)).unwrap();
+        fs::create_dir(d.path().join("p")).unwrap();
+        fs::hard_link(&victim, d.path().join("p/f")).unwrap();
+        fs::hard_link(&victim, d.path().join("top")).unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        let e = dir.create_file("top").err().unwrap();
+        assert!(e.to_string().contains("has 3 hard links"), "{e}");
+        let p = dir.create_dir("p").unwrap();
+        for r in [
+            p.create_file("f").map(drop),
+            p.open_file("f", true).map(drop),
+        ] {
+            assert!(
+                matches!(r, Err(StorageError::Foreign { .. })),
+                "{:?}",
+                r.err()
+            );
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let mode = fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+
+    /// --force's removal of the old copy goes through handles and only
+    /// removes what was at the final name: a link inside it is removed,
+    /// not followed; a directory renamed in at its name meanwhile is left
+    /// alone.
+    #[test]
+    fn remove_exact_removes_only_what_was_seen_and_follows_no_link() {
+        let d = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("keep"), b"precious").unwrap();
+        let dir = Dir::open(d.path()).unwrap();
+        let old = d.path().join("old");
+        fs::create_dir_all(old.join("a/b")).unwrap();
+        fs::write(old.join("a/b/f"), b"x").unwrap();
+        symlink(outside.path(), old.join("a/link")).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(old.join("a"), fs::Permissions::from_mode(0o500)).unwrap();
+        let id = dir.ident_of("old").unwrap().unwrap();
+        // someone renames the old copy away and puts another tree there
+        fs::rename(&old, d.path().join("elsewhere")).unwrap();
+        fs::create_dir_all(old.join("theirs")).unwrap();
+        fs::write(old.join("theirs/g"), b"not swarm's").unwrap();
+        assert!(matches!(
+            dir.remove_exact("old", id),
+            Err(StorageError::Replaced(_))
+        ));
+        assert_eq!(fs::read(old.join("theirs/g")).unwrap(), b"not swarm's");
+        // the very tree that was seen is removed, and nothing through the link
+        fs::remove_dir_all(&old).unwrap();
+        fs::rename(d.path().join("elsewhere"), &old).unwrap();
+        dir.remove_exact("old", id).unwrap();
+        assert!(fs::symlink_metadata(&old).is_err());
+        assert_eq!(fs::read(outside.path().join("keep")).unwrap(), b"precious");
+        // a plain file and a link at the name: the name itself goes
+        fs::write(d.path().join("f"), b"y").unwrap();
+        let id = dir.ident_of("f").unwrap().unwrap();
+        dir.remove_exact("f", id).unwrap();
+        symlink(outside.path(), d.path().join("l")).unwrap();
+        let id = dir.ident_of("l").unwrap().unwrap();
+        dir.remove_exact("l", id).unwrap();
+        assert!(outside.path().join("keep").exists());
     }
 }

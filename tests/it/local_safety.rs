@@ -348,3 +348,250 @@ fn local_safety_an_unwritable_ticket_file_fails_at_once_before_hashing() {
         assert!(r["error"].as_str().unwrap().contains("--ticket-file"));
     }
 }
+
+/// Makes `path` (and nothing below it) another user's, as if that user
+/// had created it: the tests run as root, as CI does.
+fn give_away(path: &Path) {
+    std::os::unix::fs::lchown(path, Some(65534), Some(65534)).unwrap();
+}
+
+/// Partial data that swarm did not make itself is never reused: a hard
+/// link to a file elsewhere (writes, truncation and fchmod would reach
+/// that file), or a file or directory owned by another user (who could
+/// then change the verified copy). Each is exit 5 naming it; the foreign
+/// file keeps its content and mode.
+#[test]
+fn local_safety_foreign_or_hard_linked_partial_data_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir(root.join("src")).unwrap();
+    let image = root.join("src/img.bin");
+    random_file(&image, 300_000, 22);
+    let seed = seed(root, &image, &[]);
+    let partial = partial_name(&seed, "img.bin");
+
+    // the partial file is a hard link to a file elsewhere
+    let dest = root.join("d1");
+    fs::create_dir(&dest).unwrap();
+    let v = Victim::file(root, "victim1");
+    fs::hard_link(&v.path, dest.join(&partial)).unwrap();
+    join_fails(&seed, &dest, "has 2 hard links", "hard-linked partial");
+    v.assert_untouched("hard-linked partial");
+    assert!(!dest.join("img.bin").exists());
+
+    // the partial file was made by another user
+    let dest = root.join("d2");
+    fs::create_dir(&dest).unwrap();
+    let p = dest.join(&partial);
+    fs::write(&p, b"theirs").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    give_away(&p);
+    join_fails(&seed, &dest, "is owned by another user", "foreign partial");
+    assert_eq!(fs::read(&p).unwrap(), b"theirs");
+    assert_eq!(mode(&p), 0o666);
+    assert!(!dest.join("img.bin").exists());
+
+    // a partial file of this user's, left open to others, is 0600 again
+    // before it is used, and the copy completes
+    let dest = root.join("d3");
+    fs::create_dir(&dest).unwrap();
+    let p = dest.join(&partial);
+    fs::write(&p, b"").unwrap();
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run(join_cmd(&seed, &dest, &[]), LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "own partial: {err}");
+    assert_same(&image, &dest.join("img.bin"));
+}
+
+#[test]
+fn local_safety_foreign_hard_linked_or_extra_entries_in_a_partial_tree_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tree = root.join("src/tree");
+    fs::create_dir_all(tree.join("bin")).unwrap();
+    random_file(&tree.join("README"), 50_000, 4);
+    random_file(&tree.join("bin/tool"), 70_000, 5);
+    let seed = seed(root, &tree, &[]);
+    let partial = partial_name(&seed, "tree");
+    let planted_tree = |dest: &Path| {
+        fs::create_dir(dest).unwrap();
+        let p = dest.join(&partial);
+        fs::create_dir_all(p.join("bin")).unwrap();
+        p
+    };
+
+    // the partial root is another user's
+    let p = planted_tree(&root.join("d1"));
+    give_away(&p);
+    join_fails(&seed, &root.join("d1"), "is owned by another user", "root");
+
+    // a directory inside it is
+    let p = planted_tree(&root.join("d2"));
+    give_away(&p.join("bin"));
+    join_fails(
+        &seed,
+        &root.join("d2"),
+        "bin is owned by another user",
+        "dir",
+    );
+
+    // a file inside it is
+    let p = planted_tree(&root.join("d3"));
+    fs::write(p.join("bin/tool"), b"theirs").unwrap();
+    give_away(&p.join("bin/tool"));
+    join_fails(
+        &seed,
+        &root.join("d3"),
+        "tool is owned by another user",
+        "file",
+    );
+    assert_eq!(fs::read(p.join("bin/tool")).unwrap(), b"theirs");
+
+    // a file inside it is a hard link to a file elsewhere
+    let p = planted_tree(&root.join("d4"));
+    let v = Victim::file(root, "victim4");
+    fs::hard_link(&v.path, p.join("README")).unwrap();
+    join_fails(&seed, &root.join("d4"), "README has 2 hard links", "link");
+    v.assert_untouched("hard link in the tree");
+
+    // an entry the manifest does not have (a hostile earlier seed's)
+    let p = planted_tree(&root.join("d5"));
+    fs::write(p.join("bin/evil"), b"#!/bin/sh\necho pwned\n").unwrap();
+    join_fails(
+        &seed,
+        &root.join("d5"),
+        "bin/evil is in the partial tree but not in the manifest",
+        "extra",
+    );
+    let p = planted_tree(&root.join("d6"));
+    fs::create_dir(p.join("extra")).unwrap();
+    join_fails(
+        &seed,
+        &root.join("d6"),
+        "extra is in the partial tree but not in the manifest",
+        "extra dir",
+    );
+    assert!(!root.join("d5/tree").exists() && !root.join("d6/tree").exists());
+
+    // this user's own partial tree, left open to others, is 0700 again and resumed
+    let p = planted_tree(&root.join("d7"));
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o777)).unwrap();
+    fs::set_permissions(p.join("bin"), fs::Permissions::from_mode(0o777)).unwrap();
+    let out = run(join_cmd(&seed, &root.join("d7"), &[]), LIMIT);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "own partial tree: {err}");
+    assert_same(&tree, &root.join("d7/tree"));
+}
+
+/// Another user who can write DEST_DIR (world-writable, not sticky) moves
+/// the partial away while the join runs and puts their own file at its
+/// name: the final rename checks the name against the handle the data was
+/// written through, and stops with exit 5 instead of putting their file
+/// in place.
+#[test]
+fn local_safety_a_partial_swapped_during_the_join_is_not_put_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    fs::create_dir(root.join("src")).unwrap();
+    let image = root.join("src/img.bin");
+    random_file(&image, 3 << 20, 23);
+    let seed = seed(
+        root,
+        &image,
+        &["--piece-size", "256KiB", "--upload-limit", "1MiB/s"],
+    );
+    let partial = partial_name(&seed, "img.bin");
+    let dest = root.join("dest");
+    fs::create_dir(&dest).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut j = Proc::spawn(join_cmd(&seed, &dest, &[]), "join", root);
+    wait_regular(&mut j, &dest.join(&partial));
+    fs::rename(dest.join(&partial), dest.join("stolen")).unwrap();
+    fs::write(dest.join(&partial), b"attacker content\n").unwrap();
+    give_away(&dest.join(&partial));
+    let st = j.wait(LIMIT);
+    let log = j.log_text();
+    assert_eq!(st.code(), Some(5), "{log}");
+    assert!(
+        log.contains("was moved or replaced by someone else"),
+        "{log}"
+    );
+    assert!(
+        !dest.join("img.bin").exists(),
+        "the swapped file was put in place"
+    );
+    assert_eq!(
+        fs::read(dest.join(&partial)).unwrap(),
+        b"attacker content\n"
+    );
+}
+
+/// A manifest whose root name is one of swarm's own temporary names (a
+/// hostile seed naming its content `.NAME.swarm-ID.partial` to plant a
+/// partial tree for another download) is refused by the join.
+#[test]
+fn local_safety_a_root_name_like_a_partial_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let tree = root.join("src/.treeB.swarm-cae879ee5044b7e8.partial");
+    fs::create_dir_all(tree.join("bin")).unwrap();
+    random_file(&tree.join("bin/evil"), 1000, 6);
+    let seed = seed(root, &tree, &[]);
+    let dest = root.join("dest");
+    fs::create_dir(&dest).unwrap();
+    let out = run(join_cmd(&seed, &dest, &[]), Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("looks like a temporary name of swarm's own"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(&dest).unwrap().count(),
+        0,
+        "created in DEST_DIR"
+    );
+}
+
+/// `swarm demo --dir DIR` follows no link planted in DIR: a link at a log
+/// file is replaced (its target keeps its content and mode), a link at a
+/// joiner's directory or at `src` stops the demo (exit 5) naming it, and
+/// nothing is written into the link's target.
+#[test]
+fn local_safety_demo_dir_follows_no_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let demo = |d: &Path| {
+        let mut c = swarm();
+        c.args(["-q", "demo", "--peers", "1", "--size", "256KiB", "--dir"])
+            .arg(d);
+        run(c, LIMIT)
+    };
+
+    let d = root.join("demo1");
+    fs::create_dir(&d).unwrap();
+    let v = Victim::file(root, "victim-log");
+    symlink(&v.path, d.join("seed.log")).unwrap();
+    symlink(&v.path, d.join("peer1.log")).unwrap();
+    let out = demo(&d);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    v.assert_untouched("log link");
+    assert!(fs::symlink_metadata(d.join("seed.log")).unwrap().is_file());
+
+    for what in ["peer1", "src"] {
+        let d = root.join(format!("demo-{what}"));
+        fs::create_dir(&d).unwrap();
+        let v = Victim::dir(root, &format!("victim-{what}"));
+        symlink(&v.path, d.join(what)).unwrap();
+        let out = demo(&d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(5), "{what}: {err}");
+        assert!(
+            err.contains(&format!("{what} is a symbolic link")),
+            "{what}: {err}"
+        );
+        v.assert_untouched(what);
+    }
+}

@@ -45,9 +45,20 @@ fn names_from_the_seed_are_printed_escaped() {
     let dest = root.join("dest");
     fs::create_dir(&dest).unwrap();
 
-    // progress, logs (-v) and the summary
-    let out = run(join_cmd(&seed.ticket, &dest, &[]), LIMIT);
+    // progress, logs (-v), the summary, and the report's "output" (the
+    // destination as printed, escaped)
+    let rep = root.join("join.json");
+    let out = run(
+        join_cmd(&seed.ticket, &dest, &["--report", rep.to_str().unwrap()]),
+        LIMIT,
+    );
     assert_eq!(out.status.code(), Some(0));
+    let r = report(&rep);
+    assert_eq!(
+        r["output"].as_str(),
+        Some(dest.join(SHOWN).to_str().unwrap()),
+        "{r}"
+    );
     assert_clean(&out.stdout, "stdout");
     let err = assert_clean(&out.stderr, "stderr of a join");
     assert!(

@@ -287,7 +287,7 @@ impl Engine {
         self.content = Arc::new(content);
         self.complete = true;
         self.finalizing = false;
-        self.report.output = Some(path);
+        self.report.output = Some(crate::text::path(&path));
         self.report.complete_secs = Some(self.started.elapsed().as_secs_f64());
         for p in self.peers.values() {
             let _ = p.handle.control.try_send(Message::Done);
