@@ -6,12 +6,12 @@
 //! at once follows `core::serve::ServeWindow`; a process serves at most
 //! `SERVE_TOTAL` at once in all, so the buffers being read stay below
 //! `SERVE_TOTAL * SERVE_CHUNK` (16 MiB) however many peers connect, and
-//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). What quinn
-//! still holds of finished serves (sent, not yet acknowledged) is bounded
-//! only by each connection's send window: with 8 peers on loopback a seed
-//! peaked near 100 MiB (docs/benchmarks.md, "Memory with many peers"). A
-//! requester that stops reading is found out by `stall_timeout` and then
-//! holds one slot at most.
+//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). A serve
+//! keeps its slot until the requester has acknowledged the whole piece,
+//! so what quinn holds of serves (sent, not yet acknowledged) is at most
+//! `SERVE_TOTAL` pieces too, not each connection's send window. A
+//! requester that stops reading (or acknowledging) is found out by
+//! `stall_timeout` and then holds one slot at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -271,6 +271,14 @@ async fn send_piece(
         done += n as u64;
     }
     send.finish()?;
+    // The slot is held until the requester has acknowledged every byte
+    // (or stopped the stream): until then quinn keeps the bytes, and a
+    // requester whose acknowledgements lag (while it grants credit) would
+    // otherwise have slot after slot fill its connection's send window.
+    // So what quinn holds of serves is bounded by the serve slots.
+    timeout(stall, send.stopped())
+        .await
+        .map_err(|_| Stalled(stall))??;
     Ok(done)
 }
 
