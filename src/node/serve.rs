@@ -6,12 +6,13 @@
 //! at once follows `core::serve::ServeWindow`; a process serves at most
 //! `SERVE_TOTAL` at once in all, so the buffers being read stay below
 //! `SERVE_TOTAL * SERVE_CHUNK` (16 MiB) however many peers connect, and
-//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). A serve
-//! keeps its slot until the requester has acknowledged the whole piece,
-//! so what quinn holds of serves (sent, not yet acknowledged) is at most
-//! `SERVE_TOTAL` pieces too, not each connection's send window. A
-//! requester that stops reading (or acknowledging) is found out by
-//! `stall_timeout` and then holds one slot at most.
+//! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). What quinn
+//! still holds of finished serves (sent, not yet acknowledged) is bounded
+//! only by each connection's send window: with 8 peers on loopback a seed
+//! peaked near 100 MiB (docs/benchmarks.md, "Memory with many peers";
+//! holding the slot until the piece is acknowledged bounds it by the
+//! slots, but cost throughput there). A requester that stops reading is
+//! found out by `stall_timeout` and then holds one slot at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -271,17 +272,6 @@ async fn send_piece(
         done += n as u64;
     }
     send.finish()?;
-    // The slot is held until the requester has acknowledged every byte
-    // (or stopped the stream): until then quinn keeps the bytes, and a
-    // requester whose acknowledgements lag (while it grants credit) would
-    // otherwise have slot after slot fill its connection's send window.
-    // So what quinn holds of serves is bounded by the serve slots. Within
-    // the request deadline (the caller's), not the stall timeout: a piece
-    // may wait in quinn behind the connection's earlier serves for longer
-    // than that (8 pieces over a shared 50 Mbit/s WAN), and resetting it
-    // then threw away bytes already sent (3 groups test: 1.13-1.19 x S into
-    // a group instead of 1.06).
-    send.stopped().await?;
     Ok(done)
 }
 
