@@ -74,8 +74,12 @@ const RARE: u32 = 1;
 pub const REASK_AFTER: Duration = Duration::from_secs(2);
 
 /// Refusals remembered per peer at most (a peer could request every
-/// piece); past it, that peer's further refusals are not remembered.
-const MAX_REFUSED_PER_PEER: usize = 4096;
+/// piece); past it, that peer's further refusals are not remembered. An
+/// honest requester has a few dozen requests in flight, and a refusal is
+/// forgotten once the piece is served to it or it announces the piece;
+/// 4096 (200 KB per peer) let 512 connections of one ticket holder take
+/// 100 MB.
+const MAX_REFUSED_PER_PEER: usize = 256;
 
 pub struct Spreader {
     holders: Vec<u32>,

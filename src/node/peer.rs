@@ -61,7 +61,7 @@ pub struct Identity {
 pub struct WanPath {
     pub client: quinn::ClientConfig,
     pub server: Arc<quinn::ServerConfig>,
-    pub addrs: Arc<std::sync::Mutex<std::collections::HashSet<SocketAddr>>>,
+    pub addrs: Arc<std::sync::Mutex<WanAddrs>>,
     /// Marked whenever this host serves another group: connections inside
     /// the group then keep their queues short (`cc`).
     pub serving: Arc<super::cc::WanServing>,
@@ -72,18 +72,37 @@ impl WanPath {
         self.addrs
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .set
             .contains(&addr)
     }
 
-    /// Remembers the addresses of a host of another group (bounded).
+    /// Remembers the addresses of a host of another group, up to
+    /// `WanAddrs::MAX`; past it the oldest are forgotten (peer lists can
+    /// name addresses without end).
     pub fn learn(&self, addrs: &[SocketAddr]) {
-        let mut set = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
         for a in addrs {
-            if set.len() < 4 * 4096 {
-                set.insert(*a);
+            if w.set.insert(*a) {
+                w.order.push_back(*a);
+                if w.order.len() > WanAddrs::MAX
+                    && let Some(old) = w.order.pop_front()
+                {
+                    w.set.remove(&old);
+                }
             }
         }
     }
+}
+
+/// Addresses known to be of other groups, oldest first.
+#[derive(Default)]
+pub struct WanAddrs {
+    set: std::collections::HashSet<SocketAddr>,
+    order: std::collections::VecDeque<SocketAddr>,
+}
+
+impl WanAddrs {
+    const MAX: usize = 4096;
 }
 
 /// An authenticated connection, ready to hand to the engine.

@@ -9,9 +9,10 @@
 //! the pool of free ones below `FREE_MAX * SERVE_CHUNK` (32 MiB). What quinn
 //! still holds of finished serves (sent, not yet acknowledged) is bounded
 //! only by each connection's send window: with 8 peers on loopback a seed
-//! peaked near 100 MiB (docs/benchmarks.md, "Memory with many peers"). A
-//! requester that stops reading is found out by `stall_timeout` and then
-//! holds one slot at most.
+//! peaked near 100 MiB (docs/benchmarks.md, "Memory with many peers";
+//! holding the slot until the piece is acknowledged bounds it by the
+//! slots, but cost throughput there). A requester that stops reading is
+//! found out by `stall_timeout` and then holds one slot at most.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -299,3 +299,130 @@ async fn holder_cannot_fill_a_hosts_memory() {
         c.close(0u32.into(), b"bye");
     }
 }
+
+/// A UDP relay to `server` for one client: forwards all the client sends,
+/// and, once `lossy` is set, one in `keep` of the datagrams the server
+/// sends back. Returns the address the client should dial.
+async fn lossy_relay(
+    server: SocketAddr,
+    keep: usize,
+    lossy: Arc<std::sync::atomic::AtomicBool>,
+) -> SocketAddr {
+    use tokio::net::UdpSocket;
+    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let back = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    let client = Arc::new(std::sync::Mutex::new(None::<SocketAddr>));
+    let (f, b, c) = (front.clone(), back.clone(), client.clone());
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        while let Ok((n, from)) = f.recv_from(&mut buf).await {
+            *c.lock().unwrap() = Some(from);
+            let _ = b.send_to(&buf[..n], server).await;
+        }
+    });
+    let at = front.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut n_seen = 0usize;
+        while let Ok((n, _)) = back.recv_from(&mut buf).await {
+            n_seen += 1;
+            let to = *client.lock().unwrap();
+            if let Some(to) = to
+                && (n_seen.is_multiple_of(keep) || !lossy.load(Ordering::Relaxed))
+            {
+                let _ = front.send_to(&buf[..n], to).await;
+            }
+        }
+    });
+    at
+}
+
+/// Requesters whose acknowledgements lag (behind a relay that drops 9 in
+/// 10 of the host's datagrams) while they grant all the credit a host may
+/// use: a serve gives its slot back once quinn holds the piece, so each
+/// such connection can leave up to its 32 MiB send window of served bytes
+/// in the host (docs/security.md: not bounded yet). A guard: measured 108
+/// MiB for 12 connections; 70 MiB with slots held until acknowledged,
+/// which costs throughput.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_slow_acknowledgements_do_not_fill_send_buffers() {
+    const CONNS: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let src = d.join("image.bin");
+    let size = 64usize << 20;
+    random_file(&src, size, 24);
+    let seed = seed(&d, &src, &["--until-done", "1", "--piece-size", "4MiB"]);
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let pid = seed.proc.child.id();
+    let pieces = size >> 22;
+    let asked = Arc::new(AtomicUsize::new(0));
+    let mut conns = Vec::new();
+    let lossy = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for _ in 0..CONNS {
+        let relay = lossy_relay(t.addrs[0], 10, lossy.clone()).await;
+        let cfg = tls::configs(&Tuning::default(), Default::default()).unwrap();
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(cfg.client);
+        let addr = ep.local_addr().unwrap();
+        let conn = tokio::time::timeout(Duration::from_secs(10), async {
+            let conn = ep.connect(relay, "swarm").unwrap().await.unwrap();
+            let none: BitVec<u8, Lsb0> = bitvec![u8, Lsb0; 0; pieces];
+            greet(&t, &conn, &Tuning::default(), rand::random(), addr, none).await;
+            conn
+        })
+        .await
+        .expect("connecting through the relay");
+        conn.set_receive_window(quinn::VarInt::from_u32(1 << 30));
+        for _ in 0..256 {
+            let (conn, asked) = (conn.clone(), asked.clone());
+            tokio::spawn(async move {
+                while let Ok((mut s, mut r)) = conn.open_bi().await {
+                    let piece = rand::random_range(0..pieces as u32);
+                    let req = swarm::wire::Request::Piece(piece).encode();
+                    if s.write_all(&req).await.is_err() {
+                        return;
+                    }
+                    let _ = s.finish();
+                    asked.fetch_add(1, Ordering::Relaxed);
+                    // take what arrives, until the host ends the stream
+                    let _ = r.read_to_end(usize::MAX).await;
+                }
+            });
+        }
+        conns.push((ep, conn));
+    }
+    // from now on the host's packets mostly get lost: its acknowledgements
+    // come late and few, and what it sent stays in its buffers
+    lossy.store(true, Ordering::Relaxed);
+    let t0 = Instant::now();
+    let mut peak = 0;
+    while t0.elapsed() < Duration::from_secs(10) {
+        peak = peak.max(rss(pid).0);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let open = conns
+        .iter()
+        .filter(|(_, c)| c.close_reason().is_none())
+        .count();
+    eprintln!(
+        "seed RSS after 10 s of {CONNS} slow connections ({open} open, {} requests): at most {} MiB",
+        asked.load(Ordering::Relaxed),
+        peak >> 20
+    );
+    let honest = timed_join(&d, &seed, "honest").await;
+    assert_same(&src, &d.join("honest/image.bin"));
+    let mut seed = seed;
+    let st = seed.proc.wait(LIMIT);
+    let hwm = report(&seed.report)["peak_rss_bytes"].as_u64().unwrap();
+    eprintln!(
+        "honest join {honest:.2} s; the seed peaked at {} MiB",
+        hwm >> 20
+    );
+    assert!(st.success(), "the seed exited with {st}");
+    assert!(hwm < 256 << 20, "the seed peaked at {} MiB", hwm >> 20);
+    for (ep, c) in &conns {
+        c.close(0u32.into(), b"bye");
+        ep.close(0u32.into(), b"bye");
+    }
+}

@@ -1,7 +1,7 @@
 //! The table of connected peers: admitting a connection (dedup, gossip of
 //! who is in the swarm), their control messages, and dropping them.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -19,15 +19,22 @@ use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo};
 
 /// Connections this host keeps at most; more are refused or not dialed.
 const MAX_CONNECTIONS: usize = 512;
+/// Distinct peers counted as done at most (beyond `--until-done`).
+const MAX_DONE_IDS: usize = 4096;
 
 /// Peers that sent a corrupt piece, by peer id and by the address they
 /// spoke from: a peer chooses its id, so one that comes back under a new id
-/// from the same socket is refused too. Kept for the whole run.
+/// from the same socket is refused too. Kept for the whole run, up to
+/// `MAX_BANS` of each (each ban costs its peer a new connection and a
+/// corrupt piece this host asked for); past it the oldest go first.
 #[derive(Default)]
 pub(super) struct Bans {
     ids: HashSet<PeerId>,
     addrs: HashSet<SocketAddr>,
+    order: VecDeque<(PeerId, SocketAddr)>,
 }
+
+const MAX_BANS: usize = 4096;
 
 /// An IPv4 peer seen on a dual-stack socket has an IPv4-mapped IPv6
 /// address; compare addresses in their plain form.
@@ -37,8 +44,16 @@ fn canonical(a: SocketAddr) -> SocketAddr {
 
 impl Bans {
     pub(super) fn ban(&mut self, id: PeerId, addr: SocketAddr) {
+        if self.order.len() >= MAX_BANS
+            && let Some((id, addr)) = self.order.pop_front()
+        {
+            self.ids.remove(&id);
+            self.addrs.remove(&addr);
+        }
+        let addr = canonical(addr);
         self.ids.insert(id);
-        self.addrs.insert(canonical(addr));
+        self.addrs.insert(addr);
+        self.order.push_back((id, addr));
     }
 
     pub(super) fn refuses(&self, id: &PeerId, addr: SocketAddr) -> bool {
@@ -212,7 +227,11 @@ impl Engine {
             Message::Done => {
                 let p = self.peers.get_mut(&key).expect("checked above");
                 p.done = true;
-                self.done_ids.insert(p.info.id);
+                // what `--until-done` counts; a peer can say Done under new
+                // ids without end, and more than N never matter
+                if self.done_ids.len() < self.exit.until_done.unwrap_or(0).max(MAX_DONE_IDS) {
+                    self.done_ids.insert(p.info.id);
+                }
                 tracing::debug!(peer = hex(&p.info.id[..4]), "peer is done");
                 // it holds every piece, whether or not we heard its Haves
                 let all = bitvec![1; self.manifest.piece_count()];

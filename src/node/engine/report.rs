@@ -1,9 +1,29 @@
 //! Accounting: the run's `Report` (bytes by peer, by group, from the seed)
 //! and the live `Status` for progress displays.
 
+use std::collections::BTreeMap;
+
 use super::Engine;
 use crate::core::PeerKey;
 use crate::node::{Status, hex};
+
+/// Peers a report names at most in `received_from` and `served_to`; the
+/// bytes of any more (a peer can come back under new ids without end) are
+/// counted under `OTHERS`.
+const MAX_REPORT_PEERS: usize = 4096;
+const OTHERS: &str = "others";
+
+/// The counter of `id` in a report's map, or that of `OTHERS` once the
+/// map names `MAX_REPORT_PEERS` peers.
+fn by_peer<'a>(map: &'a mut BTreeMap<String, u64>, id: &[u8]) -> &'a mut u64 {
+    let key = hex(id);
+    let key = if map.len() >= MAX_REPORT_PEERS && !map.contains_key(&key) {
+        OTHERS.to_string()
+    } else {
+        key
+    };
+    map.entry(key).or_default()
+}
 
 impl Engine {
     /// Counts a verified piece of `bytes` fetched from `key`.
@@ -11,11 +31,7 @@ impl Engine {
         self.report.pieces_fetched += 1;
         self.report.bytes_received += bytes;
         if let Some(p) = self.peers.get(&key) {
-            *self
-                .report
-                .received_from
-                .entry(hex(&p.info.id))
-                .or_default() += bytes;
+            *by_peer(&mut self.report.received_from, &p.info.id) += bytes;
             if Some(p.info.id) == self.seed_id {
                 self.report.received_from_seed += bytes;
             }
@@ -31,7 +47,7 @@ impl Engine {
     pub(super) fn count_served(&mut self, key: PeerKey, bytes: u64) {
         self.report.bytes_served += bytes;
         if let Some(p) = self.peers.get(&key) {
-            *self.report.served_to.entry(hex(&p.info.id)).or_default() += bytes;
+            *by_peer(&mut self.report.served_to, &p.info.id) += bytes;
             if p.remote {
                 self.report.served_cross_group += bytes;
             } else {
