@@ -156,6 +156,22 @@ pub fn open_up(conn: &quinn::Connection, _t: &Tuning) {
     conn.set_receive_window(POST_AUTH_WINDOW.into());
 }
 
+/// What quinn may hold of one process's sent, unacknowledged data in all
+/// connections together. A serve gives its slot back once quinn has the
+/// piece, so without it a requester that acknowledges slowly holds up to a
+/// connection's whole send window, on every connection.
+pub const SEND_BUDGET: u64 = 96 << 20;
+/// The least send window a connection gets however many there are: a
+/// datacenter LAN's bandwidth-delay product is far below it.
+pub const MIN_SEND_WINDOW: u64 = 192 << 10;
+
+/// Each connection's send window when `peers` are connected: an equal
+/// share of `SEND_BUDGET`, at most `t.send_window`, at least
+/// `MIN_SEND_WINDOW` (so 512 peers take at most the budget).
+pub fn send_window_share(t: &Tuning, peers: usize) -> u64 {
+    (SEND_BUDGET / peers.max(1) as u64).clamp(MIN_SEND_WINDOW, t.send_window.max(MIN_SEND_WINDOW))
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -275,5 +291,24 @@ impl ServerCertVerifier for AnyCert {
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
         self.0.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_windows_of_all_connections_stay_within_the_budget() {
+        let t = Tuning::default();
+        assert_eq!(send_window_share(&t, 0), t.send_window);
+        assert_eq!(send_window_share(&t, 1), t.send_window);
+        assert_eq!(send_window_share(&t, 16), 6 << 20);
+        // the most connections a host keeps (engine::peers) fit the budget
+        for n in [4usize, 24, 100, 512] {
+            let total = send_window_share(&t, n) * n as u64;
+            assert!(total <= SEND_BUDGET.max(t.send_window), "{n}: {total}");
+            assert!(send_window_share(&t, n) >= MIN_SEND_WINDOW);
+        }
     }
 }

@@ -176,8 +176,18 @@ impl Engine {
                 told_want_haves: true,
             },
         );
+        self.share_send_budget();
         if !cross {
             self.elect();
+        }
+    }
+
+    /// Gives every connection its share of the process's send budget
+    /// (`tls::SEND_BUDGET`), whenever the number of peers changes.
+    fn share_send_budget(&self) {
+        let w = crate::node::tls::send_window_share(&self.id.tuning, self.peers.len());
+        for p in self.peers.values() {
+            p.handle.conn.set_send_window(w);
         }
     }
 
@@ -295,6 +305,7 @@ impl Engine {
     /// remote, or `None` if it was not in the table.
     fn remove_peer(&mut self, key: PeerKey, why: &str) -> Option<bool> {
         let p = self.peers.remove(&key)?;
+        self.share_send_budget();
         let remote = p.remote;
         if !remote && self.download.is_some() {
             self.recently_gone
