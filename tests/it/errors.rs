@@ -28,6 +28,21 @@ fn join_cmd(ticket: &str, dest: &Path, extra: &[&str]) -> Command {
     c
 }
 
+/// A ticket naming a loopback port nobody listens on, and that port.
+fn unreachable_ticket() -> (Ticket, u16) {
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+    };
+    (t, port)
+}
+
 #[test]
 fn malformed_ticket_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
@@ -42,17 +57,7 @@ fn malformed_ticket_is_a_usage_error() {
 #[test]
 fn unreachable_seed_fails_in_bounded_time_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
-    // a port nobody listens on
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = Ticket {
-        manifest_id: swarm::manifest::ManifestId([1; 32]),
-        secret: [2; 32],
-        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
-    };
+    let (t, port) = unreachable_ticket();
     let started = Instant::now();
     let err = stderr_of(
         join_cmd(&t.encode(), dir.path(), &["--connect-timeout", "2s"]),
@@ -71,16 +76,7 @@ fn unreachable_seed_fails_in_bounded_time_naming_the_address() {
 #[test]
 fn an_address_that_never_answers_is_dialed_for_the_whole_connect_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = Ticket {
-        manifest_id: swarm::manifest::ManifestId([1; 32]),
-        secret: [2; 32],
-        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
-    };
+    let (t, _) = unreachable_ticket();
     let started = Instant::now();
     let err = stderr_of(
         join_cmd(&t.encode(), dir.path(), &["--connect-timeout", "9s"]),
