@@ -1,13 +1,29 @@
-//! The first bytes of a request stream and of its answer.
+//! The first bytes of a request stream and of its answer: a request is
+//! read in the steps `Request::more` gives, and whatever decodes
+//! re-encodes to the same bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use swarm::wire::{REQUEST_LEN, Request, Status};
+use swarm::wire::{MAX_REQUEST_LEN, REQUEST_LEN, Request, Status};
 
 fuzz_target!(|data: &[u8]| {
-    if let Some(b) = data.first_chunk::<REQUEST_LEN>() {
-        if let Ok(r) = Request::decode(*b) {
-            assert_eq!(Request::decode(r.encode()).ok(), Some(r));
+    if data.len() >= REQUEST_LEN {
+        let mut len = REQUEST_LEN;
+        while let Ok(more) = Request::more(&data[..len]) {
+            if more == 0 {
+                break;
+            }
+            len += more;
+            assert!(len <= MAX_REQUEST_LEN, "a request past the limit");
+            if len > data.len() {
+                break;
+            }
+        }
+        if len <= data.len()
+            && let Ok(r) = Request::decode(&data[..len])
+        {
+            assert_eq!(r.encode(), &data[..len]);
+            assert_eq!(Request::decode(&r.encode()).ok(), Some(r));
         }
     }
     if let Some(&s) = data.first() {

@@ -89,6 +89,16 @@ pub struct JoinArgs {
     /// Replace an existing destination.
     #[arg(long)]
     pub force: bool,
+    /// An older copy of the image (a file or tree) to take unchanged data
+    /// from; repeat for more. The destination's own older copy is used
+    /// too when --force is given. Only read, never modified.
+    #[arg(long, value_name = "PATH")]
+    pub basis: Vec<PathBuf>,
+    /// Do not set owners and groups from the seed's numeric ids (they are
+    /// set only when run as root; files are then owned by the joining
+    /// user, and setuid/setgid bits are dropped).
+    #[arg(long)]
+    pub no_owner: bool,
     /// How long to try reaching the seed.
     #[arg(long, default_value = "15s")]
     pub connect_timeout: String,

@@ -96,6 +96,11 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
             a.dest_dir.display()
         ));
     }
+    for b in &a.basis {
+        if std::fs::symlink_metadata(b).is_err() {
+            return Err(format!("--basis: {} does not exist", crate::text::path(b)));
+        }
+    }
     Ok(JoinConfig {
         ticket,
         dest_dir: a.dest_dir.clone(),
@@ -103,6 +108,9 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,
+        basis: a.basis.clone(),
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        owners: !a.no_owner && unsafe { libc::geteuid() } == 0,
         group: group(&a.group)?,
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
         peers: peers(&a.peer)?,

@@ -1,14 +1,15 @@
 //! Building a manifest from a file or directory on disk: walk, then hash all
 //! pieces on all cores (one sequential read of a piece per task).
 
+use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
 use thiserror::Error;
 
-use super::{Entry, EntryKind, MODE_MASK, Manifest, Root, codec, path};
+use super::{Entry, EntryKind, MODE_MASK, Manifest, Meta, Mtime, Root, SYMLINK_MODE, codec, path};
 use crate::storage::Content;
 
 #[derive(Debug, Error)]
@@ -18,8 +19,16 @@ pub enum BuildError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}: not a regular file or directory (symlinks and special files are not supported)")]
-    Unsupported(PathBuf),
+    #[error(
+        "{}: {what}; swarm carries regular files, directories and symbolic links only: move it out of the tree",
+        crate::text::path(path)
+    )]
+    Unsupported { path: PathBuf, what: &'static str },
+    #[error(
+        "{}: the root is a symbolic link; name the directory or file it points to",
+        crate::text::path(.0)
+    )]
+    RootLink(PathBuf),
     #[error("{0}: name is not valid UTF-8 or not a plain name")]
     BadName(PathBuf),
     #[error("piece size {0} must be a power of two between 4KiB and 1GiB")]
@@ -63,15 +72,14 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
         .map(str::to_string)
         .ok_or_else(|| BuildError::BadName(root.to_path_buf()))?;
     path::check_component(&name).map_err(|_| BuildError::BadName(root.to_path_buf()))?;
-    let mode = meta.permissions().mode() & MODE_MASK;
     let tree = if meta.is_file() {
         Root::File {
             size: meta.len(),
-            mode,
+            meta: meta_of(&meta),
         }
     } else if meta.is_dir() {
         let mut entries = Vec::new();
-        walk(root, "", &mut entries)?;
+        walk(root, "", &mut entries, &mut HashMap::new())?;
         if entries.len() > codec::MAX_ENTRIES {
             return Err(BuildError::TooBig {
                 what: "entry count",
@@ -79,24 +87,26 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
                 max: codec::MAX_ENTRIES as u64,
             });
         }
-        Root::Dir { mode, entries }
+        Root::Dir {
+            meta: meta_of(&meta),
+            entries,
+        }
+    } else if meta.is_symlink() {
+        return Err(BuildError::RootLink(root.to_path_buf()));
     } else {
-        return Err(BuildError::Unsupported(root.to_path_buf()));
+        return Err(BuildError::Unsupported {
+            path: root.to_path_buf(),
+            what: special_kind(&meta),
+        });
     };
-    let mut m = Manifest {
-        name,
-        root: tree,
-        piece_size: 0,
-        hashes: Vec::new(),
-    };
-    let total = m.total_size();
+    let total = Manifest::new(name.clone(), tree.clone(), 1 << 20, Vec::new()).total_size();
     let piece_size = match piece_size {
         None => default_piece_size(total),
         Some(p) if p.is_power_of_two() && (4096..=1 << 30).contains(&p) => p as u32,
         Some(p) => return Err(BuildError::BadPieceSize(p)),
     };
-    m.piece_size = piece_size;
-    let n = Manifest::pieces_for(total, piece_size);
+    let n = Manifest::pieces_for(&tree, piece_size).unwrap_or(u64::MAX);
+    let mut m = Manifest::new(name, tree, piece_size, Vec::new());
     if n > codec::MAX_PIECES as u64 {
         return Err(BuildError::TooBig {
             what: "piece count",
@@ -104,7 +114,7 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
             max: codec::MAX_PIECES as u64,
         });
     }
-    let files = m.files();
+    let files = m.files().to_vec();
     // Opened without following links (`storage::at`): a file swapped for a
     // link after the walk is refused, not hashed and then served.
     let content = Content::open(root.to_path_buf(), &files, false).map_err(io_err(root))?;
@@ -202,8 +212,42 @@ fn hash_mapped(
     Ok(Some(hashes))
 }
 
-/// Appends the entries under `dir` (relative prefix `rel`) in component order.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<Entry>) -> Result<(), BuildError> {
+fn meta_of(m: &fs::Metadata) -> Meta {
+    Meta {
+        mode: m.mode() & MODE_MASK,
+        uid: m.uid(),
+        gid: m.gid(),
+        mtime: Mtime {
+            secs: m.mtime(),
+            nanos: m.mtime_nsec().clamp(0, 999_999_999) as u32,
+        },
+    }
+}
+
+fn special_kind(m: &fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else {
+        "a special file"
+    }
+}
+
+/// Appends the entries under `dir` (relative prefix `rel`) in component
+/// order. `inodes` maps the (dev, ino) of each regular file with more than
+/// one link to its entry index: a later name of it becomes a hard link.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    out: &mut Vec<Entry>,
+    inodes: &mut HashMap<(u64, u64), u32>,
+) -> Result<(), BuildError> {
     let mut children = Vec::new();
     for item in fs::read_dir(dir).map_err(io_err(dir))? {
         let item = item.map_err(io_err(dir))?;
@@ -227,22 +271,53 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<Entry>) -> Result<(), BuildError> {
         if rel_path.len() > path::MAX_PATH_LEN {
             return Err(BuildError::BadName(p));
         }
-        let mode = meta.permissions().mode() & MODE_MASK;
         if meta.is_file() {
+            let index = out.len() as u32;
+            if meta.nlink() > 1
+                && let Some(&target) = inodes.get(&(meta.dev(), meta.ino()))
+            {
+                out.push(Entry {
+                    path: rel_path,
+                    kind: EntryKind::HardLink { target },
+                    meta: Meta::default(),
+                });
+                continue;
+            }
+            if meta.nlink() > 1 {
+                inodes.insert((meta.dev(), meta.ino()), index);
+            }
             out.push(Entry {
                 path: rel_path,
                 kind: EntryKind::File { size: meta.len() },
-                mode,
+                meta: meta_of(&meta),
             });
         } else if meta.is_dir() {
             out.push(Entry {
                 path: rel_path.clone(),
                 kind: EntryKind::Dir,
-                mode,
+                meta: meta_of(&meta),
             });
-            walk(&p, &rel_path, out)?;
+            walk(&p, &rel_path, out, inodes)?;
+        } else if meta.is_symlink() {
+            let target = fs::read_link(&p).map_err(io_err(&p))?;
+            let target = target
+                .to_str()
+                .filter(|t| path::check_link_target(t).is_ok())
+                .ok_or_else(|| BuildError::BadName(p.clone()))?
+                .to_string();
+            out.push(Entry {
+                path: rel_path,
+                kind: EntryKind::Symlink { target },
+                meta: Meta {
+                    mode: SYMLINK_MODE,
+                    ..meta_of(&meta)
+                },
+            });
         } else {
-            return Err(BuildError::Unsupported(p));
+            return Err(BuildError::Unsupported {
+                path: p,
+                what: special_kind(&meta),
+            });
         }
     }
     Ok(())
@@ -268,24 +343,84 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["a-file", "b", "b/c", "b/c/data", "empty", "zero"]);
         assert_eq!(m.total_size(), 10_005);
-        assert_eq!(m.piece_count(), 3);
-        // piece 0 = "hello" + 4091 bytes of 7
-        let mut p0 = b"hello".to_vec();
-        p0.extend(vec![7u8; 4091]);
-        assert!(m.verify_piece(0, &p0));
+        // pieces follow files: "hello" is piece 0 alone, data starts piece 1
+        assert_eq!(m.piece_count(), 4);
+        assert!(m.verify_piece(0, b"hello"));
+        assert!(m.verify_piece(1, &[7u8; 4096]));
+        assert_eq!(m.piece_range(3), (3 * 4096, 10_000 - 2 * 4096));
+        assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
+    }
+
+    /// What `rsync -a` keeps: links as links (targets as written, even
+    /// out of the tree), hard links as one file, owners, modes with the
+    /// setgid bit, mtimes of files and directories.
+    #[test]
+    fn keeps_links_owners_and_mtimes() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("pgdata");
+        fs::create_dir_all(root.join("base")).unwrap();
+        fs::write(root.join("base/1"), vec![1u8; 9000]).unwrap();
+        fs::hard_link(root.join("base/1"), root.join("base/2")).unwrap();
+        std::os::unix::fs::symlink("/srv/wal", root.join("pg_wal")).unwrap();
+        std::os::unix::fs::symlink("../base/1", root.join("rel")).unwrap();
+        fs::set_permissions(root.join("base"), fs::Permissions::from_mode(0o2750)).unwrap();
+        let m = build(&root, Some(4096)).unwrap();
+        let Root::Dir { entries, .. } = &m.root else {
+            panic!("not a dir")
+        };
+        let kinds: Vec<(&str, &EntryKind)> =
+            entries.iter().map(|e| (e.path.as_str(), &e.kind)).collect();
+        assert_eq!(
+            kinds,
+            [
+                ("base", &EntryKind::Dir),
+                ("base/1", &EntryKind::File { size: 9000 }),
+                ("base/2", &EntryKind::HardLink { target: 1 }),
+                (
+                    "pg_wal",
+                    &EntryKind::Symlink {
+                        target: "/srv/wal".into()
+                    }
+                ),
+                (
+                    "rel",
+                    &EntryKind::Symlink {
+                        target: "../base/1".into()
+                    }
+                ),
+            ]
+        );
+        // the hard-linked file is sent once
+        assert_eq!((m.total_size(), m.piece_count()), (9000, 3));
+        let st = fs::metadata(root.join("base")).unwrap();
+        assert_eq!(entries[0].meta.mode, 0o2750);
+        assert_eq!(entries[0].meta.uid, st.uid());
+        assert_eq!(entries[0].meta.mtime.secs, st.mtime());
+        assert_eq!(entries[0].meta.mtime.nanos as i64, st.mtime_nsec());
+        assert_eq!(entries[3].meta.mode, SYMLINK_MODE);
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 
     #[test]
-    fn rejects_symlinks_and_bad_piece_sizes() {
+    fn refuses_special_files_naming_them_and_bad_piece_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("img");
         fs::create_dir(&root).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        assert!(matches!(
-            build(&root, None),
-            Err(BuildError::Unsupported(_))
-        ));
+        let fifo = root.join("pipe");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        let e = build(&root, None).unwrap_err();
+        assert!(matches!(e, BuildError::Unsupported { .. }), "{e}");
+        let shown = e.to_string();
+        assert!(
+            shown.contains("pipe") && shown.contains("a FIFO"),
+            "{shown}"
+        );
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&root, &link).unwrap();
+        assert!(matches!(build(&link, None), Err(BuildError::RootLink(_))));
         let f = dir.path().join("f");
         fs::write(&f, b"x").unwrap();
         assert!(matches!(

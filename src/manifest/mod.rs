@@ -1,15 +1,24 @@
-//! The manifest: what is being distributed (a file or a directory tree), cut
-//! into fixed-size pieces, each with its blake3 hash. Its canonical encoding
-//! (see `codec`) is hashed into the manifest id that a ticket carries, so a
-//! manifest fetched from any peer can be checked before use.
+//! The manifest: what is being distributed (a file or a directory tree with
+//! its links, owners and mtimes), cut into fixed-size pieces, each with its
+//! blake3 hash. Its canonical encoding (see `codec`) is hashed into the
+//! manifest id that a ticket carries, so a manifest fetched from any peer can
+//! be checked before use.
 //!
-//! Content is one byte stream: the files' contents concatenated in entry order.
-//! Piece `i` covers bytes `[i * piece_size, min((i + 1) * piece_size, total))`.
+//! Pieces are aligned to files, as in BitTorrent v2: each regular file's
+//! content starts a new piece, so a file added, removed or grown changes only
+//! its own pieces, never the pieces of the files after it (what lets an
+//! older copy serve as a basis, see `crate::basis`). Positions are given in
+//! a virtual content stream where file `k` starts at `first_piece(k) *
+//! piece_size`; the gap after a file's last byte up to the next piece
+//! boundary belongs to no piece and is never read or written.
 
+pub mod blocks;
 mod build;
 mod codec;
 pub mod path;
 mod sigbus;
+
+use std::sync::OnceLock;
 
 pub use build::{BuildError, build, default_piece_size};
 pub use codec::{MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PIECES};
@@ -35,10 +44,52 @@ impl std::fmt::Display for ManifestId {
     }
 }
 
+/// A modification time: seconds and nanoseconds since the Unix epoch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mtime {
+    pub secs: i64,
+    /// Below 1,000,000,000.
+    pub nanos: u32,
+}
+
+/// What `rsync -a` keeps of an entry besides its content.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Permission bits with setuid, setgid and sticky (`MODE_MASK`). A
+    /// joiner that does not set owners drops setuid and setgid.
+    pub mode: u32,
+    /// Numeric owner and group, applied by a joiner running as root.
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: Mtime,
+}
+
+impl Meta {
+    /// Only the mode (tests, and entries whose other fields do not matter).
+    pub fn mode(mode: u32) -> Meta {
+        Meta {
+            mode,
+            ..Meta::default()
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum EntryKind {
-    File { size: u64 },
+    File {
+        size: u64,
+    },
     Dir,
+    /// A symbolic link, carried as the link itself and never followed; the
+    /// target is kept as written (it may point outside the tree).
+    Symlink {
+        target: String,
+    },
+    /// Another name for an earlier `File` entry (its index in `entries`):
+    /// a hard link inside the tree, sent once. Its `meta` is the file's.
+    HardLink {
+        target: u32,
+    },
 }
 
 /// One entry of a directory tree, with a path relative to the root.
@@ -46,14 +97,15 @@ pub enum EntryKind {
 pub struct Entry {
     pub path: String,
     pub kind: EntryKind,
-    /// Permission bits (`0o777` mask; setuid/setgid/sticky are not carried).
-    pub mode: u32,
+    /// Symlinks: mode 0o777. Hard links: `Meta::default()` (the target's
+    /// applies).
+    pub meta: Meta,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Root {
-    File { size: u64, mode: u32 },
-    Dir { mode: u32, entries: Vec<Entry> },
+    File { size: u64, meta: Meta },
+    Dir { meta: Meta, entries: Vec<Entry> },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,20 +115,55 @@ pub struct Manifest {
     pub root: Root,
     pub piece_size: u32,
     pub hashes: Vec<Hash>,
+    /// Derived from `root` and `piece_size` on first use; those two must
+    /// not change afterwards.
+    pub layout: Layout,
 }
+
+/// The regular files with content, in entry order, at their aligned
+/// offsets (derived from the manifest, so ignored by `==`).
+#[derive(Clone, Debug, Default)]
+pub struct Layout(OnceLock<Vec<FileSpan>>);
+
+impl PartialEq for Layout {
+    fn eq(&self, _: &Layout) -> bool {
+        true
+    }
+}
+impl Eq for Layout {}
 
 /// A file's place in the content stream.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileSpan {
     /// Path relative to the root; empty when the root itself is the file.
     pub path: String,
+    /// `first_piece * piece_size`.
     pub offset: u64,
     pub size: u64,
+    pub first_piece: u32,
 }
 
-pub const MODE_MASK: u32 = 0o777;
+impl FileSpan {
+    pub fn pieces(&self, piece_size: u32) -> u64 {
+        self.size.div_ceil(u64::from(piece_size))
+    }
+}
+
+pub const MODE_MASK: u32 = 0o7777;
+/// The mode every symbolic link has.
+pub const SYMLINK_MODE: u32 = 0o777;
 
 impl Manifest {
+    pub fn new(name: String, root: Root, piece_size: u32, hashes: Vec<Hash>) -> Manifest {
+        Manifest {
+            name,
+            root,
+            piece_size,
+            hashes,
+            layout: Layout::default(),
+        }
+    }
+
     pub fn id(&self) -> ManifestId {
         ManifestId(*blake3::hash(&self.encode()).as_bytes())
     }
@@ -85,55 +172,75 @@ impl Manifest {
         self.hashes.len()
     }
 
+    /// Bytes of content (a hard-linked file counted once).
     pub fn total_size(&self) -> u64 {
-        match &self.root {
-            Root::File { size, .. } => *size,
-            Root::Dir { entries, .. } => entries
-                .iter()
-                .map(|e| match e.kind {
-                    EntryKind::File { size } => size,
-                    EntryKind::Dir => 0,
-                })
-                .sum(),
-        }
+        self.files().iter().map(|f| f.size).sum()
     }
 
-    /// Byte range `(offset, len)` of piece `i` in the content stream.
+    /// Byte range `(offset, len)` of piece `i` in the content stream (see
+    /// the module doc); `(0, 0)` past the last piece.
     pub fn piece_range(&self, i: usize) -> (u64, u64) {
-        let start = i as u64 * self.piece_size as u64;
-        let end = (start + self.piece_size as u64).min(self.total_size());
-        (start, end - start)
-    }
-
-    /// Files in content order with their offsets (empty files included).
-    pub fn files(&self) -> Vec<FileSpan> {
-        match &self.root {
-            Root::File { size, .. } => vec![FileSpan {
-                path: String::new(),
-                offset: 0,
-                size: *size,
-            }],
-            Root::Dir { entries, .. } => {
-                let mut offset = 0;
-                let mut out = Vec::new();
-                for e in entries {
-                    if let EntryKind::File { size } = e.kind {
-                        out.push(FileSpan {
-                            path: e.path.clone(),
-                            offset,
-                            size,
-                        });
-                        offset += size;
-                    }
-                }
-                out
+        match self.file_of_piece(i) {
+            Some(f) => {
+                let start = i as u64 * u64::from(self.piece_size);
+                let len = (f.offset + f.size - start).min(u64::from(self.piece_size));
+                (start, len)
             }
+            None => (0, 0),
         }
     }
 
-    /// Number of pieces needed for `total` bytes at `piece_size`.
-    pub fn pieces_for(total: u64, piece_size: u32) -> u64 {
-        total.div_ceil(piece_size as u64)
+    /// The file that holds piece `i`.
+    pub fn file_of_piece(&self, i: usize) -> Option<&FileSpan> {
+        let files = self.files();
+        let k = files
+            .partition_point(|f| (f.first_piece as u64 + f.pieces(self.piece_size)) <= i as u64);
+        files.get(k).filter(|f| (f.first_piece as usize) <= i)
+    }
+
+    /// Regular files with content, in entry order, at their aligned offsets
+    /// (empty files and hard links have no span).
+    pub fn files(&self) -> &[FileSpan] {
+        self.layout.0.get_or_init(|| {
+            let ps = u64::from(self.piece_size.max(1));
+            let sizes: Vec<(String, u64)> = match &self.root {
+                Root::File { size, .. } => vec![(String::new(), *size)],
+                Root::Dir { entries, .. } => entries
+                    .iter()
+                    .filter_map(|e| match e.kind {
+                        EntryKind::File { size } => Some((e.path.clone(), size)),
+                        _ => None,
+                    })
+                    .collect(),
+            };
+            let mut piece = 0u64;
+            let mut out = Vec::new();
+            for (path, size) in sizes {
+                if size == 0 {
+                    continue;
+                }
+                out.push(FileSpan {
+                    path,
+                    offset: piece.saturating_mul(ps),
+                    size,
+                    first_piece: piece.min(u64::from(u32::MAX)) as u32,
+                });
+                piece = piece.saturating_add(size.div_ceil(ps));
+            }
+            out
+        })
+    }
+
+    /// Number of pieces `root` needs at `piece_size` (`None` on overflow).
+    pub fn pieces_for(root: &Root, piece_size: u32) -> Option<u64> {
+        let ps = u64::from(piece_size);
+        match root {
+            Root::File { size, .. } => Some(size.div_ceil(ps)),
+            Root::Dir { entries, .. } => entries.iter().try_fold(0u64, |acc, e| match e.kind {
+                EntryKind::File { size } => acc.checked_add(size.div_ceil(ps)),
+                _ => Some(acc),
+            }),
+        }
     }
 
     /// The blake3 hash piece `i` must have.

@@ -51,6 +51,20 @@ pub fn check_root_name(c: &str) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// Checks a symbolic link's target. It is written as the link's content
+/// and never resolved by swarm, so it may be absolute or lead out of the
+/// tree; it must be a string the kernel can store: not empty, no NUL, and
+/// shorter than PATH_MAX.
+pub fn check_link_target(t: &str) -> Result<(), DecodeError> {
+    if t.is_empty() || t.len() >= MAX_PATH_LEN || t.contains('\0') {
+        return Err(DecodeError::invalid(
+            "link target",
+            format!("{:?}: empty, longer than 4095 bytes, or holds NUL", t),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a relative path; returns its components.
 pub fn check_rel_path(p: &str) -> Result<Vec<&str>, DecodeError> {
     if p.len() > MAX_PATH_LEN {

@@ -106,6 +106,11 @@ pub struct JoinConfig {
     pub linger: Duration,
     pub exit_on_complete: bool,
     pub force: bool,
+    /// Older copies to take unchanged data from (`--basis`); the
+    /// destination's own older copy is added when `--force` is given.
+    pub basis: Vec<PathBuf>,
+    /// Set owners and groups as the manifest says (when run as root).
+    pub owners: bool,
     pub group: GroupConfig,
     pub connect_timeout: Duration,
     /// Hosts to start from besides the ticket's addresses (`--peer`).
@@ -138,8 +143,26 @@ pub struct Report {
     pub manifest_id: String,
     pub bytes_total: u64,
     pub pieces_total: usize,
-    /// Pieces found valid on disk at start (resume).
+    /// Pieces found valid on disk at start (resume), or all zeros (never
+    /// fetched: holes).
     pub pieces_resumed: usize,
+    /// Older copies used as a local source (`--basis`, or the destination
+    /// itself), and the bytes of regular files indexed in them.
+    #[serde(default)]
+    pub basis: Vec<String>,
+    #[serde(default)]
+    pub basis_bytes_indexed: u64,
+    /// Seconds spent indexing the basis.
+    #[serde(default)]
+    pub basis_index_secs: f64,
+    /// Pieces copied whole from the basis, with no network.
+    #[serde(default)]
+    pub pieces_from_basis: usize,
+    /// Bytes of the copy taken from the basis: whole pieces, and blocks
+    /// of pieces fetched as a delta. `bytes_received` counts what came
+    /// over the network (a delta's outboards included).
+    #[serde(default)]
+    pub bytes_from_basis: u64,
     pub pieces_fetched: usize,
     pub pieces_corrupt: usize,
     /// Pieces whose copy on this host's disk no longer matched the

@@ -15,6 +15,7 @@ use super::handshake::Refused;
 use super::peer::{Handshaken, Identity, WanPath};
 use super::{JoinConfig, NodeError, Report, SeedConfig, Status, fetch, hex, socket, tls};
 use crate::manifest::{self, Manifest};
+use crate::storage::Basis;
 use crate::storage::{Content, Partial};
 use crate::text::Escaped;
 use crate::ticket::Ticket;
@@ -189,7 +190,7 @@ async fn seed_parts(
         addrs: ticket_addrs(local),
     };
     on_ticket(&ticket, &m)?;
-    let content = Content::open(cfg.path.clone(), &m.files(), false).map_err(|source| {
+    let content = Content::open(cfg.path.clone(), m.files(), false).map_err(|source| {
         crate::storage::StorageError::Io {
             path: cfg.path.clone(),
             source,
@@ -216,6 +217,7 @@ async fn seed_parts(
         content_root: cfg.path.clone(),
         have: bitvec::bitvec![1; n],
         partial: None,
+        basis: None,
         endpoint: ep,
         exit: Exit {
             linger: Default::default(),
@@ -223,6 +225,7 @@ async fn seed_parts(
             until_done: cfg.until_done,
             until_copies: cfg.until_copies,
             force: false,
+            owners: false,
         },
         status,
         started,
@@ -305,22 +308,55 @@ async fn join_parts(
     let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
     let m = Arc::new(m);
     let m2 = m.clone();
-    // preparing and re-verifying a large partial copy takes a while
+    let basis_paths = basis_paths(&cfg, &m.name);
+    report.basis = basis_paths.iter().map(|p| crate::text::path(p)).collect();
+    // preparing and re-verifying a large partial copy, and indexing a
+    // basis, take a while
     let prepared = tokio::task::spawn_blocking(move || {
         let partial = Partial::prepare(&dest, &m2, force)?;
         let content = partial.content(&m2)?;
-        let have = if partial.resumed {
+        let mut have = if partial.resumed {
             partial.scan(&m2, &content)?
         } else {
-            bitvec::bitvec![0; m2.piece_count()]
+            // pieces of zeros are there already: the partial files are
+            // sparse at their final sizes (holes stay holes)
+            crate::storage::zero_pieces(&m2)
         };
-        Ok::<_, crate::storage::StorageError>((partial, content, have))
+        let resumed = have.count_ones();
+        let basis = (!basis_paths.is_empty() && !have.all()).then(|| {
+            let t = Instant::now();
+            let b = Basis::index(&basis_paths, m2.piece_size);
+            (b, t.elapsed())
+        });
+        let mut used = None;
+        if let Some((b, took)) = basis {
+            let (pieces, bytes) = b
+                .fill(&m2, &content, &mut have)
+                .map_err(crate::storage::io_at(&partial.partial_path))?;
+            used = Some((b, took, pieces, bytes));
+        }
+        Ok::<_, crate::storage::StorageError>((partial, content, have, resumed, used))
     });
-    let (partial, content, have) = tokio::select! {
+    let (partial, content, have, resumed, used) = tokio::select! {
         r = prepared => r.map_err(anyhow::Error::from)??,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
-    let resumed = have.count_ones();
+    let basis = used.map(|(b, took, pieces, bytes)| {
+        tracing::info!(
+            "basis: {} files, {} indexed in {:.1}s; {pieces} of {} pieces ({}) taken from it whole",
+            b.files,
+            bytesize::ByteSize(b.bytes),
+            took.as_secs_f64(),
+            m.piece_count(),
+            bytesize::ByteSize(bytes),
+        );
+        report.basis_bytes_indexed = b.bytes;
+        report.basis_index_secs = took.as_secs_f64();
+        report.pieces_from_basis = pieces;
+        report.bytes_from_basis = bytes;
+        Arc::new(b)
+    });
+    let basis = basis.filter(|b| !b.is_empty());
     if resumed > 0 {
         tracing::info!(
             "resuming: {resumed} of {} pieces already on disk",
@@ -337,6 +373,7 @@ async fn join_parts(
         content_root: partial.partial_path.clone(),
         have,
         partial: Some(partial),
+        basis,
         endpoint: ep,
         exit: Exit {
             linger: cfg.linger,
@@ -344,6 +381,7 @@ async fn join_parts(
             until_done: None,
             until_copies: None,
             force: cfg.force,
+            owners: cfg.owners,
         },
         status,
         started,
@@ -453,4 +491,18 @@ async fn bootstrap(
         secs: cfg.connect_timeout.as_secs(),
         why,
     })
+}
+
+/// The older copies a join takes unchanged data from: `--basis`, and with
+/// `--force` the destination's own copy (a file or directory at
+/// DEST_DIR/NAME, not a link), first: the likeliest to match.
+fn basis_paths(cfg: &JoinConfig, name: &str) -> Vec<std::path::PathBuf> {
+    let mut paths = Vec::new();
+    let own = cfg.dest_dir.join(name);
+    let usable = std::fs::symlink_metadata(&own).is_ok_and(|m| m.is_file() || m.is_dir());
+    if cfg.force && usable {
+        paths.push(own);
+    }
+    paths.extend(cfg.basis.iter().cloned());
+    paths
 }

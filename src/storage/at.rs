@@ -20,6 +20,7 @@ use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, RenameFlags}
 use rustix::io::Errno;
 
 use super::{StorageError, io_at};
+use crate::manifest::Meta;
 
 /// Intermediate components: enough to look names up in, nothing more.
 const WALK: OFlags = OFlags::PATH
@@ -352,6 +353,65 @@ impl Dir {
         rfs::unlinkat(&self.fd, name, AtFlags::REMOVEDIR).map_err(err)
     }
 
+    /// Creates the symbolic link `rel` with content `target` (written as
+    /// given, never resolved). Something already at `rel` is an error.
+    pub fn symlink(&self, rel: &str, target: &str) -> Result<(), StorageError> {
+        self.at_parent(rel, |at, leaf, shown| {
+            rfs::symlinkat(target, at, leaf).map_err(|e| match e {
+                Errno::EXIST => StorageError::Replaced(shown),
+                e => io_at(&shown)(e.into()),
+            })
+        })
+    }
+
+    /// Makes `rel` another name of the existing file `target` (linkat
+    /// without AT_SYMLINK_FOLLOW: a link at `target` would be linked
+    /// itself, never its target; both names are reached without following
+    /// links).
+    pub fn hard_link(&self, target: &str, rel: &str) -> Result<(), StorageError> {
+        self.at_parent(target, |old_at, old_leaf, _| {
+            self.at_parent(rel, |at, leaf, shown| {
+                rfs::linkat(old_at, old_leaf, at, leaf, AtFlags::empty()).map_err(|e| match e {
+                    Errno::EXIST => StorageError::Replaced(shown),
+                    e => io_at(&shown)(e.into()),
+                })
+            })
+        })
+    }
+
+    /// Removes `rel` if it is anything but a directory (a link swarm made
+    /// in an earlier run, before it was interrupted); nothing there is
+    /// fine. A directory there is `NotKind`.
+    pub fn remove_non_dir(&self, rel: &str) -> Result<(), StorageError> {
+        self.at_parent(rel, |at, leaf, shown| {
+            match rfs::statat(at, leaf, AtFlags::SYMLINK_NOFOLLOW) {
+                Err(Errno::NOENT) => Ok(()),
+                Err(e) => Err(io_at(&shown)(e.into())),
+                Ok(st) if FileType::from_raw_mode(st.st_mode) == FileType::Directory => {
+                    Err(StorageError::NotKind {
+                        path: shown,
+                        want: "link",
+                    })
+                }
+                Ok(_) => {
+                    rfs::unlinkat(at, leaf, AtFlags::empty()).map_err(|e| io_at(&shown)(e.into()))
+                }
+            }
+        })
+    }
+
+    /// Owner (when `owners`) and mtime of the link `rel` itself.
+    pub fn set_link_meta(&self, rel: &str, meta: &Meta, owners: bool) -> Result<(), StorageError> {
+        self.at_parent(rel, |at, leaf, shown| {
+            let err = |e: Errno| io_at(&shown)(e.into());
+            if owners {
+                let (uid, gid) = ids(meta);
+                rfs::chownat(at, leaf, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+            }
+            rfs::utimensat(at, leaf, &times(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(err)
+        })
+    }
+
     /// fsync of the directory: names created or renamed in it are durable.
     pub fn sync(&self) -> Result<(), StorageError> {
         rfs::fsync(&self.fd).map_err(|e| io_at(&self.path)(e.into()))
@@ -477,10 +537,51 @@ fn file_type(fd: impl AsFd) -> io::Result<FileType> {
     Ok(FileType::from_raw_mode(rfs::fstat(fd)?.st_mode))
 }
 
-/// fsync, then the permission bits, on the open file or directory.
-pub fn sync_and_chmod(fd: impl AsFd, mode: u32, shown: &Path) -> Result<(), StorageError> {
-    rfs::fsync(&fd).map_err(|e| io_at(shown)(e.into()))?;
-    rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| io_at(shown)(e.into()))
+/// What the manifest says of an open file or directory, applied as the
+/// last step before the rename: fsync; owner and group if `owners` (then
+/// the mode, which chown may have cleared setuid from); the mode, without
+/// setuid and setgid unless the owner was set too (a setuid file must not
+/// end up owned by whoever ran swarm); the mtime.
+pub fn finish_meta(
+    fd: impl AsFd,
+    meta: &Meta,
+    owners: bool,
+    shown: &Path,
+) -> Result<(), StorageError> {
+    let err = |e: Errno| io_at(shown)(e.into());
+    rfs::fsync(&fd).map_err(err)?;
+    let mut mode = meta.mode & crate::manifest::MODE_MASK;
+    if owners {
+        let (uid, gid) = ids(meta);
+        rfs::fchown(&fd, uid, gid).map_err(err)?;
+    } else {
+        mode &= !0o6000;
+    }
+    rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(err)?;
+    rfs::futimens(&fd, &times(meta)).map_err(err)
+}
+
+/// The numeric ids of `meta`; `!0` (which chown reads as "leave as is")
+/// is left as is.
+fn ids(meta: &Meta) -> (Option<rfs::Uid>, Option<rfs::Gid>) {
+    (
+        (meta.uid != !0).then(|| rfs::Uid::from_raw(meta.uid)),
+        (meta.gid != !0).then(|| rfs::Gid::from_raw(meta.gid)),
+    )
+}
+
+/// The mtime of `meta`; the access time is left as is.
+fn times(meta: &Meta) -> rfs::Timestamps {
+    rfs::Timestamps {
+        last_access: rfs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rfs::UTIME_OMIT,
+        },
+        last_modification: rfs::Timespec {
+            tv_sec: meta.mtime.secs,
+            tv_nsec: i64::from(meta.mtime.nanos) as _,
+        },
+    }
 }
 
 /// The same file opened again with other flags (O_DIRECT for writes), by

@@ -35,6 +35,17 @@ impl PieceBuf {
         PieceBuf { raw, start }
     }
 
+    /// A buffer of `len` zero bytes.
+    pub fn zeroed(len: usize) -> PieceBuf {
+        let mut b = PieceBuf::with_capacity(len);
+        b.raw.resize(b.start + len, 0);
+        b
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..]
+    }
+
     /// Appends; past the capacity given it still works, only unaligned.
     pub fn extend_from_slice(&mut self, bytes: &[u8]) {
         self.raw.extend_from_slice(bytes);

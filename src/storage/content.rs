@@ -38,6 +38,8 @@ pub struct Content {
     /// every write goes through the page cache.
     direct_ok: AtomicBool,
     writable: bool,
+    /// Set by `seal`.
+    sealed: std::sync::RwLock<bool>,
 }
 
 /// Offsets, lengths and buffer addresses of direct writes are multiples of
@@ -84,7 +86,13 @@ impl Content {
             direct_ok: AtomicBool::new(direct.is_some()),
             direct,
             writable,
+            sealed: Default::default(),
         })
+    }
+
+    /// (offset, size) of each file with content.
+    pub fn spans(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.spans.iter().map(|s| (s.offset, s.size))
     }
 
     /// The one file of a single-file content, open (for `manifest::build`,
@@ -143,11 +151,50 @@ impl Content {
     /// `PieceBuf`): copying a received piece into the page cache cost the
     /// joiner about as much CPU as QUIC itself, and the page cache holding
     /// a multi-GB image the host does not read is no help either.
+    /// Writes `buf` at `offset` but for its all-zero blocks
+    /// (`manifest::blocks::BLOCK`, from `offset`): the partial files are
+    /// sparse at their final sizes, so those read as zeros already and a
+    /// hole of the seed's file stays a hole. Safe on resume too: a partial
+    /// file only ever gets verified bytes of the same manifest.
+    pub fn write_sparse(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        use crate::manifest::blocks::BLOCK;
+        let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+        let mut at = 0;
+        while at < buf.len() {
+            let start = at;
+            while at < buf.len() && !zero(&buf[at..(at + BLOCK).min(buf.len())]) {
+                at = (at + BLOCK).min(buf.len());
+            }
+            if at > start {
+                self.write_at(offset + start as u64, &buf[start..at])?;
+            }
+            while at < buf.len() && zero(&buf[at..(at + BLOCK).min(buf.len())]) {
+                at = (at + BLOCK).min(buf.len());
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses every write from now on, once writes under way are done:
+    /// the copy is complete, and a late duplicate of a piece must not
+    /// touch it (nor its mtime) after its metadata is set.
+    pub fn seal(&self) {
+        *self.sealed.write().unwrap_or_else(|e| e.into_inner()) = true;
+    }
+
     pub fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         if !self.writable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the content is open read-only",
+            ));
+        }
+        // held for the whole write: `seal` waits for it
+        let sealed = self.sealed.read().unwrap_or_else(|e| e.into_inner());
+        if *sealed {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the copy is complete: no more writes",
             ));
         }
         let mut buf = buf;
@@ -198,6 +245,7 @@ mod tests {
             path: String::new(),
             offset: 0,
             size,
+            first_piece: 0,
         }];
         let c = Content::open(path.clone(), &files, true).unwrap();
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
@@ -235,11 +283,13 @@ mod tests {
                 path: "a".into(),
                 offset: 0,
                 size: 4096,
+                first_piece: 0,
             },
             FileSpan {
                 path: "sub/b".into(),
                 offset: 4096,
                 size: 4096,
+                first_piece: 1,
             },
         ];
         for writable in [false, true] {

@@ -8,6 +8,7 @@
 //! chmods relative to open directory handles, one component at a time.
 
 mod at;
+mod basis;
 mod buf;
 mod content;
 mod partial;
@@ -21,6 +22,7 @@ use thiserror::Error;
 use crate::text;
 
 pub use at::Root;
+pub use basis::Basis;
 pub use buf::PieceBuf;
 pub use content::Content;
 pub use partial::Partial;
@@ -76,6 +78,32 @@ pub enum StorageError {
         what: &'static str,
         source: io::Error,
     },
+}
+
+/// The pieces that are all zeros (by their hash): never fetched, never
+/// written, so a hole in the seed's file is a hole in the copy.
+pub fn zero_pieces(m: &crate::manifest::Manifest) -> bitvec::vec::BitVec {
+    let mut zero_hash: std::collections::HashMap<u64, [u8; 32]> = Default::default();
+    (0..m.piece_count())
+        .map(|i| {
+            let len = m.piece_range(i).1;
+            let h = zero_hash.entry(len).or_insert_with(|| zeros_hash(len));
+            m.piece_hash(i) == Some(h)
+        })
+        .collect()
+}
+
+/// blake3 of `len` zero bytes.
+pub fn zeros_hash(len: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    let block = [0u8; 64 << 10];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        h.update(&block[..n]);
+        left -= n as u64;
+    }
+    *h.finalize().as_bytes()
 }
 
 pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StorageError + '_ {

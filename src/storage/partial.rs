@@ -78,6 +78,13 @@ impl Partial {
                             let f = root.create_file(&e.path)?;
                             allocated += size_file(&f, size, &root.join(&e.path))?;
                         }
+                        // made at the end (`finish`): one left by an
+                        // interrupted run goes now, before a hard-linked
+                        // file would be refused as not swarm's own
+                        EntryKind::Symlink { .. } | EntryKind::HardLink { .. } if resumed => {
+                            root.remove_non_dir(&e.path)?
+                        }
+                        EntryKind::Symlink { .. } | EntryKind::HardLink { .. } => {}
                     }
                 }
                 Handle::Dir(root)
@@ -102,7 +109,7 @@ impl Partial {
     /// Opens the partial data for piece reads and writes.
     pub fn content(&self, m: &Manifest) -> Result<Content, StorageError> {
         let root = self.root.try_clone().map_err(io_at(&self.partial_path))?;
-        Content::from_root(root, &m.files(), true).map_err(io_at(&self.partial_path))
+        Content::from_root(root, m.files(), true).map_err(io_at(&self.partial_path))
     }
 
     /// Hashes every piece already on disk; returns the ones that verify.
@@ -122,27 +129,52 @@ impl Partial {
         Ok(ok.into_iter().collect())
     }
 
-    /// fsync, apply modes, rename into place, fsync the directory. Returns
-    /// the final path and the handle on what now lies there.
-    pub fn finish(self, m: &Manifest, force: bool) -> Result<(PathBuf, Handle), StorageError> {
+    /// Makes the tree what the manifest says and puts it in place: fsync,
+    /// owners (when `owners`), modes and mtimes of files; then the links;
+    /// then directories, children before parents (so a read-only directory
+    /// is closed, and its mtime set, only after everything inside it is
+    /// done); then the rename, and an fsync of DEST_DIR. Returns the final
+    /// path and the handle on what now lies there.
+    pub fn finish(
+        self,
+        m: &Manifest,
+        force: bool,
+        owners: bool,
+    ) -> Result<(PathBuf, Handle), StorageError> {
         let shown = &self.partial_path;
         match (&self.root, &m.root) {
-            (Handle::File(f), Root::File { mode, .. }) => at::sync_and_chmod(f, *mode, shown)?,
-            (Handle::Dir(d), Root::Dir { mode, entries }) => {
-                // Children before parents, so a read-only directory is
-                // closed only after everything inside it is done.
-                for e in entries.iter().rev() {
-                    let p = d.join(&e.path);
-                    match e.kind {
-                        EntryKind::Dir => {
-                            at::sync_and_chmod(d.open_dir(&e.path)?.fd(), e.mode, &p)?
-                        }
-                        EntryKind::File { .. } => {
-                            at::sync_and_chmod(d.open_file(&e.path, false)?, e.mode, &p)?
-                        }
+            (Handle::File(f), Root::File { meta, .. }) => at::finish_meta(f, meta, owners, shown)?,
+            (Handle::Dir(d), Root::Dir { meta, entries }) => {
+                for e in entries {
+                    if let EntryKind::File { .. } = e.kind {
+                        let f = d.open_file(&e.path, false)?;
+                        at::finish_meta(f, &e.meta, owners, &d.join(&e.path))?;
                     }
                 }
-                at::sync_and_chmod(d.fd(), *mode, shown)?;
+                for e in entries {
+                    match &e.kind {
+                        EntryKind::Symlink { target } => {
+                            d.symlink(&e.path, target)?;
+                            d.set_link_meta(&e.path, &e.meta, owners)?;
+                        }
+                        EntryKind::HardLink { target } => {
+                            let target = &entries[*target as usize].path;
+                            d.hard_link(target, &e.path)?;
+                        }
+                        _ => {}
+                    }
+                }
+                for e in entries.iter().rev() {
+                    if e.kind == EntryKind::Dir {
+                        at::finish_meta(
+                            d.open_dir(&e.path)?.fd(),
+                            &e.meta,
+                            owners,
+                            &d.join(&e.path),
+                        )?;
+                    }
+                }
+                at::finish_meta(d.fd(), meta, owners, shown)?;
             }
             _ => {
                 return Err(StorageError::NotKind {

@@ -17,9 +17,9 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 /// The ALPN of this version: `swarm/` and the version in decimal.
-pub const ALPN: &[u8] = b"swarm/4";
+pub const ALPN: &[u8] = b"swarm/5";
 /// Versions whose ALPN a host accepts at the TLS layer, only to close such
 /// a connection with the version close reason instead of a TLS alert.
 pub const KNOWN_VERSIONS: std::ops::RangeInclusive<u16> = 1..=15;
@@ -247,36 +247,131 @@ fn decode_addrs(r: &mut Reader) -> Result<Vec<SocketAddr>, DecodeError> {
     (0..n).map(|_| decode_addr(r)).collect()
 }
 
-/// First bytes of a request stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// What a request stream asks for (its first bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
+    /// `1 | piece u32`: the piece's bytes.
     Piece(u32),
+    /// `2 | 0 u32`: the manifest (`len u32` and its bytes).
     Manifest,
+    /// `3 | piece u32`: the piece's outboard, the CVs of its blocks
+    /// (`manifest::blocks`), 32 bytes each. For a piece of more than one
+    /// block.
+    Outboard(u32),
+    /// `4 | piece u32 | bits u32 | bitmap`: the blocks of the piece whose
+    /// bits are set, one after the other (a delta against a basis).
+    /// `bits` is the piece's block count; the bitmap is `bits.div_ceil(8)`
+    /// bytes, least significant bit first, padding bits clear.
+    Blocks {
+        piece: u32,
+        wanted: BitVec<u8, Lsb0>,
+    },
 }
 
+/// Length of a request's fixed head (type and piece).
 pub const REQUEST_LEN: usize = 5;
+/// Longest request: `Blocks` of a 1 GiB piece.
+pub const MAX_REQUEST_LEN: usize = REQUEST_LEN + 4 + crate::manifest::blocks::MAX_BLOCKS / 8;
+
+mod req {
+    pub const PIECE: u8 = 1;
+    pub const MANIFEST: u8 = 2;
+    pub const OUTBOARD: u8 = 3;
+    pub const BLOCKS: u8 = 4;
+}
 
 impl Request {
-    pub fn encode(&self) -> [u8; REQUEST_LEN] {
-        let (t, i) = match self {
-            Request::Piece(i) => (1u8, *i),
-            Request::Manifest => (2u8, 0),
-        };
-        let mut out = [0u8; REQUEST_LEN];
-        out[0] = t;
-        out[1..].copy_from_slice(&i.to_le_bytes());
-        out
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        match self {
+            Request::Piece(i) => {
+                w.u8(req::PIECE);
+                w.u32(*i);
+            }
+            Request::Manifest => {
+                w.u8(req::MANIFEST);
+                w.u32(0);
+            }
+            Request::Outboard(i) => {
+                w.u8(req::OUTBOARD);
+                w.u32(*i);
+            }
+            Request::Blocks { piece, wanted } => {
+                w.u8(req::BLOCKS);
+                w.u32(*piece);
+                w.u32(wanted.len() as u32);
+                w.bytes(wanted.as_raw_slice());
+            }
+        }
+        w.buf
     }
 
-    pub fn decode(b: [u8; REQUEST_LEN]) -> Result<Request, DecodeError> {
-        let i = u32::from_le_bytes([b[1], b[2], b[3], b[4]]);
-        match b[0] {
-            1 => Ok(Request::Piece(i)),
-            2 if i == 0 => Ok(Request::Manifest),
-            t => Err(DecodeError::invalid(
-                "request",
-                format!("type {t}, argument {i}"),
-            )),
+    /// How many more bytes the request whose first bytes are `head` (at
+    /// least `REQUEST_LEN`) takes; 0 when it is whole. Errors on a type
+    /// that is not known, or a length past the limits.
+    pub fn more(head: &[u8]) -> Result<usize, DecodeError> {
+        let want = match head.first() {
+            Some(&req::BLOCKS) if head.len() < REQUEST_LEN + 4 => REQUEST_LEN + 4,
+            Some(&req::BLOCKS) => {
+                let bits = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+                check_limit(
+                    "block count",
+                    bits as u64,
+                    crate::manifest::blocks::MAX_BLOCKS as u64,
+                )?;
+                REQUEST_LEN + 4 + bits.div_ceil(8)
+            }
+            Some(1..=3) => REQUEST_LEN,
+            _ => {
+                return Err(DecodeError::invalid(
+                    "request",
+                    format!("type {:?}", head.first()),
+                ));
+            }
+        };
+        Ok(want.saturating_sub(head.len()))
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Request, DecodeError> {
+        check_limit("request length", b.len() as u64, MAX_REQUEST_LEN as u64)?;
+        let mut r = Reader::new(b);
+        let t = r.u8()?;
+        let i = r.u32()?;
+        let req = match t {
+            req::PIECE => Request::Piece(i),
+            req::MANIFEST if i == 0 => Request::Manifest,
+            req::OUTBOARD => Request::Outboard(i),
+            req::BLOCKS => {
+                let n = r.u32()? as usize;
+                check_limit(
+                    "block count",
+                    n as u64,
+                    crate::manifest::blocks::MAX_BLOCKS as u64,
+                )?;
+                let mut wanted = BitVec::<u8, Lsb0>::from_slice(r.bytes(n.div_ceil(8))?);
+                if wanted[n..].any() {
+                    return Err(DecodeError::invalid("block bitmap", "padding bits set"));
+                }
+                wanted.truncate(n);
+                Request::Blocks { piece: i, wanted }
+            }
+            t => {
+                return Err(DecodeError::invalid(
+                    "request",
+                    format!("type {t}, argument {i}"),
+                ));
+            }
+        };
+        r.finish()?;
+        Ok(req)
+    }
+
+    /// The piece a request is about.
+    pub fn piece(&self) -> Option<u32> {
+        match self {
+            Request::Piece(i) | Request::Outboard(i) => Some(*i),
+            Request::Blocks { piece, .. } => Some(*piece),
+            Request::Manifest => None,
         }
     }
 }

@@ -45,7 +45,7 @@ fn pinned_bytes() {
     // side's proof checked out
     let mut want = vec![72, 0, 0, 0]; // length: type and body
     want.push(1); // type
-    want.extend([4, 0]); // version 4
+    want.extend([5, 0]); // version 5
     want.extend([7; 32]); // manifest id
     want.extend([1; 16]); // peer id
     want.extend(1_795_000_000_000u64.to_le_bytes()); // started
@@ -54,6 +54,35 @@ fn pinned_bytes() {
     assert_eq!(Message::Hello(hello()).encode_frame(), want);
     assert_eq!(Request::Piece(258).encode(), [1, 2, 1, 0, 0]);
     assert_eq!(Request::Manifest.encode(), [2, 0, 0, 0, 0]);
+    assert_eq!(Request::Outboard(258).encode(), [3, 2, 1, 0, 0]);
+    let mut wanted = bitvec::bitvec![u8, bitvec::order::Lsb0; 0; 10];
+    wanted.set(0, true);
+    wanted.set(9, true);
+    assert_eq!(
+        Request::Blocks { piece: 1, wanted }.encode(),
+        [4, 1, 0, 0, 0, 10, 0, 0, 0, 0b1, 0b10]
+    );
+}
+
+/// A request is read in steps (`Request::more`) and never past the
+/// limits: a Blocks request of a 1 GiB piece at most.
+#[test]
+fn requests_are_read_in_bounded_steps() {
+    let mut wanted = bitvec::bitvec![u8, bitvec::order::Lsb0; 0; 64];
+    wanted.set(63, true);
+    let whole = Request::Blocks { piece: 7, wanted }.encode();
+    assert_eq!(Request::more(&whole[..5]).unwrap(), 4);
+    assert_eq!(Request::more(&whole[..9]).unwrap(), 8);
+    assert_eq!(Request::more(&whole).unwrap(), 0);
+    assert_eq!(Request::more(&[1, 0, 0, 0, 0]).unwrap(), 0);
+    assert!(Request::more(&[9, 0, 0, 0, 0]).is_err());
+    let too_many = [4, 0, 0, 0, 0, 1, 0, 1, 0];
+    assert!(Request::more(&too_many).is_err());
+    assert_eq!(Request::decode(&whole).unwrap().piece(), Some(7));
+    // padding bits set, short bitmap, trailing bytes
+    assert!(Request::decode(&[4, 0, 0, 0, 0, 3, 0, 0, 0, 0b1000]).is_err());
+    assert!(Request::decode(&[4, 0, 0, 0, 0, 9, 0, 0, 0, 0]).is_err());
+    assert!(Request::decode(&[1, 0, 0, 0, 0, 0]).is_err());
 }
 
 #[test]
@@ -133,7 +162,7 @@ fn limits_are_enforced() {
     assert!(Message::decode(&[code::WANT_HAVES, 2]).is_err());
     assert!(Message::decode(&[code::WANT_HAVES]).is_err());
     assert!(Message::decode(&[]).is_err());
-    assert!(Request::decode([2, 1, 0, 0, 0]).is_err());
+    assert!(Request::decode(&[2, 1, 0, 0, 0]).is_err());
     assert_eq!(Status::decode(3).unwrap(), Status::Changed);
     assert!(Status::decode(4).is_err());
 }

@@ -292,7 +292,7 @@ async fn serve(
     if recv.read_exact(&mut req).await.is_err() {
         return;
     }
-    let Ok(Request::Piece(i)) = Request::decode(req) else {
+    let Ok(Request::Piece(i)) = Request::decode(&req) else {
         seen.lock().unwrap().manifest_requests += 1;
         let _ = send.write_all(&[1]).await; // no manifest from us
         let _ = send.finish();

@@ -3,35 +3,13 @@
 //! on loopback; the full-disk test mounts a tmpfs and needs root.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use rand::{RngExt, SeedableRng};
 
 use crate::util::*;
-
-/// The last "have/total pieces" a joiner printed in its progress lines.
-fn pieces_seen(p: &Proc) -> usize {
-    p.log_text()
-        .lines()
-        .rev()
-        .filter_map(|l| l.strip_prefix("join: "))
-        .find_map(|l| l.split('/').next()?.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Waits until `p` has printed at least `n` pieces.
-fn wait_for_pieces(p: &mut Proc, n: usize) {
-    let t = Instant::now();
-    while pieces_seen(p) < n {
-        if let Some(st) = p.child.try_wait().unwrap() {
-            panic!("{} exited with {st} before {n} pieces", p.name);
-        }
-        assert!(t.elapsed() < LIMIT, "{} never reached {n} pieces", p.name);
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
 
 /// A seed of `src` with 256 KiB pieces, uploading at most `rate`, that
 /// exits on `exit` (e.g. `["--until-done", "5"]`).
@@ -170,34 +148,6 @@ fn a_stopped_peer_does_not_hold_up_the_others_and_catches_up_when_continued() {
     seed.proc.wait_ok(LIMIT);
     for n in names {
         assert_same(&src, &d.join(n).join("image.bin"));
-    }
-}
-
-/// A tmpfs mounted for one test and unmounted when dropped.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(at: &Path, size: &str) -> Tmpfs {
-        // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "mounting a small tmpfs needs root"
-        );
-        fs::create_dir_all(at).unwrap();
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "swarm-test"])
-            .arg(at)
-            .output()
-            .expect("mount (apt install mount)");
-        assert!(out.status.success(), "mount: {out:?}");
-        Tmpfs(at.to_path_buf())
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.0).status();
     }
 }
 

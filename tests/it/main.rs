@@ -2,8 +2,10 @@
 
 mod adversary;
 mod changed;
+mod delta;
 mod endings;
 mod errors;
+mod faithful;
 mod faults;
 mod groups;
 mod haves;

@@ -1,7 +1,6 @@
 //! Helpers: run the real binary, wait with timeouts, compare trees.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -176,26 +175,36 @@ pub fn run(mut cmd: Command, limit: Duration) -> Output {
     child.wait_with_output().unwrap()
 }
 
-/// Asserts that two files or trees are identical: kinds, contents, modes.
+/// Asserts that two files or trees are identical as `rsync -a` keeps
+/// them: kinds, contents, link targets, modes (setuid/setgid/sticky
+/// included), owners, mtimes (to the nanosecond), and hard links inside
+/// the tree (link counts).
 pub fn assert_same(a: &Path, b: &Path) {
+    use std::os::unix::fs::MetadataExt;
     let (ma, mb) = (
         fs::symlink_metadata(a).unwrap(),
         fs::symlink_metadata(b).unwrap(),
     );
+    let shown = b.display();
+    assert_eq!(ma.file_type(), mb.file_type(), "{} vs {shown}", a.display());
+    assert_eq!(ma.mode() & 0o7777, mb.mode() & 0o7777, "mode of {shown}");
     assert_eq!(
-        ma.file_type(),
-        mb.file_type(),
-        "{} vs {}",
-        a.display(),
-        b.display()
+        (ma.uid(), ma.gid()),
+        (mb.uid(), mb.gid()),
+        "owner of {shown}"
     );
     assert_eq!(
-        ma.permissions().mode() & 0o777,
-        mb.permissions().mode() & 0o777,
-        "mode of {}",
-        b.display()
+        (ma.mtime(), ma.mtime_nsec()),
+        (mb.mtime(), mb.mtime_nsec()),
+        "mtime of {shown}"
     );
-    if ma.is_dir() {
+    if ma.is_symlink() {
+        assert_eq!(
+            fs::read_link(a).unwrap(),
+            fs::read_link(b).unwrap(),
+            "target of {shown}"
+        );
+    } else if ma.is_dir() {
         let names = |p: &Path| {
             let mut v: Vec<_> = fs::read_dir(p)
                 .unwrap()
@@ -205,17 +214,67 @@ pub fn assert_same(a: &Path, b: &Path) {
             v
         };
         let (na, nb) = (names(a), names(b));
-        assert_eq!(na, nb, "entries of {}", b.display());
+        assert_eq!(na, nb, "entries of {shown}");
         for n in na {
             assert_same(&a.join(&n), &b.join(&n));
         }
     } else {
+        assert_eq!(ma.nlink(), mb.nlink(), "hard links of {shown}");
         assert!(
             fs::read(a).unwrap() == fs::read(b).unwrap(),
-            "contents of {} differ",
-            b.display()
+            "contents of {shown} differ"
         );
     }
 }
 
 pub const LIMIT: Duration = Duration::from_secs(120);
+
+/// The last "have/total pieces" a joiner printed in its progress lines.
+pub fn pieces_seen(p: &Proc) -> usize {
+    p.log_text()
+        .lines()
+        .rev()
+        .filter_map(|l| l.strip_prefix("join: "))
+        .find_map(|l| l.split('/').next()?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until `p` has printed at least `n` pieces.
+pub fn wait_for_pieces(p: &mut Proc, n: usize) {
+    let t = Instant::now();
+    while pieces_seen(p) < n {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            panic!("{} exited with {st} before {n} pieces", p.name);
+        }
+        assert!(t.elapsed() < LIMIT, "{} never reached {n} pieces", p.name);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A tmpfs mounted for one test and unmounted when dropped.
+pub struct Tmpfs(pub PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "mounting a small tmpfs needs root"
+        );
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "swarm-test"])
+            .arg(at)
+            .output()
+            .expect("mount (apt install mount)");
+        assert!(out.status.success(), "mount: {out:?}");
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}

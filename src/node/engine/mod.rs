@@ -67,6 +67,10 @@ pub enum Event {
         key: PeerKey,
         piece: u32,
         data: Bytes,
+        /// Bytes that came from the peer (all of them, or a delta's
+        /// outboard and blocks) and from the basis.
+        received: u64,
+        from_basis: u64,
         elapsed: Duration,
     },
     PieceFailed {
@@ -90,6 +94,9 @@ pub enum Event {
         completed: bool,
         /// The piece read from disk no longer matched the manifest.
         changed: bool,
+        /// A piece's bytes (whole, or blocks) that took a serve of the
+        /// engine's: false for an outboard, which only counts as bytes.
+        counted: bool,
     },
     /// The copy is in place: its path and the handle on it.
     Finalized(Result<(PathBuf, Root), StorageError>),
@@ -102,6 +109,8 @@ pub struct Exit {
     pub until_done: Option<usize>,
     pub until_copies: Option<u32>,
     pub force: bool,
+    /// Set owners and groups from the manifest (root, without --no-owner).
+    pub owners: bool,
 }
 
 /// How long a joiner waits, with nothing in flight, for another holder of
@@ -117,6 +126,7 @@ pub struct Engine {
     manifest: Arc<Manifest>,
     manifest_bytes: Arc<Vec<u8>>,
     content: Arc<Content>,
+    basis: Option<Arc<crate::storage::Basis>>,
     /// Joiners: the download state; `None` on the seed.
     download: Option<Download>,
     /// Upload policy (`core::spread`): the seed's towards every peer; a
@@ -182,6 +192,8 @@ pub struct Parts {
     pub content_root: PathBuf,
     pub have: BitVec,
     pub partial: Option<Partial>,
+    /// An older copy to fetch pieces as deltas against.
+    pub basis: Option<Arc<crate::storage::Basis>>,
     pub endpoint: Endpoint,
     pub exit: Exit,
     pub status: watch::Sender<Status>,
@@ -211,6 +223,7 @@ impl Engine {
         Engine {
             id: p.id,
             content: Arc::new(p.content),
+            basis: p.basis,
             download,
             spreader: Spreader::new(n, Instant::now())
                 .with_copies_goal(p.exit.until_copies.unwrap_or(0)),
@@ -333,8 +346,10 @@ impl Engine {
                 key,
                 piece,
                 data,
+                received,
+                from_basis,
                 elapsed,
-            } => self.on_piece(key, piece, data, elapsed),
+            } => self.on_piece(key, piece, data, (received, from_basis), elapsed),
             Event::PieceFailed { key, piece, why } => self.on_piece_failed(key, piece, why),
             Event::WriteFailed { piece, why } => self.on_write_failed(piece, why)?,
             Event::ServeAsk { key, req, reply } => {
@@ -347,11 +362,12 @@ impl Engine {
                 bytes,
                 completed,
                 changed,
+                counted,
             } => {
                 if changed {
                     self.on_source_changed(piece);
                 }
-                self.on_serve_ended(key, piece, bytes, completed)
+                self.on_serve_ended(key, piece, bytes, completed, counted)
             }
             Event::Finalized(r) => self.on_finalized(r)?,
         }

@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Event};
 use crate::core::{Failure, PeerKey};
+use crate::manifest::blocks;
 use crate::node::peer::close;
 use crate::node::serve::{PieceSource, ServeAnswer};
 use crate::node::{NodeError, fetch, hex};
@@ -37,23 +38,34 @@ impl Engine {
                 piece,
                 manifest: self.manifest.clone(),
                 content: self.content.clone(),
+                basis: self.basis.clone(),
                 cancel,
             };
             tokio::spawn(fetch::run(job, self.events_tx.clone()));
         }
     }
 
-    pub(super) fn on_piece(&mut self, key: PeerKey, piece: u32, data: Bytes, elapsed: Duration) {
+    /// `bytes`: received from the peer, and taken from the basis.
+    pub(super) fn on_piece(
+        &mut self,
+        key: PeerKey,
+        piece: u32,
+        data: Bytes,
+        bytes: (u64, u64),
+        elapsed: Duration,
+    ) {
         self.fetches.remove(&(key, piece));
         tracing::trace!(peer = key, piece, ?elapsed, "piece done");
         let Some(d) = &mut self.download else { return };
         if d.have()[piece as usize] {
             return; // a duplicate that finished after the winner
         }
-        let bytes = data.len() as u64;
+        let (bytes, from_basis) = bytes;
         if d.lacked_by_a_peer(piece as usize) {
-            self.recent.insert(piece, data, bytes as usize);
+            let n = data.len();
+            self.recent.insert(piece, data, n);
         }
+        self.report.bytes_from_basis += from_basis;
         for c in d.piece_received(key, piece, bytes, elapsed) {
             if let Some(t) = self.fetches.remove(&(c.peer, c.piece)) {
                 tracing::trace!(peer = c.peer, piece = c.piece, "cancel");
@@ -124,15 +136,35 @@ impl Engine {
             return ServeAnswer::Refuse(WireStatus::Missing);
         };
         p.heard = Instant::now();
-        let i = match req {
-            Request::Manifest => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
-            Request::Piece(i) => i as usize,
+        let i = match req.piece() {
+            None => return ServeAnswer::Manifest(self.manifest_bytes.clone()),
+            Some(i) => i as usize,
         };
         if i >= self.manifest.piece_count() || !self.have.borrow()[i] {
             return ServeAnswer::Refuse(WireStatus::Missing);
         }
         if self.changed[i] {
             return ServeAnswer::Refuse(WireStatus::Changed);
+        }
+        let len = self.manifest.piece_range(i).1;
+        let fits = match &req {
+            Request::Outboard(_) => blocks::splittable(len),
+            Request::Blocks { wanted, .. } => {
+                blocks::splittable(len) && wanted.len() == blocks::count(len)
+            }
+            _ => true,
+        };
+        if !fits {
+            return ServeAnswer::Refuse(WireStatus::Missing);
+        }
+        if let Request::Outboard(_) = req {
+            // 0.2% of the piece, asked before its blocks: served by any
+            // holder, outside the spreading of pieces
+            return ServeAnswer::Piece {
+                from: self.piece_source(i),
+                len,
+                limits: Vec::new(),
+            };
         }
         let remote = self.peers.get(&key).is_some_and(|p| p.remote);
         let now = Instant::now();
@@ -158,12 +190,22 @@ impl Engine {
         if let Some(p) = self.peers.get_mut(&key) {
             p.serving += 1;
         }
-        let (offset, len) = self.manifest.piece_range(i);
         let limits = [
             self.upload_limit.clone(),
             self.wan_limit.clone().filter(|_| remote),
         ];
-        let from = match self.recent.get(i as u32) {
+        ServeAnswer::Piece {
+            from: self.piece_source(i),
+            len,
+            limits: limits.into_iter().flatten().collect(),
+        }
+    }
+
+    /// Where piece `i`'s bytes are read from: memory if it came lately,
+    /// else the disk (checked against the manifest as it is read).
+    fn piece_source(&mut self, i: usize) -> PieceSource {
+        let (offset, len) = self.manifest.piece_range(i);
+        match self.recent.get(i as u32) {
             Some(data) if data.len() as u64 == len => {
                 self.report.pieces_served_from_memory += 1;
                 PieceSource::Memory(data)
@@ -173,11 +215,6 @@ impl Engine {
                 offset,
                 hash: *self.manifest.piece_hash(i).unwrap_or(&[0; 32]),
             },
-        };
-        ServeAnswer::Piece {
-            from,
-            len,
-            limits: limits.into_iter().flatten().collect(),
         }
     }
 
@@ -219,7 +256,7 @@ impl Engine {
         let names: Vec<String> = self
             .manifest
             .files()
-            .into_iter()
+            .iter()
             .filter(|f| f.offset < start + len && start < f.offset + f.size)
             .map(|f| match f.path.is_empty() {
                 true => format!("\"{}\"", text::escape(&self.manifest.name)),
@@ -237,7 +274,18 @@ impl Engine {
         }
     }
 
-    pub(super) fn on_serve_ended(&mut self, key: PeerKey, piece: u32, bytes: u64, completed: bool) {
+    pub(super) fn on_serve_ended(
+        &mut self,
+        key: PeerKey,
+        piece: u32,
+        bytes: u64,
+        completed: bool,
+        counted: bool,
+    ) {
+        if !counted {
+            self.count_served(key, bytes);
+            return;
+        }
         let (known, remote) = match self.peers.get_mut(&key) {
             Some(p) => {
                 p.serving = p.serving.saturating_sub(1);
@@ -261,10 +309,12 @@ impl Engine {
         };
         self.finalizing = true;
         let m = self.manifest.clone();
-        let force = self.exit.force;
+        let (force, owners) = (self.exit.force, self.exit.owners);
         let tx = self.events_tx.clone();
+        let content = self.content.clone();
         tokio::task::spawn_blocking(move || {
-            let r = partial.finish(&m, force);
+            content.seal();
+            let r = partial.finish(&m, force, owners);
             let _ = tx.blocking_send(Event::Finalized(r));
         });
     }
@@ -278,7 +328,7 @@ impl Engine {
         // served from the handle the copy was made through, not by name:
         // whatever is put at the final path later is not what peers get
         let files = self.manifest.files();
-        let content = Content::from_root(root, &files, false).map_err(|e| {
+        let content = Content::from_root(root, files, false).map_err(|e| {
             NodeError::Storage(StorageError::Io {
                 path: path.clone(),
                 source: e,

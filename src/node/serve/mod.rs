@@ -32,6 +32,8 @@ use crate::storage::Content;
 use crate::text::Escaped;
 use crate::wire::{REQUEST_LEN, Request, Status};
 
+mod delta;
+
 /// Most requests of one connection served at once.
 const SERVE_CONCURRENCY: usize = 8;
 /// Most requests a process serves at once.
@@ -184,11 +186,24 @@ async fn read_request(
     mut send: SendStream,
     mut recv: RecvStream,
 ) -> anyhow::Result<(SendStream, Request)> {
-    let mut raw = [0u8; REQUEST_LEN];
-    let read = timeout(REQUEST_TIMEOUT, recv.read_exact(&mut raw)).await;
-    let req = match read {
-        Ok(Ok(())) => Request::decode(raw).map_err(anyhow::Error::from),
-        Ok(Err(e)) => Err(e.into()),
+    // the head, then what `Request::more` says is left (a Blocks
+    // request's bitmap: at most `MAX_REQUEST_LEN` in all)
+    let read = async {
+        let mut raw = vec![0u8; REQUEST_LEN];
+        recv.read_exact(&mut raw).await?;
+        loop {
+            let more = Request::more(&raw)?;
+            if more == 0 {
+                break;
+            }
+            let at = raw.len();
+            raw.resize(at + more, 0);
+            recv.read_exact(&mut raw[at..]).await?;
+        }
+        Ok::<_, anyhow::Error>(Request::decode(&raw)?)
+    };
+    let req = match timeout(REQUEST_TIMEOUT, read).await {
+        Ok(r) => r,
         Err(_) => Err(anyhow::anyhow!(
             "request not complete within {REQUEST_TIMEOUT:?}"
         )),
@@ -210,7 +225,13 @@ async fn serve_one(
     events: &mpsc::Sender<Event>,
 ) -> anyhow::Result<Served> {
     let (reply, answer) = oneshot::channel();
-    events.send(Event::ServeAsk { key, req, reply }).await?;
+    events
+        .send(Event::ServeAsk {
+            key,
+            req: req.clone(),
+            reply,
+        })
+        .await?;
     match answer.await? {
         ServeAnswer::Refuse(status) => {
             send.write_all(&[status as u8]).await?;
@@ -225,13 +246,23 @@ async fn serve_one(
             Ok(Served::Other)
         }
         ServeAnswer::Piece { from, len, limits } => {
-            let Request::Piece(piece) = req else {
+            let Some(piece) = req.piece() else {
                 bail!("piece answer to a manifest request")
             };
             // The same deadline the requester applies: a peer that reads
             // too slowly cannot hold a serve slot for longer.
             let deadline = super::fetch::deadline(len);
-            let result = match timeout(deadline, send_piece(&mut send, from, len, &limits)).await {
+            let counted = !matches!(req, Request::Outboard(_));
+            let work = async {
+                match req {
+                    Request::Outboard(_) => delta::send_outboard(&mut send, from, len).await,
+                    Request::Blocks { wanted, .. } => {
+                        delta::send_blocks(&mut send, from, len, &wanted, &limits).await
+                    }
+                    _ => send_piece(&mut send, from, len, &limits).await,
+                }
+            };
+            let result = match timeout(deadline, work).await {
                 Ok(r) => r,
                 Err(_) => Err(Stalled(deadline).into()),
             };
@@ -254,6 +285,7 @@ async fn serve_one(
                     bytes: sent,
                     completed: result.is_ok(),
                     changed,
+                    counted,
                 })
                 .await?;
             result.map(|_| Served::Piece)
@@ -305,21 +337,31 @@ async fn send_piece(
                 Bytes::from_owner(buf)
             }
         };
-        for l in limits {
-            l.acquire(n).await;
-        }
-        // hand the bytes to quinn instead of copying them, watching that
-        // the requester keeps taking bytes
-        let mut bufs = [chunk];
-        while !bufs[0].is_empty() {
-            timeout(stall, send.write_chunks(&mut bufs))
-                .await
-                .map_err(|_| Stalled(stall))??;
-        }
+        write_limited(send, chunk, limits, stall).await?;
         done += n as u64;
     }
     send.finish()?;
     Ok(done)
+}
+
+/// Passes `chunk` through the rate limits, then hands it to quinn
+/// without a copy, watching that the requester keeps taking bytes.
+async fn write_limited(
+    send: &mut SendStream,
+    chunk: Bytes,
+    limits: &[Arc<RateLimit>],
+    stall: Duration,
+) -> anyhow::Result<()> {
+    for l in limits {
+        l.acquire(chunk.len()).await;
+    }
+    let mut bufs = [chunk];
+    while !bufs[0].is_empty() {
+        timeout(stall, send.write_chunks(&mut bufs))
+            .await
+            .map_err(|_| Stalled(stall))??;
+    }
+    Ok(())
 }
 
 /// A chunk being served; its buffer goes back to `FREE_CHUNKS` once quinn

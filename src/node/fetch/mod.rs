@@ -16,10 +16,12 @@ use super::peer::close;
 use super::rate::RateLimit;
 use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
 use crate::core::{Failure, PeerKey};
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest};
-use crate::storage::{Content, PieceBuf};
+use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, blocks};
+use crate::storage::{Basis, Content, PieceBuf};
 use crate::text::Escaped;
 use crate::wire::{Request, Status};
+
+mod delta;
 
 pub struct Job {
     pub key: PeerKey,
@@ -30,6 +32,9 @@ pub struct Job {
     pub piece: u32,
     pub manifest: Arc<Manifest>,
     pub content: Arc<Content>,
+    /// An older copy to take blocks from: set, a piece of more than one
+    /// block is fetched as a delta (`delta`).
+    pub basis: Option<Arc<Basis>>,
     pub cancel: CancellationToken,
 }
 
@@ -40,28 +45,88 @@ pub fn deadline(len: u64) -> Duration {
     REQUEST_DEADLINE_BASE + REQUEST_DEADLINE_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
 }
 
-enum Outcome {
+pub(super) enum Outcome {
+    /// The piece's bytes, not yet verified.
     Data(PieceBuf),
+    /// The piece, verified block by block: `received` bytes came from the
+    /// peer (outboard included), `from_basis` from the basis.
+    Delta {
+        data: PieceBuf,
+        received: u64,
+        from_basis: u64,
+    },
+    /// The peer sent an outboard or blocks that do not check out.
+    Corrupt,
     Refused(Status),
 }
 
 pub async fn run(job: Job, events: mpsc::Sender<Event>) {
     let (offset, len) = job.manifest.piece_range(job.piece as usize);
-    if let Some(l) = &job.wan_limit {
+    let hash = *job
+        .manifest
+        .piece_hash(job.piece as usize)
+        .unwrap_or(&[0; 32]);
+    let basis = job.basis.clone().filter(|_| blocks::splittable(len));
+    if basis.is_none()
+        && let Some(l) = &job.wan_limit
+    {
         tokio::select! {
             _ = l.acquire(len as usize) => {}
             _ = job.cancel.cancelled() => return,
         }
     }
     let started = Instant::now();
+    let work = async {
+        match &basis {
+            Some(b) => {
+                let wan = job.wan_limit.as_deref();
+                delta::request(&job.conn, job.piece, len, &hash, b, wan).await
+            }
+            None => request(&job.conn, job.piece, len).await,
+        }
+    };
     let got = tokio::select! {
-        r = timeout(deadline(len), request(&job.conn, job.piece, len)) => match r {
+        r = timeout(deadline(len), work) => match r {
             Ok(r) => r,
             Err(_) => Err(anyhow::anyhow!("deadline of {:?} missed", deadline(len))),
         },
         _ = job.cancel.cancelled() => return,
     };
     let event = match got {
+        Ok(Outcome::Delta {
+            data,
+            received,
+            from_basis,
+        }) => {
+            let c = job.content.clone();
+            let stored = tokio::task::spawn_blocking(move || {
+                c.write_sparse(offset, data.as_slice()).map(|_| data)
+            })
+            .await;
+            match stored {
+                Ok(Ok(data)) => Event::PieceDone {
+                    key: job.key,
+                    piece: job.piece,
+                    data: Bytes::from_owner(data),
+                    received,
+                    from_basis,
+                    elapsed: started.elapsed(),
+                },
+                Ok(Err(e)) => Event::WriteFailed {
+                    piece: job.piece,
+                    why: e,
+                },
+                Err(e) => Event::WriteFailed {
+                    piece: job.piece,
+                    why: std::io::Error::other(e.to_string()),
+                },
+            }
+        }
+        Ok(Outcome::Corrupt) => Event::PieceFailed {
+            key: job.key,
+            piece: job.piece,
+            why: Failure::Corrupt,
+        },
         Ok(Outcome::Data(data)) => {
             let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
             // One contiguous buffer: hashing it whole uses blake3's SIMD
@@ -71,7 +136,7 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
                 if !m.verify_piece(piece as usize, data.as_slice()) {
                     return Ok(None);
                 }
-                c.write_at(offset, data.as_slice()).map(|_| Some(data))
+                c.write_sparse(offset, data.as_slice()).map(|_| Some(data))
             })
             .await;
             match stored {
@@ -79,6 +144,8 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
                     key: job.key,
                     piece: job.piece,
                     data: Bytes::from_owner(data),
+                    received: len,
+                    from_basis: 0,
                     elapsed: started.elapsed(),
                 },
                 Ok(Ok(None)) => Event::PieceFailed {

@@ -1,0 +1,148 @@
+//! Serving a delta: a piece's outboard (the CVs of its blocks), and the
+//! blocks a requester lacks after looking in its basis. Both read the
+//! piece a chunk at a time, as a whole-piece serve does; a piece read from
+//! disk is checked against the manifest's hash by merging the CVs of its
+//! blocks, and if it no longer matches (`Changed`) the answer is cut
+//! before its last bytes, so the requester never takes this host for a
+//! liar.
+
+use std::sync::Arc;
+
+use bitvec::prelude::*;
+use bytes::Bytes;
+use quinn::SendStream;
+
+use super::{Changed, Chunk, PieceSource, SERVE_CHUNK, stall_timeout, write_limited};
+use crate::manifest::blocks::{self, BLOCK, Cv};
+use crate::node::rate::RateLimit;
+use crate::wire::Status;
+
+const _: () = assert!(SERVE_CHUNK.is_multiple_of(BLOCK));
+
+/// `n` bytes of the piece at `at` (a multiple of `BLOCK`), with the CVs of
+/// the blocks in them when `want_cvs` or when read from disk.
+async fn chunk(
+    from: &PieceSource,
+    at: u64,
+    n: usize,
+    want_cvs: bool,
+) -> anyhow::Result<(Bytes, Vec<Cv>)> {
+    let first = at as usize / BLOCK;
+    let cvs_of = move |b: &[u8]| -> Vec<Cv> {
+        b.chunks(BLOCK)
+            .enumerate()
+            .map(|(j, block)| blocks::cv(first + j, block))
+            .collect()
+    };
+    match from {
+        PieceSource::Memory(data) => {
+            let bytes = data.slice(at as usize..at as usize + n);
+            if !want_cvs {
+                return Ok((bytes, Vec::new()));
+            }
+            let b = bytes.clone();
+            let cvs = tokio::task::spawn_blocking(move || cvs_of(&b)).await?;
+            Ok((bytes, cvs))
+        }
+        PieceSource::Disk {
+            content, offset, ..
+        } => {
+            let (c, pos) = (content.clone(), offset + at);
+            let read = tokio::task::spawn_blocking(move || {
+                let mut buf = Chunk::take(n);
+                c.read_at(pos, &mut buf.0)?;
+                let cvs = cvs_of(&buf.0);
+                Ok::<_, std::io::Error>((buf, cvs))
+            })
+            .await?;
+            match read {
+                Ok((buf, cvs)) => Ok((Bytes::from_owner(buf), cvs)),
+                // the file is shorter than when it was hashed
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(Changed.into()),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+/// Whether the CVs read from disk still merge to the manifest's hash.
+fn still_matches(from: &PieceSource, cvs: &[Cv], len: u64) -> bool {
+    match from {
+        PieceSource::Memory(_) => true,
+        PieceSource::Disk { hash, .. } => blocks::root(cvs, len).as_ref() == Some(hash),
+    }
+}
+
+/// Status, then the piece's `blocks::count(len)` CVs.
+pub async fn send_outboard(
+    send: &mut SendStream,
+    from: PieceSource,
+    len: u64,
+) -> anyhow::Result<u64> {
+    let mut cvs = Vec::with_capacity(blocks::count(len));
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+        cvs.extend(chunk(&from, done, n, true).await?.1);
+        done += n as u64;
+    }
+    if !still_matches(&from, &cvs, len) {
+        return Err(Changed.into());
+    }
+    let mut out = Vec::with_capacity(1 + 32 * cvs.len());
+    out.push(Status::Ok as u8);
+    for cv in &cvs {
+        out.extend_from_slice(cv);
+    }
+    let sent = out.len() as u64 - 1;
+    write_limited(send, out.into(), &[], stall_timeout(sent)).await?;
+    send.finish()?;
+    Ok(sent)
+}
+
+/// Status, then the blocks set in `wanted`, in order. From disk, the last
+/// of them is held back until the whole piece has been read and checked.
+pub async fn send_blocks(
+    send: &mut SendStream,
+    from: PieceSource,
+    len: u64,
+    wanted: &BitSlice<u8, Lsb0>,
+    limits: &[Arc<RateLimit>],
+) -> anyhow::Result<u64> {
+    let stall = stall_timeout(len);
+    send.write_all(&[Status::Ok as u8]).await?;
+    let mut cvs = Vec::with_capacity(blocks::count(len));
+    let mut held: Option<Bytes> = None;
+    let (mut done, mut sent) = (0u64, 0u64);
+    while done < len {
+        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+        let first = done as usize / BLOCK;
+        let any = (first..blocks::count(done + n as u64)).any(|b| wanted[b]);
+        let disk = matches!(from, PieceSource::Disk { .. });
+        // a chunk with no wanted block from memory is not even read
+        if any || disk {
+            let (bytes, more) = chunk(&from, done, n, false).await?;
+            cvs.extend(more);
+            for (j, at) in (0..n).step_by(BLOCK).enumerate() {
+                if !wanted[first + j] {
+                    continue;
+                }
+                let block = bytes.slice(at..(at + BLOCK).min(n));
+                if let Some(prev) = held.replace(block) {
+                    sent += prev.len() as u64;
+                    write_limited(send, prev, limits, stall).await?;
+                }
+            }
+        }
+        done += n as u64;
+    }
+    if !still_matches(&from, &cvs, len) {
+        return Err(Changed.into());
+    }
+    if let Some(last) = held {
+        sent += last.len() as u64;
+        write_limited(send, last, limits, stall).await?;
+    }
+    send.finish()?;
+    Ok(sent)
+}

@@ -1,0 +1,363 @@
+//! An older copy on the local disk as a source (issue 22): last night's
+//! image, file or tree, at DEST_DIR/NAME or named with `--basis`. It is
+//! only ever read, never through a link, and nothing read from it is used
+//! before it is verified against the manifest.
+//!
+//! The basis is indexed once, with the new manifest's piece size: each of
+//! its regular files is cut into piece-sized windows from its start (as the
+//! new manifest cuts files: pieces are aligned to files), and each window
+//! is hashed as a piece and block by block (`manifest::blocks`). A piece
+//! of the new image whose hash is a window's is copied from there, with
+//! no network at all; that finds every unchanged piece of every file, also
+//! of a file renamed or moved in the tree. For the other pieces, the
+//! joiner fetches the piece's outboard from a peer and looks each block's
+//! CV up: a block CV depends on the block's bytes and its position in the
+//! piece, so a page rewritten in place, or a file grown at its end, leaves
+//! every other block of the piece found here. Data shifted by an amount
+//! that is not a multiple of the piece size (an insert in the middle of a
+//! file) is not found: databases rewrite pages in place and grow files at
+//! the end, and rsync's rolling checksum would cost a pass per host over
+//! every byte for that case.
+//!
+//! Memory: 8 bytes of key and 8 of place per block (16 KiB) and per
+//! piece, in hash maps: about 2 MiB per GiB of basis.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use rayon::prelude::*;
+
+use super::at::Root;
+use super::content::Content;
+use crate::manifest::blocks::{self, BLOCK, Cv};
+use crate::manifest::{FileSpan, Hash, Manifest};
+use crate::text;
+use bitvec::vec::BitVec;
+
+/// One basis path: its files as a content stream, each file at a
+/// piece-aligned offset.
+struct Source {
+    content: Content,
+    shown: PathBuf,
+}
+
+/// Where a window or block lies: source index (top 8 bits) and offset.
+type Place = u64;
+
+const SOURCE_SHIFT: u32 = 56;
+
+fn place(source: usize, offset: u64) -> Place {
+    ((source as u64) << SOURCE_SHIFT) | offset
+}
+
+pub struct Basis {
+    sources: Vec<Source>,
+    piece_size: u32,
+    /// Window hash -> place, for windows of the piece size or a file's
+    /// shorter last one.
+    pieces: HashMap<Hash, (Place, u32)>,
+    /// First 8 bytes of a block's CV -> place of the block.
+    blocks: HashMap<u64, Place>,
+    /// CVs of a block of zeros at the first block positions of a piece
+    /// (`ZERO_CVS` at most; the rest are computed when asked).
+    zero_cvs: Vec<Cv>,
+    /// Bytes of regular files indexed.
+    pub bytes: u64,
+    /// Files indexed.
+    pub files: usize,
+}
+
+const ZERO_CVS: usize = 1024;
+
+/// Most basis paths (`--basis` and the automatic one).
+pub const MAX_SOURCES: usize = 64;
+
+impl Basis {
+    /// Indexes the regular files of `paths` (files or trees), hashing on
+    /// all cores. What cannot be read is skipped with a warning: it is then
+    /// simply not a source. Never fails.
+    pub fn index(paths: &[PathBuf], piece_size: u32) -> Basis {
+        let mut sources = Vec::new();
+        for p in paths.iter().take(MAX_SOURCES) {
+            match open_source(p, piece_size) {
+                Ok(s) => sources.push(s),
+                Err(e) => tracing::warn!(
+                    "basis {}: {e}; not used, what it holds is fetched instead",
+                    text::path(p)
+                ),
+            }
+        }
+        let ps = u64::from(piece_size);
+        let windows: Vec<(usize, u64, u64)> = sources
+            .iter()
+            .enumerate()
+            .flat_map(|(s, src)| {
+                src.content.spans().flat_map(move |(offset, size)| {
+                    (0..size.div_ceil(ps))
+                        .map(move |k| (s, offset + k * ps, (size - k * ps).min(ps)))
+                })
+            })
+            .collect();
+        let hashed: Vec<(Place, u32, Hash, Vec<Cv>)> = windows
+            .par_iter()
+            .map_init(Vec::new, |buf, &(s, offset, len)| {
+                buf.resize(len as usize, 0);
+                if let Err(e) = sources[s].content.read_at(offset, buf) {
+                    tracing::debug!("basis {}: {e}", text::path(&sources[s].shown));
+                    return None;
+                }
+                let (root, cvs) = if blocks::splittable(len) {
+                    let cvs = blocks::cvs(buf);
+                    (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
+                } else {
+                    (*blake3::hash(buf).as_bytes(), Vec::new())
+                };
+                Some((place(s, offset), len as u32, root, cvs))
+            })
+            .flatten()
+            .collect();
+        let mut basis = Basis {
+            files: sources.iter().map(|s| s.content.spans().count()).sum(),
+            bytes: windows.iter().map(|w| w.2).sum(),
+            sources,
+            piece_size,
+            pieces: HashMap::with_capacity(hashed.len()),
+            blocks: HashMap::new(),
+            zero_cvs: (0..(piece_size as usize / BLOCK).min(ZERO_CVS))
+                .map(|j| blocks::cv(j, &[0u8; BLOCK]))
+                .collect(),
+        };
+        basis.blocks.reserve(hashed.iter().map(|h| h.3.len()).sum());
+        for (at, len, root, cvs) in hashed {
+            basis.pieces.entry(root).or_insert((at, len));
+            for (j, cv) in cvs.iter().enumerate() {
+                basis
+                    .blocks
+                    .entry(key(cv))
+                    .or_insert(at + (j * BLOCK) as u64);
+            }
+        }
+        basis
+    }
+
+    /// Whether there is anything to take from.
+    pub fn is_empty(&self) -> bool {
+        self.pieces.is_empty()
+    }
+
+    /// Reads a whole piece of `len` bytes whose hash is `hash` into `buf`,
+    /// if the basis has it and it still checks out.
+    pub fn piece(&self, hash: &Hash, len: u64, buf: &mut [u8]) -> bool {
+        let Some(&(at, n)) = self.pieces.get(hash) else {
+            return false;
+        };
+        u64::from(n) == len
+            && buf.len() as u64 == len
+            && self.read(at, buf)
+            && blake3::hash(buf).as_bytes() == hash
+    }
+
+    /// Whether block `index` of a piece, `cv` by the outboard and
+    /// `buf.len()` long, is all zeros.
+    pub fn is_zero_block(&self, index: usize, cv: &Cv, len: usize) -> bool {
+        match self.zero_cvs.get(index) {
+            Some(z) if len == BLOCK => z == cv,
+            _ => &blocks::cv(index, &vec![0u8; len]) == cv,
+        }
+    }
+
+    /// Reads block `index` (CV `cv` by the outboard) into `buf` if the
+    /// basis has it and it still checks out.
+    pub fn block(&self, index: usize, cv: &Cv, buf: &mut [u8]) -> bool {
+        let Some(&at) = self.blocks.get(&key(cv)) else {
+            return false;
+        };
+        self.read(at, buf) && &blocks::cv(index, buf) == cv
+    }
+
+    fn read(&self, at: Place, buf: &mut [u8]) -> bool {
+        let s = (at >> SOURCE_SHIFT) as usize;
+        let offset = at & ((1 << SOURCE_SHIFT) - 1);
+        match self
+            .sources
+            .get(s)
+            .map(|src| src.content.read_at(offset, buf))
+        {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                // changed or gone since it was indexed: fetched instead
+                tracing::debug!("basis {}: {e}", text::path(&self.sources[s].shown));
+                false
+            }
+            None => false,
+        }
+    }
+
+    pub fn piece_size(&self) -> u32 {
+        self.piece_size
+    }
+
+    /// Copies every piece of `m` that `have` lacks and the basis has whole
+    /// into `content`, and sets it in `have`. Returns the pieces and bytes
+    /// copied. A write that fails (disk full) is an error.
+    pub fn fill(
+        &self,
+        m: &Manifest,
+        content: &Content,
+        have: &mut BitVec,
+    ) -> std::io::Result<(usize, u64)> {
+        let found: Vec<(usize, u64)> = (0..m.piece_count())
+            .into_par_iter()
+            .filter(|&i| !have[i])
+            .map_init(Vec::new, |buf, i| {
+                let (offset, len) = m.piece_range(i);
+                let hash = m.piece_hash(i).expect("a piece of the manifest");
+                buf.resize(len as usize, 0);
+                if !self.piece(hash, len, buf) {
+                    return Ok(None);
+                }
+                content.write_sparse(offset, buf)?;
+                Ok(Some((i, len)))
+            })
+            .filter_map(Result::transpose)
+            .collect::<std::io::Result<_>>()?;
+        for &(i, _) in &found {
+            have.set(i, true);
+        }
+        Ok((found.len(), found.iter().map(|f| f.1).sum()))
+    }
+}
+
+fn key(cv: &Cv) -> u64 {
+    u64::from_le_bytes(cv[..8].try_into().expect("8 bytes"))
+}
+
+/// Opens a basis path (not following a link at its end, nor below it) and
+/// lists its regular files.
+fn open_source(path: &Path, piece_size: u32) -> std::io::Result<Source> {
+    let root = Root::open(path, false)?;
+    let mut names = Vec::new();
+    if let Root::Dir(_) = root {
+        walk(path, "", &mut names);
+    } else {
+        names.push((String::new(), fs::symlink_metadata(path)?.len()));
+    }
+    let ps = u64::from(piece_size);
+    let mut offset = 0u64;
+    let spans: Vec<FileSpan> = names
+        .into_iter()
+        .filter(|(_, size)| *size > 0)
+        .map(|(p, size)| {
+            let span = FileSpan {
+                path: p,
+                offset,
+                size,
+                first_piece: (offset / ps) as u32,
+            };
+            offset += size.div_ceil(ps) * ps;
+            span
+        })
+        .collect();
+    Ok(Source {
+        content: Content::from_root(root, &spans, false)?,
+        shown: path.to_path_buf(),
+    })
+}
+
+/// Regular files under `dir` (paths relative to the basis root), not
+/// following links; names that are not UTF-8 are skipped (no manifest has
+/// them). Reading goes through `Content`, relative to the root handle and
+/// never through a link, whatever happens to the tree after this walk.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
+    let Ok(items) = fs::read_dir(dir) else {
+        tracing::warn!("basis {}: cannot be listed; skipped", text::path(dir));
+        return;
+    };
+    for item in items.flatten() {
+        let Some(name) = item.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        let rel_path = if rel.is_empty() {
+            name
+        } else {
+            format!("{rel}/{name}")
+        };
+        match fs::symlink_metadata(item.path()) {
+            Ok(m) if m.is_file() => out.push((rel_path, m.len())),
+            Ok(m) if m.is_dir() => walk(&item.path(), &rel_path, out),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| ((i * 131 + seed as usize * 7) % 251) as u8)
+            .collect()
+    }
+
+    /// Whole pieces and single blocks are found wherever a file moved to
+    /// in the tree; a block's bytes at another position in its piece are
+    /// not taken for it; what changed after indexing is not used.
+    #[test]
+    fn finds_pieces_and_blocks_and_checks_what_it_reads() {
+        const P: usize = 4 * BLOCK;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("old");
+        fs::create_dir_all(root.join("sub")).unwrap();
+        let a = data(2 * P + 1000, 1);
+        fs::write(root.join("sub/a"), &a).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+        let basis = Basis::index(std::slice::from_ref(&root), P as u32);
+        assert_eq!((basis.files, basis.bytes), (1, a.len() as u64));
+        let mut buf = vec![0u8; P];
+        let h1 = *blake3::hash(&a[P..2 * P]).as_bytes();
+        assert!(basis.piece(&h1, P as u64, &mut buf));
+        assert_eq!(buf, &a[P..2 * P]);
+        let tail = *blake3::hash(&a[2 * P..]).as_bytes();
+        let mut t = vec![0u8; 1000];
+        assert!(basis.piece(&tail, 1000, &mut t));
+        // a new version of piece 0 with block 2 rewritten: blocks 0, 1, 3
+        // come from the basis, block 2 does not
+        let mut new = a[..P].to_vec();
+        new[2 * BLOCK + 9] ^= 0xff;
+        let cvs = blocks::cvs(&new);
+        let mut b = vec![0u8; BLOCK];
+        for (j, cv) in cvs.iter().enumerate() {
+            assert_eq!(basis.block(j, cv, &mut b), j != 2, "block {j}");
+        }
+        // the same bytes as another block position are not that block
+        let moved = blocks::cv(1, &a[..BLOCK]);
+        assert!(!basis.block(1, &moved, &mut b));
+        // the basis changes after indexing: nothing wrong is used
+        let mut changed = a.clone();
+        changed[P + 5] ^= 1;
+        fs::write(root.join("sub/a"), &changed).unwrap();
+        assert!(!basis.piece(&h1, P as u64, &mut buf));
+        let cv1 = blocks::cv(0, &a[P..P + BLOCK]);
+        assert!(!basis.block(0, &cv1, &mut b));
+        assert!(basis.is_zero_block(3, &blocks::cv(3, &[0u8; BLOCK]), BLOCK));
+        assert!(basis.is_zero_block(1, &blocks::cv(1, &[0u8; 100]), 100));
+        assert!(!basis.is_zero_block(1, &blocks::cv(2, &[0u8; BLOCK]), BLOCK));
+    }
+
+    #[test]
+    fn a_basis_that_is_missing_or_a_link_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, data(3 * BLOCK, 2)).unwrap();
+        std::os::unix::fs::symlink(&f, d.path().join("l")).unwrap();
+        let b = Basis::index(
+            &[d.path().join("nope"), d.path().join("l")],
+            4 * BLOCK as u32,
+        );
+        assert!(b.is_empty());
+        let b = Basis::index(&[f], 4 * BLOCK as u32);
+        assert_eq!((b.files, b.is_empty()), (1, false));
+    }
+}
