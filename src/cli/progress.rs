@@ -117,14 +117,24 @@ fn message(s: &Status, start: Instant) -> String {
         Some((rank, of)) => format!(", bridge {}/{of}", rank + 1),
         None => String::new(),
     };
-    format!(
+    let mut m = format!(
         "group {}{role}, peers {} (done {}), in {}/s, out {}/s",
         Escaped(&s.group),
         s.peers,
         s.peers_done,
         human(s.bytes_received as f64 / secs),
         human(s.bytes_served as f64 / secs),
-    )
+    );
+    // where the bytes came from, once there is more than one place
+    if s.bytes_from_basis > 0 || s.received_cross_group > 0 {
+        m += &format!(
+            ", from basis {}, group {}, other groups {}",
+            human(s.bytes_from_basis as f64),
+            human(s.bytes_received.saturating_sub(s.received_cross_group) as f64),
+            human(s.received_cross_group as f64),
+        );
+    }
+    m
 }
 
 pub fn human(bytes: f64) -> String {
@@ -161,6 +171,13 @@ pub fn summary(r: &Report, width: usize) -> String {
         ),
         format!("served {}", human(r.bytes_served as f64)),
     ];
+    if r.bytes_from_basis > 0 {
+        clauses.push(format!(
+            "{} from the basis ({} pieces whole)",
+            human(r.bytes_from_basis as f64),
+            r.pieces_from_basis
+        ));
+    }
     if r.received_cross_group + r.served_cross_group > 0 {
         clauses.push(format!(
             "across groups received {} and served {}",

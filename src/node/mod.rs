@@ -126,6 +126,10 @@ pub struct Status {
     pub pieces_total: usize,
     pub bytes_total: u64,
     pub bytes_received: u64,
+    /// Of `bytes_received`, from hosts of other groups.
+    pub received_cross_group: u64,
+    /// Bytes taken from the basis (not received).
+    pub bytes_from_basis: u64,
     pub bytes_served: u64,
     pub peers: usize,
     pub peers_done: usize,

@@ -81,6 +81,8 @@ impl Engine {
             pieces_total: self.manifest.piece_count(),
             bytes_total: self.manifest.total_size(),
             bytes_received: self.report.bytes_received,
+            received_cross_group: self.report.received_cross_group,
+            bytes_from_basis: self.report.bytes_from_basis,
             bytes_served: self.report.bytes_served,
             peers: self.peers.len(),
             peers_done: self.done_ids.len(),
