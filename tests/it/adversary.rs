@@ -11,6 +11,7 @@ use std::time::Duration;
 use bitvec::prelude::*;
 use quinn::{Connection, RecvStream, SendStream};
 
+use swarm::manifest::blocks;
 use swarm::node::auth::{self, Role};
 use swarm::node::tls::{self, Tuning};
 use swarm::ticket::Ticket;
@@ -32,6 +33,10 @@ pub enum Mode {
     Reset,
     /// Claims no piece, stays connected, and never says Done.
     Mute,
+    /// Knows the image (`start_with`): answers a delta's outboard
+    /// truthfully, then sends random bytes for the blocks (and for whole
+    /// pieces).
+    BadBlocks,
 }
 
 /// What an adversary saw, for the test's assertions.
@@ -41,6 +46,8 @@ pub struct Seen {
     pub connections: HashMap<PeerId, usize>,
     /// Piece requests received.
     pub requests: usize,
+    /// Of those, a delta's Blocks requests.
+    pub blocks_requests: usize,
     /// Manifest requests received (always refused).
     pub manifest_requests: usize,
     /// After being dropped for a corrupt piece, the adversary dials that
@@ -179,6 +186,17 @@ fn hold_control(send: SendStream, mut recv: RecvStream) {
 /// Starts an adversary that dials the seed of `t` (so the seed advertises
 /// it to every joiner), claims all `pieces`, and serves per `mode`.
 pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
+    start_with(mode, t, size, piece, Arc::new(Vec::new())).await
+}
+
+/// `start`, knowing the image's bytes (`Mode::BadBlocks` needs them).
+pub async fn start_with(
+    mode: Mode,
+    t: &Ticket,
+    size: u64,
+    piece: u64,
+    data: Arc<Vec<u8>>,
+) -> Adversary {
     let pieces = size.div_ceil(piece) as usize;
     let all: BitVec<u8, Lsb0> = bitvec![u8, Lsb0; u8::from(mode != Mode::Mute); pieces];
     let cfg = tls::configs(&Tuning::default(), Default::default()).unwrap();
@@ -195,7 +213,7 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
     let (acc_ep, acc_seen, acc_t) = (ep.clone(), seen.clone(), t.clone());
     tokio::spawn(async move {
         while let Some(incoming) = acc_ep.accept().await {
-            let (seen, t, all) = (acc_seen.clone(), acc_t.clone(), all.clone());
+            let (seen, t, all, data) = (acc_seen.clone(), acc_t.clone(), all.clone(), data.clone());
             let ep = acc_ep.clone();
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
@@ -211,7 +229,7 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
                     .entry(h.peer_id)
                     .or_default() += 1;
                 hold_control(send, recv);
-                if mode == Mode::Corrupt {
+                if matches!(mode, Mode::Corrupt | Mode::BadBlocks) {
                     let at = h.addrs.first().map(|a| {
                         if a.ip().is_unspecified() {
                             SocketAddr::new(conn.remote_address().ip(), a.port())
@@ -230,8 +248,9 @@ pub async fn start(mode: Mode, t: &Ticket, size: u64, piece: u64) -> Adversary {
                     });
                 }
                 while let Ok((send, recv)) = conn.accept_bi().await {
-                    let (conn, seen) = (conn.clone(), seen.clone());
-                    tokio::spawn(serve(mode, conn, send, recv, seen, size, piece));
+                    let (conn, seen, data) = (conn.clone(), seen.clone(), data.clone());
+                    let at = Image { size, piece, data };
+                    tokio::spawn(serve(mode, conn, send, recv, seen, at));
                 }
             });
         }
@@ -279,30 +298,76 @@ async fn come_back(
     }
 }
 
+/// The image an adversary claims: a single file of `size` bytes.
+struct Image {
+    size: u64,
+    piece: u64,
+    data: Arc<Vec<u8>>,
+}
+
 async fn serve(
     mode: Mode,
     conn: Connection,
     mut send: SendStream,
     mut recv: RecvStream,
     seen: Arc<Mutex<Seen>>,
-    size: u64,
-    piece: u64,
+    img: Image,
 ) {
-    let mut req = [0u8; REQUEST_LEN];
+    let mut req = vec![0u8; REQUEST_LEN];
     if recv.read_exact(&mut req).await.is_err() {
         return;
     }
-    let Ok(Request::Piece(i)) = Request::decode(&req) else {
-        seen.lock().unwrap().manifest_requests += 1;
-        let _ = send.write_all(&[1]).await; // no manifest from us
-        let _ = send.finish();
-        conn.closed().await;
-        return;
+    while let Ok(more) = Request::more(&req)
+        && more > 0
+    {
+        let at = req.len();
+        req.resize(at + more, 0);
+        if recv.read_exact(&mut req[at..]).await.is_err() {
+            return;
+        }
+    }
+    let (i, len) = match Request::decode(&req) {
+        Ok(r @ (Request::Piece(_) | Request::Outboard(_) | Request::Blocks { .. })) => {
+            let i = r.piece().unwrap();
+            let whole = piece_len(img.size, img.piece, i);
+            let len = match &r {
+                Request::Outboard(_) => blocks::count(whole as u64) * 32,
+                Request::Blocks { wanted, .. } => wanted
+                    .iter_ones()
+                    .map(|j| blocks::range(j, whole as u64).len())
+                    .sum(),
+                _ => whole,
+            };
+            if let (Request::Outboard(_), Mode::BadBlocks) = (&r, mode) {
+                // the truth: the joiner then asks for blocks
+                let start = i as usize * img.piece as usize;
+                let mut out = vec![0u8];
+                for cv in blocks::cvs(&img.data[start..start + whole]) {
+                    out.extend_from_slice(&cv);
+                }
+                let _ = send.write_all(&out).await;
+                let _ = send.finish();
+                seen.lock().unwrap().requests += 1;
+                let _ = conn.closed().await;
+                return;
+            }
+            (i, len)
+        }
+        _ => {
+            seen.lock().unwrap().manifest_requests += 1;
+            let _ = send.write_all(&[1]).await; // no manifest from us
+            let _ = send.finish();
+            conn.closed().await;
+            return;
+        }
     };
+    let _ = i;
     seen.lock().unwrap().requests += 1;
-    let len = piece_len(size, piece, i);
+    if req.first() == Some(&4) {
+        seen.lock().unwrap().blocks_requests += 1;
+    }
     match mode {
-        Mode::Corrupt => {
+        Mode::Corrupt | Mode::BadBlocks => {
             let mut bytes = vec![0u8; 1 + len];
             rand::RngExt::fill(&mut rand::rng(), &mut bytes[1..]);
             let _ = send.write_all(&bytes).await;

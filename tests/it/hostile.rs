@@ -1,5 +1,6 @@
 //! Peers that misbehave on the wire are dropped; honest hosts finish.
 
+use std::fs;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -246,6 +247,74 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
         }
     }
     assert!(corrupt > 0, "no joiner counted the corrupt pieces");
+}
+
+/// Deltas against hostile sources: one sends an outboard that does not
+/// check out, one a true outboard and then random blocks. Joiners that
+/// hold the old version drop both as corrupt, never write a bad block,
+/// and end with the right copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_delta_sources_are_dropped() {
+    use crate::adversary::{self, Mode};
+    use std::sync::Arc;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_path_buf();
+    let (size, piece) = (16u64 << 20, 256u64 << 10);
+    let src = d.join("image.bin");
+    random_file(&src, size as usize, 21);
+    let new = fs::read(&src).unwrap();
+    // the old version: every fourth 16 KiB page differs
+    let mut old = new.clone();
+    for page in old.chunks_mut(16 << 10).step_by(4) {
+        page[0] ^= 0xff;
+    }
+    for n in ["a", "b", "c"] {
+        fs::create_dir_all(d.join(n)).unwrap();
+        fs::write(d.join(n).join("image.bin"), &old).unwrap();
+    }
+    let seed = seed(
+        &d,
+        &src,
+        &[
+            "--until-done",
+            "3",
+            "--piece-size",
+            "256KiB",
+            "--upload-limit",
+            "2MiB/s",
+        ],
+    );
+    let t = Ticket::parse(&seed.ticket).unwrap();
+    let data = Arc::new(new);
+    let bad = [
+        adversary::start_with(Mode::Corrupt, &t, size, piece, data.clone()).await,
+        adversary::start_with(Mode::BadBlocks, &t, size, piece, data.clone()).await,
+    ];
+    joiners_a_b_c_then_seed_exit(&d, seed, &["--force", "--linger", "2s"]).await;
+    let mut corrupt = 0;
+    for n in ["a", "b", "c"] {
+        assert_same(&src, &d.join(n).join("image.bin"));
+        let r = report(&d.join(format!("{n}.json")));
+        corrupt += r["pieces_corrupt"].as_u64().unwrap();
+        assert!(r["bytes_from_basis"].as_u64().unwrap() > size / 2, "{r}");
+    }
+    assert!(corrupt >= 2, "{corrupt} corrupt pieces counted");
+    for a in &bad {
+        let seen = a.seen.lock().unwrap();
+        assert!(seen.requests > 0, "{:?} was never asked", a.mode);
+        if a.mode == Mode::BadBlocks {
+            assert!(
+                seen.blocks_requests > 0,
+                "its outboard led to no Blocks request"
+            );
+        }
+        assert!(
+            seen.connections.values().all(|&n| n == 1),
+            "{:?}: a joiner came back to it",
+            a.mode
+        );
+    }
 }
 
 /// The first host a joiner reaches refuses the manifest: the joiner takes it
