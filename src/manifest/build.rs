@@ -343,11 +343,11 @@ mod tests {
         let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(paths, ["a-file", "b", "b/c", "b/c/data", "empty", "zero"]);
         assert_eq!(m.total_size(), 10_005);
-        // pieces follow files: "hello" is piece 0 alone, data starts piece 1
-        assert_eq!(m.piece_count(), 4);
-        assert!(m.verify_piece(0, b"hello"));
-        assert!(m.verify_piece(1, &[7u8; 4096]));
-        assert_eq!(m.piece_range(3), (3 * 4096, 10_000 - 2 * 4096));
+        // small files are packed: piece 0 = "hello" + 4091 bytes of 7
+        assert_eq!(m.piece_count(), 3);
+        let mut p0 = b"hello".to_vec();
+        p0.extend(vec![7u8; 4091]);
+        assert!(m.verify_piece(0, &p0));
         assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
     }
 
@@ -360,7 +360,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("pgdata");
         fs::create_dir_all(root.join("base")).unwrap();
-        fs::write(root.join("base/1"), vec![1u8; 9000]).unwrap();
+        fs::write(root.join("base/1"), vec![1u8; 90_000]).unwrap();
         fs::hard_link(root.join("base/1"), root.join("base/2")).unwrap();
         std::os::unix::fs::symlink("/srv/wal", root.join("pg_wal")).unwrap();
         std::os::unix::fs::symlink("../base/1", root.join("rel")).unwrap();
@@ -375,7 +375,7 @@ mod tests {
             kinds,
             [
                 ("base", &EntryKind::Dir),
-                ("base/1", &EntryKind::File { size: 9000 }),
+                ("base/1", &EntryKind::File { size: 90_000 }),
                 ("base/2", &EntryKind::HardLink { target: 1 }),
                 (
                     "pg_wal",
@@ -392,7 +392,7 @@ mod tests {
             ]
         );
         // the hard-linked file is sent once
-        assert_eq!((m.total_size(), m.piece_count()), (9000, 3));
+        assert_eq!((m.total_size(), m.piece_count()), (90_000, 22));
         let st = fs::metadata(root.join("base")).unwrap();
         assert_eq!(entries[0].meta.mode, 0o2750);
         assert_eq!(entries[0].meta.uid, st.uid());

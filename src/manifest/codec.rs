@@ -299,6 +299,7 @@ mod tests {
                 entries: vec![
                     e("a", EntryKind::Dir, 0o2700),
                     e("a/x", EntryKind::File { size: 5000 }, 0o600),
+                    e("a/y", EntryKind::File { size: 70_000 }, 0o600),
                     e("b", EntryKind::File { size: 0 }, 0o644),
                     e("c", EntryKind::Dir, 0o755),
                     e(
@@ -310,14 +311,14 @@ mod tests {
                     ),
                     Entry {
                         path: "d".into(),
-                        kind: EntryKind::HardLink { target: 1 },
+                        kind: EntryKind::HardLink { target: 2 },
                         meta: Meta::default(),
                     },
                     e("e", EntryKind::File { size: 10 }, 0o644),
                 ],
             },
             4096,
-            vec![[1; 32], [2; 32], [3; 32]],
+            vec![[1; 32]; 20],
         )
     }
 
@@ -326,7 +327,7 @@ mod tests {
         let m = sample();
         let bytes = m.encode();
         // magic, version 2, piece log2 12, name "img", dir root: mode
-        // 0o755, uid 26, gid 26, mtime, then 7 entries
+        // 0o755, uid 26, gid 26, mtime, then 8 entries
         assert_eq!(
             &bytes[..11],
             &[b'S', b'W', b'M', b'F', 2, 12, 3, 0, b'i', b'm', b'g']
@@ -335,14 +336,25 @@ mod tests {
             &bytes[11..24],
             &[1, 0xed, 1, 0, 0, 26, 0, 0, 0, 26, 0, 0, 0]
         );
-        assert_eq!(&bytes[36..40], &[7, 0, 0, 0]);
+        assert_eq!(&bytes[36..40], &[8, 0, 0, 0]);
         assert_eq!(Manifest::decode(&bytes).unwrap(), m);
-        assert_eq!(m.total_size(), 5010);
-        // a/x takes pieces 0 and 1; e starts a new piece
+        assert_eq!(m.total_size(), 75_010);
+        // a/x (small) is packed from 0; a/y (64 KiB or more) starts piece
+        // 2 at 8192 and takes 18 pieces, its last of 368 bytes; e (small)
+        // follows it in the same piece
+        assert_eq!(m.piece_range(0), (0, 4096));
         assert_eq!(m.piece_range(1), (4096, 904));
-        assert_eq!(m.piece_range(2), (8192, 10));
-        assert_eq!(m.file_of_piece(2).unwrap().path, "e");
-        assert_eq!(m.piece_range(3), (0, 0));
+        assert_eq!(m.piece_range(2), (8192, 4096));
+        assert_eq!(m.piece_range(19), (19 * 4096, 368 + 10));
+        let paths = |i| {
+            m.piece_files(i)
+                .iter()
+                .map(|f| f.path.as_str())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(paths(19), ["a/y", "e"]);
+        assert_eq!(paths(1), ["a/x"]);
+        assert_eq!(m.piece_range(20), (0, 0));
     }
 
     #[test]
@@ -417,6 +429,9 @@ mod tests {
         m.hashes.push([3; 32]);
         assert!(Manifest::decode(&m.encode()).is_err());
         let mut m = sample();
+        m.hashes.pop();
+        assert!(Manifest::decode(&m.encode()).is_err());
+        let mut m = sample();
         m.name = "..".into();
         assert!(Manifest::decode(&m.encode()).is_err());
         let mut bytes = sample().encode();
@@ -468,10 +483,12 @@ mod tests {
             prop_assert_eq!(Manifest::decode(&m.encode()).unwrap(), m);
         }
 
-        /// Pieces never cross files: every piece lies inside one file's
-        /// span, and the files' pieces follow each other with no gap.
+        /// Pieces tile the content: every byte of every file is in
+        /// exactly one piece, no piece is empty or longer than the piece
+        /// size, and a file of 64 KiB or more starts a piece.
         #[test]
-        fn pieces_are_aligned_to_files(sizes in proptest::collection::vec(0u64..20_000, 0..12)) {
+        fn pieces_tile_the_files(sizes in proptest::collection::vec(
+            prop_oneof![0u64..3000, 60_000u64..70_000, 0u64..20_000], 0..12)) {
             let entries: Vec<Entry> = sizes
                 .iter()
                 .enumerate()
@@ -485,21 +502,24 @@ mod tests {
             let n = Manifest::pieces_for(&root, 4096).unwrap();
             let m = Manifest::new("t".into(), root, 4096, vec![[0; 32]; n as usize]);
             let m = Manifest::decode(&m.encode()).unwrap();
-            let mut next = 0u32;
             for f in m.files() {
-                prop_assert_eq!(f.first_piece, next);
-                prop_assert_eq!(f.offset, u64::from(f.first_piece) * 4096);
-                next += f.pieces(4096) as u32;
+                if f.size >= crate::manifest::PACK_BELOW {
+                    prop_assert_eq!(f.offset % 4096, 0);
+                }
             }
-            prop_assert_eq!(next as usize, m.piece_count());
-            let mut total = 0;
+            let mut covered = 0;
             for i in 0..m.piece_count() {
                 let (off, len) = m.piece_range(i);
-                let f = m.file_of_piece(i).unwrap();
-                prop_assert!(len > 0 && off >= f.offset && off + len <= f.offset + f.size);
-                total += len;
+                prop_assert!(len > 0 && len <= 4096 && off == i as u64 * 4096);
+                let in_files: u64 = m
+                    .piece_files(i)
+                    .iter()
+                    .map(|f| f.end().min(off + len) - f.offset.max(off))
+                    .sum();
+                prop_assert_eq!(in_files, len, "piece {} holds bytes outside files", i);
+                covered += len;
             }
-            prop_assert_eq!(total, m.total_size());
+            prop_assert_eq!(covered, m.total_size());
         }
     }
 }

@@ -4,13 +4,21 @@
 //! manifest id that a ticket carries, so a manifest fetched from any peer can
 //! be checked before use.
 //!
-//! Pieces are aligned to files, as in BitTorrent v2: each regular file's
-//! content starts a new piece, so a file added, removed or grown changes only
-//! its own pieces, never the pieces of the files after it (what lets an
-//! older copy serve as a basis, see `crate::basis`). Positions are given in
-//! a virtual content stream where file `k` starts at `first_piece(k) *
-//! piece_size`; the gap after a file's last byte up to the next piece
-//! boundary belongs to no piece and is never read or written.
+//! Pieces are aligned to files, as in BitTorrent v2, but for small ones: a
+//! regular file of `PACK_BELOW` (64 KiB) or more starts a new piece, so a
+//! file added, removed or grown changes only its own pieces and those of
+//! the small files packed next to it, never the pieces of the large files
+//! after it (what lets an older copy serve as a basis, see
+//! `storage::Basis`). Files smaller than that are packed one after the
+//! other, as every file was before: a piece per 8 KiB file made a tree of
+//! 4,000 such files take 1.5-1.7 s instead of 0.86 s on loopback, and
+//! would have cut the bytes in flight across a WAN to 16 x 8 KiB.
+//!
+//! Positions are given in a virtual content stream (`layout`): packed
+//! files follow each other, and a large file starts at the next multiple
+//! of the piece size; the gap before it belongs to no piece and is never
+//! read or written. Piece `i` covers the content in `[i * piece_size, (i +
+//! 1) * piece_size)`, which is contiguous (a gap only ever ends a piece).
 
 pub mod blocks;
 mod build;
@@ -137,15 +145,66 @@ impl Eq for Layout {}
 pub struct FileSpan {
     /// Path relative to the root; empty when the root itself is the file.
     pub path: String,
-    /// `first_piece * piece_size`.
+    /// In the virtual stream (see the module doc).
     pub offset: u64,
     pub size: u64,
-    pub first_piece: u32,
 }
 
 impl FileSpan {
-    pub fn pieces(&self, piece_size: u32) -> u64 {
-        self.size.div_ceil(u64::from(piece_size))
+    pub fn end(&self) -> u64 {
+        self.offset + self.size
+    }
+}
+
+/// Files of this size or more start a new piece; smaller ones are packed.
+pub const PACK_BELOW: u64 = 64 << 10;
+
+/// Places files of the given (path, size), in order, in the virtual
+/// stream at `piece_size` (empty files take no place and get no span).
+/// `None` if the stream would pass `u64::MAX`.
+pub fn layout(
+    files: impl IntoIterator<Item = (String, u64)>,
+    piece_size: u32,
+) -> Option<Vec<FileSpan>> {
+    let ps = u64::from(piece_size.max(1));
+    let mut pos = 0u64;
+    let mut out = Vec::new();
+    for (path, size) in files {
+        if size == 0 {
+            continue;
+        }
+        if size >= PACK_BELOW {
+            pos = pos.checked_next_multiple_of(ps)?;
+        }
+        out.push(FileSpan {
+            path,
+            offset: pos,
+            size,
+        });
+        pos = pos.checked_add(size)?;
+    }
+    Some(out)
+}
+
+/// Pieces of a layout: every piece slot up to its end holds content.
+pub fn layout_pieces(spans: &[FileSpan], piece_size: u32) -> u64 {
+    spans
+        .last()
+        .map_or(0, |s| s.end().div_ceil(u64::from(piece_size.max(1))))
+}
+
+/// Byte range `(offset, len)` of piece `i` of a layout; `(0, 0)` past the
+/// last piece.
+pub fn layout_piece(spans: &[FileSpan], piece_size: u32, i: usize) -> (u64, u64) {
+    let ps = u64::from(piece_size.max(1));
+    let start = i as u64 * ps;
+    let end = start + ps;
+    // the last span that starts before this piece ends: the content of
+    // the piece runs from its start to that span's end at most
+    let k = spans.partition_point(|s| s.offset < end);
+    match k.checked_sub(1).map(|k| &spans[k]) {
+        Some(s) if s.end() > start => (start, s.end().min(end) - start),
+        _ => (0, 0),
     }
 }
 
@@ -180,67 +239,34 @@ impl Manifest {
     /// Byte range `(offset, len)` of piece `i` in the content stream (see
     /// the module doc); `(0, 0)` past the last piece.
     pub fn piece_range(&self, i: usize) -> (u64, u64) {
-        match self.file_of_piece(i) {
-            Some(f) => {
-                let start = i as u64 * u64::from(self.piece_size);
-                let len = (f.offset + f.size - start).min(u64::from(self.piece_size));
-                (start, len)
-            }
-            None => (0, 0),
-        }
+        layout_piece(self.files(), self.piece_size, i)
     }
 
-    /// The file that holds piece `i`.
-    pub fn file_of_piece(&self, i: usize) -> Option<&FileSpan> {
+    /// The files piece `i` holds bytes of.
+    pub fn piece_files(&self, i: usize) -> &[FileSpan] {
+        let (start, len) = self.piece_range(i);
         let files = self.files();
-        let k = files
-            .partition_point(|f| (f.first_piece as u64 + f.pieces(self.piece_size)) <= i as u64);
-        files.get(k).filter(|f| (f.first_piece as usize) <= i)
+        let first = files.partition_point(|f| f.end() <= start);
+        let last = files.partition_point(|f| f.offset < start + len);
+        &files[first..last.max(first)]
     }
 
-    /// Regular files with content, in entry order, at their aligned offsets
-    /// (empty files and hard links have no span).
+    /// Regular files with content, in entry order, at their offsets in
+    /// the virtual stream (empty files and hard links have no span). A
+    /// manifest that decoded has a layout; one that would overflow (only
+    /// ever built by hand) has none.
     pub fn files(&self) -> &[FileSpan] {
-        self.layout.0.get_or_init(|| {
-            let ps = u64::from(self.piece_size.max(1));
-            let sizes: Vec<(String, u64)> = match &self.root {
-                Root::File { size, .. } => vec![(String::new(), *size)],
-                Root::Dir { entries, .. } => entries
-                    .iter()
-                    .filter_map(|e| match e.kind {
-                        EntryKind::File { size } => Some((e.path.clone(), size)),
-                        _ => None,
-                    })
-                    .collect(),
-            };
-            let mut piece = 0u64;
-            let mut out = Vec::new();
-            for (path, size) in sizes {
-                if size == 0 {
-                    continue;
-                }
-                out.push(FileSpan {
-                    path,
-                    offset: piece.saturating_mul(ps),
-                    size,
-                    first_piece: piece.min(u64::from(u32::MAX)) as u32,
-                });
-                piece = piece.saturating_add(size.div_ceil(ps));
-            }
-            out
-        })
+        self.layout
+            .0
+            .get_or_init(|| layout(file_sizes(&self.root), self.piece_size).unwrap_or_default())
     }
 
     /// Number of pieces `root` needs at `piece_size` (`None` on overflow).
     pub fn pieces_for(root: &Root, piece_size: u32) -> Option<u64> {
-        let ps = u64::from(piece_size);
-        match root {
-            Root::File { size, .. } => Some(size.div_ceil(ps)),
-            Root::Dir { entries, .. } => entries.iter().try_fold(0u64, |acc, e| match e.kind {
-                EntryKind::File { size } => acc.checked_add(size.div_ceil(ps)),
-                _ => Some(acc),
-            }),
-        }
+        Some(layout_pieces(
+            &layout(file_sizes(root), piece_size)?,
+            piece_size,
+        ))
     }
 
     /// The blake3 hash piece `i` must have.
@@ -250,5 +276,19 @@ impl Manifest {
 
     pub fn verify_piece(&self, i: usize, data: &[u8]) -> bool {
         self.hashes.get(i) == Some(blake3::hash(data).as_bytes())
+    }
+}
+
+/// The regular files of `root` with their sizes, in entry order.
+fn file_sizes(root: &Root) -> Vec<(String, u64)> {
+    match root {
+        Root::File { size, .. } => vec![(String::new(), *size)],
+        Root::Dir { entries, .. } => entries
+            .iter()
+            .filter_map(|e| match e.kind {
+                EntryKind::File { size } => Some((e.path.clone(), size)),
+                _ => None,
+            })
+            .collect(),
     }
 }

@@ -3,13 +3,14 @@
 //! only ever read, never through a link, and nothing read from it is used
 //! before it is verified against the manifest.
 //!
-//! The basis is indexed once, with the new manifest's piece size: each of
-//! its regular files is cut into piece-sized windows from its start (as the
-//! new manifest cuts files: pieces are aligned to files), and each window
-//! is hashed as a piece and block by block (`manifest::blocks`). A piece
-//! of the new image whose hash is a window's is copied from there, with
-//! no network at all; that finds every unchanged piece of every file, also
-//! of a file renamed or moved in the tree. For the other pieces, the
+//! The basis is indexed once, laid out as a manifest of it would be at the
+//! new manifest's piece size (`manifest::layout`: the tree walked in the
+//! same order, small files packed, large ones starting a piece), and each
+//! of its pieces is hashed whole and block by block (`manifest::blocks`).
+//! A piece of the new image whose hash is one of those is copied from
+//! there, with no network at all; that finds every unchanged piece of
+//! every large file, also of one renamed or moved in the tree, and the
+//! small files' pieces where their packing did not change. For the other pieces, the
 //! joiner fetches the piece's outboard from a peer and looks each block's
 //! CV up: a block CV depends on the block's bytes and its position in the
 //! piece, so a page rewritten in place, or a file grown at its end, leaves
@@ -22,7 +23,7 @@
 //! Memory: 8 bytes of key and 8 of place per block (16 KiB) and per
 //! piece, in hash maps: about 2 MiB per GiB of basis.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -31,7 +32,7 @@ use rayon::prelude::*;
 use super::at::Root;
 use super::content::Content;
 use crate::manifest::blocks::{self, BLOCK, Cv};
-use crate::manifest::{FileSpan, Hash, Manifest};
+use crate::manifest::{FileSpan, Hash, Manifest, layout, layout_piece, layout_pieces};
 use crate::text;
 use bitvec::vec::BitVec;
 
@@ -39,6 +40,7 @@ use bitvec::vec::BitVec;
 /// piece-aligned offset.
 struct Source {
     content: Content,
+    spans: Vec<FileSpan>,
     shown: PathBuf,
 }
 
@@ -88,16 +90,16 @@ impl Basis {
                 ),
             }
         }
-        let ps = u64::from(piece_size);
         let windows: Vec<(usize, u64, u64)> = sources
             .iter()
             .enumerate()
             .flat_map(|(s, src)| {
-                src.content.spans().flat_map(move |(offset, size)| {
-                    (0..size.div_ceil(ps))
-                        .map(move |k| (s, offset + k * ps, (size - k * ps).min(ps)))
+                (0..layout_pieces(&src.spans, piece_size) as usize).map(move |i| {
+                    let (offset, len) = layout_piece(&src.spans, piece_size, i);
+                    (s, offset, len)
                 })
             })
+            .filter(|w| w.2 > 0)
             .collect();
         let hashed: Vec<(Place, u32, Hash, Vec<Cv>)> = windows
             .par_iter()
@@ -118,7 +120,7 @@ impl Basis {
             .flatten()
             .collect();
         let mut basis = Basis {
-            files: sources.iter().map(|s| s.content.spans().count()).sum(),
+            files: sources.iter().map(|s| s.spans.len()).sum(),
             bytes: windows.iter().map(|w| w.2).sum(),
             sources,
             piece_size,
@@ -234,58 +236,53 @@ fn key(cv: &Cv) -> u64 {
 }
 
 /// Opens a basis path (not following a link at its end, nor below it) and
-/// lists its regular files.
+/// lays out its regular files as a manifest of it would.
 fn open_source(path: &Path, piece_size: u32) -> std::io::Result<Source> {
     let root = Root::open(path, false)?;
     let mut names = Vec::new();
     if let Root::Dir(_) = root {
-        walk(path, "", &mut names);
+        walk(path, "", &mut names, &mut HashSet::new());
     } else {
         names.push((String::new(), fs::symlink_metadata(path)?.len()));
     }
-    let ps = u64::from(piece_size);
-    let mut offset = 0u64;
-    let spans: Vec<FileSpan> = names
-        .into_iter()
-        .filter(|(_, size)| *size > 0)
-        .map(|(p, size)| {
-            let span = FileSpan {
-                path: p,
-                offset,
-                size,
-                first_piece: (offset / ps) as u32,
-            };
-            offset += size.div_ceil(ps) * ps;
-            span
-        })
-        .collect();
+    let spans =
+        layout(names, piece_size).ok_or_else(|| std::io::Error::other("too large to lay out"))?;
     Ok(Source {
         content: Content::from_root(root, &spans, false)?,
+        spans,
         shown: path.to_path_buf(),
     })
 }
 
-/// Regular files under `dir` (paths relative to the basis root), not
-/// following links; names that are not UTF-8 are skipped (no manifest has
-/// them). Reading goes through `Content`, relative to the root handle and
-/// never through a link, whatever happens to the tree after this walk.
-fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>) {
+/// Regular files under `dir` (paths relative to the basis root) in the
+/// order `manifest::build` walks a tree (names sorted, depth first), a
+/// file with several names once; links are not followed, and names that
+/// are not UTF-8 are skipped (no manifest has them). Reading goes through
+/// `Content`, relative to the root handle and never through a link,
+/// whatever happens to the tree after this walk.
+fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>, seen: &mut HashSet<(u64, u64)>) {
+    use std::os::unix::fs::MetadataExt;
     let Ok(items) = fs::read_dir(dir) else {
         tracing::warn!("basis {}: cannot be listed; skipped", text::path(dir));
         return;
     };
-    for item in items.flatten() {
-        let Some(name) = item.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
+    let mut names: Vec<String> = items
+        .flatten()
+        .filter_map(|i| i.file_name().to_str().map(str::to_string))
+        .collect();
+    names.sort();
+    for name in names {
+        let p = dir.join(&name);
         let rel_path = if rel.is_empty() {
             name
         } else {
             format!("{rel}/{name}")
         };
-        match fs::symlink_metadata(item.path()) {
-            Ok(m) if m.is_file() => out.push((rel_path, m.len())),
-            Ok(m) if m.is_dir() => walk(&item.path(), &rel_path, out),
+        match fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() && (m.nlink() == 1 || seen.insert((m.dev(), m.ino()))) => {
+                out.push((rel_path, m.len()))
+            }
+            Ok(m) if m.is_dir() => walk(&p, &rel_path, out, seen),
             _ => {}
         }
     }

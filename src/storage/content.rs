@@ -90,11 +90,6 @@ impl Content {
         })
     }
 
-    /// (offset, size) of each file with content.
-    pub fn spans(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.spans.iter().map(|s| (s.offset, s.size))
-    }
-
     /// The one file of a single-file content, open (for `manifest::build`,
     /// which maps it).
     pub fn single_file(&self) -> Option<&File> {
@@ -245,7 +240,6 @@ mod tests {
             path: String::new(),
             offset: 0,
             size,
-            first_piece: 0,
         }];
         let c = Content::open(path.clone(), &files, true).unwrap();
         let data: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
@@ -283,13 +277,11 @@ mod tests {
                 path: "a".into(),
                 offset: 0,
                 size: 4096,
-                first_piece: 0,
             },
             FileSpan {
                 path: "sub/b".into(),
                 offset: 4096,
                 size: 4096,
-                first_piece: 1,
             },
         ];
         for writable in [false, true] {

@@ -30,7 +30,10 @@ pub use private::{PrivateFile, write_private};
 
 #[derive(Debug, Error)]
 pub enum StorageError {
-    #[error("destination {} already exists (use --force to replace it)", text::path(.0))]
+    #[error(
+        "destination {} already exists (use --force to replace it: what it has in common with the new copy is then taken from it, not fetched)",
+        text::path(.0)
+    )]
     Exists(PathBuf),
     #[error("destination directory {} does not exist or is not a directory", text::path(.0))]
     NoDestDir(PathBuf),

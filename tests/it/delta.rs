@@ -124,6 +124,11 @@ fn delta_a_tree_with_files_added_removed_renamed_and_grown() {
         ("base/2610", random(700 << 10, 13)),
         ("base/gone", random(500 << 10, 14)),
         ("base/moved", random(900 << 10, 15)),
+        // small files, packed into shared pieces
+        ("base/1259_fsm", random(24 << 10, 17)),
+        ("base/1259_vm", random(8 << 10, 18)),
+        ("base/2608_fsm", random(24 << 10, 19)),
+        ("base/PG_VERSION", b"16\n".to_vec()),
     ];
     for (p, data) in &files {
         fs::write(old.join(p), data).unwrap();
@@ -138,6 +143,9 @@ fn delta_a_tree_with_files_added_removed_renamed_and_grown() {
     fs::write(src.join("base/2610"), &files[2].1).unwrap();
     fs::write(src.join("base/0000_new"), &early).unwrap();
     fs::write(src.join("base/renamed"), &files[4].1).unwrap();
+    for (p, data) in &files[5..] {
+        fs::write(src.join(p), data).unwrap();
+    }
     std::os::unix::fs::symlink("/srv/wal", src.join("pg_wal")).unwrap();
     let changed = c1 + c2 + early.len() as u64;
 
