@@ -96,9 +96,14 @@ pub struct JoinArgs {
     pub basis: Vec<PathBuf>,
     /// Do not set owners and groups from the seed's numeric ids (they are
     /// set only when run as root; files are then owned by the joining
-    /// user, and setuid/setgid bits are dropped).
+    /// user).
     #[arg(long)]
     pub no_owner: bool,
+    /// Keep the setuid and setgid bits of files (as root, with owners).
+    /// Off by default: a seed could otherwise hand every joining host a
+    /// setuid-root program.
+    #[arg(long)]
+    pub keep_setuid: bool,
     /// How long to try reaching the seed.
     #[arg(long, default_value = "15s")]
     pub connect_timeout: String,

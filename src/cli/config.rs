@@ -109,8 +109,11 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         exit_on_complete: a.exit_on_complete,
         force: a.force,
         basis: a.basis.clone(),
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        owners: !a.no_owner && unsafe { libc::geteuid() } == 0,
+        keep: crate::storage::Keep {
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            owners: !a.no_owner && unsafe { libc::geteuid() } == 0,
+            setuid: a.keep_setuid,
+        },
         group: group(&a.group)?,
         connect_timeout: units::duration("--connect-timeout", &a.connect_timeout)?,
         peers: peers(&a.peer)?,

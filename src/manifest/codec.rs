@@ -58,6 +58,11 @@ fn get_meta(r: &mut Reader) -> Result<Meta, DecodeError> {
     }
     let uid = r.u32()?;
     let gid = r.u32()?;
+    if uid == u32::MAX || gid == u32::MAX {
+        // chown reads -1 as "leave as is": a joiner as root would leave
+        // root as the owner
+        return Err(DecodeError::invalid("owner", "uid or gid 4294967295"));
+    }
     let secs = r.u64()? as i64;
     let nanos = r.u32()?;
     if nanos >= 1_000_000_000 {
@@ -450,6 +455,8 @@ mod tests {
         };
         assert!(bad_meta(|m| m.mtime.nanos = 1_000_000_000).is_err());
         assert!(bad_meta(|m| m.mode = 0o10000).is_err());
+        assert!(bad_meta(|m| m.uid = u32::MAX).is_err());
+        assert!(bad_meta(|m| m.gid = u32::MAX).is_err());
         assert!(bad_meta(|m| m.mtime.secs = -1).is_ok());
     }
 

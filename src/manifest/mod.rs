@@ -64,7 +64,8 @@ pub struct Mtime {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
     /// Permission bits with setuid, setgid and sticky (`MODE_MASK`). A
-    /// joiner that does not set owners drops setuid and setgid.
+    /// joiner keeps setuid and setgid of files only with --keep-setuid
+    /// and owners (`storage::Keep`).
     pub mode: u32,
     /// Numeric owner and group, applied by a joiner running as root.
     pub uid: u32,
@@ -98,6 +99,13 @@ pub enum EntryKind {
     HardLink {
         target: u32,
     },
+}
+
+impl EntryKind {
+    /// A symbolic or hard link: made by a joiner at the end.
+    pub fn is_link(&self) -> bool {
+        matches!(self, EntryKind::Symlink { .. } | EntryKind::HardLink { .. })
+    }
 }
 
 /// One entry of a directory tree, with a path relative to the root.

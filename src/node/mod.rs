@@ -18,6 +18,7 @@ mod engine;
 mod fetch;
 mod gate;
 mod handshake;
+mod outboards;
 mod peer;
 mod rate;
 mod run;
@@ -109,8 +110,10 @@ pub struct JoinConfig {
     /// Older copies to take unchanged data from (`--basis`); the
     /// destination's own older copy is added when `--force` is given.
     pub basis: Vec<PathBuf>,
-    /// Set owners and groups as the manifest says (when run as root).
-    pub owners: bool,
+    /// What of the manifest's metadata the copy gets: owners and groups
+    /// (when run as root, without --no-owner), setuid/setgid of files
+    /// (--keep-setuid).
+    pub keep: crate::storage::Keep,
     pub group: GroupConfig,
     pub connect_timeout: Duration,
     /// Hosts to start from besides the ticket's addresses (`--peer`).

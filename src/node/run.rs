@@ -225,7 +225,7 @@ async fn seed_parts(
             until_done: cfg.until_done,
             until_copies: cfg.until_copies,
             force: false,
-            owners: false,
+            keep: Default::default(),
         },
         status,
         started,
@@ -325,7 +325,7 @@ async fn join_parts(
         let resumed = have.count_ones();
         let basis = (!basis_paths.is_empty() && !have.all()).then(|| {
             let t = Instant::now();
-            let b = Basis::index(&basis_paths, m2.piece_size);
+            let b = Basis::index(&basis_paths, &m2);
             (b, t.elapsed())
         });
         let mut used = None;
@@ -381,7 +381,7 @@ async fn join_parts(
             until_done: None,
             until_copies: None,
             force: cfg.force,
-            owners: cfg.owners,
+            keep: cfg.keep,
         },
         status,
         started,

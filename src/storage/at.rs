@@ -406,10 +406,37 @@ impl Dir {
             let err = |e: Errno| io_at(&shown)(e.into());
             if owners {
                 let (uid, gid) = ids(meta);
-                rfs::chownat(at, leaf, uid, gid, AtFlags::SYMLINK_NOFOLLOW).map_err(err)?;
+                rfs::chownat(at, leaf, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                    .map_err(err)?;
             }
             rfs::utimensat(at, leaf, &times(meta), AtFlags::SYMLINK_NOFOLLOW).map_err(err)
         })
+    }
+
+    /// `reclaim` of the file or directory `rel`, opened without following
+    /// a link and without the ownership check (a failed finish may have
+    /// given it to another owner already); its parents must be swarm's,
+    /// so call this for parents first.
+    pub fn reclaim(&self, rel: &str) {
+        let _ = self.at_parent(rel, |at, leaf, _| {
+            if let Ok(fd) = rfs::openat(
+                at,
+                leaf,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            ) && let Ok(st) = rfs::fstat(&fd)
+            {
+                let flags = match FileType::from_raw_mode(st.st_mode) {
+                    FileType::Directory => DIR,
+                    FileType::RegularFile => FILE | OFlags::RDONLY,
+                    _ => return Ok(()),
+                };
+                if let Ok(fd) = rfs::openat(at, leaf, flags, Mode::empty()) {
+                    reclaim(fd);
+                }
+            }
+            Ok(())
+        });
     }
 
     /// fsync of the directory: names created or renamed in it are durable.
@@ -537,37 +564,75 @@ fn file_type(fd: impl AsFd) -> io::Result<FileType> {
     Ok(FileType::from_raw_mode(rfs::fstat(fd)?.st_mode))
 }
 
+/// What of the manifest's metadata a join applies.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Keep {
+    /// Owners and groups (the join runs as root, without --no-owner).
+    pub owners: bool,
+    /// setuid and setgid bits of files (--keep-setuid, with `owners`).
+    pub setuid: bool,
+}
+
+impl Keep {
+    /// The mode to set: a file keeps setuid and setgid only when asked
+    /// (`--keep-setuid`) and its owner is the manifest's; a directory
+    /// keeps setgid (it only passes the group on) and sticky.
+    fn mode(&self, meta: &Meta, dir: bool) -> u32 {
+        let mode = meta.mode & crate::manifest::MODE_MASK;
+        match dir {
+            true => mode & !0o4000,
+            false if self.owners && self.setuid => mode,
+            false => mode & !0o6000,
+        }
+    }
+}
+
 /// What the manifest says of an open file or directory, applied as the
-/// last step before the rename: fsync; owner and group if `owners` (then
-/// the mode, which chown may have cleared setuid from); the mode, without
-/// setuid and setgid unless the owner was set too (a setuid file must not
-/// end up owned by whoever ran swarm); the mtime.
+/// last step before the rename: fsync; owner and group if `keep.owners`,
+/// then the mode (`Keep::mode`; chown may clear setuid, so after it);
+/// the mtime.
 pub fn finish_meta(
     fd: impl AsFd,
     meta: &Meta,
-    owners: bool,
+    keep: Keep,
     shown: &Path,
 ) -> Result<(), StorageError> {
     let err = |e: Errno| io_at(shown)(e.into());
     rfs::fsync(&fd).map_err(err)?;
-    let mut mode = meta.mode & crate::manifest::MODE_MASK;
-    if owners {
+    let dir = file_type(&fd).map_err(io_at(shown))? == FileType::Directory;
+    if keep.owners {
         let (uid, gid) = ids(meta);
-        rfs::fchown(&fd, uid, gid).map_err(err)?;
-    } else {
-        mode &= !0o6000;
+        rfs::fchown(&fd, Some(uid), Some(gid)).map_err(err)?;
     }
-    rfs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(err)?;
+    rfs::fchmod(&fd, Mode::from_raw_mode(keep.mode(meta, dir))).map_err(err)?;
     rfs::futimens(&fd, &times(meta)).map_err(err)
 }
 
-/// The numeric ids of `meta`; `!0` (which chown reads as "leave as is")
-/// is left as is.
-fn ids(meta: &Meta) -> (Option<rfs::Uid>, Option<rfs::Gid>) {
-    (
-        (meta.uid != !0).then(|| rfs::Uid::from_raw(meta.uid)),
-        (meta.gid != !0).then(|| rfs::Gid::from_raw(meta.gid)),
-    )
+/// Gives an open file or directory of the partial data back to swarm's
+/// user with the mode it had while in progress (a finish that failed
+/// half-way, so that the same command resumes). Best effort.
+pub fn reclaim(fd: impl AsFd) {
+    let Ok(st) = rfs::fstat(&fd) else { return };
+    let mode = match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => NEW_DIR_MODE,
+        FileType::RegularFile if st.st_nlink == 1 => NEW_FILE_MODE,
+        _ => return,
+    };
+    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if st.st_uid != uid {
+        let _ = rfs::fchown(
+            &fd,
+            Some(rfs::Uid::from_raw(uid)),
+            Some(rfs::Gid::from_raw(gid)),
+        );
+    }
+    let _ = rfs::fchmod(&fd, Mode::from_raw_mode(mode));
+}
+
+/// The numeric ids of `meta` (never `!0`: the manifest decoder refuses it).
+fn ids(meta: &Meta) -> (rfs::Uid, rfs::Gid) {
+    (rfs::Uid::from_raw(meta.uid), rfs::Gid::from_raw(meta.gid))
 }
 
 /// The mtime of `meta`; the access time is left as is.

@@ -32,7 +32,7 @@ use rayon::prelude::*;
 use super::at::Root;
 use super::content::Content;
 use crate::manifest::blocks::{self, BLOCK, Cv};
-use crate::manifest::{FileSpan, Hash, Manifest, layout, layout_piece, layout_pieces};
+use crate::manifest::{FileSpan, Hash, Manifest, PACK_BELOW, layout, layout_piece, layout_pieces};
 use crate::text;
 use bitvec::vec::BitVec;
 
@@ -76,10 +76,18 @@ const ZERO_CVS: usize = 1024;
 pub const MAX_SOURCES: usize = 64;
 
 impl Basis {
-    /// Indexes the regular files of `paths` (files or trees), hashing on
-    /// all cores. What cannot be read is skipped with a warning: it is then
-    /// simply not a source. Never fails.
-    pub fn index(paths: &[PathBuf], piece_size: u32) -> Basis {
+    /// Indexes the regular files of `paths` (files or trees) for `m`,
+    /// hashing on all cores. What cannot be read is skipped with a
+    /// warning: it is then simply not a source. Never fails. Bounded by
+    /// what `m` could use: a basis file larger than `m`'s largest is
+    /// not hashed (a sparse 16 TiB file planted in an old copy would
+    /// take hours), and at most twice `m`'s size is hashed in all.
+    pub fn index(paths: &[PathBuf], m: &Manifest) -> Basis {
+        let piece_size = m.piece_size;
+        let ps = u64::from(piece_size);
+        let largest = m.files().iter().map(|f| f.size).max().unwrap_or(0);
+        let max_file = largest.div_ceil(ps).saturating_mul(ps).max(PACK_BELOW);
+        let mut budget = m.total_size().saturating_mul(2);
         let mut sources = Vec::new();
         for p in paths.iter().take(MAX_SOURCES) {
             match open_source(p, piece_size) {
@@ -90,54 +98,66 @@ impl Basis {
                 ),
             }
         }
-        let windows: Vec<(usize, u64, u64)> = sources
-            .iter()
-            .enumerate()
-            .flat_map(|(s, src)| {
-                (0..layout_pieces(&src.spans, piece_size) as usize).map(move |i| {
-                    let (offset, len) = layout_piece(&src.spans, piece_size, i);
-                    (s, offset, len)
-                })
-            })
-            .filter(|w| w.2 > 0)
-            .collect();
-        let hashed: Vec<(Place, u32, Hash, Vec<Cv>)> = windows
-            .par_iter()
-            .map_init(Vec::new, |buf, &(s, offset, len)| {
-                buf.resize(len as usize, 0);
-                if let Err(e) = sources[s].content.read_at(offset, buf) {
-                    tracing::debug!("basis {}: {e}", text::path(&sources[s].shown));
-                    return None;
+        let mut windows: Vec<(usize, u64, u64)> = Vec::new();
+        for (s, src) in sources.iter().enumerate() {
+            for i in 0..layout_pieces(&src.spans, piece_size) as usize {
+                let (offset, len) = layout_piece(&src.spans, piece_size, i);
+                // the file that starts the window: too large, not hashed
+                let k = src.spans.partition_point(|f| f.end() <= offset);
+                if len == 0 || src.spans.get(k).is_some_and(|f| f.size > max_file) {
+                    continue;
                 }
-                let (root, cvs) = if blocks::splittable(len) {
-                    let cvs = blocks::cvs(buf);
-                    (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
-                } else {
-                    (*blake3::hash(buf).as_bytes(), Vec::new())
-                };
-                Some((place(s, offset), len as u32, root, cvs))
-            })
-            .flatten()
-            .collect();
+                if budget < len {
+                    tracing::warn!(
+                        "basis: indexed twice the new image's size; the rest is not used"
+                    );
+                    break;
+                }
+                budget -= len;
+                windows.push((s, offset, len));
+            }
+        }
         let mut basis = Basis {
             files: sources.iter().map(|s| s.spans.len()).sum(),
             bytes: windows.iter().map(|w| w.2).sum(),
             sources,
             piece_size,
-            pieces: HashMap::with_capacity(hashed.len()),
+            pieces: HashMap::with_capacity(windows.len()),
             blocks: HashMap::new(),
             zero_cvs: (0..(piece_size as usize / BLOCK).min(ZERO_CVS))
                 .map(|j| blocks::cv(j, &[0u8; BLOCK]))
                 .collect(),
         };
-        basis.blocks.reserve(hashed.iter().map(|h| h.3.len()).sum());
-        for (at, len, root, cvs) in hashed {
-            basis.pieces.entry(root).or_insert((at, len));
-            for (j, cv) in cvs.iter().enumerate() {
-                basis
-                    .blocks
-                    .entry(key(cv))
-                    .or_insert(at + (j * BLOCK) as u64);
+        // a batch at a time, so that the CVs waiting to be inserted stay
+        // small whatever the basis's size
+        let batch = (rayon::current_num_threads() * 8).max(16);
+        for part in windows.chunks(batch) {
+            let hashed: Vec<(Place, u32, Hash, Vec<Cv>)> = part
+                .par_iter()
+                .map_init(Vec::new, |buf, &(s, offset, len)| {
+                    buf.resize(len as usize, 0);
+                    if let Err(e) = basis.sources[s].content.read_at(offset, buf) {
+                        tracing::debug!("basis {}: {e}", text::path(&basis.sources[s].shown));
+                        return None;
+                    }
+                    let (root, cvs) = if blocks::splittable(len) {
+                        let cvs = blocks::cvs(buf);
+                        (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
+                    } else {
+                        (*blake3::hash(buf).as_bytes(), Vec::new())
+                    };
+                    Some((place(s, offset), len as u32, root, cvs))
+                })
+                .flatten()
+                .collect();
+            for (at, len, root, cvs) in hashed {
+                basis.pieces.entry(root).or_insert((at, len));
+                for (j, cv) in cvs.iter().enumerate() {
+                    basis
+                        .blocks
+                        .entry(key(cv))
+                        .or_insert(at + (j * BLOCK) as u64);
+                }
             }
         }
         basis
@@ -292,6 +312,16 @@ fn walk(dir: &Path, rel: &str, out: &mut Vec<(String, u64)>, seen: &mut HashSet<
 mod tests {
     use super::*;
 
+    /// A manifest of one file of `size` bytes (hashes unused here).
+    fn image(size: u64, piece_size: u32) -> Manifest {
+        let root = crate::manifest::Root::File {
+            size,
+            meta: crate::manifest::Meta::mode(0o644),
+        };
+        let n = Manifest::pieces_for(&root, piece_size).unwrap() as usize;
+        Manifest::new("img".into(), root, piece_size, vec![[0; 32]; n])
+    }
+
     fn data(len: usize, seed: u8) -> Vec<u8> {
         (0..len)
             .map(|i| ((i * 131 + seed as usize * 7) % 251) as u8)
@@ -310,7 +340,7 @@ mod tests {
         let a = data(2 * P + 1000, 1);
         fs::write(root.join("sub/a"), &a).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
-        let basis = Basis::index(std::slice::from_ref(&root), P as u32);
+        let basis = Basis::index(std::slice::from_ref(&root), &image(4 * P as u64, P as u32));
         assert_eq!((basis.files, basis.bytes), (1, a.len() as u64));
         let mut buf = vec![0u8; P];
         let h1 = *blake3::hash(&a[P..2 * P]).as_bytes();
@@ -351,10 +381,36 @@ mod tests {
         std::os::unix::fs::symlink(&f, d.path().join("l")).unwrap();
         let b = Basis::index(
             &[d.path().join("nope"), d.path().join("l")],
-            4 * BLOCK as u32,
+            &image(3 * BLOCK as u64, 4 * BLOCK as u32),
         );
         assert!(b.is_empty());
-        let b = Basis::index(&[f], 4 * BLOCK as u32);
+        let b = Basis::index(
+            std::slice::from_ref(&f),
+            &image(3 * BLOCK as u64, 4 * BLOCK as u32),
+        );
         assert_eq!((b.files, b.is_empty()), (1, false));
+        // more than twice the image's size is not hashed
+        let b = Basis::index(
+            std::slice::from_ref(&f),
+            &image(BLOCK as u64, 4 * BLOCK as u32),
+        );
+        assert!(b.is_empty());
+        // nor a file larger than any of the image's, within that budget
+        let big = d.path().join("big");
+        fs::write(&big, data(13 * BLOCK, 3)).unwrap();
+        let entries = (0..10)
+            .map(|i| crate::manifest::Entry {
+                path: format!("f{i}"),
+                kind: crate::manifest::EntryKind::File { size: BLOCK as u64 },
+                meta: crate::manifest::Meta::mode(0o644),
+            })
+            .collect();
+        let root = crate::manifest::Root::Dir {
+            meta: crate::manifest::Meta::mode(0o755),
+            entries,
+        };
+        let n = Manifest::pieces_for(&root, 4 * BLOCK as u32).unwrap() as usize;
+        let tree = Manifest::new("t".into(), root, 4 * BLOCK as u32, vec![[0; 32]; n]);
+        assert!(Basis::index(&[big], &tree).is_empty());
     }
 }

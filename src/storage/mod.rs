@@ -21,7 +21,7 @@ use thiserror::Error;
 
 use crate::text;
 
-pub use at::Root;
+pub use at::{Keep, Root};
 pub use basis::Basis;
 pub use buf::PieceBuf;
 pub use content::Content;
@@ -86,13 +86,17 @@ pub enum StorageError {
 /// The pieces that are all zeros (by their hash): never fetched, never
 /// written, so a hole in the seed's file is a hole in the copy.
 pub fn zero_pieces(m: &crate::manifest::Manifest) -> bitvec::vec::BitVec {
-    let mut zero_hash: std::collections::HashMap<u64, [u8; 32]> = Default::default();
+    use rayon::prelude::*;
+    // one hash per distinct length (the piece size, and files' tails),
+    // on all cores
+    let lens: std::collections::HashSet<u64> =
+        (0..m.piece_count()).map(|i| m.piece_range(i).1).collect();
+    let zero_hash: std::collections::HashMap<u64, [u8; 32]> = lens
+        .into_par_iter()
+        .map(|len| (len, zeros_hash(len)))
+        .collect();
     (0..m.piece_count())
-        .map(|i| {
-            let len = m.piece_range(i).1;
-            let h = zero_hash.entry(len).or_insert_with(|| zeros_hash(len));
-            m.piece_hash(i) == Some(h)
-        })
+        .map(|i| m.piece_hash(i) == zero_hash.get(&m.piece_range(i).1))
         .collect()
 }
 

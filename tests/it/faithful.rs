@@ -115,15 +115,22 @@ fn faithful_tree_keeps_links_owners_modes_mtimes_and_hard_links() {
     let root = dir.path().join("pgdata");
     datadir(&root);
     let mut seed = seed(dir.path(), &root, &["--piece-size", "64KiB"]);
-    let mut a = join(dir.path(), &seed, "a", &["--exit-on-complete"]);
+    let mut a = join(
+        dir.path(),
+        &seed,
+        "a",
+        &["--exit-on-complete", "--keep-setuid"],
+    );
     let mut b = join(
         dir.path(),
         &seed,
         "b",
         &["--exit-on-complete", "--no-owner"],
     );
+    let mut c = join(dir.path(), &seed, "c", &["--exit-on-complete"]);
     a.wait_ok(LIMIT);
     b.wait_ok(LIMIT);
+    c.wait_ok(LIMIT);
     seed.proc.kill9();
     let copy = dir.path().join("a/pgdata");
     assert_same(&root, &copy);
@@ -146,20 +153,33 @@ fn faithful_tree_keeps_links_owners_modes_mtimes_and_hard_links() {
     let r = report(&dir.path().join("a.json"));
     assert_eq!(r["bytes_total"], 300_000 + 70_001 + 3);
 
-    // --no-owner: owned by who ran the join, setuid and setgid dropped,
-    // the rest as the seed has it
-    let plain = dir.path().join("b/pgdata");
+    // --no-owner: owned by who ran the join, the files' setuid and
+    // setgid dropped (a directory keeps setgid), the rest as the seed has
+    // it; as root without --keep-setuid: the owners, no setuid
     // SAFETY: no preconditions.
     let me = unsafe { libc::geteuid() };
-    for p in ["", "base", "base/16384/2608", "PG_VERSION"] {
-        let m = fs::symlink_metadata(plain.join(p)).unwrap();
-        let want = fs::symlink_metadata(root.join(p)).unwrap();
-        assert_eq!(m.uid(), me, "owner of {p:?}");
-        assert_eq!(m.mode() & 0o7777, want.mode() & 0o1777, "mode of {p:?}");
-        assert_eq!(
-            (m.mtime(), m.mtime_nsec()),
-            (want.mtime(), want.mtime_nsec())
-        );
+    for (copy, owners) in [("b", false), ("c", true)] {
+        let plain = dir.path().join(copy).join("pgdata");
+        for (p, kept) in [
+            ("", 0o1777),
+            ("base", 0o3777),
+            ("base/16384/2608", 0o1777),
+            ("PG_VERSION", 0o1777),
+        ] {
+            let m = fs::symlink_metadata(plain.join(p)).unwrap();
+            let want = fs::symlink_metadata(root.join(p)).unwrap();
+            let owner = if owners && is_root() { want.uid() } else { me };
+            assert_eq!(m.uid(), owner, "{copy}: owner of {p:?}");
+            assert_eq!(
+                m.mode() & 0o7777,
+                want.mode() & kept,
+                "{copy}: mode of {p:?}"
+            );
+            assert_eq!(
+                (m.mtime(), m.mtime_nsec()),
+                (want.mtime(), want.mtime_nsec())
+            );
+        }
     }
 }
 

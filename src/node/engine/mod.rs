@@ -109,8 +109,8 @@ pub struct Exit {
     pub until_done: Option<usize>,
     pub until_copies: Option<u32>,
     pub force: bool,
-    /// Set owners and groups from the manifest (root, without --no-owner).
-    pub owners: bool,
+    /// What of the manifest's metadata the copy gets (owners as root).
+    pub keep: crate::storage::Keep,
 }
 
 /// How long a joiner waits, with nothing in flight, for another holder of

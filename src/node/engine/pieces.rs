@@ -150,7 +150,7 @@ impl Engine {
         let fits = match &req {
             Request::Outboard(_) => blocks::splittable(len),
             Request::Blocks { wanted, .. } => {
-                blocks::splittable(len) && wanted.len() == blocks::count(len)
+                blocks::splittable(len) && wanted.len() == blocks::count(len) && wanted.any()
             }
             _ => true,
         };
@@ -309,12 +309,12 @@ impl Engine {
         };
         self.finalizing = true;
         let m = self.manifest.clone();
-        let (force, owners) = (self.exit.force, self.exit.owners);
+        let (force, keep) = (self.exit.force, self.exit.keep);
         let tx = self.events_tx.clone();
         let content = self.content.clone();
         tokio::task::spawn_blocking(move || {
             content.seal();
-            let r = partial.finish(&m, force, owners);
+            let r = partial.finish(&m, force, keep);
             let _ = tx.blocking_send(Event::Finalized(r));
         });
     }

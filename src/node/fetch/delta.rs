@@ -31,10 +31,8 @@ async fn ask(
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&req.encode()).await?;
     send.finish()?;
-    let mut status = [0u8; 1];
-    recv.read_exact(&mut status).await?;
+    let status = super::read_status(&mut recv).await?;
     credit.read(1);
-    let status = Status::decode(status[0])?;
     if status != Status::Ok {
         return Ok(status);
     }
@@ -84,6 +82,7 @@ pub(super) async fn request(
         return Ok(Outcome::Corrupt);
     };
     // the basis and zeros first, on a blocking thread (disk reads)
+    let cvs_kept = cvs.clone();
     let (b, c) = (basis.clone(), cvs.clone());
     let (mut data, wanted, from_basis) =
         tokio::task::spawn_blocking(move || from_basis(&b, &c, len)).await?;
@@ -132,6 +131,7 @@ pub(super) async fn request(
         }
         data = checked;
     }
+    crate::node::outboards::put(piece, &cvs_kept);
     Ok(Outcome::Delta {
         data,
         received: outboard_len + want_bytes,

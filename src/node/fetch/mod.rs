@@ -201,10 +201,9 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&Request::Piece(piece).encode()).await?;
     send.finish()?;
-    let mut status = [0u8; 1];
-    recv.read_exact(&mut status).await?;
+    let status = read_status(&mut recv).await?;
     credit.read(1);
-    match Status::decode(status[0])? {
+    match status {
         Status::Ok => {
             // read chunks as quinn hands them over: no zero-fill, one copy
             // into a buffer aligned for a direct write
@@ -228,6 +227,22 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
             Ok(Outcome::Data(data))
         }
         s => Ok(Outcome::Refused(s)),
+    }
+}
+
+/// The status byte of an answer. A holder whose copy changed may reset
+/// the stream with CHANGED before even the status is through: that is
+/// the Changed status, not a failure of the peer.
+pub(super) async fn read_status(recv: &mut quinn::RecvStream) -> anyhow::Result<Status> {
+    let mut status = [0u8; 1];
+    match recv.read_exact(&mut status).await {
+        Ok(()) => Ok(Status::decode(status[0])?),
+        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)))
+            if code == close::CHANGED.into() =>
+        {
+            Ok(Status::Changed)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 

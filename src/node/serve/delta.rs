@@ -14,6 +14,7 @@ use quinn::SendStream;
 
 use super::{Changed, Chunk, PieceSource, SERVE_CHUNK, stall_timeout, write_limited};
 use crate::manifest::blocks::{self, BLOCK, Cv};
+use crate::node::outboards;
 use crate::node::rate::RateLimit;
 use crate::wire::Status;
 
@@ -73,25 +74,34 @@ fn still_matches(from: &PieceSource, cvs: &[Cv], len: u64) -> bool {
     }
 }
 
-/// Status, then the piece's `blocks::count(len)` CVs.
+/// Status, then the piece's `blocks::count(len)` CVs: known already
+/// (`outboards`), or read and hashed now.
 pub async fn send_outboard(
     send: &mut SendStream,
+    piece: u32,
     from: PieceSource,
     len: u64,
 ) -> anyhow::Result<u64> {
-    let mut cvs = Vec::with_capacity(blocks::count(len));
-    let mut done = 0u64;
-    while done < len {
-        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
-        cvs.extend(chunk(&from, done, n, true).await?.1);
-        done += n as u64;
-    }
-    if !still_matches(&from, &cvs, len) {
-        return Err(Changed.into());
-    }
+    let cvs: Arc<[Cv]> = match outboards::get(piece) {
+        Some(cvs) if cvs.len() == blocks::count(len) => cvs,
+        _ => {
+            let mut cvs = Vec::with_capacity(blocks::count(len));
+            let mut done = 0u64;
+            while done < len {
+                let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+                cvs.extend(chunk(&from, done, n, true).await?.1);
+                done += n as u64;
+            }
+            if !still_matches(&from, &cvs, len) {
+                return Err(Changed.into());
+            }
+            outboards::put(piece, &cvs);
+            cvs.into()
+        }
+    };
     let mut out = Vec::with_capacity(1 + 32 * cvs.len());
     out.push(Status::Ok as u8);
-    for cv in &cvs {
+    for cv in cvs.iter() {
         out.extend_from_slice(cv);
     }
     let sent = out.len() as u64 - 1;
@@ -100,10 +110,13 @@ pub async fn send_outboard(
     Ok(sent)
 }
 
-/// Status, then the blocks set in `wanted`, in order. From disk, the last
-/// of them is held back until the whole piece has been read and checked.
+/// Status, then the blocks set in `wanted` (as many bits as the piece has
+/// blocks: the engine checked), in order. From disk, the last chunk's
+/// worth of them is held back until the whole piece has been read and
+/// checked.
 pub async fn send_blocks(
     send: &mut SendStream,
+    piece: u32,
     from: PieceSource,
     len: u64,
     wanted: &BitSlice<u8, Lsb0>,
@@ -123,21 +136,30 @@ pub async fn send_blocks(
         if any || disk {
             let (bytes, more) = chunk(&from, done, n, false).await?;
             cvs.extend(more);
+            // the wanted blocks of the chunk copied out together: a slice
+            // would keep the whole chunk alive until quinn has it acked
+            // (32 times the bytes sent, for one block per chunk)
+            let mut out = Vec::new();
             for (j, at) in (0..n).step_by(BLOCK).enumerate() {
-                if !wanted[first + j] {
-                    continue;
+                if wanted[first + j] {
+                    out.extend_from_slice(&bytes[at..(at + BLOCK).min(n)]);
                 }
-                let block = bytes.slice(at..(at + BLOCK).min(n));
-                if let Some(prev) = held.replace(block) {
-                    sent += prev.len() as u64;
-                    write_limited(send, prev, limits, stall).await?;
-                }
+            }
+            drop(bytes);
+            if !out.is_empty()
+                && let Some(prev) = held.replace(Bytes::from(out))
+            {
+                sent += prev.len() as u64;
+                write_limited(send, prev, limits, stall).await?;
             }
         }
         done += n as u64;
     }
     if !still_matches(&from, &cvs, len) {
         return Err(Changed.into());
+    }
+    if matches!(from, PieceSource::Disk { .. }) {
+        outboards::put(piece, &cvs);
     }
     if let Some(last) = held {
         sent += last.len() as u64;

@@ -255,9 +255,9 @@ async fn serve_one(
             let counted = !matches!(req, Request::Outboard(_));
             let work = async {
                 match req {
-                    Request::Outboard(_) => delta::send_outboard(&mut send, from, len).await,
+                    Request::Outboard(_) => delta::send_outboard(&mut send, piece, from, len).await,
                     Request::Blocks { wanted, .. } => {
-                        delta::send_blocks(&mut send, from, len, &wanted, &limits).await
+                        delta::send_blocks(&mut send, piece, from, len, &wanted, &limits).await
                     }
                     _ => send_piece(&mut send, from, len, &limits).await,
                 }
