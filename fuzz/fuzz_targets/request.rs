@@ -1,9 +1,12 @@
-//! The first bytes of a request stream and of its answer: a request is
-//! read in the steps `Request::more` gives, and whatever decodes
-//! re-encodes to the same bytes.
+//! The first bytes of a request stream and of its answer: a request
+//! (Piece, Manifest, Outboard, or Blocks with its bitmap) is read in the
+//! steps `Request::more` gives, never past `MAX_REQUEST_LEN`, and whatever
+//! decodes re-encodes to the same bytes. A status byte that decodes is the
+//! status's own code.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use swarm::manifest::blocks::MAX_BLOCKS;
 use swarm::wire::{MAX_REQUEST_LEN, REQUEST_LEN, Request, Status};
 
 fuzz_target!(|data: &[u8]| {
@@ -23,10 +26,15 @@ fuzz_target!(|data: &[u8]| {
             && let Ok(r) = Request::decode(&data[..len])
         {
             assert_eq!(r.encode(), &data[..len]);
+            if let Request::Blocks { wanted, .. } = &r {
+                assert!(wanted.len() <= MAX_BLOCKS);
+            }
             assert_eq!(Request::decode(&r.encode()).ok(), Some(r));
         }
     }
-    if let Some(&s) = data.first() {
-        let _ = Status::decode(s);
+    if let Some(&s) = data.first()
+        && let Ok(status) = Status::decode(s)
+    {
+        assert_eq!(status as u8, s);
     }
 });

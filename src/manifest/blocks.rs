@@ -165,6 +165,57 @@ mod tests {
         assert_eq!(root(&[cv(0, &d[..BLOCK])], BLOCK as u64), None);
     }
 
+    /// Writes seeds for the `blocks` fuzz target (`mode u8 | len u32 |
+    /// hash [32] | rest`, see fuzz/fuzz_targets/blocks.rs) to the directory
+    /// `SWARM_BLOCKS_SEEDS` names (`fuzz/corpus/blocks`):
+    /// `SWARM_BLOCKS_SEEDS=$PWD/fuzz/corpus/blocks cargo test --lib
+    /// blocks::tests::write_fuzz_seeds -- --ignored`.
+    #[test]
+    #[ignore]
+    fn write_fuzz_seeds() {
+        let Some(dir) = std::env::var_os("SWARM_BLOCKS_SEEDS") else {
+            panic!("set SWARM_BLOCKS_SEEDS to the corpus directory");
+        };
+        let dir = std::path::PathBuf::from(dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let seed = |name: String, mode: u8, len: usize, hash: &Hash, rest: &[u8]| {
+            let mut b = vec![mode];
+            b.extend_from_slice(&(len as u32).to_le_bytes());
+            b.extend_from_slice(hash);
+            b.extend_from_slice(rest);
+            std::fs::write(dir.join(name), b).unwrap();
+        };
+        for len in [
+            BLOCK + 1,
+            2 * BLOCK,
+            3 * BLOCK + 100,
+            5 * BLOCK - 1,
+            (1 << 20) - 1,
+            1 << 20,
+            4 << 20,
+        ] {
+            let d = data(len);
+            let hash = *blake3::hash(&d).as_bytes();
+            let outboard: Vec<u8> = cvs(&d).iter().flatten().copied().collect();
+            // a true outboard against its hash, and as mode 1
+            seed(format!("outboard-{len}"), 0, len, &hash, &outboard);
+            seed(format!("own-root-{len}"), 1, len, &hash, &outboard);
+            // one CV short, and one CV too many
+            let short = &outboard[..outboard.len() - 32];
+            seed(format!("short-{len}"), 0, len, &hash, short);
+            let mut long = outboard.clone();
+            long.extend_from_slice(&[0; 32]);
+            seed(format!("long-{len}"), 0, len, &hash, &long);
+        }
+        // one block or none: never an outboard
+        seed("one-block".into(), 0, BLOCK, &[0; 32], &[0; 32]);
+        seed("empty".into(), 0, 0, &[0; 32], &[]);
+        // content to repeat up to len (mode 2)
+        for len in [1, BLOCK, BLOCK + 1, 7 * BLOCK + 3, 1 << 20] {
+            seed(format!("content-{len}"), 2, len, &[0; 32], &data(64));
+        }
+    }
+
     proptest! {
         #[test]
         fn any_splittable_length_merges_to_its_hash(len in (BLOCK + 1)..(40 * BLOCK)) {
