@@ -2,12 +2,12 @@
 //! field in it): whatever decodes re-encodes to exactly the input (one
 //! manifest, one encoding), and the derived layout holds: pieces aligned
 //! to files, each inside its file's span, their lengths summing to the
-//! content; the file spans in order with consecutive first pieces; hard
+//! content; the file spans in order, large files starting a piece; hard
 //! links naming an earlier regular file; symlinks with a target.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use swarm::manifest::{EntryKind, MODE_MASK, Manifest, Root, SYMLINK_MODE};
+use swarm::manifest::{EntryKind, MODE_MASK, Manifest, PACK_BELOW, Root, SYMLINK_MODE};
 
 /// Pieces checked one by one (each lookup is a binary search; a valid
 /// input of a few KiB has a hundred pieces at most, but an input of
@@ -56,33 +56,37 @@ fuzz_target!(|data: &[u8]| {
         assert!(meta.mtime.nanos < 1_000_000_000);
     }
 
-    // file spans: in order, no empty ones, first pieces consecutive
-    let mut next = 0u64;
+    // file spans: in order, no empty ones, no overlap; a file of
+    // PACK_BELOW or more starts a piece
+    let mut end = 0u64;
     let mut total = 0u64;
     for f in m.files() {
         assert!(f.size > 0, "an empty file has a span");
-        assert_eq!(u64::from(f.first_piece), next, "a gap or overlap in pieces");
-        assert_eq!(f.offset, next * ps);
-        f.offset.checked_add(f.size).expect("file span overflows");
-        next += f.pieces(m.piece_size);
+        assert!(f.offset >= end, "file spans overlap or go back");
+        if f.size >= PACK_BELOW {
+            assert_eq!(f.offset % ps, 0, "a large file does not start a piece");
+        } else {
+            assert_eq!(f.offset, end, "a small file is not packed");
+        }
+        end = f.offset.checked_add(f.size).expect("file span overflows");
         total += f.size;
     }
-    assert_eq!(next, m.piece_count() as u64, "pieces not covered by files");
+    assert_eq!(end.div_ceil(ps), m.piece_count() as u64, "pieces not covered by files");
     assert_eq!(total, m.total_size());
 
-    // every piece inside its file, no longer than a piece
+    // every piece: no longer than a piece, all its bytes inside files
     let mut sum = 0u64;
     let n = m.piece_count();
     for i in 0..n.min(MAX_CHECKED) {
         let (offset, len) = m.piece_range(i);
         assert!(len > 0 && len <= ps, "piece {i} of {len} bytes");
         assert_eq!(offset, i as u64 * ps);
-        let f = m.file_of_piece(i).expect("every piece is in a file");
-        let end = offset.checked_add(len).expect("piece range overflows");
-        assert!(
-            offset >= f.offset && end <= f.offset + f.size,
-            "piece {i} outside its file"
-        );
+        let in_files: u64 = m
+            .piece_files(i)
+            .iter()
+            .map(|f| f.end().min(offset + len) - f.offset.max(offset))
+            .sum();
+        assert_eq!(in_files, len, "piece {i} has bytes outside files");
         sum += len;
     }
     if n <= MAX_CHECKED {
@@ -93,5 +97,5 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     assert_eq!(m.piece_range(n), (0, 0));
-    assert!(m.file_of_piece(n).is_none());
+    assert!(m.piece_files(n).is_empty());
 });

@@ -24,6 +24,8 @@ pub mod blocks;
 mod build;
 mod codec;
 pub mod path;
+#[cfg(test)]
+mod seeds;
 mod sigbus;
 
 use std::sync::OnceLock;
