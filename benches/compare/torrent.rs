@@ -148,9 +148,9 @@ pub fn bittorrent_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome,
     let stamps: Vec<_> = (0..b.joiners.len())
         .map(|j| logs.join(format!("{}.done", b.name(j))))
         .collect();
-    for j in 0..b.joiners.len() {
+    for (j, stamp) in stamps.iter().enumerate() {
         let mut cmd = b.net.command(b.host(j), "aria2c");
-        cmd.env("SWARM_STAMP", &stamps[j])
+        cmd.env("SWARM_STAMP", stamp)
             .args(ARIA2_OPTS)
             .args(extra)
             .arg(format!("--listen-port={PEER_PORT}"))
