@@ -23,10 +23,14 @@
 //! GxH-method/; none by default), SWARM_BENCH_JOIN_ARGS (more arguments
 //! for every `swarm join`, e.g. `--bridges 2`). Needs root; writes compare.json and
 //! one SVG per layout (plus scaling.svg) into the output directory.
+//!
+//! SWARM_BENCH_SCENARIO=delta runs another scenario instead: every joiner
+//! already holds last night's version and gets tonight's (delta.rs).
 
 mod ceiling;
 #[path = "../common/cpu.rs"]
 mod cpu;
+mod delta;
 #[path = "../../tests/it/netsim.rs"]
 mod netsim;
 mod plot;
@@ -159,14 +163,28 @@ fn main() {
     }
     task::catch_signals();
     let quick = std::env::var("SWARM_BENCH_QUICK").is_ok_and(|v| v == "1");
+    let scenario = std::env::var("SWARM_BENCH_SCENARIO").unwrap_or_else(|_| "full".into());
+    let delta = match scenario.as_str() {
+        "full" => false,
+        "delta" => true,
+        s => fail(&format!("SWARM_BENCH_SCENARIO={s}: want full or delta")),
+    };
+    let full_size = if delta { 1 << 30 } else { 512 << 20 };
     let size =
-        std::env::var("SWARM_BENCH_SIZE").map_or(if quick { 16 << 20 } else { 512 << 20 }, |v| {
+        std::env::var("SWARM_BENCH_SIZE").map_or(if quick { 16 << 20 } else { full_size }, |v| {
             v.parse::<bytesize::ByteSize>()
                 .unwrap_or_else(|e| fail(&format!("SWARM_BENCH_SIZE={v}: {e}")))
                 .as_u64()
         });
     let layouts: Vec<(usize, usize)> = std::env::var("SWARM_BENCH_LAYOUTS")
-        .unwrap_or_else(|_| if quick { "1x4,2x2" } else { "1x16,2x8,1x4,1x8" }.into())
+        .unwrap_or_else(|_| {
+            match (quick, delta) {
+                (true, _) => "1x4,2x2",
+                (false, false) => "1x16,2x8,1x4,1x8",
+                (false, true) => "1x8,2x4",
+            }
+            .into()
+        })
         .split(',')
         .map(|l| {
             l.trim()
@@ -176,19 +194,21 @@ fn main() {
                 .unwrap_or_else(|| fail(&format!("layout {l:?}: want GxH, e.g. 2x8")))
         })
         .collect();
+    let known = if delta { delta::METHODS } else { METHODS };
     let methods: Vec<String> = std::env::var("SWARM_BENCH_METHODS")
-        .map_or(METHODS.iter().map(|m| m.to_string()).collect(), |v| {
+        .map_or(known.iter().map(|m| m.to_string()).collect(), |v| {
             v.split(',').map(|m| m.trim().to_string()).collect()
         });
     // the network itself needs iproute2 (ip, tc; ss to see listeners)
     let network: &[(&str, &str)] = &[("ip", "iproute2"), ("tc", "iproute2"), ("ss", "iproute2")];
     for m in &methods {
-        if !METHODS.contains(&m.as_str()) {
+        if !known.contains(&m.as_str()) {
             fail(&format!(
                 "unknown method {m:?}; known: {}",
-                METHODS.join(", ")
+                known.join(", ")
             ));
         }
+        let m = m.strip_suffix("-delta").unwrap_or(m);
         for (tool, package) in network.iter().chain(needs(m)) {
             let found = std::process::Command::new("sh")
                 .args(["-c", &format!("command -v {tool}")])
@@ -217,16 +237,22 @@ fn main() {
     );
     std::fs::create_dir_all(&out_dir)
         .unwrap_or_else(|e| fail(&format!("{}: {e}", out_dir.display())));
+    let spec = |groups: usize, hosts: usize| Spec {
+        hosts: vec![hosts; groups],
+        nic_bps: nic,
+        wan_bps: wan,
+        wan_delay: delay,
+        mtu,
+    };
+    if delta {
+        let specs = layouts.iter().map(|&(g, h)| spec(g, h)).collect();
+        delta::run(specs, size, quick, &methods, &out_dir).unwrap_or_else(|e| fail(&e));
+        return;
+    }
 
     let mut all = Vec::new();
     for &(groups, hosts) in &layouts {
-        let spec = Spec {
-            hosts: vec![hosts; groups],
-            nic_bps: nic,
-            wan_bps: wan,
-            wan_delay: delay,
-            mtu,
-        };
+        let spec = spec(groups, hosts);
         let bits = size as f64 * 8.0;
         let limit = if groups > 1 {
             (bits / nic as f64).max(bits / wan as f64)

@@ -91,10 +91,18 @@ impl Daemons {
     }
 }
 
-/// `rsync -a SRC rsync://TO/m/` run on `from`.
-fn push(b: &Bench, from: &Host, src: &Path, to: Ipv4Addr, name: &str, logs: &Path) -> Task {
+/// `rsync -a [EXTRA...] SRC rsync://TO/m/` run on `from`.
+fn push(
+    b: &Bench,
+    from: &Host,
+    src: &Path,
+    to: Ipv4Addr,
+    (name, logs): (&str, &Path),
+    extra: &[&str],
+) -> Task {
     let mut cmd = b.net.command(from, "rsync");
     cmd.args(["-a", "--timeout=60", "--contimeout=10"])
+        .args(extra)
         .arg(src)
         .arg(format!("rsync://{to}/m/"));
     Task::spawn(cmd, name, logs)
@@ -112,7 +120,7 @@ pub fn serial(b: &Bench, out: &Path) -> Result<Outcome, String> {
         loop {
             tries += 1;
             let name = format!("{}.try{tries}", b.name(j));
-            let mut task = push(b, b.seed(), &b.image, b.host(j).ip, &name, &logs);
+            let mut task = push(b, b.seed(), &b.image, b.host(j).ip, (&name, &logs), &[]);
             let exit = task.wait(b.limit.saturating_sub(t0.elapsed()))?;
             cpu += exit.cpu;
             if exit.success() {
@@ -147,6 +155,15 @@ struct Copy {
 
 /// Net::CascadeCopy's schedule, run until every joiner has a copy.
 pub fn cascade(b: &Bench, out: &Path) -> Result<Outcome, String> {
+    cascade_with(b, out, &[])
+}
+
+/// The cascade with `extra` arguments for every rsync client (the delta
+/// scenario's `--delete`). A host's copy is `b.image`'s file name in its
+/// directory, whatever is there before (the delta scenario puts last
+/// night's version there, which rsync then uses as its basis).
+pub fn cascade_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, String> {
+    let name = b.image.file_name().expect("the image has a name");
     let daemons = Daemons::start(b, out)?;
     let logs = out.join("logs");
     let groups = b.net.hosts.len();
@@ -216,10 +233,10 @@ pub fn cascade(b: &Bench, out: &Path) -> Result<Outcome, String> {
                 tries[to] += 1;
                 let (host, src): (&Host, PathBuf) = match from {
                     Source::Origin => (b.seed(), b.image.clone()),
-                    Source::Joiner(s) => (b.host(s), out.join(b.name(s)).join("image.bin")),
+                    Source::Joiner(s) => (b.host(s), out.join(b.name(s)).join(name)),
                 };
-                let name = format!("{}.try{}", b.name(to), tries[to]);
-                let task = push(b, host, &src, b.host(to).ip, &name, &logs);
+                let log = format!("{}.try{}", b.name(to), tries[to]);
+                let task = push(b, host, &src, b.host(to).ip, (&log, &logs), extra);
                 running.push(Copy { task, from, to });
             }
         }

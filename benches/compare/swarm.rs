@@ -13,6 +13,13 @@ use crate::task::Task;
 use crate::{Bench, Outcome};
 
 pub fn swarm(b: &Bench, out: &Path) -> Result<Outcome, String> {
+    swarm_with(b, out, &[])
+}
+
+/// swarm with `extra` arguments for every `swarm join` (the delta
+/// scenario's `--force`, to join over last night's version). Each joiner's
+/// report is left at `logs/NAME.json`.
+pub fn swarm_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, String> {
     let logs = out.join("logs");
     let bin = env!("CARGO_BIN_EXE_swarm");
     let ticket = out.join("ticket");
@@ -46,6 +53,7 @@ pub fn swarm(b: &Bench, out: &Path) -> Result<Outcome, String> {
             .args(["--group", &format!("g{}", b.joiners[j].0)])
             .args(["--linger", "2s", "--report"])
             .arg(logs.join(format!("{name}.json")))
+            .args(extra)
             .args(extra_join_args());
         joiners.push(Task::spawn(cmd, &name, &logs));
     }

@@ -66,6 +66,14 @@ fn wait_listen(
 }
 
 pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
+    bittorrent_with(b, out, &[])
+}
+
+/// BitTorrent with `extra` arguments for every joiner's aria2c (the delta
+/// scenario's `--check-integrity=true`: hash what is already at the
+/// destination and fetch only the pieces that differ). `b.image` may be a
+/// file or a directory (a multi-file torrent).
+pub fn bittorrent_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, String> {
     let logs = out.join("logs");
     let seed_ip = b.seed().ip;
     let torrent = out.join("image.torrent");
@@ -124,11 +132,12 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
     std::thread::sleep(Duration::from_millis(500));
 
     let hook = out.join("done-hook.sh");
-    // written under another name and renamed, so a stamp that exists is whole
+    // written under another name and renamed, so a stamp that exists is
+    // whole; where is each joiner's SWARM_STAMP (its logs/NAME.done)
     std::fs::write(
         &hook,
         "#!/bin/sh\n# aria2c: $1 GID, $2 file count, $3 first file\n\
-         date +%s.%N > \"$3.stamp\" && mv \"$3.stamp\" \"$3.done\"\n",
+         date +%s.%N > \"$SWARM_STAMP.tmp\" && mv \"$SWARM_STAMP.tmp\" \"$SWARM_STAMP\"\n",
     )
     .map_err(|e| e.to_string())?;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))
@@ -136,9 +145,14 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
 
     let t0 = SystemTime::now();
     let started = Instant::now();
-    for j in 0..b.joiners.len() {
+    let stamps: Vec<_> = (0..b.joiners.len())
+        .map(|j| logs.join(format!("{}.done", b.name(j))))
+        .collect();
+    for (j, stamp) in stamps.iter().enumerate() {
         let mut cmd = b.net.command(b.host(j), "aria2c");
-        cmd.args(ARIA2_OPTS)
+        cmd.env("SWARM_STAMP", stamp)
+            .args(ARIA2_OPTS)
+            .args(extra)
             .arg(format!("--listen-port={PEER_PORT}"))
             .arg(format!("--on-bt-download-complete={}", hook.display()))
             .arg("-d")
@@ -146,9 +160,6 @@ pub fn bittorrent(b: &Bench, out: &Path) -> Result<Outcome, String> {
             .arg(&torrent);
         tasks.push(Task::spawn(cmd, &format!("{}.aria2c", b.name(j)), &logs));
     }
-    let stamps: Vec<_> = (0..b.joiners.len())
-        .map(|j| out.join(b.name(j)).join("image.bin.done"))
-        .collect();
     while !stamps.iter().all(|s| s.exists()) {
         if let Some(t) = tasks
             .iter_mut()
