@@ -323,17 +323,12 @@ async fn join_parts(
             crate::storage::zero_pieces(&m2)
         };
         let resumed = have.count_ones();
-        let basis = (!basis_paths.is_empty() && !have.all()).then(|| {
-            let t = Instant::now();
-            let b = Basis::index(&basis_paths, &m2);
-            (b, t.elapsed())
-        });
         let mut used = None;
-        if let Some((b, took)) = basis {
-            let (pieces, bytes) = b
-                .fill(&m2, &content, &mut have)
+        if !basis_paths.is_empty() && !have.all() {
+            let t = Instant::now();
+            let (b, pieces, bytes) = Basis::index_and_fill(&basis_paths, &m2, &content, &mut have)
                 .map_err(crate::storage::io_at(&partial.partial_path))?;
-            used = Some((b, took, pieces, bytes));
+            used = Some((b, t.elapsed(), pieces, bytes));
         }
         Ok::<_, crate::storage::StorageError>((partial, content, have, resumed, used))
     });
@@ -343,7 +338,7 @@ async fn join_parts(
     };
     let basis = used.map(|(b, took, pieces, bytes)| {
         tracing::info!(
-            "basis: {} files, {} indexed in {:.1}s; {pieces} of {} pieces ({}) taken from it whole",
+            "basis: {} files, {} indexed in {:.1}s, {pieces} of {} pieces ({}) taken from it whole",
             b.files,
             bytesize::ByteSize(b.bytes),
             took.as_secs_f64(),

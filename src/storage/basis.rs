@@ -83,6 +83,45 @@ impl Basis {
     /// not hashed (a sparse 16 TiB file planted in an old copy would
     /// take hours), and at most twice `m`'s size is hashed in all.
     pub fn index(paths: &[PathBuf], m: &Manifest) -> Basis {
+        Basis::build(paths, m, None)
+            .expect("no writes, no errors")
+            .0
+    }
+
+    /// `index`, copying every piece of `m` that `have` lacks and the basis
+    /// holds whole into `content` as it is found (from the very buffer it
+    /// was hashed in: one read and one hash per byte of the basis), and
+    /// setting it in `have`. Returns the basis, and the pieces and bytes
+    /// copied. A write that fails (disk full) is an error.
+    pub fn index_and_fill(
+        paths: &[PathBuf],
+        m: &Manifest,
+        content: &Content,
+        have: &mut BitVec,
+    ) -> std::io::Result<(Basis, usize, u64)> {
+        let mut want: HashMap<Hash, Vec<u32>> = HashMap::new();
+        for i in have.iter_zeros() {
+            if let Some(h) = m.piece_hash(i) {
+                want.entry(*h).or_default().push(i as u32);
+            }
+        }
+        let (basis, found) = Basis::build(paths, m, Some((content, &want)))?;
+        let mut bytes = 0;
+        let mut pieces = 0;
+        for i in found {
+            if !have.replace(i as usize, true) {
+                pieces += 1;
+                bytes += m.piece_range(i as usize).1;
+            }
+        }
+        Ok((basis, pieces, bytes))
+    }
+
+    fn build(
+        paths: &[PathBuf],
+        m: &Manifest,
+        fill: Option<(&Content, &HashMap<Hash, Vec<u32>>)>,
+    ) -> std::io::Result<(Basis, Vec<u32>)> {
         let piece_size = m.piece_size;
         let ps = u64::from(piece_size);
         let largest = m.files().iter().map(|f| f.size).max().unwrap_or(0);
@@ -131,14 +170,16 @@ impl Basis {
         // a batch at a time, so that the CVs waiting to be inserted stay
         // small whatever the basis's size
         let batch = (rayon::current_num_threads() * 8).max(16);
+        let mut found = Vec::new();
         for part in windows.chunks(batch) {
-            let hashed: Vec<(Place, u32, Hash, Vec<Cv>)> = part
+            type Hashed = (Place, u32, Hash, Vec<Cv>, Vec<u32>);
+            let hashed: Vec<Hashed> = part
                 .par_iter()
                 .map_init(Vec::new, |buf, &(s, offset, len)| {
                     buf.resize(len as usize, 0);
                     if let Err(e) = basis.sources[s].content.read_at(offset, buf) {
                         tracing::debug!("basis {}: {e}", text::path(&basis.sources[s].shown));
-                        return None;
+                        return Ok(None);
                     }
                     let (root, cvs) = if blocks::splittable(len) {
                         let cvs = blocks::cvs(buf);
@@ -146,11 +187,24 @@ impl Basis {
                     } else {
                         (*blake3::hash(buf).as_bytes(), Vec::new())
                     };
-                    Some((place(s, offset), len as u32, root, cvs))
+                    // a piece of the new image, hashed just now: written
+                    // from this buffer
+                    let mut wrote = Vec::new();
+                    if let Some((content, want)) = fill {
+                        for &i in want.get(&root).map_or(&[][..], Vec::as_slice) {
+                            let (at, n) = m.piece_range(i as usize);
+                            if n == len {
+                                content.write_sparse(at, buf)?;
+                                wrote.push(i);
+                            }
+                        }
+                    }
+                    Ok(Some((place(s, offset), len as u32, root, cvs, wrote)))
                 })
-                .flatten()
-                .collect();
-            for (at, len, root, cvs) in hashed {
+                .filter_map(Result::transpose)
+                .collect::<std::io::Result<_>>()?;
+            for (at, len, root, cvs, wrote) in hashed {
+                found.extend(wrote);
                 basis.pieces.entry(root).or_insert((at, len));
                 for (j, cv) in cvs.iter().enumerate() {
                     basis
@@ -160,7 +214,7 @@ impl Basis {
                 }
             }
         }
-        basis
+        Ok((basis, found))
     }
 
     /// Whether there is anything to take from.
@@ -218,36 +272,6 @@ impl Basis {
 
     pub fn piece_size(&self) -> u32 {
         self.piece_size
-    }
-
-    /// Copies every piece of `m` that `have` lacks and the basis has whole
-    /// into `content`, and sets it in `have`. Returns the pieces and bytes
-    /// copied. A write that fails (disk full) is an error.
-    pub fn fill(
-        &self,
-        m: &Manifest,
-        content: &Content,
-        have: &mut BitVec,
-    ) -> std::io::Result<(usize, u64)> {
-        let found: Vec<(usize, u64)> = (0..m.piece_count())
-            .into_par_iter()
-            .filter(|&i| !have[i])
-            .map_init(Vec::new, |buf, i| {
-                let (offset, len) = m.piece_range(i);
-                let hash = m.piece_hash(i).expect("a piece of the manifest");
-                buf.resize(len as usize, 0);
-                if !self.piece(hash, len, buf) {
-                    return Ok(None);
-                }
-                content.write_sparse(offset, buf)?;
-                Ok(Some((i, len)))
-            })
-            .filter_map(Result::transpose)
-            .collect::<std::io::Result<_>>()?;
-        for &(i, _) in &found {
-            have.set(i, true);
-        }
-        Ok((found.len(), found.iter().map(|f| f.1).sum()))
     }
 }
 
@@ -371,6 +395,39 @@ mod tests {
         assert!(basis.is_zero_block(3, &blocks::cv(3, &[0u8; BLOCK]), BLOCK));
         assert!(basis.is_zero_block(1, &blocks::cv(1, &[0u8; 100]), 100));
         assert!(!basis.is_zero_block(1, &blocks::cv(2, &[0u8; BLOCK]), BLOCK));
+    }
+
+    /// The pieces found whole are written as they are hashed, and only
+    /// those are set; the copy reads back the new version's bytes there.
+    #[test]
+    fn index_and_fill_writes_the_pieces_it_finds() {
+        const P: usize = 4 * BLOCK;
+        let d = tempfile::tempdir().unwrap();
+        let old = data(3 * P, 4);
+        let mut new = old.clone();
+        new[P + 7] ^= 1; // piece 1 changed
+        fs::write(d.path().join("old"), &old).unwrap();
+        let root = crate::manifest::Root::File {
+            size: new.len() as u64,
+            meta: crate::manifest::Meta::mode(0o644),
+        };
+        let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+        let m = Manifest::new("img".into(), root, P as u32, hashes);
+        let target = d.path().join("new");
+        fs::File::create(&target)
+            .unwrap()
+            .set_len(new.len() as u64)
+            .unwrap();
+        let content = Content::open(target.clone(), m.files(), true).unwrap();
+        let mut have = bitvec::bitvec![0; 3];
+        let (_, pieces, bytes) =
+            Basis::index_and_fill(&[d.path().join("old")], &m, &content, &mut have).unwrap();
+        assert_eq!((pieces, bytes), (2, 2 * P as u64));
+        assert_eq!(have.iter_ones().collect::<Vec<_>>(), [0, 2]);
+        let got = fs::read(&target).unwrap();
+        assert_eq!(&got[..P], &new[..P]);
+        assert_eq!(&got[2 * P..], &new[2 * P..]);
+        assert_eq!(&got[P..2 * P], &vec![0u8; P][..]);
     }
 
     #[test]
