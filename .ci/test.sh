@@ -35,6 +35,8 @@ if [ "$(id -u)" = 0 ]; then
   SWARM_BENCH_QUICK=1 cargo bench --bench wan
   # swarm against serial rsync, the rsync cascade and BitTorrent (aria2c)
   SWARM_BENCH_QUICK=1 cargo bench --bench compare
+  # the delta scenario (issue 22): every joiner holds last night's image
+  SWARM_BENCH_QUICK=1 SWARM_BENCH_SCENARIO=delta cargo bench --bench compare
 else
   echo "skipping the WAN and compare benchmarks: they need root (network namespaces, tc)" >&2
 fi
