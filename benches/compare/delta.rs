@@ -35,8 +35,8 @@
 //!   (removed, moved away): they are deleted after it finished, untimed.
 //! * swarm-full: swarm into an empty destination, what a copy costs today.
 //! * swarm-delta: `swarm join TICKET DIR --force` over the old version at
-//!   DIR/NAME, which swarm uses as a basis once the basis feature is in
-//!   (reports `bytes_from_basis`); without it, a full copy.
+//!   DIR/NAME, which swarm uses as its basis (reports `bytes_from_basis`;
+//!   a run where swarm took nothing from it fails).
 //!
 //! Per method: the last host's time / T*_delta, each joiner's NIC rx bytes
 //! (kernel counter in its namespace, before and after) / C, WAN bytes into
@@ -393,10 +393,10 @@ fn print_case(
     }
     if rows
         .iter()
-        .any(|r| r.method == "swarm-delta" && r.from_basis.is_none())
+        .any(|r| r.method == "swarm-delta" && r.from_basis.as_ref().is_none_or(|v| v.contains(&0)))
     {
-        println!(
-            "swarm-delta: no bytes_from_basis in swarm's reports: this swarm has no basis feature (a full copy)"
+        crate::fail(
+            "swarm-delta: a joiner took nothing from its basis (bytes_from_basis 0 or missing)",
         );
     }
 }
