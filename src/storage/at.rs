@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use rustix::fs::{self as rfs, AtFlags, CWD, FileType, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
+use super::meta::{ids, times};
 use super::{StorageError, io_at};
 use crate::manifest::Meta;
 
@@ -39,8 +40,8 @@ const FILE: OFlags = OFlags::NOFOLLOW
     .union(OFlags::CLOEXEC);
 
 /// While a download is in progress everything it creates is the owner's only.
-const NEW_DIR_MODE: u32 = 0o700;
-const NEW_FILE_MODE: u32 = 0o600;
+pub(super) const NEW_DIR_MODE: u32 = 0o700;
+pub(super) const NEW_FILE_MODE: u32 = 0o600;
 
 /// An open directory, and its path for messages.
 pub struct Dir {
@@ -432,7 +433,7 @@ impl Dir {
                     _ => return Ok(()),
                 };
                 if let Ok(fd) = rfs::openat(at, leaf, flags, Mode::empty()) {
-                    reclaim(fd);
+                    super::meta::reclaim(fd);
                 }
             }
             Ok(())
@@ -560,93 +561,8 @@ fn remove_below(dir: &OwnedFd, shown: &Path, dev: u64) -> Result<(), StorageErro
     Ok(())
 }
 
-fn file_type(fd: impl AsFd) -> io::Result<FileType> {
+pub(super) fn file_type(fd: impl AsFd) -> io::Result<FileType> {
     Ok(FileType::from_raw_mode(rfs::fstat(fd)?.st_mode))
-}
-
-/// What of the manifest's metadata a join applies.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Keep {
-    /// Owners and groups (the join runs as root, without --no-owner).
-    pub owners: bool,
-    /// setuid and setgid bits of files (--keep-setuid, with `owners`).
-    pub setuid: bool,
-}
-
-impl Keep {
-    /// The mode to set: a file keeps setuid and setgid only when asked
-    /// (`--keep-setuid`) and its owner is the manifest's; a directory
-    /// keeps setgid (it only passes the group on) and sticky.
-    fn mode(&self, meta: &Meta, dir: bool) -> u32 {
-        let mode = meta.mode & crate::manifest::MODE_MASK;
-        match dir {
-            true => mode & !0o4000,
-            false if self.owners && self.setuid => mode,
-            false => mode & !0o6000,
-        }
-    }
-}
-
-/// What the manifest says of an open file or directory, applied as the
-/// last step before the rename: fsync; owner and group if `keep.owners`,
-/// then the mode (`Keep::mode`; chown may clear setuid, so after it);
-/// the mtime.
-pub fn finish_meta(
-    fd: impl AsFd,
-    meta: &Meta,
-    keep: Keep,
-    shown: &Path,
-) -> Result<(), StorageError> {
-    let err = |e: Errno| io_at(shown)(e.into());
-    rfs::fsync(&fd).map_err(err)?;
-    let dir = file_type(&fd).map_err(io_at(shown))? == FileType::Directory;
-    if keep.owners {
-        let (uid, gid) = ids(meta);
-        rfs::fchown(&fd, Some(uid), Some(gid)).map_err(err)?;
-    }
-    rfs::fchmod(&fd, Mode::from_raw_mode(keep.mode(meta, dir))).map_err(err)?;
-    rfs::futimens(&fd, &times(meta)).map_err(err)
-}
-
-/// Gives an open file or directory of the partial data back to swarm's
-/// user with the mode it had while in progress (a finish that failed
-/// half-way, so that the same command resumes). Best effort.
-pub fn reclaim(fd: impl AsFd) {
-    let Ok(st) = rfs::fstat(&fd) else { return };
-    let mode = match FileType::from_raw_mode(st.st_mode) {
-        FileType::Directory => NEW_DIR_MODE,
-        FileType::RegularFile if st.st_nlink == 1 => NEW_FILE_MODE,
-        _ => return,
-    };
-    // SAFETY: geteuid and getegid have no preconditions and cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    if st.st_uid != uid {
-        let _ = rfs::fchown(
-            &fd,
-            Some(rfs::Uid::from_raw(uid)),
-            Some(rfs::Gid::from_raw(gid)),
-        );
-    }
-    let _ = rfs::fchmod(&fd, Mode::from_raw_mode(mode));
-}
-
-/// The numeric ids of `meta` (never `!0`: the manifest decoder refuses it).
-fn ids(meta: &Meta) -> (rfs::Uid, rfs::Gid) {
-    (rfs::Uid::from_raw(meta.uid), rfs::Gid::from_raw(meta.gid))
-}
-
-/// The mtime of `meta`; the access time is left as is.
-fn times(meta: &Meta) -> rfs::Timestamps {
-    rfs::Timestamps {
-        last_access: rfs::Timespec {
-            tv_sec: 0,
-            tv_nsec: rfs::UTIME_OMIT,
-        },
-        last_modification: rfs::Timespec {
-            tv_sec: meta.mtime.secs,
-            tv_nsec: i64::from(meta.mtime.nanos) as _,
-        },
-    }
 }
 
 /// The same file opened again with other flags (O_DIRECT for writes), by

@@ -11,6 +11,7 @@ mod at;
 mod basis;
 mod buf;
 mod content;
+mod meta;
 mod partial;
 mod private;
 
@@ -21,10 +22,11 @@ use thiserror::Error;
 
 use crate::text;
 
-pub use at::{Keep, Root};
+pub use at::Root;
 pub use basis::Basis;
 pub use buf::PieceBuf;
 pub use content::Content;
+pub use meta::Keep;
 pub use partial::Partial;
 pub use private::{PrivateFile, write_private};
 

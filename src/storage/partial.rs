@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use bitvec::prelude::*;
 use rayon::prelude::*;
 
-use super::at::{self, Dir, Keep, Root as Handle};
+use super::at::{self, Dir, Root as Handle};
+use super::meta::{self, Keep};
 use super::{Content, StorageError, io_at};
 use crate::manifest::{EntryKind, Manifest, Root};
 
@@ -165,12 +166,12 @@ impl Partial {
     fn apply(&self, m: &Manifest, keep: Keep) -> Result<(), StorageError> {
         let shown = &self.partial_path;
         match (&self.root, &m.root) {
-            (Handle::File(f), Root::File { meta, .. }) => at::finish_meta(f, meta, keep, shown),
+            (Handle::File(f), Root::File { meta, .. }) => meta::finish_meta(f, meta, keep, shown),
             (Handle::Dir(d), Root::Dir { meta, entries }) => {
                 for e in entries {
                     if let EntryKind::File { .. } = e.kind {
                         let f = d.open_file(&e.path, false)?;
-                        at::finish_meta(f, &e.meta, keep, &d.join(&e.path))?;
+                        meta::finish_meta(f, &e.meta, keep, &d.join(&e.path))?;
                     }
                 }
                 for e in entries {
@@ -189,10 +190,10 @@ impl Partial {
                 for e in entries.iter().rev() {
                     if e.kind == EntryKind::Dir {
                         let p = d.join(&e.path);
-                        at::finish_meta(d.open_dir(&e.path)?.fd(), &e.meta, keep, &p)?;
+                        meta::finish_meta(d.open_dir(&e.path)?.fd(), &e.meta, keep, &p)?;
                     }
                 }
-                at::finish_meta(d.fd(), meta, keep, shown)
+                meta::finish_meta(d.fd(), meta, keep, shown)
             }
             _ => Err(StorageError::NotKind {
                 path: shown.clone(),
@@ -206,9 +207,9 @@ impl Partial {
     /// their in-progress modes, the links removed.
     fn revert(&self, m: &Manifest) {
         match (&self.root, &m.root) {
-            (Handle::File(f), _) => at::reclaim(f),
+            (Handle::File(f), _) => meta::reclaim(f),
             (Handle::Dir(d), Root::Dir { entries, .. }) => {
-                at::reclaim(d.fd());
+                meta::reclaim(d.fd());
                 for e in entries.iter().filter(|e| e.kind == EntryKind::Dir) {
                     d.reclaim(&e.path);
                 }
@@ -474,140 +475,6 @@ mod tests {
     }
 }
 
-/// A finish that fails before the rename leaves partial data the same
-/// command resumes from (found by review: the links and the owners it
-/// had set made the partial "not swarm's own"), and a seed cannot make a
-/// setuid-root file on a joiner that did not ask for it.
 #[cfg(test)]
-mod finish_tests {
-    use std::fs;
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-    use crate::manifest::{Entry, Meta};
-
-    fn is_root() -> bool {
-        // SAFETY: no preconditions.
-        unsafe { libc::geteuid() == 0 }
-    }
-
-    /// A read-only file of 5000 bytes of 7 owned by `uid`, and a hard link
-    /// to it, in a read-only directory.
-    fn tree(uid: u32) -> Manifest {
-        let file = Entry {
-            path: "f".into(),
-            kind: EntryKind::File { size: 5000 },
-            meta: Meta {
-                mode: 0o444,
-                uid,
-                gid: uid,
-                ..Meta::default()
-            },
-        };
-        let link = Entry {
-            path: "g".into(),
-            kind: EntryKind::HardLink { target: 0 },
-            meta: Meta::default(),
-        };
-        let root = Root::Dir {
-            meta: Meta {
-                mode: 0o555,
-                uid,
-                gid: uid,
-                ..Meta::default()
-            },
-            entries: vec![file, link],
-        };
-        let n = Manifest::pieces_for(&root, 4096).unwrap() as usize;
-        let mut m = Manifest::new("img".into(), root, 4096, vec![[0; 32]; n]);
-        m.hashes = (0..n)
-            .map(|i| *blake3::hash(&vec![7u8; m.piece_range(i).1 as usize]).as_bytes())
-            .collect();
-        m
-    }
-
-    /// Writes the data, lets the rename fail (something appeared at the
-    /// final name), prepares again and finishes.
-    fn resume_after_failed_finish(m: &Manifest, keep: Keep) {
-        let d = tempfile::tempdir().unwrap();
-        let p = Partial::prepare(d.path(), m, false).unwrap();
-        p.content(m).unwrap().write_at(0, &[7u8; 5000]).unwrap();
-        fs::write(d.path().join("img"), b"someone else's").unwrap();
-        assert!(matches!(
-            p.finish(m, false, keep),
-            Err(StorageError::Exists(_))
-        ));
-        fs::remove_file(d.path().join("img")).unwrap();
-        let p = Partial::prepare(d.path(), m, false).unwrap();
-        let c = p.content(m).unwrap();
-        assert_eq!(p.scan(m, &c).unwrap().count_ones(), m.piece_count());
-        p.finish(m, false, keep).unwrap();
-        assert_eq!(fs::read(d.path().join("img/g")).unwrap(), vec![7u8; 5000]);
-    }
-
-    #[test]
-    fn a_finish_failed_after_its_links_and_modes_resumes() {
-        // SAFETY: no preconditions.
-        resume_after_failed_finish(&tree(unsafe { libc::geteuid() }), Keep::default());
-    }
-
-    #[test]
-    fn a_finish_failed_after_its_chowns_resumes() {
-        if !is_root() {
-            eprintln!("SKIPPED: chown needs root");
-            return;
-        }
-        let keep = Keep {
-            owners: true,
-            setuid: false,
-        };
-        resume_after_failed_finish(&tree(26), keep);
-    }
-
-    #[test]
-    fn setuid_only_with_keep_setuid_and_owners() {
-        let root = is_root();
-        let cases = [
-            (Keep::default(), 0o755),
-            (
-                Keep {
-                    owners: root,
-                    setuid: false,
-                },
-                0o755,
-            ),
-            (
-                Keep {
-                    owners: false,
-                    setuid: true,
-                },
-                0o755,
-            ),
-            (
-                Keep {
-                    owners: root,
-                    setuid: true,
-                },
-                if root { 0o4755 } else { 0o755 },
-            ),
-        ];
-        for (keep, want) in cases {
-            let d = tempfile::tempdir().unwrap();
-            let meta = Meta {
-                mode: 0o4755,
-                ..Meta::default()
-            };
-            let m = Manifest::new(
-                "x".into(),
-                Root::File { size: 10, meta },
-                4096,
-                vec![*blake3::hash(&[1u8; 10]).as_bytes()],
-            );
-            let p = Partial::prepare(d.path(), &m, false).unwrap();
-            p.content(&m).unwrap().write_at(0, &[1u8; 10]).unwrap();
-            p.finish(&m, false, keep).unwrap();
-            let md = fs::metadata(d.path().join("x")).unwrap();
-            assert_eq!(md.permissions().mode() & 0o7777, want, "{keep:?}");
-        }
-    }
-}
+#[path = "partial_finish_tests.rs"]
+mod finish_tests;
