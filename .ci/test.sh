@@ -45,6 +45,6 @@ cargo test
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain take them (the machine has no other toolchain).
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install --locked cargo-fuzz
-for t in frame request manifest path ticket; do
+for t in frame request manifest path ticket blocks piece; do
   (cd fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run -O "$t" -- -max_total_time=10)
 done

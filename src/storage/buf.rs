@@ -42,6 +42,11 @@ impl PieceBuf {
         b
     }
 
+    /// Appends `n` zero bytes.
+    pub fn extend_zeros(&mut self, n: usize) {
+        self.raw.resize(self.raw.len() + n, 0);
+    }
+
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..]
     }

@@ -403,5 +403,7 @@ impl Status {
     }
 }
 
+pub mod piece;
+
 #[cfg(test)]
 mod tests;

@@ -368,8 +368,9 @@ async fn serve(
     }
     match mode {
         Mode::Corrupt | Mode::BadBlocks => {
-            let mut bytes = vec![0u8; 1 + len];
-            rand::RngExt::fill(&mut rand::rng(), &mut bytes[1..]);
+            let mut bytes = vec![0u8; len];
+            rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+            let bytes = [vec![0u8], answer(&req, bytes)].concat();
             let _ = send.write_all(&bytes).await;
             let _ = send.finish();
             conn.closed().await;
@@ -394,10 +395,22 @@ async fn serve(
             conn.closed().await;
         }
         Mode::Reset => {
-            let mut bytes = vec![0u8; 1 + len / 2];
-            rand::RngExt::fill(&mut rand::rng(), &mut bytes[1..]);
+            let mut bytes = vec![0u8; len];
+            rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+            let mut bytes = [vec![0u8], answer(&req, bytes)].concat();
+            bytes.truncate(1 + len / 2);
             let _ = send.write_all(&bytes).await;
             let _ = send.reset(0u32.into());
         }
+    }
+}
+
+/// The bytes of an answer to `req` (a decoded request's raw form) that
+/// carry `data`: a whole piece is framed in groups with their masks
+/// (`wire::piece`), an outboard or blocks go as they are.
+fn answer(req: &[u8], data: Vec<u8>) -> Vec<u8> {
+    match Request::decode(req) {
+        Ok(Request::Piece(_)) => swarm::wire::piece::encode(&data),
+        _ => data,
     }
 }

@@ -216,6 +216,31 @@ fn faithful_sparse_file_keeps_its_holes_and_sends_only_data() {
     );
 }
 
+/// Blocks of zeros inside pieces of data are not sent either, to a joiner
+/// without a basis too: every other 16 KiB block of a 4 MiB file is zeros.
+#[test]
+fn faithful_zero_blocks_inside_pieces_are_not_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("pages.img");
+    let mut data = vec![0u8; 4 << 20];
+    for block in data.chunks_mut(16 << 10).step_by(2) {
+        rand::RngExt::fill(&mut rand::rng(), block);
+    }
+    fs::write(&img, &data).unwrap();
+    let mut seed = seed(dir.path(), &img, &["--piece-size", "1MiB"]);
+    let mut a = join(dir.path(), &seed, "a", &["--exit-on-complete"]);
+    a.wait_ok(LIMIT);
+    seed.proc.kill9();
+    assert_same(&img, &dir.path().join("a/pages.img"));
+    let r = report(&dir.path().join("a.json"));
+    let got = r["bytes_received"].as_u64().unwrap();
+    assert!(
+        got <= (2 << 20) + 64,
+        "{got} bytes received for 2 MiB of data in 4 MiB"
+    );
+    assert!(got >= 2 << 20);
+}
+
 /// Devices, sockets and FIFOs cannot be carried: the seed stops before
 /// hashing, exit 5, naming the path and what it is.
 #[test]

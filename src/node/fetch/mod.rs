@@ -19,7 +19,7 @@ use crate::core::{Failure, PeerKey};
 use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, blocks};
 use crate::storage::{Basis, Content, PieceBuf};
 use crate::text::Escaped;
-use crate::wire::{Request, Status};
+use crate::wire::{self, Request, Status};
 
 mod delta;
 
@@ -46,8 +46,9 @@ pub fn deadline(len: u64) -> Duration {
 }
 
 pub(super) enum Outcome {
-    /// The piece's bytes, not yet verified.
-    Data(PieceBuf),
+    /// The piece's bytes, not yet verified, and the bytes that came for
+    /// it (zero blocks are not sent).
+    Data(PieceBuf, u64),
     /// The piece, verified block by block: `received` bytes came from the
     /// peer (outboard included), `from_basis` from the basis.
     Delta {
@@ -127,7 +128,7 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             piece: job.piece,
             why: Failure::Corrupt,
         },
-        Ok(Outcome::Data(data)) => {
+        Ok(Outcome::Data(data, received)) => {
             let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
             // One contiguous buffer: hashing it whole uses blake3's SIMD
             // width and writing it is one pwrite. Keeping quinn's ~9 KB
@@ -144,7 +145,7 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
                     key: job.key,
                     piece: job.piece,
                     data: Bytes::from_owner(data),
-                    received: len,
+                    received,
                     from_basis: 0,
                     elapsed: started.elapsed(),
                 },
@@ -195,9 +196,19 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
     let _ = events.send(event).await;
 }
 
+impl wire::piece::Sink for PieceBuf {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    fn put_zeros(&mut self, n: usize) {
+        self.extend_zeros(n);
+    }
+}
+
 async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outcome> {
-    // the peer may send the answer's bytes (status and piece) at once
-    let mut credit = Grant::new(conn, 1 + len, 1 + len);
+    // the peer may send the answer's bytes (status, masks and piece) at once
+    let most = 1 + len + 4 * len.div_ceil(wire::piece::GROUP as u64);
+    let mut credit = Grant::new(conn, most, most);
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&Request::Piece(piece).encode()).await?;
     send.finish()?;
@@ -205,14 +216,16 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
     credit.read(1);
     match status {
         Status::Ok => {
-            // read chunks as quinn hands them over: no zero-fill, one copy
-            // into a buffer aligned for a direct write
+            // read chunks as quinn hands them over, never more than the
+            // answer holds next; one copy into a buffer aligned for a
+            // direct write, zero blocks filled in (`wire::piece`)
             let mut data = PieceBuf::with_capacity(len as usize);
-            while data.len() < len as usize {
-                match recv.read_chunk(len as usize - data.len(), true).await {
+            let mut d = wire::piece::Decoder::new(len);
+            while d.want() > 0 {
+                match recv.read_chunk(d.want(), true).await {
                     Ok(Some(chunk)) => {
                         credit.read(chunk.bytes.len() as u64);
-                        data.extend_from_slice(&chunk.bytes);
+                        d.feed(&chunk.bytes, &mut data)?;
                     }
                     Ok(None) => anyhow::bail!("stream ended after {} of {len} bytes", data.len()),
                     Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
@@ -224,7 +237,7 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
                     }
                 }
             }
-            Ok(Outcome::Data(data))
+            Ok(Outcome::Data(data, d.received))
         }
         s => Ok(Outcome::Refused(s)),
     }

@@ -105,7 +105,7 @@ pub async fn send_outboard(
         out.extend_from_slice(cv);
     }
     let sent = out.len() as u64 - 1;
-    write_limited(send, out.into(), &[], stall_timeout(sent)).await?;
+    write_limited(send, vec![out.into()], &[], stall_timeout(sent)).await?;
     send.finish()?;
     Ok(sent)
 }
@@ -150,7 +150,7 @@ pub async fn send_blocks(
                 && let Some(prev) = held.replace(Bytes::from(out))
             {
                 sent += prev.len() as u64;
-                write_limited(send, prev, limits, stall).await?;
+                write_limited(send, vec![prev], limits, stall).await?;
             }
         }
         done += n as u64;
@@ -163,7 +163,7 @@ pub async fn send_blocks(
     }
     if let Some(last) = held {
         sent += last.len() as u64;
-        write_limited(send, last, limits, stall).await?;
+        write_limited(send, vec![last], limits, stall).await?;
     }
     send.finish()?;
     Ok(sent)

@@ -28,9 +28,10 @@ use super::peer::close;
 use super::rate::RateLimit;
 use crate::core::PeerKey;
 use crate::core::serve::{ServeWindow, Served};
+use crate::manifest::blocks::BLOCK;
 use crate::storage::Content;
 use crate::text::Escaped;
-use crate::wire::{REQUEST_LEN, Request, Status};
+use crate::wire::{REQUEST_LEN, Request, Status, piece};
 
 mod delta;
 
@@ -43,8 +44,9 @@ pub const SERVE_TOTAL: usize = 32;
 /// part of it holds no serve slot meanwhile (a slot is taken only for a
 /// whole request), only the stream, and not for long.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// Chunk size when streaming a piece from disk.
-const SERVE_CHUNK: usize = 512 << 10;
+/// Chunk size when streaming a piece from disk: a group of the answer's
+/// zero-block framing (`wire::piece`).
+const SERVE_CHUNK: usize = piece::GROUP;
 /// A serve whose requester takes no byte for `STALL_BASE + STALL_PER_MIB *
 /// piece size in MiB` is given up: its flow-control credit is used up and
 /// it is not reading. An honest requester reads as the bytes arrive and
@@ -301,12 +303,16 @@ async fn send_piece(
 ) -> anyhow::Result<u64> {
     let stall = stall_timeout(len);
     send.write_all(&[Status::Ok as u8]).await?;
-    let mut done = 0u64;
+    let (mut done, mut sent) = (0u64, 0u64);
     let mut hasher = Some(Box::new(blake3::Hasher::new()));
     while done < len {
         let n = (len - done).min(SERVE_CHUNK as u64) as usize;
-        let chunk = match &from {
-            PieceSource::Memory(data) => data.slice(done as usize..done as usize + n),
+        let (chunk, mask) = match &from {
+            PieceSource::Memory(data) => {
+                let chunk = data.slice(done as usize..done as usize + n);
+                let mask = piece::mask(&chunk);
+                (chunk, mask)
+            }
             PieceSource::Disk {
                 content,
                 offset,
@@ -319,10 +325,11 @@ async fn send_piece(
                     let mut buf = Chunk::take(n);
                     c.read_at(at, &mut buf.0)?;
                     h.update(&buf.0);
-                    Ok::<_, std::io::Error>((buf, h))
+                    let mask = piece::mask(&buf.0);
+                    Ok::<_, std::io::Error>((buf, h, mask))
                 })
                 .await?;
-                let (buf, h) = match read {
+                let (buf, h, mask) = match read {
                     Ok(r) => r,
                     // the file is shorter than when it was hashed
                     Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
@@ -334,34 +341,54 @@ async fn send_piece(
                     return Err(Changed.into());
                 }
                 hasher = Some(h);
-                Bytes::from_owner(buf)
+                (Bytes::from_owner(buf), mask)
             }
         };
-        write_limited(send, chunk, limits, stall).await?;
+        // the group's mask, then its blocks that are not all zeros
+        // (`wire::piece`), runs of them as one slice
+        let mut bufs = vec![Bytes::copy_from_slice(&mask.to_le_bytes())];
+        let mut j = 0;
+        while j * BLOCK < n {
+            if mask & 1 << j == 0 {
+                j += 1;
+                continue;
+            }
+            let start = j;
+            while j * BLOCK < n && mask & 1 << j != 0 {
+                j += 1;
+            }
+            bufs.push(chunk.slice(start * BLOCK..(j * BLOCK).min(n)));
+        }
+        sent += write_limited(send, bufs, limits, stall).await?;
         done += n as u64;
     }
     send.finish()?;
-    Ok(done)
+    Ok(sent)
 }
 
 /// Passes `chunk` through the rate limits, then hands it to quinn
 /// without a copy, watching that the requester keeps taking bytes.
 async fn write_limited(
     send: &mut SendStream,
-    chunk: Bytes,
+    mut bufs: Vec<Bytes>,
     limits: &[Arc<RateLimit>],
     stall: Duration,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
+    let total: usize = bufs.iter().map(Bytes::len).sum();
     for l in limits {
-        l.acquire(chunk.len()).await;
+        l.acquire(total).await;
     }
-    let mut bufs = [chunk];
-    while !bufs[0].is_empty() {
-        timeout(stall, send.write_chunks(&mut bufs))
+    let mut i = 0;
+    while i < bufs.len() {
+        if bufs[i].is_empty() {
+            i += 1;
+            continue;
+        }
+        timeout(stall, send.write_chunks(&mut bufs[i..]))
             .await
             .map_err(|_| Stalled(stall))??;
     }
-    Ok(())
+    Ok(total as u64)
 }
 
 /// A chunk being served; its buffer goes back to `FREE_CHUNKS` once quinn
