@@ -162,6 +162,10 @@ pub struct Report {
     /// Seconds spent indexing the basis.
     #[serde(default)]
     pub basis_index_secs: f64,
+    /// Blocks the basis index had that no longer checked out when read
+    /// (the basis changed after it was indexed): fetched instead.
+    #[serde(default)]
+    pub basis_blocks_missed: u64,
     /// Pieces copied whole from the basis, with no network.
     #[serde(default)]
     pub pieces_from_basis: usize,

@@ -26,6 +26,7 @@
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 
@@ -66,6 +67,8 @@ pub struct Basis {
     zero_cvs: Vec<Cv>,
     /// Bytes of regular files indexed.
     pub bytes: u64,
+    /// See `missed`.
+    missed: AtomicU64,
     /// Files indexed.
     pub files: usize,
 }
@@ -161,6 +164,7 @@ impl Basis {
             bytes: windows.iter().map(|w| w.2).sum(),
             sources,
             piece_size,
+            missed: AtomicU64::new(0),
             pieces: HashMap::with_capacity(windows.len()),
             blocks: HashMap::new(),
             zero_cvs: (0..(piece_size as usize / BLOCK).min(ZERO_CVS))
@@ -179,6 +183,7 @@ impl Basis {
                     buf.resize(len as usize, 0);
                     if let Err(e) = basis.sources[s].content.read_at(offset, buf) {
                         tracing::debug!("basis {}: {e}", text::path(&basis.sources[s].shown));
+                        basis.missed.fetch_add(1, Ordering::Relaxed);
                         return Ok(None);
                     }
                     let (root, cvs) = if blocks::splittable(len) {
@@ -213,6 +218,13 @@ impl Basis {
                         .or_insert(at + (j * BLOCK) as u64);
                 }
             }
+        }
+        let unread = basis.missed.swap(0, Ordering::Relaxed);
+        if unread > 0 {
+            tracing::warn!(
+                "basis: {unread} of {} pieces' worth could not be read; what they hold is fetched instead",
+                windows.len()
+            );
         }
         Ok((basis, found))
     }
@@ -249,7 +261,18 @@ impl Basis {
         let Some(&at) = self.blocks.get(&key(cv)) else {
             return false;
         };
-        self.read(at, buf) && &blocks::cv(index, buf) == cv
+        let ok = self.read(at, buf) && &blocks::cv(index, buf) == cv;
+        if !ok {
+            self.missed.fetch_add(1, Ordering::Relaxed);
+        }
+        ok
+    }
+
+    /// Blocks the index had but that no longer checked out when read
+    /// (the basis changed, or could not be read, after it was indexed):
+    /// fetched instead.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(Ordering::Relaxed)
     }
 
     fn read(&self, at: Place, buf: &mut [u8]) -> bool {
@@ -391,7 +414,9 @@ mod tests {
         fs::write(root.join("sub/a"), &changed).unwrap();
         assert!(!basis.piece(&h1, P as u64, &mut buf));
         let cv1 = blocks::cv(0, &a[P..P + BLOCK]);
+        let missed = basis.missed();
         assert!(!basis.block(0, &cv1, &mut b));
+        assert_eq!(basis.missed(), missed + 1, "counted, for the warning");
         assert!(basis.is_zero_block(3, &blocks::cv(3, &[0u8; BLOCK]), BLOCK));
         assert!(basis.is_zero_block(1, &blocks::cv(1, &[0u8; 100]), 100));
         assert!(!basis.is_zero_block(1, &blocks::cv(2, &[0u8; BLOCK]), BLOCK));

@@ -310,6 +310,16 @@ impl Engine {
         self.finalizing = true;
         let m = self.manifest.clone();
         let (force, keep) = (self.exit.force, self.exit.keep);
+        if let Some(b) = &self.basis
+            && b.missed() > 0
+        {
+            self.report.basis_blocks_missed = b.missed();
+            tracing::warn!(
+                "basis: {} blocks no longer matched what was indexed (it changed while swarm read it) \
+                 and were fetched instead; the copy is verified as always",
+                b.missed()
+            );
+        }
         let tx = self.events_tx.clone();
         let content = self.content.clone();
         tokio::task::spawn_blocking(move || {
