@@ -241,6 +241,7 @@ fn run_case(
                 }
             }
         }
+        crate::settle_disk()?;
         let wan_before: Vec<u64> = (1..groups).map(|g| b.net.wan_bytes_in(g)).collect();
         let rx_before: Vec<u64> = (0..n).map(|j| rx_bytes(b, j)).collect::<Result<_, _>>()?;
         let seed_before = b.net.host_bytes_sent(b.seed());

@@ -364,6 +364,7 @@ fn run_layout(
         for j in 0..bench.joiners.len() {
             std::fs::create_dir_all(out.join(bench.name(j))).map_err(|e| e.to_string())?;
         }
+        settle_disk()?;
         let wan_before: Vec<u64> = (1..groups).map(|g| bench.net.wan_bytes_in(g)).collect();
         let ip_before: Vec<u64> = (1..groups).map(|g| bench.net.wan_ip_bytes_in(g)).collect();
         let seed_before = bench.net.host_bytes_sent(bench.seed());
@@ -556,4 +557,18 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// Writes back every dirty page (`sync`) before a method's timed run, so
+/// that no method pays for the disk writes of what ran before it (the
+/// previous method's copies, the old versions just copied in place).
+pub fn settle_disk() -> Result<(), String> {
+    let ok = std::process::Command::new("sync")
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(())
+    } else {
+        Err("sync failed".into())
+    }
 }

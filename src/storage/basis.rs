@@ -31,6 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 
 use super::at::Root;
+use super::buf::PieceBuf;
 use super::content::Content;
 use crate::manifest::blocks::{self, BLOCK, Cv};
 use crate::manifest::{FileSpan, Hash, Manifest, PACK_BELOW, layout, layout_piece, layout_pieces};
@@ -179,33 +180,39 @@ impl Basis {
             type Hashed = (Place, u32, Hash, Vec<Cv>, Vec<u32>);
             let hashed: Vec<Hashed> = part
                 .par_iter()
-                .map_init(Vec::new, |buf, &(s, offset, len)| {
-                    buf.resize(len as usize, 0);
-                    if let Err(e) = basis.sources[s].content.read_at(offset, buf) {
-                        tracing::debug!("basis {}: {e}", text::path(&basis.sources[s].shown));
-                        basis.missed.fetch_add(1, Ordering::Relaxed);
-                        return Ok(None);
-                    }
-                    let (root, cvs) = if blocks::splittable(len) {
-                        let cvs = blocks::cvs(buf);
-                        (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
-                    } else {
-                        (*blake3::hash(buf).as_bytes(), Vec::new())
-                    };
-                    // a piece of the new image, hashed just now: written
-                    // from this buffer
-                    let mut wrote = Vec::new();
-                    if let Some((content, want)) = fill {
-                        for &i in want.get(&root).map_or(&[][..], Vec::as_slice) {
-                            let (at, n) = m.piece_range(i as usize);
-                            if n == len {
-                                content.write_sparse(at, buf)?;
-                                wrote.push(i);
+                // aligned, so that the pieces found go to the new copy by
+                // O_DIRECT, not through a copy into the page cache
+                .map_init(
+                    || PieceBuf::with_capacity(piece_size as usize),
+                    |buf, &(s, offset, len)| {
+                        buf.resize(len as usize);
+                        let buf = buf.as_mut_slice();
+                        if let Err(e) = basis.sources[s].content.read_at(offset, buf) {
+                            tracing::debug!("basis {}: {e}", text::path(&basis.sources[s].shown));
+                            basis.missed.fetch_add(1, Ordering::Relaxed);
+                            return Ok(None);
+                        }
+                        let (root, cvs) = if blocks::splittable(len) {
+                            let cvs = blocks::cvs(buf);
+                            (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
+                        } else {
+                            (*blake3::hash(buf).as_bytes(), Vec::new())
+                        };
+                        // a piece of the new image, hashed just now: written
+                        // from this buffer
+                        let mut wrote = Vec::new();
+                        if let Some((content, want)) = fill {
+                            for &i in want.get(&root).map_or(&[][..], Vec::as_slice) {
+                                let (at, n) = m.piece_range(i as usize);
+                                if n == len {
+                                    content.write_sparse(at, buf)?;
+                                    wrote.push(i);
+                                }
                             }
                         }
-                    }
-                    Ok(Some((place(s, offset), len as u32, root, cvs, wrote)))
-                })
+                        Ok(Some((place(s, offset), len as u32, root, cvs, wrote)))
+                    },
+                )
                 .filter_map(Result::transpose)
                 .collect::<std::io::Result<_>>()?;
             for (at, len, root, cvs, wrote) in hashed {

@@ -42,6 +42,11 @@ impl PieceBuf {
         b
     }
 
+    /// Makes it `len` bytes long: cut, or grown with zeros.
+    pub fn resize(&mut self, len: usize) {
+        self.raw.resize(self.start + len, 0);
+    }
+
     /// Appends `n` zero bytes.
     pub fn extend_zeros(&mut self, n: usize) {
         self.raw.resize(self.raw.len() + n, 0);

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use swarm::node::auth::{self, Role};
@@ -155,18 +156,7 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     // Without the limit the honest hosts, fast on loopback, sometimes won
     // every race, the corrupt pieces were dropped as late duplicates, never
     // verified, and nobody was banned.
-    let seed = seed(
-        &d,
-        &src,
-        &[
-            "--until-done",
-            "3",
-            "--piece-size",
-            "256KiB",
-            "--upload-limit",
-            "8MiB/s",
-        ],
-    );
+    let seed = slow_seed(&d, &src, "8MiB/s");
     let t = Ticket::parse(&seed.ticket).unwrap();
     let mut adversaries = Vec::new();
     for mode in [
@@ -273,18 +263,7 @@ async fn hostile_delta_sources_are_dropped() {
         fs::create_dir_all(d.join(n)).unwrap();
         fs::write(d.join(n).join("image.bin"), &old).unwrap();
     }
-    let seed = seed(
-        &d,
-        &src,
-        &[
-            "--until-done",
-            "3",
-            "--piece-size",
-            "256KiB",
-            "--upload-limit",
-            "2MiB/s",
-        ],
-    );
+    let seed = slow_seed(&d, &src, "2MiB/s");
     let t = Ticket::parse(&seed.ticket).unwrap();
     let data = Arc::new(new);
     let bad = [
@@ -440,11 +419,7 @@ async fn clients_that_never_read_do_not_starve_the_seed() {
 
 /// Runs joiners "a", "b" and "c" of `seed` in `dir` to a clean exit, then
 /// waits for the seed's (it runs with `--until-done 3`).
-async fn joiners_a_b_c_then_seed_exit(
-    dir: &std::path::Path,
-    seed: Seed,
-    join_args: &'static [&'static str],
-) {
+async fn joiners_a_b_c_then_seed_exit(dir: &Path, seed: Seed, join_args: &'static [&'static str]) {
     let d = dir.to_path_buf();
     tokio::task::spawn_blocking(move || {
         let mut joiners: Vec<Proc> = ["a", "b", "c"]
@@ -459,4 +434,17 @@ async fn joiners_a_b_c_then_seed_exit(
     })
     .await
     .unwrap();
+}
+
+/// A seed of 256 KiB pieces for three joiners, uploading at most `rate`.
+fn slow_seed(d: &Path, src: &Path, rate: &str) -> Seed {
+    let args = [
+        "--until-done",
+        "3",
+        "--piece-size",
+        "256KiB",
+        "--upload-limit",
+        rate,
+    ];
+    seed(d, src, &args)
 }

@@ -98,71 +98,14 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             data,
             received,
             from_basis,
-        }) => {
-            let c = job.content.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                c.write_sparse(offset, data.as_slice()).map(|_| data)
-            })
-            .await;
-            match stored {
-                Ok(Ok(data)) => Event::PieceDone {
-                    key: job.key,
-                    piece: job.piece,
-                    data: Bytes::from_owner(data),
-                    received,
-                    from_basis,
-                    elapsed: started.elapsed(),
-                },
-                Ok(Err(e)) => Event::WriteFailed {
-                    piece: job.piece,
-                    why: e,
-                },
-                Err(e) => Event::WriteFailed {
-                    piece: job.piece,
-                    why: std::io::Error::other(e.to_string()),
-                },
-            }
-        }
+        }) => store(&job, offset, data, received, from_basis, false, started).await,
         Ok(Outcome::Corrupt) => Event::PieceFailed {
             key: job.key,
             piece: job.piece,
             why: Failure::Corrupt,
         },
         Ok(Outcome::Data(data, received)) => {
-            let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
-            // One contiguous buffer: hashing it whole uses blake3's SIMD
-            // width and writing it is one pwrite. Keeping quinn's ~9 KB
-            // chunks instead cost more (joiner user time 1.9 -> 2.8 s/GiB).
-            let stored = tokio::task::spawn_blocking(move || {
-                if !m.verify_piece(piece as usize, data.as_slice()) {
-                    return Ok(None);
-                }
-                c.write_sparse(offset, data.as_slice()).map(|_| Some(data))
-            })
-            .await;
-            match stored {
-                Ok(Ok(Some(data))) => Event::PieceDone {
-                    key: job.key,
-                    piece: job.piece,
-                    data: Bytes::from_owner(data),
-                    received,
-                    from_basis: 0,
-                    elapsed: started.elapsed(),
-                },
-                Ok(Ok(None)) => Event::PieceFailed {
-                    key: job.key,
-                    piece: job.piece,
-                    why: Failure::Corrupt,
-                },
-                Ok(Err(e)) => Event::WriteFailed {
-                    piece: job.piece,
-                    why: e,
-                },
-                Err(e) => Event::WriteFailed {
-                    piece: job.piece,
-                    why: std::io::Error::other(e.to_string()),
-                },
-            }
+            store(&job, offset, data, received, 0, true, started).await
         }
         Ok(Outcome::Refused(Status::Elsewhere)) => Event::PieceFailed {
             key: job.key,
@@ -194,6 +137,52 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
         }
     };
     let _ = events.send(event).await;
+}
+
+/// Verifies `data` against the manifest unless `verified` already (a
+/// delta is checked block by block as it arrives), writes it at `offset`
+/// off the async threads, and says how that went.
+async fn store(
+    job: &Job,
+    offset: u64,
+    data: PieceBuf,
+    received: u64,
+    from_basis: u64,
+    verified: bool,
+    started: Instant,
+) -> Event {
+    let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
+    // One contiguous buffer: hashing it whole uses blake3's SIMD width and
+    // writing it is one pwrite. Keeping quinn's ~9 KB chunks instead cost
+    // more (joiner user time 1.9 -> 2.8 s/GiB).
+    let stored = tokio::task::spawn_blocking(move || {
+        if !verified && !m.verify_piece(piece as usize, data.as_slice()) {
+            return Ok(None);
+        }
+        c.write_sparse(offset, data.as_slice()).map(|_| Some(data))
+    })
+    .await;
+    let (key, piece) = (job.key, job.piece);
+    match stored {
+        Ok(Ok(Some(data))) => Event::PieceDone {
+            key,
+            piece,
+            data: Bytes::from_owner(data),
+            received,
+            from_basis,
+            elapsed: started.elapsed(),
+        },
+        Ok(Ok(None)) => Event::PieceFailed {
+            key,
+            piece,
+            why: Failure::Corrupt,
+        },
+        Ok(Err(why)) => Event::WriteFailed { piece, why },
+        Err(e) => Event::WriteFailed {
+            piece,
+            why: std::io::Error::other(e.to_string()),
+        },
+    }
 }
 
 impl wire::piece::Sink for PieceBuf {
