@@ -98,14 +98,25 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             data,
             received,
             from_basis,
-        }) => store(&job, offset, data, received, from_basis, false, started).await,
+        }) => {
+            store(
+                &job,
+                offset,
+                data,
+                received,
+                from_basis,
+                Check::Done,
+                started,
+            )
+            .await
+        }
         Ok(Outcome::Corrupt) => Event::PieceFailed {
             key: job.key,
             piece: job.piece,
             why: Failure::Corrupt,
         },
         Ok(Outcome::Data(data, received)) => {
-            store(&job, offset, data, received, 0, true, started).await
+            store(&job, offset, data, received, 0, Check::WholePiece, started).await
         }
         Ok(Outcome::Refused(Status::Elsewhere)) => Event::PieceFailed {
             key: job.key,
@@ -139,16 +150,24 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
     let _ = events.send(event).await;
 }
 
-/// Verifies `data` against the manifest unless `verified` already (a
-/// delta is checked block by block as it arrives), writes it at `offset`
-/// off the async threads, and says how that went.
+/// What [`store`] must still check before it writes a piece.
+#[derive(Clone, Copy)]
+enum Check {
+    /// Hash the whole piece against the manifest (a piece from a peer).
+    WholePiece,
+    /// Nothing: every block was verified as it arrived (a delta).
+    Done,
+}
+
+/// Verifies `data` against the manifest as `check` says, writes it at
+/// `offset` off the async threads, and says how that went.
 async fn store(
     job: &Job,
     offset: u64,
     data: PieceBuf,
     received: u64,
     from_basis: u64,
-    verified: bool,
+    check: Check,
     started: Instant,
 ) -> Event {
     let (m, c, piece) = (job.manifest.clone(), job.content.clone(), job.piece);
@@ -156,7 +175,7 @@ async fn store(
     // writing it is one pwrite. Keeping quinn's ~9 KB chunks instead cost
     // more (joiner user time 1.9 -> 2.8 s/GiB).
     let stored = tokio::task::spawn_blocking(move || {
-        if !verified && !m.verify_piece(piece as usize, data.as_slice()) {
+        if matches!(check, Check::WholePiece) && !m.verify_piece(piece as usize, data.as_slice()) {
             return Ok(None);
         }
         c.write_sparse(offset, data.as_slice()).map(|_| Some(data))
