@@ -36,9 +36,9 @@ impl Keep {
 }
 
 /// What the manifest says of an open file or directory, applied as the
-/// last step before the rename: fsync; owner and group if `keep.owners`,
-/// then the mode (`Keep::mode`; chown may clear setuid, so after it);
-/// the mtime.
+/// last step before the rename: owner and group if `keep.owners`, then
+/// the mode (`Keep::mode`; chown may clear setuid, so after it); the
+/// mtime. Not durable yet: see `Partial::finish`, which syncs once after.
 pub fn finish_meta(
     fd: impl AsFd,
     meta: &Meta,
@@ -46,7 +46,6 @@ pub fn finish_meta(
     shown: &Path,
 ) -> Result<(), StorageError> {
     let err = |e: Errno| io_at(shown)(e.into());
-    rfs::fsync(&fd).map_err(err)?;
     let dir = file_type(&fd).map_err(io_at(shown))? == FileType::Directory;
     if keep.owners {
         let (uid, gid) = ids(meta);

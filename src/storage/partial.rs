@@ -134,11 +134,12 @@ impl Partial {
         Ok(ok.into_iter().collect())
     }
 
-    /// Makes the tree what the manifest says and puts it in place: fsync,
-    /// owners (`keep`), modes and mtimes of files; then the links; then
+    /// Makes the tree what the manifest says and puts it in place: owners
+    /// (`keep`), modes and mtimes of files; then the links; then
     /// directories, children before parents (so a read-only directory is
     /// closed, and its mtime set, only after everything inside it is
-    /// done); then the rename, and an fsync of DEST_DIR. A failure before
+    /// done); all of it made durable (`sync`); then the rename, and an
+    /// fsync of DEST_DIR. A failure before
     /// the rename gives everything back to swarm's user with its
     /// in-progress mode (`revert`), so the same command resumes. Returns
     /// the final path and the handle on what now lies there.
@@ -148,7 +149,7 @@ impl Partial {
         force: bool,
         keep: Keep,
     ) -> Result<(PathBuf, Handle), StorageError> {
-        if let Err(e) = self.apply(m, keep) {
+        if let Err(e) = self.apply(m, keep).and_then(|()| self.sync()) {
             self.revert(m);
             return Err(e);
         }
@@ -200,6 +201,21 @@ impl Partial {
                 want: "file or directory as the manifest says",
             }),
         }
+    }
+
+    /// Makes the copy durable before it takes the final name: an fsync
+    /// of a file; a syncfs for a tree. One fsync per file cost a journal
+    /// commit each, serially: 423 files of a 256 MiB tree took 1.9 s
+    /// (5 ms each, whatever the file's size), a datadir of thousands of
+    /// files would take many seconds. syncfs flushes the whole filesystem
+    /// in one pass (also others' dirty data there, which was due anyway).
+    fn sync(&self) -> Result<(), StorageError> {
+        let shown = &self.partial_path;
+        let r = match &self.root {
+            Handle::File(f) => rustix::fs::fsync(f),
+            Handle::Dir(d) => rustix::fs::syncfs(d.fd()),
+        };
+        r.map_err(|e| io_at(shown)(e.into()))
     }
 
     /// Undoes `apply` as far as it got, best effort: the root and the
