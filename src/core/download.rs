@@ -149,22 +149,33 @@ fn missing<'a>(bits: &'a BitVec, have: &'a BitVec) -> impl Iterator<Item = usize
         .take_while(move |&i| i < n)
 }
 
-/// How many requests `p` may have in flight at most.
-fn max_slots(cfg: &DownloadConfig, p: &Peer) -> usize {
-    if p.remote {
-        cfg.per_remote_peer
-    } else {
-        cfg.per_peer
-    }
+/// Request limits now: the config's, grown while pieces cost less on the
+/// wire than their size (`limits::scale`).
+#[derive(Clone, Copy)]
+struct Limits {
+    total: usize,
+    per_peer: usize,
+    per_remote_peer: usize,
 }
 
-/// How many requests `p` may have in flight now, a local peer at most
-/// `local_cap` (`Download::local_cap`).
-fn slots(cfg: &DownloadConfig, p: &Peer, local_cap: usize) -> usize {
-    if p.remote {
-        p.src.window(cfg.per_remote_peer)
-    } else {
-        p.src.window(local_cap.min(cfg.per_peer))
+impl Limits {
+    /// How many requests `p` may have in flight at most.
+    fn max_slots(&self, p: &Peer) -> usize {
+        if p.remote {
+            self.per_remote_peer
+        } else {
+            self.per_peer
+        }
+    }
+
+    /// How many requests `p` may have in flight now, a local peer at most
+    /// `local_cap` (`Download::local_cap`).
+    fn slots(&self, p: &Peer, local_cap: usize) -> usize {
+        if p.remote {
+            p.src.window(self.per_remote_peer)
+        } else {
+            p.src.window(local_cap.min(self.per_peer))
+        }
     }
 }
 
@@ -187,6 +198,9 @@ pub struct Download {
     group: u64,
     /// Pieces a peer said its copy of no longer matches the manifest.
     changed: BitVec,
+    /// Bytes a piece took on the wire lately (moving average; starts at
+    /// the piece size).
+    wire: f64,
     rng: SmallRng,
 }
 
@@ -194,7 +208,6 @@ impl Download {
     pub fn new(have: BitVec, cfg: DownloadConfig, seed: u64) -> Self {
         let n = have.len();
         Download {
-            cfg,
             have_count: have.count_ones(),
             have,
             availability: vec![0; n],
@@ -207,7 +220,9 @@ impl Download {
             bridge: None,
             group: 0,
             changed: BitVec::repeat(false, n),
+            wire: cfg.piece_size as f64,
             rng: SmallRng::seed_from_u64(seed),
+            cfg,
         }
     }
 
@@ -408,8 +423,12 @@ impl Download {
         if tracked && self.peers.get(&peer).is_some_and(|p| !p.remote) {
             self.late.delivered(elapsed);
         }
+        if bytes > 0 {
+            self.wire = 0.8 * self.wire + 0.2 * bytes as f64;
+        }
+        let limits = self.limits();
         if let Some(p) = self.peers.get_mut(&peer) {
-            let slots = max_slots(&self.cfg, p);
+            let slots = limits.max_slots(p);
             if p.src.delivered(bytes, elapsed, slots) {
                 // newly proven: its requests count towards the endgame cap
                 for &r in &p.requested {
@@ -494,7 +513,8 @@ impl Download {
         for p in self.peers.values_mut() {
             p.src.expire(now);
         }
-        let cap = self.local_cap(now);
+        let limits = self.limits();
+        let cap = self.local_cap(now, &limits);
         // fastest first; unmeasured peers count as fast so they get tried
         let mut order: Vec<(PeerKey, f64, u64)> = self
             .peers
@@ -502,7 +522,7 @@ impl Download {
             .filter(|(_, p)| {
                 p.has_bitfield
                     && p.src.is_ready(now)
-                    && p.requested.len() < slots(&self.cfg, p, cap)
+                    && p.requested.len() < limits.slots(p, cap)
                     && (!p.remote || self.bridge.is_some())
             })
             .map(|(&k, p)| (k, p.src.order_rate(), self.rng.random()))
@@ -510,8 +530,8 @@ impl Download {
         order.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
         // fill the fastest peer's slots first, then the next one's
         for (key, _, _) in order {
-            while self.inflight_total < self.cfg.total
-                && self.peers[&key].requested.len() < slots(&self.cfg, &self.peers[&key], cap)
+            while self.inflight_total < limits.total
+                && self.peers[&key].requested.len() < limits.slots(&self.peers[&key], cap)
             {
                 let Some(i) = self.pick(key, now) else { break };
                 let p = self.peers.get_mut(&key).expect("peer in order");
@@ -529,10 +549,21 @@ impl Download {
         out
     }
 
+    /// The request limits now (`limits::scale`).
+    fn limits(&self) -> Limits {
+        let (total, per_peer, per_remote_peer) =
+            self.cfg.scaled(super::limits::scale(&self.cfg, self.wire));
+        Limits {
+            total,
+            per_peer,
+            per_remote_peer,
+        }
+    }
+
     /// Requests a local peer may have in flight: `total` shared among the
     /// local peers that are ready (not backing off) and hold a piece this
     /// host lacks, within `per_peer_min ..= per_peer`.
-    fn local_cap(&self, now: Instant) -> usize {
+    fn local_cap(&self, now: Instant, limits: &Limits) -> usize {
         let sources = self
             .peers
             .values()
@@ -543,9 +574,9 @@ impl Download {
                     && missing(&p.bits, &self.have).next().is_some()
             })
             .count();
-        (self.cfg.total / sources.max(1))
+        (limits.total / sources.max(1))
             .max(self.cfg.per_peer_min)
-            .min(self.cfg.per_peer)
+            .min(limits.per_peer)
     }
 
     fn pick(&mut self, key: PeerKey, now: Instant) -> Option<usize> {

@@ -594,7 +594,10 @@ impl Download {
                     avail[i] += 1;
                 }
             }
-            assert!(p.requested.len() <= max_slots(&self.cfg, p));
+            // the limits shrink when pieces grow on the wire again: what
+            // was asked before stays, within the largest scale
+            let (_, per_peer, per_remote) = self.cfg.scaled(crate::core::limits::MAX_SCALE);
+            assert!(p.requested.len() <= if p.remote { per_remote } else { per_peer });
             for &i in &p.requested {
                 infl[i as usize] += 1;
                 proven_infl[i as usize] += u8::from(p.src.is_proven());

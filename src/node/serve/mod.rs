@@ -36,7 +36,7 @@ use crate::wire::{REQUEST_LEN, Request, Status, piece};
 mod delta;
 
 /// Most requests of one connection served at once.
-const SERVE_CONCURRENCY: usize = 8;
+const SERVE_CONCURRENCY: usize = 16;
 /// Most requests a process serves at once.
 pub const SERVE_TOTAL: usize = 32;
 /// How long after a request stream opens its request (5 bytes) must be
