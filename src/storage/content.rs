@@ -7,7 +7,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use rustix::fs::OFlags;
 
@@ -33,18 +33,32 @@ pub struct Content {
     dir: Option<Dir>,
     /// A tree's most recently used files (span index, file), the latest
     /// last.
-    open: Mutex<Vec<(usize, Arc<File>)>>,
-    single: Option<File>,
-    /// The single file opened again with O_DIRECT, for writes (see
-    /// `write_at`); `None` for trees, read-only content, or a filesystem
-    /// that refuses O_DIRECT (tmpfs).
-    direct: Option<File>,
+    open: Mutex<Vec<(usize, Arc<Open>)>>,
+    single: Option<Arc<Open>>,
     /// Cleared on the first direct write the kernel refuses; from then on
     /// every write goes through the page cache.
     direct_ok: AtomicBool,
     writable: bool,
     /// Set by `seal`.
     sealed: std::sync::RwLock<bool>,
+}
+
+/// A file of the content, open.
+struct Open {
+    file: File,
+    /// The same file opened again with O_DIRECT, for writes (see
+    /// `write_at`), on the first write that can use it; `None` where the
+    /// file system refuses O_DIRECT (tmpfs).
+    direct: OnceLock<Option<File>>,
+}
+
+impl Open {
+    fn new(file: File) -> Arc<Open> {
+        Arc::new(Open {
+            file,
+            direct: OnceLock::new(),
+        })
+    }
 }
 
 /// Files of a tree kept open. Accesses are local: a piece's blocks read
@@ -79,26 +93,21 @@ impl Content {
             })
             .collect();
         let (dir, single) = match root {
-            Root::File(f) => (None, Some(f)),
+            Root::File(f) => (None, Some(Open::new(f))),
             Root::Dir(d) => {
                 let single = match (files.len(), spans.first()) {
-                    (1, Some(s)) => Some(d.open_file(&s.path, writable)?),
+                    (1, Some(s)) => Some(Open::new(d.open_file(&s.path, writable)?)),
                     _ => None,
                 };
                 (Some(d), single)
             }
-        };
-        let direct = match (&single, writable) {
-            (Some(f), true) => at::reopen(f, OFlags::WRONLY | OFlags::DIRECT),
-            _ => None,
         };
         Ok(Content {
             spans,
             dir,
             open: Mutex::new(Vec::with_capacity(OPEN_FILES)),
             single,
-            direct_ok: AtomicBool::new(direct.is_some()),
-            direct,
+            direct_ok: AtomicBool::new(writable),
             writable,
             sealed: Default::default(),
         })
@@ -107,7 +116,7 @@ impl Content {
     /// The one file of a single-file content, open (for `manifest::build`,
     /// which maps it).
     pub fn single_file(&self) -> Option<&File> {
-        self.single.as_ref()
+        self.single.as_ref().map(|o| &o.file)
     }
 
     /// Calls `f(file, offset_in_file, range_in_buf)` for each file touched by
@@ -116,7 +125,7 @@ impl Content {
         &self,
         offset: u64,
         len: usize,
-        mut f: impl FnMut(&File, u64, std::ops::Range<usize>) -> io::Result<()>,
+        mut f: impl FnMut(&Open, u64, std::ops::Range<usize>) -> io::Result<()>,
     ) -> io::Result<()> {
         let end = offset + len as u64;
         let first = self.spans.partition_point(|s| s.offset + s.size <= offset);
@@ -149,7 +158,7 @@ impl Content {
     }
 
     /// The file of span `i` of a tree, from `open` or opened and put there.
-    fn open_file(&self, dir: &Dir, i: usize) -> io::Result<Arc<File>> {
+    fn open_file(&self, dir: &Dir, i: usize) -> io::Result<Arc<Open>> {
         let lock = || self.open.lock().unwrap_or_else(|e| e.into_inner());
         {
             let mut open = lock();
@@ -161,7 +170,7 @@ impl Content {
             }
         }
         // opened without the lock held: other threads' hits go on
-        let file = Arc::new(dir.open_file(&self.spans[i].path, self.writable)?);
+        let file = Open::new(dir.open_file(&self.spans[i].path, self.writable)?);
         let mut open = lock();
         if !open.iter().any(|(j, _)| *j == i) {
             if open.len() == OPEN_FILES {
@@ -174,8 +183,8 @@ impl Content {
 
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let len = buf.len();
-        self.each_span(offset, len, |file, at, range| {
-            file.read_exact_at(&mut buf[range], at)
+        self.each_span(offset, len, |open, at, range| {
+            open.file.read_exact_at(&mut buf[range], at)
         })
     }
 
@@ -230,33 +239,39 @@ impl Content {
                 "the copy is complete: no more writes",
             ));
         }
-        let mut buf = buf;
-        let mut offset = offset;
-        if let Some(direct) = &self.direct {
-            let aligned = buf.len() / DIRECT_ALIGN * DIRECT_ALIGN;
-            if aligned > 0
-                && offset.is_multiple_of(DIRECT_ALIGN as u64)
-                && (buf.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
-                && self.direct_ok.load(Ordering::Relaxed)
-            {
-                match direct.write_all_at(&buf[..aligned], offset) {
-                    Ok(()) => {
-                        buf = &buf[aligned..];
-                        offset += aligned as u64;
-                    }
-                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        self.direct_ok.store(false, Ordering::Relaxed);
-                    }
-                    Err(e) => return Err(e),
+        self.each_span(offset, buf.len(), |open, at, range| {
+            self.write_file(open, at, &buf[range])
+        })
+    }
+
+    /// Writes `data` at `at` in one file: its block-aligned part by
+    /// O_DIRECT when `data` lies at an aligned address (see `PieceBuf`),
+    /// the rest through the page cache.
+    fn write_file(&self, open: &Open, mut at: u64, mut data: &[u8]) -> io::Result<()> {
+        let aligned = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        if aligned > 0
+            && at.is_multiple_of(DIRECT_ALIGN as u64)
+            && (data.as_ptr() as usize).is_multiple_of(DIRECT_ALIGN)
+            && self.direct_ok.load(Ordering::Relaxed)
+            && let Some(direct) = open
+                .direct
+                .get_or_init(|| at::reopen(&open.file, OFlags::WRONLY | OFlags::DIRECT))
+        {
+            match direct.write_all_at(&data[..aligned], at) {
+                Ok(()) => {
+                    data = &data[aligned..];
+                    at += aligned as u64;
                 }
-            }
-            if buf.is_empty() {
-                return Ok(());
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    self.direct_ok.store(false, Ordering::Relaxed);
+                }
+                Err(e) => return Err(e),
             }
         }
-        self.each_span(offset, buf.len(), |file, at, range| {
-            file.write_all_at(&buf[range], at)
-        })
+        if data.is_empty() {
+            return Ok(());
+        }
+        open.file.write_all_at(data, at)
     }
 }
 
