@@ -37,6 +37,52 @@ pub enum Command {
     Join(JoinArgs),
     /// Run a local demo: a seed and N joiners as separate processes on loopback.
     Demo(DemoArgs),
+    /// Check that PATH is the image: its tree and metadata, then every
+    /// piece re-hashed. Exit 0 if it is, 4 naming the first difference.
+    Verify(VerifyArgs),
+    /// Show what an image is: its id, size, piece size, entries, and the
+    /// ticket's addresses (never its secret).
+    Inspect(InspectArgs),
+}
+
+/// Where the image's manifest comes from.
+#[derive(Args, Debug)]
+pub struct ImageArgs {
+    /// A ticket (swarm1:..., or @FILE to read it from a file), whose
+    /// swarm is asked for the manifest; or a manifest file (as `swarm
+    /// seed --manifest-out` writes it).
+    pub image: String,
+    /// How long to try reaching the swarm (a ticket).
+    #[arg(long, default_value = "15s")]
+    pub connect_timeout: String,
+    /// Also ask this host of the swarm (IP:PORT; repeat for more).
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// The copy to check: the file or directory itself (DEST_DIR/NAME).
+    pub path: PathBuf,
+    /// Owners and groups are not compared (they are when run as root, as
+    /// a join run as root sets them).
+    #[arg(long)]
+    pub no_owner: bool,
+    /// setuid and setgid bits of files are expected as the image has them
+    /// (a join keeps them only with --keep-setuid, as root).
+    #[arg(long)]
+    pub keep_setuid: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// One JSON document on stdout, with every entry.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +115,10 @@ pub struct SeedArgs {
     /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Also write the manifest to FILE (for `swarm verify` and `swarm
+    /// inspect` without the network; checked before hashing).
+    #[arg(long, value_name = "FILE")]
+    pub manifest_out: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -69,7 +69,7 @@ fn group(a: &GroupArgs) -> Result<GroupConfig, String> {
 }
 
 /// Bootstrap addresses besides the ticket's (`--peer`), at most 64.
-fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
+pub fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
     const MAX: usize = 64;
     if a.len() > MAX {
         return Err(format!("--peer: at most {MAX} addresses, got {}", a.len()));

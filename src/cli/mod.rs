@@ -4,6 +4,7 @@
 pub mod args;
 pub mod config;
 mod demo;
+mod inspect;
 pub mod progress;
 mod run;
 pub mod units;
@@ -113,6 +114,8 @@ async fn run(cli: Cli) -> ExitCode {
     let code = match &cli.command {
         Command::Seed(a) => run::seed(a, cli.quiet, stop, &caught).await,
         Command::Join(a) => run::join(a, cli.quiet, stop, &caught).await,
+        Command::Verify(a) => inspect::verify(a, cli.quiet, stop).await,
+        Command::Inspect(a) => inspect::inspect(a, stop).await,
         Command::Demo(_) => unreachable!("handled before the runtime starts"),
     };
     signals.abort();

@@ -79,23 +79,35 @@ async fn show(
                 None => eprintln!("{line}"),
             }
         }
-        match &bar {
-            Some(b) => {
-                b.set_length(s.pieces_total as u64);
-                b.set_position(s.pieces_have as u64);
-                b.set_message(message(&s, start));
+        if let Some((done, total)) = s.hashing {
+            let line = hashing(done, total, start);
+            match &bar {
+                Some(b) => b.set_message(line),
+                None if last_line.elapsed() >= Duration::from_secs(2) => {
+                    last_line = Instant::now();
+                    eprintln!("{label}: {line}");
+                }
+                None => {}
             }
-            None if last_line.elapsed() >= Duration::from_secs(2) => {
-                last_line = Instant::now();
-                eprintln!(
-                    "{label}: {}/{} pieces{}, {}",
-                    s.pieces_have,
-                    s.pieces_total,
-                    if s.complete { " complete" } else { "" },
-                    message(&s, start)
-                );
+        } else {
+            match &bar {
+                Some(b) => {
+                    b.set_length(s.pieces_total as u64);
+                    b.set_position(s.pieces_have as u64);
+                    b.set_message(message(&s, start));
+                }
+                None if last_line.elapsed() >= Duration::from_secs(2) => {
+                    last_line = Instant::now();
+                    eprintln!(
+                        "{label}: {}/{} pieces{}, {}",
+                        s.pieces_have,
+                        s.pieces_total,
+                        if s.complete { " complete" } else { "" },
+                        message(&s, start)
+                    );
+                }
+                None => {}
             }
-            None => {}
         }
         // The engine publishes after every event; a display needs a
         // few updates a second (at 16 hosts, formatting every one was
@@ -108,6 +120,22 @@ async fn show(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+}
+
+/// A seed hashing its image: how far, how fast, how long still.
+fn hashing(done: u64, total: u64, start: Instant) -> String {
+    let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
+    let left = if done > 0 && total > done {
+        format!(", {:.0}s left", (total - done) as f64 / rate)
+    } else {
+        String::new()
+    };
+    format!(
+        "hashing {} of {} ({}/s{left})",
+        human(done as f64),
+        human(total as f64),
+        human(rate)
+    )
 }
 
 /// Group, role, peers and rates since `start`.
@@ -157,6 +185,15 @@ pub fn interrupted(r: &Report) -> String {
 /// a line of its own, in full and escaped, however long it is.
 pub fn summary(r: &Report, width: usize) -> String {
     let secs = r.elapsed_secs.max(1e-3);
+    if r.up_to_date {
+        return format!(
+            "{}: already up to date: {} is the image ({} verified in {:.1}s); nothing fetched",
+            r.role,
+            r.output.as_deref().unwrap_or("the destination"),
+            human(r.bytes_total as f64),
+            secs
+        );
+    }
     let mut clauses = vec![
         format!(
             "{}: {} in {:.1}s",

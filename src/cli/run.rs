@@ -77,9 +77,21 @@ pub async fn seed(
             return end(base, Err(e), report_file, quiet, caught);
         }
     };
+    let manifest_file = match a.manifest_out.as_deref().map(PrivateFile::create) {
+        None => None,
+        Some(Ok(f)) => Some(f),
+        Some(Err(e)) => {
+            let e = Failure::Node(output_error("--manifest-out", e));
+            return end(base, Err(e), report_file, quiet, caught);
+        }
+    };
     let (status_tx, status_rx) = watch::channel(Default::default());
     let progress = progress::spawn(status_rx, quiet, "seed");
     let on_ticket = |t: &crate::ticket::Ticket, m: &crate::manifest::Manifest| {
+        if let Some(f) = manifest_file {
+            f.commit(&m.encode())
+                .map_err(|e| output_error("--manifest-out", e))?;
+        }
         let line = t.encode();
         // The file first: a seed that cannot write it prints no ticket.
         // The secret goes to stdout and the file only, never to stderr,

@@ -5,11 +5,14 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rayon::prelude::*;
 use thiserror::Error;
 
-use super::{Entry, EntryKind, MODE_MASK, Manifest, Meta, Mtime, Root, SYMLINK_MODE, codec, path};
+use super::{
+    Entry, EntryKind, Hash, MODE_MASK, Manifest, Meta, Mtime, Root, SYMLINK_MODE, codec, path,
+};
 use crate::storage::Content;
 
 #[derive(Debug, Error)]
@@ -63,6 +66,47 @@ pub fn default_piece_size(total: u64) -> u32 {
 
 /// Walks `root` and hashes it. `piece_size` of `None` picks the default.
 pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildError> {
+    build_counted(root, piece_size, &Hashing::default())
+}
+
+/// How far a build is, for a progress line (a multi-GB image takes a
+/// while): the bytes to hash, known once the tree is walked, and hashed.
+#[derive(Debug, Default)]
+pub struct Hashing {
+    pub total: AtomicU64,
+    pub done: AtomicU64,
+}
+
+/// `build`, counting in `progress` as it goes.
+pub fn build_counted(
+    root: &Path,
+    piece_size: Option<u64>,
+    progress: &Hashing,
+) -> Result<Manifest, BuildError> {
+    let (name, tree) = scan(root)?;
+    let total = Manifest::new(name.clone(), tree.clone(), 1 << 20, Vec::new()).total_size();
+    progress.total.store(total, Ordering::Relaxed);
+    let piece_size = match piece_size {
+        None => default_piece_size(total),
+        Some(p) if p.is_power_of_two() && (4096..=1 << 30).contains(&p) => p as u32,
+        Some(p) => return Err(BuildError::BadPieceSize(p)),
+    };
+    let n = Manifest::pieces_for(&tree, piece_size).unwrap_or(u64::MAX);
+    if n > codec::MAX_PIECES as u64 {
+        return Err(BuildError::TooBig {
+            what: "piece count",
+            got: n,
+            max: codec::MAX_PIECES as u64,
+        });
+    }
+    let mut m = Manifest::new(name, tree, piece_size, Vec::new());
+    m.hashes = hash(root, &m, &progress.done)?;
+    Ok(m)
+}
+
+/// The name and the tree at `root`, walked in manifest order, without
+/// reading any file's content.
+pub fn scan(root: &Path) -> Result<(String, Root), BuildError> {
     let meta = fs::symlink_metadata(root).map_err(io_err(root))?;
     let name = root
         .canonicalize()
@@ -99,21 +143,15 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
             what: special_kind(&meta),
         });
     };
-    let total = Manifest::new(name.clone(), tree.clone(), 1 << 20, Vec::new()).total_size();
-    let piece_size = match piece_size {
-        None => default_piece_size(total),
-        Some(p) if p.is_power_of_two() && (4096..=1 << 30).contains(&p) => p as u32,
-        Some(p) => return Err(BuildError::BadPieceSize(p)),
-    };
-    let n = Manifest::pieces_for(&tree, piece_size).unwrap_or(u64::MAX);
-    let mut m = Manifest::new(name, tree, piece_size, Vec::new());
-    if n > codec::MAX_PIECES as u64 {
-        return Err(BuildError::TooBig {
-            what: "piece count",
-            got: n,
-            max: codec::MAX_PIECES as u64,
-        });
-    }
+    Ok((name, tree))
+}
+
+/// The hashes of `m`'s pieces as the files under `root` hold them now
+/// (`m`'s layout: `root` must have its files, at their sizes), on all
+/// cores, adding the bytes hashed to `hashed`.
+pub fn hash(root: &Path, m: &Manifest, hashed: &AtomicU64) -> Result<Vec<Hash>, BuildError> {
+    // from the layout: `m.hashes` may be what this fills in
+    let n = Manifest::pieces_for(&m.root, m.piece_size).unwrap_or(0) as usize;
     let files = m.files().to_vec();
     // Opened without following links (`storage::at`): a file swapped for a
     // link after the walk is refused, not hashed and then served.
@@ -127,21 +165,20 @@ pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildErro
         } else {
             root.join(&f.path)
         };
-        if let Some(hashes) = hash_mapped(file, &path, &m, n as usize, f.size, MAP_WINDOW)? {
-            m.hashes = hashes;
-            return Ok(m);
+        if let Some(hashes) = hash_mapped(file, &path, m, n, f.size, MAP_WINDOW, hashed)? {
+            return Ok(hashes);
         }
     }
-    m.hashes = (0..n as usize)
+    (0..n)
         .into_par_iter()
         .map_init(Vec::new, |buf, i| {
             let (offset, len) = m.piece_range(i);
             buf.resize(len as usize, 0);
             content.read_at(offset, buf).map_err(io_err(root))?;
+            hashed.fetch_add(len, Ordering::Relaxed);
             Ok(*blake3::hash(buf).as_bytes())
         })
-        .collect::<Result<_, BuildError>>()?;
-    Ok(m)
+        .collect()
 }
 
 /// Bytes of the file mapped at once while hashing.
@@ -165,6 +202,7 @@ fn hash_mapped(
     pieces: usize,
     size: u64,
     window: u64,
+    hashed: &AtomicU64,
 ) -> Result<Option<Vec<[u8; 32]>>, BuildError> {
     let shrank = || BuildError::Io {
         path: path.to_path_buf(),
@@ -205,7 +243,9 @@ fn hash_mapped(
         hashes.par_extend((first..last).into_par_iter().map(|i| {
             let (offset, len) = m.piece_range(i);
             let at = (offset - start) as usize;
-            *blake3::hash(&map[at..at + len as usize]).as_bytes()
+            let h = *blake3::hash(&map[at..at + len as usize]).as_bytes();
+            hashed.fetch_add(len, Ordering::Relaxed);
+            h
         }));
         // unmapped here: its pages leave this process's resident set
     }
@@ -446,7 +486,16 @@ mod tests {
         // piece per thread (a window smaller than that is widened)
         for window in [3 * 4096, 2 * 4096 + 100, 1] {
             let file = fs::File::open(&f).unwrap();
-            let got = hash_mapped(&file, &f, &m, want.len(), data.len() as u64, window).unwrap();
+            let got = hash_mapped(
+                &file,
+                &f,
+                &m,
+                want.len(),
+                data.len() as u64,
+                window,
+                &AtomicU64::new(0),
+            )
+            .unwrap();
             assert_eq!(got.as_ref(), Some(&want), "window {window}");
         }
     }

@@ -30,7 +30,9 @@ mod sigbus;
 
 use std::sync::OnceLock;
 
-pub use build::{BuildError, build, default_piece_size};
+pub use build::{
+    BuildError, Hashing, build, build_counted, default_piece_size, hash as hash_pieces, scan,
+};
 pub use codec::{MAX_ENTRIES, MAX_MANIFEST_BYTES, MAX_PIECES};
 
 pub type Hash = [u8; 32];

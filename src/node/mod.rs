@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 pub use fetch::deadline as request_deadline;
-pub use run::{join, quic_endpoint, seed};
+pub use run::{fetch_manifest, join, quic_endpoint, seed};
 pub use tls::Tuning;
 
 /// How long to wait for a handshake or a request's first byte.
@@ -140,6 +140,8 @@ pub struct Status {
     pub group: String,
     /// `(rank, of)` while this host is one of its group's bridges.
     pub bridge: Option<(usize, usize)>,
+    /// `(hashed, of)` bytes while a seed hashes its image.
+    pub hashing: Option<(u64, u64)>,
 }
 
 /// What a run did, printed at the end and written as JSON with `--report`.
@@ -175,6 +177,10 @@ pub struct Report {
     #[serde(default)]
     pub bytes_from_basis: u64,
     pub pieces_fetched: usize,
+    /// The destination already held the identical copy (verified): the
+    /// join ended there, with nothing fetched or written.
+    #[serde(default)]
+    pub up_to_date: bool,
     pub pieces_corrupt: usize,
     /// Pieces whose copy on this host's disk no longer matched the
     /// manifest when read to serve them (the file changed after hashing).

@@ -3,6 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use quinn_proto::RandomConnectionIdGenerator;
@@ -167,23 +168,43 @@ async fn seed_parts(
     started: Instant,
     report: &mut Report,
 ) -> Result<Parts, NodeError> {
+    // bound first: a port in use fails at once, not after the hashing
+    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
+    let local = ep
+        .local_addr()
+        .map_err(|e| NodeError::Network(e.to_string()))?;
     let path = cfg.path.clone();
     let piece_size = cfg.piece_size;
+    let hashing = Arc::new(manifest::Hashing::default());
+    let shown = {
+        let (h, status) = (hashing.clone(), status.clone());
+        tokio::spawn(async move {
+            loop {
+                let (done, total) = (h.done.load(Relaxed), h.total.load(Relaxed));
+                status.send_modify(|s| s.hashing = Some((done, total)));
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
     // hashing a large image takes a while: Ctrl-C must not wait for it
+    let h = hashing.clone();
     let m = tokio::select! {
-        m = tokio::task::spawn_blocking(move || manifest::build(&path, piece_size)) => {
-            m.map_err(anyhow::Error::from)??
+        m = tokio::task::spawn_blocking(move || manifest::build_counted(&path, piece_size, &h)) => {
+            m.map_err(anyhow::Error::from)
         }
-        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+        _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),
+    };
+    shown.abort();
+    status.send_modify(|s| s.hashing = None);
+    let m = match m {
+        Ok(m) => m?,
+        Err(_) if stop.is_cancelled() => return Err(NodeError::Interrupted),
+        Err(e) => return Err(e.into()),
     };
     report.manifest_id = hex(&m.id().0);
     report.bytes_total = m.total_size();
     report.pieces_total = m.piece_count();
     let bytes = m.encode();
-    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
-    let local = ep
-        .local_addr()
-        .map_err(|e| NodeError::Network(e.to_string()))?;
     let ticket = Ticket {
         manifest_id: m.id(),
         secret: rand::random(),
@@ -270,8 +291,70 @@ pub async fn join(
         ..Default::default()
     };
     match join_parts(cfg, status, &stop, started, &mut report).await {
-        Ok((parts, first)) => run_engine(parts, Some(first), stop).await,
+        Ok(Joined::Run(run)) => {
+            let (parts, first) = *run;
+            run_engine(parts, Some(first), stop).await
+        }
+        Ok(Joined::UpToDate) => (ended_early(report, started), Ok(())),
         Err(e) => (ended_early(report, started), Err(e)),
+    }
+}
+
+/// How a join goes on once it has the manifest.
+enum Joined {
+    /// Fetch into the partial copy.
+    Run(Box<(Parts, Handshaken)>),
+    /// The destination holds the identical copy already.
+    UpToDate,
+}
+
+/// Whether DEST_DIR/NAME already holds the image (tree and metadata as a
+/// join with `keep` sets them, then every piece's hash), so a join run
+/// again ends at once. Anything else there (another version, a link, what
+/// cannot be read) is for `Partial::prepare` and the basis, as before.
+async fn up_to_date(
+    cfg: &JoinConfig,
+    m: &Arc<Manifest>,
+    stop: &CancellationToken,
+    report: &mut Report,
+) -> Result<bool, NodeError> {
+    let path = cfg.dest_dir.join(&m.name);
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Ok(false);
+    }
+    let (m2, p2, keep) = (m.clone(), path.clone(), cfg.keep);
+    let t = Instant::now();
+    let hashed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let h2 = hashed.clone();
+    let check = tokio::task::spawn_blocking(move || crate::storage::compare(&m2, &p2, keep, &h2));
+    let found = tokio::select! {
+        r = check => r.map_err(anyhow::Error::from)?,
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
+    let shown = crate::text::path(&path);
+    match found {
+        Ok(None) => {
+            tracing::info!(
+                "{shown} is already the image (verified {} in {:.1}s)",
+                bytesize::ByteSize(hashed.load(std::sync::atomic::Ordering::Relaxed)),
+                t.elapsed().as_secs_f64()
+            );
+            report.up_to_date = true;
+            report.output = Some(shown);
+            Ok(true)
+        }
+        Ok(Some(d)) if cfg.force => {
+            tracing::info!("{shown} differs from the image ({d}): replacing it");
+            Ok(false)
+        }
+        Ok(Some(d)) => {
+            tracing::warn!("{shown} differs from the image: {d}");
+            Ok(false)
+        }
+        Err(e) => {
+            tracing::info!("{shown}: not compared with the image: {e}");
+            Ok(false)
+        }
     }
 }
 
@@ -281,7 +364,7 @@ async fn join_parts(
     stop: &CancellationToken,
     started: Instant,
     report: &mut Report,
-) -> Result<(Parts, Handshaken), NodeError> {
+) -> Result<Joined, NodeError> {
     if !cfg.dest_dir.is_dir() {
         return Err(crate::storage::StorageError::NoDestDir(cfg.dest_dir.clone()).into());
     }
@@ -299,14 +382,20 @@ async fn join_parts(
     id.addrs.truncate(crate::wire::MAX_ADDRS);
     report.peer_id = hex(&id.peer_id);
     let (first, m, bytes) = tokio::select! {
-        r = bootstrap(&ep, &id, &cfg) => r?,
+        r = bootstrap(&ep, &id, &cfg.ticket, &cfg.peers, cfg.connect_timeout) => r?,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
     report.bytes_total = m.total_size();
     report.pieces_total = m.piece_count();
     report.seed_peer_id = Some(hex(&first.hello.peer_id));
-    let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
     let m = Arc::new(m);
+    if up_to_date(&cfg, &m, stop, report).await? {
+        first
+            .conn
+            .close(super::peer::close::DONE.into(), b"up to date");
+        return Ok(Joined::UpToDate);
+    }
+    let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
     let m2 = m.clone();
     let basis_paths = basis_paths(&cfg, &m.name);
     report.basis = basis_paths.iter().map(|p| crate::text::path(p)).collect();
@@ -384,7 +473,7 @@ async fn join_parts(
         upload_limit: cfg.upload_limit,
         group: cfg.group.clone(),
     };
-    Ok((parts, first))
+    Ok(Joined::Run(Box::new((parts, first))))
 }
 
 /// Dials every ticket address and `--peer` address at once; each
@@ -397,16 +486,18 @@ async fn join_parts(
 async fn bootstrap(
     ep: &quinn::Endpoint,
     id: &Identity,
-    cfg: &JoinConfig,
+    ticket: &Ticket,
+    peers: &[SocketAddr],
+    connect_timeout: Duration,
 ) -> Result<(Handshaken, Manifest, Vec<u8>), NodeError> {
-    let mut addrs = cfg.ticket.addrs.clone();
-    addrs.extend(cfg.peers.iter().filter(|a| !cfg.ticket.addrs.contains(a)));
+    let mut addrs = ticket.addrs.clone();
+    addrs.extend(peers.iter().filter(|a| !ticket.addrs.contains(a)));
     let connected = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut set = tokio::task::JoinSet::new();
-    let until = tokio::time::Instant::now() + cfg.connect_timeout;
+    let until = tokio::time::Instant::now() + connect_timeout;
     for &addr in &addrs {
         let (ep, id, connected) = (ep.clone(), id.clone(), connected.clone());
-        let want = cfg.ticket.manifest_id;
+        let want = ticket.manifest_id;
         set.spawn(async move {
             let h = match connect::connect_until(&ep, &id, addr, until).await {
                 Ok(h) => h,
@@ -483,9 +574,40 @@ async fn bootstrap(
     }
     Err(NodeError::Unreachable {
         addrs: all,
-        secs: cfg.connect_timeout.as_secs(),
+        secs: connect_timeout.as_secs(),
         why,
     })
+}
+
+/// The manifest a ticket names, from the first of its hosts (or `peers`)
+/// that sends it: for `swarm inspect` and `swarm verify`. This host
+/// advertises no address (nobody dials it back) and leaves at once.
+pub async fn fetch_manifest(
+    ticket: &Ticket,
+    peers: &[SocketAddr],
+    connect_timeout: Duration,
+    stop: &CancellationToken,
+) -> Result<Manifest, NodeError> {
+    let tuning = super::Tuning::default();
+    let (ep, wan) = endpoint(SocketAddr::from(([0, 0, 0, 0], 0)), &tuning)?;
+    let id = Identity {
+        manifest_id: ticket.manifest_id,
+        secret: ticket.secret,
+        peer_id: rand::random(),
+        since: unix_ms(),
+        group: "default".into(),
+        addrs: Vec::new(),
+        tuning,
+        wan,
+    };
+    let (first, m, _) = tokio::select! {
+        r = bootstrap(&ep, &id, ticket, peers, connect_timeout) => r?,
+        _ = stop.cancelled() => return Err(NodeError::Interrupted),
+    };
+    first.conn.close(super::peer::close::DONE.into(), b"done");
+    // the close reaches the host, or it times the connection out
+    let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
+    Ok(m)
 }
 
 /// The older copies a join takes unchanged data from: `--basis`, and with

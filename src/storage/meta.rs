@@ -25,7 +25,7 @@ impl Keep {
     /// The mode to set: a file keeps setuid and setgid only when asked
     /// (`--keep-setuid`) and its owner is the manifest's; a directory
     /// keeps setgid (it only passes the group on) and sticky.
-    fn mode(&self, meta: &Meta, dir: bool) -> u32 {
+    pub(super) fn mode(&self, meta: &Meta, dir: bool) -> u32 {
         let mode = meta.mode & crate::manifest::MODE_MASK;
         match dir {
             true => mode & !0o4000,

@@ -10,6 +10,7 @@
 mod at;
 mod basis;
 mod buf;
+mod check;
 mod content;
 mod meta;
 mod partial;
@@ -25,6 +26,7 @@ use crate::text;
 pub use at::Root;
 pub use basis::Basis;
 pub use buf::PieceBuf;
+pub use check::{Difference, compare};
 pub use content::Content;
 pub use meta::Keep;
 pub use partial::Partial;

@@ -2,6 +2,7 @@
 
 mod adversary;
 mod changed;
+mod checkable;
 mod delta;
 mod endings;
 mod errors;

@@ -3,6 +3,7 @@
 //! C1 controls or bidi overrides is printed as `\u{1b}`, `\n`, ...
 
 use std::fs;
+use std::io::Write;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 use std::process::Command;
@@ -67,12 +68,27 @@ fn names_from_the_seed_are_printed_escaped() {
     );
     assert_same(&image, &dest.join(EVIL));
 
-    // an error naming the destination
+    // run again: up to date, and saying so names the destination
+    let out = run(join_cmd(&seed.ticket, &dest, &[]), LIMIT);
+    assert_eq!(out.status.code(), Some(0));
+    let err = assert_clean(&out.stderr, "stderr of a join up to date");
+    assert!(
+        err.contains(SHOWN) && err.contains("already up to date"),
+        "{err}"
+    );
+
+    // an error naming the destination: a copy that differs
+    fs::OpenOptions::new()
+        .append(true)
+        .open(dest.join(EVIL))
+        .unwrap()
+        .write_all(b"x")
+        .unwrap();
     let out = run(join_cmd(&seed.ticket, &dest, &[]), LIMIT);
     assert_eq!(out.status.code(), Some(5));
     let err = assert_clean(&out.stderr, "stderr of a failed join");
     assert!(
-        err.contains(SHOWN) && err.contains("already exists"),
+        err.contains(SHOWN) && err.contains("already exists") && err.contains("differs"),
         "{err}"
     );
 }

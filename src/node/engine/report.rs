@@ -93,6 +93,7 @@ impl Engine {
                 .as_ref()
                 .and_then(|d| d.bridge())
                 .map(|s| (s.rank, s.of)),
+            hashing: None,
         });
     }
 }

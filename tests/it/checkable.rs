@@ -1,0 +1,279 @@
+//! Idempotent and checkable runs (issue 23): a join run again over the
+//! identical copy ends at once, "already up to date"; `swarm verify`
+//! re-hashes a copy and names the first difference; `swarm inspect` shows
+//! an image without its secret; a seed's port is bound before it hashes.
+
+use std::fs;
+use std::net::UdpSocket;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::util::*;
+
+fn tree(at: &Path) {
+    fs::create_dir_all(at.join("base/1")).unwrap();
+    random_file(&at.join("base/1/big"), 3 << 20, 31);
+    random_file(&at.join("base/1/small"), 5000, 32);
+    fs::write(at.join("PG_VERSION"), b"17\n").unwrap();
+    std::os::unix::fs::symlink("base/1/big", at.join("link")).unwrap();
+}
+
+fn cmd(args: &[&str]) -> Command {
+    let mut c = swarm();
+    c.args(args);
+    c
+}
+
+fn out(c: Command) -> (Option<i32>, String, String) {
+    let o: Output = run(c, Duration::from_secs(60));
+    let (so, se) = (
+        String::from_utf8_lossy(&o.stdout).to_string(),
+        String::from_utf8_lossy(&o.stderr).to_string(),
+    );
+    assert!(!se.contains("panicked"), "{se}");
+    (o.status.code(), so, se)
+}
+
+/// Changes one byte of `f` in place, keeping its size and mtime: only a
+/// re-hash finds it.
+fn flip_byte_keep_mtime(f: &Path, at: usize) {
+    let mtime = fs::metadata(f).unwrap().modified().unwrap();
+    let mut data = fs::read(f).unwrap();
+    data[at] ^= 0xff;
+    fs::write(f, &data).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(f)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+}
+
+#[test]
+fn a_join_run_again_is_up_to_date_and_verify_names_what_differs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("db");
+    tree(&src);
+    let manifest = d.join("db.manifest");
+    let mf = manifest.to_str().unwrap().to_string();
+    let mut s = seed(d, &src, &["--piece-size", "256KiB", "--manifest-out", &mf]);
+    let ticket_arg = format!("@{}", s.ticket_file.display());
+    join(d, &s, "a", &[]).wait_ok(LIMIT);
+    let copy = d.join("a/db");
+    assert_same(&src, &copy);
+
+    // again, without --force: nothing fetched, exit 0, said so
+    let mut again = join(d, &s, "a", &[]);
+    again.wait_ok(LIMIT);
+    let r = report(&d.join("a.json"));
+    assert_eq!(r["up_to_date"], true, "{r}");
+    assert_eq!(r["bytes_received"], 0);
+    assert!(
+        again.log_text().contains("already up to date"),
+        "{}",
+        again.log_text()
+    );
+    assert_same(&src, &copy);
+
+    // verify, from the swarm and from the manifest file
+    for image in [ticket_arg.as_str(), mf.as_str()] {
+        let (code, so, _) = out(cmd(&["verify", image, copy.to_str().unwrap()]));
+        assert_eq!(code, Some(0), "{so}");
+        assert!(
+            so.starts_with("ok: ") && so.contains("is the image"),
+            "{so}"
+        );
+    }
+
+    // one byte in place, same size and mtime: verify names file and piece
+    // (PG_VERSION, small, is packed into piece 0; big starts piece 1, so
+    // its byte 600,000 is in piece 1 + 600,000 / 256 KiB = 3)
+    flip_byte_keep_mtime(&copy.join("base/1/big"), 600_000);
+    let (code, so, _) = out(cmd(&["verify", &mf, copy.to_str().unwrap()]));
+    assert_eq!(code, Some(4), "{so}");
+    assert!(so.contains("base/1/big: content differs (piece 3)"), "{so}");
+    // a join without --force keeps it and says why; with --force only the
+    // piece that differs is fetched
+    let (code, _, se) = out({
+        let mut c = cmd(&["join", &ticket_arg, d.join("a").to_str().unwrap()]);
+        c.args(["--listen", "127.0.0.1:0"]);
+        c
+    });
+    assert_eq!(code, Some(5), "{se}");
+    assert!(
+        se.contains("differs from the image") && se.contains("--force"),
+        "{se}"
+    );
+    join(d, &s, "a", &["--force"]).wait_ok(LIMIT);
+    let r = report(&d.join("a.json"));
+    assert_eq!(r["up_to_date"], false);
+    assert!(
+        r["bytes_received"].as_u64().unwrap() < 300 << 10,
+        "fetched more than the changed piece: {r}"
+    );
+    assert_same(&src, &copy);
+
+    // metadata: a mode, then a file that is not in the image
+    fs::set_permissions(copy.join("PG_VERSION"), fs::Permissions::from_mode(0o600)).unwrap();
+    let (code, so, _) = out(cmd(&["verify", &mf, copy.to_str().unwrap()]));
+    assert_eq!(code, Some(4), "{so}");
+    assert!(
+        so.contains("PG_VERSION: mode 0600, the image has 0644"),
+        "{so}"
+    );
+    fs::set_permissions(copy.join("PG_VERSION"), fs::Permissions::from_mode(0o644)).unwrap();
+    let base_mtime = fs::metadata(copy.join("base/1"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    fs::write(copy.join("base/1/stray"), b"").unwrap();
+    fs::File::open(copy.join("base/1"))
+        .unwrap()
+        .set_modified(base_mtime)
+        .unwrap();
+    let (code, so, _) = out(cmd(&["verify", &mf, copy.to_str().unwrap()]));
+    assert_eq!(code, Some(4), "{so}");
+    assert!(so.contains("base/1/stray: not in the image"), "{so}");
+    s.proc.signal(libc::SIGTERM);
+    s.proc.wait(LIMIT);
+}
+
+#[test]
+fn inspect_shows_the_image_never_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("db");
+    tree(&src);
+    let mf = d.join("db.manifest");
+    let mut s = seed(
+        d,
+        &src,
+        &[
+            "--piece-size",
+            "256KiB",
+            "--manifest-out",
+            mf.to_str().unwrap(),
+        ],
+    );
+    let ticket = swarm::ticket::Ticket::parse(&s.ticket).unwrap();
+    let secret = swarm::node::hex(&ticket.secret);
+    let id = swarm::node::hex(&ticket.manifest_id.0);
+    let ticket_arg = format!("@{}", s.ticket_file.display());
+
+    let (code, so, se) = out(cmd(&["inspect", &s.ticket]));
+    assert_eq!(code, Some(0), "{se}");
+    assert!(so.contains(&id), "{so}");
+    assert!(so.contains(&ticket.addrs[0].to_string()), "{so}");
+    assert!(
+        so.contains("3 files, 2 directories, 1 symbolic links"),
+        "{so}"
+    );
+    for text in [&so, &se] {
+        assert!(
+            !text.contains(&secret) && !text.contains(&s.ticket),
+            "{text}"
+        );
+    }
+
+    let (code, so, _) = out(cmd(&["inspect", "--json", &ticket_arg]));
+    assert_eq!(code, Some(0));
+    let j: serde_json::Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(j["id"], id.as_str());
+    assert_eq!(j["name"], "db");
+    assert_eq!(j["piece_size"], 256 << 10);
+    assert_eq!(j["entries"].as_array().unwrap().len(), 6);
+    let link = j["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["path"] == "link")
+        .unwrap();
+    assert_eq!(link["target"], "base/1/big");
+    assert!(!so.contains(&secret));
+
+    // the manifest file: the same image, no addresses
+    let (code, so, _) = out(cmd(&["inspect", "--json", mf.to_str().unwrap()]));
+    assert_eq!(code, Some(0));
+    let j: serde_json::Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(j["id"], id.as_str());
+    assert_eq!(j["addrs"].as_array().unwrap().len(), 0);
+    s.proc.signal(libc::SIGTERM);
+    s.proc.wait(LIMIT);
+}
+
+#[test]
+fn verify_and_inspect_refuse_bad_input_with_the_documented_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("f");
+    random_file(&src, 100_000, 3);
+    let garbage = d.join("garbage");
+    fs::write(&garbage, b"not a manifest at all").unwrap();
+    let missing = d.join("missing");
+    let (g, m, s) = (
+        garbage.to_str().unwrap(),
+        missing.to_str().unwrap(),
+        src.to_str().unwrap(),
+    );
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (vec!["verify", g, s], 2, "not a swarm manifest"),
+        (vec!["inspect", g], 2, "not a swarm manifest"),
+        (vec!["inspect", m], 2, "neither a ticket"),
+        (
+            vec!["inspect", "swarm1:aaaa"],
+            2,
+            "not a valid swarm ticket",
+        ),
+        (vec!["inspect", "@/nonexistent/t"], 2, "cannot read"),
+        (vec!["verify", g, m], 2, "PATH"),
+        (
+            vec!["inspect", g, "--connect-timeout", "soon"],
+            2,
+            "--connect-timeout",
+        ),
+    ];
+    for (args, code, what) in cases {
+        let (got, _, se) = out(cmd(&args));
+        assert_eq!(got, Some(code), "{args:?}: {se}");
+        assert!(se.contains(what), "{args:?}: {se} lacks {what:?}");
+    }
+    // a ticket whose hosts are gone: the network code, in bounded time
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = swarm::ticket::Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec![sock.local_addr().unwrap()],
+    };
+    drop(sock);
+    let (got, _, se) = out(cmd(&["inspect", &t.encode(), "--connect-timeout", "1s"]));
+    assert_eq!(got, Some(3), "{se}");
+}
+
+/// The seed binds its port before hashing: a port in use fails at once,
+/// before any manifest exists (the report has none).
+#[test]
+fn a_seed_port_in_use_fails_before_hashing() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("f");
+    random_file(&src, 1 << 20, 4);
+    let taken = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let rep = d.join("r.json");
+    let (code, _, se) = out(cmd(&[
+        "seed",
+        src.to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--report",
+        rep.to_str().unwrap(),
+    ]));
+    assert_eq!(code, Some(3), "{se}");
+    assert!(se.contains(&addr), "{se}");
+    let r = report(&rep);
+    assert_eq!(r["pieces_total"], 0, "hashed before binding: {r}");
+    assert_eq!(r["manifest_id"], "");
+}
