@@ -47,8 +47,13 @@ async fn show(
     let tty = std::io::stderr().is_terminal();
     let bar = tty.then(|| {
         let b = ProgressBar::new(0);
+        // {wide_msg} is cut to the terminal's width: 80 columns show it
+        let template = match label {
+            "join" => "{prefix} [{bar:12}] {wide_msg}",
+            _ => "{prefix} {wide_msg}",
+        };
         b.set_style(
-            ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} pieces {msg}")
+            ProgressStyle::with_template(template)
                 .expect("static template")
                 .progress_chars("=> "),
         );
@@ -56,14 +61,17 @@ async fn show(
         b
     });
     let start = Instant::now();
-    let mut last_line = Instant::now();
+    let mut last_line: Option<Instant> = None;
     let mut bridge = None;
+    let mut rates = Rates::default();
     loop {
         tokio::select! {
             r = rx.changed() => if r.is_err() { break },
             _ = stop.cancelled() => break,
         }
         let s = rx.borrow_and_update().clone();
+        let now = Instant::now();
+        rates.push(now, &s);
         if s.bridge != bridge {
             // a role change is news: say it at once, with the group
             bridge = s.bridge;
@@ -76,38 +84,27 @@ async fn show(
             };
             match &bar {
                 Some(b) => b.println(line),
-                None => eprintln!("{line}"),
+                None => eprintln!("{} {line}", timestamp()),
             }
         }
-        if let Some((done, total)) = s.hashing {
-            let line = hashing(done, total, start);
-            match &bar {
-                Some(b) => b.set_message(line),
-                None if last_line.elapsed() >= Duration::from_secs(2) => {
-                    last_line = Instant::now();
-                    eprintln!("{label}: {line}");
-                }
-                None => {}
+        let line = match s.hashing {
+            Some((done, total)) => hashing(done, total, start),
+            None if label == "join" => join_line(&s, &rates, bar.is_some()),
+            None => seed_line(&s, &rates),
+        };
+        match &bar {
+            Some(b) => {
+                b.set_length(s.pieces_total as u64);
+                b.set_position(s.pieces_have as u64);
+                b.set_message(line);
             }
-        } else {
-            match &bar {
-                Some(b) => {
-                    b.set_length(s.pieces_total as u64);
-                    b.set_position(s.pieces_have as u64);
-                    b.set_message(message(&s, start));
-                }
-                None if last_line.elapsed() >= Duration::from_secs(2) => {
-                    last_line = Instant::now();
-                    eprintln!(
-                        "{label}: {}/{} pieces{}, {}",
-                        s.pieces_have,
-                        s.pieces_total,
-                        if s.complete { " complete" } else { "" },
-                        message(&s, start)
-                    );
-                }
-                None => {}
+            // the first update waits a moment: a join that is done at
+            // once prints its summary only
+            None if last_line.map_or(now - start >= FIRST_LINE, |t| now - t >= LINE_EVERY) => {
+                last_line = Some(now);
+                eprintln!("{} {label}: {line}", timestamp());
             }
+            None => {}
         }
         // The engine publishes after every event; a display needs a
         // few updates a second (at 16 hosts, formatting every one was
@@ -122,11 +119,62 @@ async fn show(
     }
 }
 
+/// How often a line is printed when stderr is not a terminal (a log),
+/// and when the first one is.
+const LINE_EVERY: Duration = Duration::from_secs(2);
+const FIRST_LINE: Duration = LINE_EVERY;
+/// Rates are measured over this much of the recent past.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+
+/// UTC, to the second, for lines that go to logs.
+fn timestamp() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Byte counters sampled over `RATE_WINDOW`: current rates, not averages
+/// since the start.
+#[derive(Default)]
+struct Rates {
+    samples: std::collections::VecDeque<(Instant, [u64; 4])>,
+}
+
+impl Rates {
+    fn push(&mut self, now: Instant, s: &Status) {
+        let counts = [
+            s.bytes_received,
+            s.received_cross_group,
+            s.bytes_served,
+            s.served_cross_group,
+        ];
+        self.samples.push_back((now, counts));
+        while self
+            .samples
+            .front()
+            .is_some_and(|(t, _)| now - *t > RATE_WINDOW)
+            && self.samples.len() > 2
+        {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Bytes per second received (all, other groups) and served (all,
+    /// other groups).
+    fn per_sec(&self) -> [f64; 4] {
+        match (self.samples.front(), self.samples.back()) {
+            (Some((t0, a)), Some((t1, b))) if t1 > t0 => {
+                let secs = (*t1 - *t0).as_secs_f64();
+                std::array::from_fn(|i| b[i].saturating_sub(a[i]) as f64 / secs)
+            }
+            _ => [0.0; 4],
+        }
+    }
+}
+
 /// A seed hashing its image: how far, how fast, how long still.
 fn hashing(done: u64, total: u64, start: Instant) -> String {
     let rate = done as f64 / start.elapsed().as_secs_f64().max(1e-3);
     let left = if done > 0 && total > done {
-        format!(", {:.0}s left", (total - done) as f64 / rate)
+        format!(", {} left", eta((total - done) as f64 / rate))
     } else {
         String::new()
     };
@@ -138,20 +186,71 @@ fn hashing(done: u64, total: u64, start: Instant) -> String {
     )
 }
 
-/// Group, role, peers and rates since `start`.
-fn message(s: &Status, start: Instant) -> String {
-    let secs = start.elapsed().as_secs_f64().max(1e-3);
+fn eta(secs: f64) -> String {
+    match secs {
+        s if !s.is_finite() => "?".into(),
+        s if s < 100.0 => format!("{s:.0}s"),
+        s if s < 6000.0 => format!("{:.0}m", s / 60.0),
+        s => format!("{:.1}h", s / 3600.0),
+    }
+}
+
+/// A joiner's line: how far, current rates (from its group and from
+/// other groups), time left, peers. On a terminal (`short`) the pieces
+/// are on the bar and the line is cut to its width.
+fn join_line(s: &Status, rates: &Rates, short: bool) -> String {
+    let [rx, rx_wan, tx, _] = rates.per_sec();
+    let have = if s.pieces_total == 0 {
+        0
+    } else {
+        (s.bytes_total as f64 * s.pieces_have as f64 / s.pieces_total as f64) as u64
+    };
+    let pct = if s.pieces_total == 0 {
+        100.0
+    } else {
+        100.0 * s.pieces_have as f64 / s.pieces_total as f64
+    };
+    let left = if s.complete {
+        "done".to_string()
+    } else if rx > 0.0 {
+        format!(
+            "ETA {}",
+            eta(s.bytes_total.saturating_sub(have) as f64 / rx)
+        )
+    } else {
+        "ETA ?".to_string()
+    };
+    let wan = if s.received_cross_group > 0 || s.bridge.is_some() {
+        format!(" (wan {}/s)", human(rx_wan))
+    } else {
+        String::new()
+    };
     let role = match s.bridge {
         Some((rank, of)) => format!(", bridge {}/{of}", rank + 1),
         None => String::new(),
     };
+    if short {
+        return format!(
+            "{pct:.0}% of {} {}/s{wan} {left} {} peers{role}",
+            human(s.bytes_total as f64),
+            human(rx),
+            s.peers
+        );
+    }
     let mut m = format!(
-        "group {}{role}, peers {} (done {}), in {}/s, out {}/s",
+        "{}/{} pieces{}, {pct:.0}% of {}, in {}/s (group {}/s, other groups {}/s), out {}/s, {left}, \
+         group {}{role}, peers {} (done {})",
+        s.pieces_have,
+        s.pieces_total,
+        if s.complete { " complete" } else { "" },
+        human(s.bytes_total as f64),
+        human(rx),
+        human(rx - rx_wan),
+        human(rx_wan),
+        human(tx),
         Escaped(&s.group),
         s.peers,
         s.peers_done,
-        human(s.bytes_received as f64 / secs),
-        human(s.bytes_served as f64 / secs),
     );
     // where the bytes came from, once there is more than one place
     if s.bytes_from_basis > 0 || s.received_cross_group > 0 {
@@ -163,6 +262,19 @@ fn message(s: &Status, start: Instant) -> String {
         );
     }
     m
+}
+
+/// A seed's line: hosts connected and complete, its upload now.
+fn seed_line(s: &Status, rates: &Rates) -> String {
+    let [_, _, tx, tx_wan] = rates.per_sec();
+    format!(
+        "{} hosts connected, {} complete, out {}/s (other groups {}/s), served {}",
+        s.peers,
+        s.peers_done,
+        human(tx),
+        human(tx_wan),
+        human(s.bytes_served as f64)
+    )
 }
 
 pub fn human(bytes: f64) -> String {
@@ -315,6 +427,92 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(summary(&r, 80).lines().count(), 1);
+    }
+
+    fn status(received: u64, cross: u64, served: u64) -> Status {
+        Status {
+            pieces_have: 512,
+            pieces_total: 2048,
+            bytes_total: 2 << 30,
+            bytes_received: received,
+            received_cross_group: cross,
+            bytes_served: served,
+            served_cross_group: served / 4,
+            peers: 12,
+            peers_done: 3,
+            group: "dc-east".into(),
+            ..Default::default()
+        }
+    }
+
+    /// Rates are what moved over the last few seconds, not the average
+    /// since the start: a host that fetched fast and then stalled shows 0.
+    #[test]
+    fn rates_are_current_and_the_lines_say_what_an_operator_asks() {
+        let t0 = Instant::now();
+        let mut r = Rates::default();
+        let mib = 1u64 << 20;
+        r.push(t0, &status(0, 0, 0));
+        r.push(
+            t0 + Duration::from_secs(1),
+            &status(100 * mib, 20 * mib, 40 * mib),
+        );
+        let [rx, rx_wan, tx, tx_wan] = r.per_sec();
+        assert_eq!(
+            (rx, rx_wan, tx, tx_wan),
+            (
+                100.0 * mib as f64,
+                20.0 * mib as f64,
+                40.0 * mib as f64,
+                10.0 * mib as f64
+            )
+        );
+        // then nothing for longer than the window: the rate falls to 0
+        for k in 2..12 {
+            r.push(
+                t0 + Duration::from_secs(k),
+                &status(100 * mib, 20 * mib, 40 * mib),
+            );
+        }
+        assert_eq!(r.per_sec()[0], 0.0);
+        let mut r = Rates::default();
+        r.push(t0, &status(0, 0, 0));
+        r.push(t0 + Duration::from_secs(2), &status(200 * mib, 50 * mib, 0));
+        let s = status(200 * mib, 50 * mib, 0);
+        let line = join_line(&s, &r, false);
+        for part in [
+            "512/2048 pieces, 25% of 2.0 GiB",
+            "in 100.0 MiB/s (group 75.0 MiB/s, other groups 25.0 MiB/s)",
+            "ETA 15s",
+            "group dc-east, peers 12 (done 3)",
+        ] {
+            assert!(line.contains(part), "{part:?} not in {line:?}");
+        }
+        let short = join_line(&s, &r, true);
+        // "join [" + 12 + "] " = 20 columns of bar
+        assert_eq!(
+            short,
+            "25% of 2.0 GiB 100.0 MiB/s (wan 25.0 MiB/s) ETA 15s 12 peers"
+        );
+        assert!(
+            20 + short.chars().count() <= 80,
+            "{} columns: {short}",
+            short.chars().count()
+        );
+        assert!(
+            short.contains("25% of 2.0 GiB") && short.contains("ETA 15s"),
+            "{short}"
+        );
+        let seed = seed_line(&status(0, 0, 0), &Rates::default());
+        assert_eq!(
+            seed,
+            "12 hosts connected, 3 complete, out 0 B/s (other groups 0 B/s), served 0 B"
+        );
+        let ts = timestamp();
+        assert!(ts.ends_with('Z') && ts.len() == 20 && ts.is_ascii(), "{ts}");
+        assert_eq!(eta(f64::INFINITY), "?");
+        assert_eq!(eta(5000.0), "83m");
+        assert_eq!(eta(7200.0), "2.0h");
     }
 
     #[test]

@@ -36,6 +36,13 @@ fn output_error(what: &'static str, source: std::io::Error) -> NodeError {
     NodeError::Storage(StorageError::Output { what, source })
 }
 
+/// The temporary of an output file (`what`: its flag), if asked for.
+fn output_file(path: Option<&Path>, what: &'static str) -> Result<Option<PrivateFile>, NodeError> {
+    path.map(PrivateFile::create)
+        .transpose()
+        .map_err(|e| output_error(what, e))
+}
+
 /// `--report FILE` can be written: checked before anything long, since the
 /// report is written only at the end.
 fn check_report(path: Option<&Path>) -> Result<(), ExitCode> {
@@ -67,23 +74,13 @@ pub async fn seed(
         Ok(c) => c,
         Err(e) => return end(base, Err(Failure::Usage(e)), report_file, quiet, caught),
     };
-    // The ticket file's temporary is created now, before the hashing: a
-    // path that cannot be written fails at once, not after it.
-    let ticket_file = match a.ticket_file.as_deref().map(PrivateFile::create) {
-        None => None,
-        Some(Ok(f)) => Some(f),
-        Some(Err(e)) => {
-            let e = Failure::Node(output_error("--ticket-file", e));
-            return end(base, Err(e), report_file, quiet, caught);
-        }
-    };
-    let manifest_file = match a.manifest_out.as_deref().map(PrivateFile::create) {
-        None => None,
-        Some(Ok(f)) => Some(f),
-        Some(Err(e)) => {
-            let e = Failure::Node(output_error("--manifest-out", e));
-            return end(base, Err(e), report_file, quiet, caught);
-        }
+    // The output files' temporaries are created now, before the hashing:
+    // a path that cannot be written fails at once, not after it.
+    let outputs = output_file(a.ticket_file.as_deref(), "--ticket-file")
+        .and_then(|t| output_file(a.manifest_out.as_deref(), "--manifest-out").map(|m| (t, m)));
+    let (ticket_file, manifest_file) = match outputs {
+        Ok(files) => files,
+        Err(e) => return end(base, Err(Failure::Node(e)), report_file, quiet, caught),
     };
     let (status_tx, status_rx) = watch::channel(Default::default());
     let progress = progress::spawn(status_rx, quiet, "seed");

@@ -134,6 +134,8 @@ pub struct Status {
     /// Bytes taken from the basis (not received).
     pub bytes_from_basis: u64,
     pub bytes_served: u64,
+    /// Of `bytes_served`, to hosts of other groups.
+    pub served_cross_group: u64,
     pub peers: usize,
     pub peers_done: usize,
     pub complete: bool,
@@ -207,6 +209,10 @@ pub struct Report {
     pub served_cross_group: u64,
     pub received_from: BTreeMap<String, u64>,
     pub served_to: BTreeMap<String, u64>,
+    /// The peers of `received_from` and `served_to` (and every other this
+    /// host connected with): the address and group each had here.
+    #[serde(default)]
+    pub peers: BTreeMap<String, PeerSeen>,
     /// QUIC's own counters, summed over this host's connections with peers
     /// of its group and of other groups (those that completed the swarm
     /// handshake; counted when they close or at exit): what crossed the
@@ -236,6 +242,15 @@ pub struct Report {
     pub interrupted: bool,
     #[serde(default)]
     pub signal: Option<String>,
+}
+
+/// A peer as a report names it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct PeerSeen {
+    /// IP:PORT of the connection with it.
+    pub addr: String,
+    /// Its group, as it said (control characters escaped).
+    pub group: String,
 }
 
 /// A sum of quinn's `ConnectionStats`.

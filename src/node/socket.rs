@@ -52,6 +52,47 @@ fn set_buffers(s: &Socket) {
             set(plain);
         }
     }
+    // Linux reports twice what it grants (the kernel's bookkeeping share)
+    let got = |v: std::io::Result<usize>| v.map_or(0, |v| v / 2);
+    if let Some(w) = capped(got(s.recv_buffer_size()), got(s.send_buffer_size())) {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| tracing::warn!("{w}"));
+    }
+}
+
+/// The warning when the kernel granted less than `BUFFER` (an
+/// unprivileged run past net.core.rmem_max or wmem_max), naming the
+/// sysctls to raise.
+fn capped(rcv: usize, snd: usize) -> Option<String> {
+    if rcv >= BUFFER && snd >= BUFFER {
+        return None;
+    }
+    Some(format!(
+        "the kernel capped UDP socket buffers at {} receive and {} send \
+         (swarm asks for {}): a busy host may drop datagrams and slow down; \
+         raise the caps: sysctl -w net.core.rmem_max={BUFFER} net.core.wmem_max={BUFFER} \
+         (or run as root)",
+        bytesize::ByteSize(rcv as u64).display().iec(),
+        bytesize::ByteSize(snd as u64).display().iec(),
+        bytesize::ByteSize(BUFFER as u64).display().iec()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_capped_buffer_names_the_sysctls() {
+        assert_eq!(capped(BUFFER, BUFFER), None);
+        let w = capped(4 << 20, BUFFER).unwrap();
+        assert!(
+            w.contains("4.0 MiB receive") && w.contains("16.0 MiB send"),
+            "{w}"
+        );
+        assert!(w.contains("net.core.rmem_max=16777216"), "{w}");
+        assert!(capped(BUFFER, 212_992).is_some());
+    }
 }
 
 /// The largest UDP payload one send may carry, all GSO segments together

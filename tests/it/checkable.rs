@@ -64,6 +64,14 @@ fn a_join_run_again_is_up_to_date_and_verify_names_what_differs() {
     join(d, &s, "a", &[]).wait_ok(LIMIT);
     let copy = d.join("a/db");
     assert_same(&src, &copy);
+    // the report names its peers by address too
+    let r = report(&d.join("a.json"));
+    let seed_id = r["seed_peer_id"].as_str().unwrap();
+    let seen = &r["peers"][seed_id];
+    assert!(
+        seen["addr"].as_str().unwrap().starts_with("127.0.0.1:") && seen["group"] == "default",
+        "{r}"
+    );
 
     // again, without --force: nothing fetched, exit 0, said so
     let mut again = join(d, &s, "a", &[]);
@@ -276,4 +284,40 @@ fn a_seed_port_in_use_fails_before_hashing() {
     let r = report(&rep);
     assert_eq!(r["pieces_total"], 0, "hashed before binding: {r}");
     assert_eq!(r["manifest_id"], "");
+}
+
+/// An unprivileged run past net.core.rmem_max/wmem_max gets smaller UDP
+/// buffers than swarm asks for: it says so once, naming the sysctls; as
+/// root (the FORCE socket options) nothing is capped and nothing said.
+#[test]
+fn capped_udp_buffers_are_named_once_for_unprivileged_runs() {
+    let sysctl = |n: &str| {
+        fs::read_to_string(format!("/proc/sys/net/core/{n}"))
+            .unwrap()
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let capped = sysctl("rmem_max") < 16 << 20 || sysctl("wmem_max") < 16 << 20;
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let t = swarm::ticket::Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec![sock.local_addr().unwrap()],
+    };
+    drop(sock);
+    let ticket = t.encode();
+    let args = ["inspect", ticket.as_str(), "--connect-timeout", "1s"];
+    // as nobody (the binary lies under root's target dir, readable to all)
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_swarm"))
+        .args(args);
+    let (code, _, se) = out(c);
+    assert_eq!(code, Some(3), "{se}");
+    let warned = se.matches("net.core.rmem_max=").count();
+    assert_eq!(warned, usize::from(capped), "capped {capped}: {se}");
+    let (code, _, se) = out(cmd(&args));
+    assert_eq!(code, Some(3), "{se}");
+    assert!(!se.contains("net.core.rmem_max="), "root was capped: {se}");
 }

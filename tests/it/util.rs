@@ -234,7 +234,7 @@ pub fn pieces_seen(p: &Proc) -> usize {
     p.log_text()
         .lines()
         .rev()
-        .filter_map(|l| l.strip_prefix("join: "))
+        .filter_map(|l| l.split_once("join: ").map(|(_, rest)| rest))
         .find_map(|l| l.split('/').next()?.trim().parse().ok())
         .unwrap_or(0)
 }

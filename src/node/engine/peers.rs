@@ -133,6 +133,7 @@ impl Engine {
         );
         let key = handle.key;
         tracing::debug!(peer = hex(&id[..4]), key, %remote, "peer up");
+        self.note_peer(&id, remote, &info.group);
         // Tell the newcomer about everyone (also that there is nobody else:
         // it waits for a list before it may become a bridge), and everyone
         // about the newcomer.

@@ -26,6 +26,23 @@ fn by_peer<'a>(map: &'a mut BTreeMap<String, u64>, id: &[u8]) -> &'a mut u64 {
 }
 
 impl Engine {
+    /// Names a peer in the report: the address it connected from (or was
+    /// dialed at) and its group, so that `received_from` and `served_to`
+    /// can be read as hosts. The latest address wins; bounded as those.
+    pub(super) fn note_peer(&mut self, id: &[u8], addr: std::net::SocketAddr, group: &str) {
+        let map = &mut self.report.peers;
+        let key = hex(id);
+        if map.len() < MAX_REPORT_PEERS || map.contains_key(&key) {
+            map.insert(
+                key,
+                crate::node::PeerSeen {
+                    addr: addr.to_string(),
+                    group: crate::text::escape(group).into_owned(),
+                },
+            );
+        }
+    }
+
     /// Counts a verified piece of `bytes` fetched from `key`.
     pub(super) fn count_received(&mut self, key: PeerKey, bytes: u64) {
         self.report.pieces_fetched += 1;
@@ -84,6 +101,7 @@ impl Engine {
             received_cross_group: self.report.received_cross_group,
             bytes_from_basis: self.report.bytes_from_basis,
             bytes_served: self.report.bytes_served,
+            served_cross_group: self.report.served_cross_group,
             peers: self.peers.len(),
             peers_done: self.done_ids.len(),
             complete: self.complete,
