@@ -21,6 +21,18 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
+# promtool (the metrics test lints swarm's /metrics with it) comes with
+# Debian's prometheus; its recommended node exporter is not needed
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "installing: prometheus (for promtool)"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  else
+    echo "missing tools; install this package first: prometheus (promtool)" >&2
+    exit 1
+  fi
+fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings

@@ -115,6 +115,11 @@ pub struct SeedArgs {
     /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT; TCP):
+    /// bytes by direction and group, pieces, peers, corrupt pieces, bans,
+    /// completion. Bound at start: a port in use fails at once.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Also write the manifest to FILE (for `swarm verify` and `swarm
     /// inspect` without the network; checked before hashing).
     #[arg(long, value_name = "FILE")]
@@ -167,6 +172,11 @@ pub struct JoinArgs {
     pub upload_limit: Option<String>,
     #[command(flatten)]
     pub group: GroupArgs,
+    /// Serve Prometheus metrics at http://ADDR/metrics (IP:PORT; TCP):
+    /// bytes by direction and group, pieces, peers, corrupt pieces, bans,
+    /// completion. Bound at start: a port in use fails at once.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
     /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,

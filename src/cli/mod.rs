@@ -5,6 +5,7 @@ pub mod args;
 pub mod config;
 mod demo;
 mod inspect;
+mod metrics;
 pub mod progress;
 mod run;
 pub mod units;

@@ -36,6 +36,26 @@ fn output_error(what: &'static str, source: std::io::Error) -> NodeError {
     NodeError::Storage(StorageError::Output { what, source })
 }
 
+/// `--metrics ADDR`, bound now: a bad address is a usage error, a port
+/// in use a network one.
+async fn serve_metrics(
+    addr: Option<&str>,
+    status: &watch::Receiver<node::Status>,
+    role: &'static str,
+) -> Result<(), Failure> {
+    let Some(addr) = addr else { return Ok(()) };
+    let addr = super::units::addr("--metrics", addr).map_err(Failure::Usage)?;
+    match super::metrics::spawn(addr, status.clone(), role).await {
+        Ok(bound) => {
+            tracing::info!("metrics at http://{bound}/metrics");
+            Ok(())
+        }
+        Err(e) => Err(Failure::Node(NodeError::Network(format!(
+            "--metrics {addr}: cannot listen: {e}"
+        )))),
+    }
+}
+
 /// The temporary of an output file (`what`: its flag), if asked for.
 fn output_file(path: Option<&Path>, what: &'static str) -> Result<Option<PrivateFile>, NodeError> {
     path.map(PrivateFile::create)
@@ -83,6 +103,9 @@ pub async fn seed(
         Err(e) => return end(base, Err(Failure::Node(e)), report_file, quiet, caught),
     };
     let (status_tx, status_rx) = watch::channel(Default::default());
+    if let Err(e) = serve_metrics(a.metrics.as_deref(), &status_rx, "seed").await {
+        return end(base, Err(e), report_file, quiet, caught);
+    }
     let progress = progress::spawn(status_rx, quiet, "seed");
     let on_ticket = |t: &crate::ticket::Ticket, m: &crate::manifest::Manifest| {
         if let Some(f) = manifest_file {
@@ -138,6 +161,9 @@ pub async fn join(
         Err(e) => return end(base, Err(Failure::Usage(e)), report_file, quiet, caught),
     };
     let (status_tx, status_rx) = watch::channel(Default::default());
+    if let Err(e) = serve_metrics(a.metrics.as_deref(), &status_rx, "join").await {
+        return end(base, Err(e), report_file, quiet, caught);
+    }
     let progress = progress::spawn(status_rx, quiet, "join");
     let (report, r) = node::join(cfg, status_tx, stop).await;
     progress.finish().await;

@@ -144,6 +144,12 @@ pub struct Status {
     pub bridge: Option<(usize, usize)>,
     /// `(hashed, of)` bytes while a seed hashes its image.
     pub hashing: Option<(u64, u64)>,
+    /// Pieces received that failed verification, and the peers banned
+    /// for them.
+    pub pieces_corrupt: u64,
+    pub peers_banned: u64,
+    /// Seconds from start until the copy was complete.
+    pub complete_secs: Option<f64>,
 }
 
 /// What a run did, printed at the end and written as JSON with `--report`.
@@ -184,6 +190,10 @@ pub struct Report {
     #[serde(default)]
     pub up_to_date: bool,
     pub pieces_corrupt: usize,
+    /// Peers dropped and refused from then on for a piece that failed
+    /// verification.
+    #[serde(default)]
+    pub peers_banned: u64,
     /// Pieces whose copy on this host's disk no longer matched the
     /// manifest when read to serve them (the file changed after hashing).
     pub pieces_changed: usize,

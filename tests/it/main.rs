@@ -15,6 +15,7 @@ mod holder;
 mod hostile;
 mod idler;
 mod local_safety;
+mod metrics;
 mod names;
 mod netsim;
 mod peerlists;

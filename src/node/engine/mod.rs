@@ -272,6 +272,8 @@ impl Engine {
     /// Runs until the exit condition holds, a fatal error, or `stop`; the
     /// report comes back however it ended.
     pub async fn run(mut self, stop: CancellationToken) -> (Report, Result<(), NodeError>) {
+        // the image is known: displays and metrics show it from the start
+        self.publish_status();
         // A joiner that resumed a complete copy only needs to finalize.
         if !self.complete && self.download.as_ref().is_some_and(|d| d.is_complete()) {
             self.start_finalize();

@@ -94,6 +94,7 @@ impl Engine {
                     "piece failed verification; dropping the peer"
                 );
                 self.banned.ban(p.info.id, p.handle.conn.remote_address());
+                self.report.peers_banned += 1;
                 p.handle.conn.close(close::CORRUPT.into(), b"corrupt piece");
             }
             if let Some(d) = &mut self.download {

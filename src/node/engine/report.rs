@@ -112,6 +112,9 @@ impl Engine {
                 .and_then(|d| d.bridge())
                 .map(|s| (s.rank, s.of)),
             hashing: None,
+            pieces_corrupt: self.report.pieces_corrupt as u64,
+            peers_banned: self.report.peers_banned,
+            complete_secs: self.report.complete_secs,
         });
     }
 }
