@@ -120,6 +120,12 @@ pub struct SeedArgs {
     /// completion. Bound at start: a port in use fails at once.
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<String>,
+    /// Keep the manifest and the secret in DIR (made 0700 if missing; it
+    /// must be this user's): restarted on an unchanged PATH, the seed
+    /// starts at once with the same ticket; a changed PATH is hashed
+    /// again. DIR/manifest is a manifest file for verify and inspect.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
     /// Also write the manifest to FILE (for `swarm verify` and `swarm
     /// inspect` without the network; checked before hashing).
     #[arg(long, value_name = "FILE")]

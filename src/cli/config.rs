@@ -40,6 +40,7 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
         group: group(&a.group)?,
         upload_limit: upload_limit(&a.upload_limit)?,
         tuning: Tuning::default(),
+        state: a.state.clone(),
     })
 }
 

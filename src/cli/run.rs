@@ -107,7 +107,7 @@ pub async fn seed(
         return end(base, Err(e), report_file, quiet, caught);
     }
     let progress = progress::spawn(status_rx, quiet, "seed");
-    let on_ticket = |t: &crate::ticket::Ticket, m: &crate::manifest::Manifest| {
+    let on_ticket = |t: &crate::ticket::Ticket, m: &crate::manifest::Manifest, kept: bool| {
         if let Some(f) = manifest_file {
             f.commit(&m.encode())
                 .map_err(|e| output_error("--manifest-out", e))?;
@@ -124,6 +124,9 @@ pub async fn seed(
         }
         println!("{line}");
         let _ = std::io::stdout().flush();
+        if !quiet && kept {
+            eprintln!("seed: unchanged since the last run (--state): not hashed again");
+        }
         if !quiet {
             eprintln!(
                 "seeding {} ({} bytes, {} pieces of {}); the ticket is on stdout{shown}: \

@@ -97,6 +97,8 @@ pub struct SeedConfig {
     /// Bytes per second this host uploads at most.
     pub upload_limit: Option<u64>,
     pub tuning: Tuning,
+    /// `--state DIR`: where the manifest and secret are kept between runs.
+    pub state: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]

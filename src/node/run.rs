@@ -137,7 +137,7 @@ fn ticket_addrs(local: SocketAddr) -> Vec<SocketAddr> {
 /// then), for the caller to complete and write.
 pub async fn seed(
     cfg: SeedConfig,
-    on_ticket: impl FnOnce(&Ticket, &Manifest) -> Result<(), NodeError>,
+    on_ticket: impl FnOnce(&Ticket, &Manifest, bool) -> Result<(), NodeError>,
     status: watch::Sender<Status>,
     stop: CancellationToken,
 ) -> (Report, Result<(), NodeError>) {
@@ -160,19 +160,13 @@ fn ended_early(mut report: Report, started: Instant) -> Report {
     report
 }
 
-async fn seed_parts(
-    cfg: SeedConfig,
-    on_ticket: impl FnOnce(&Ticket, &Manifest) -> Result<(), NodeError>,
-    status: watch::Sender<Status>,
+/// Hashes the seeded path into its manifest, publishing the progress in
+/// `status`; Ctrl-C does not wait for it.
+async fn hash_image(
+    cfg: &SeedConfig,
+    status: &watch::Sender<Status>,
     stop: &CancellationToken,
-    started: Instant,
-    report: &mut Report,
-) -> Result<Parts, NodeError> {
-    // bound first: a port in use fails at once, not after the hashing
-    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
-    let local = ep
-        .local_addr()
-        .map_err(|e| NodeError::Network(e.to_string()))?;
+) -> Result<Manifest, NodeError> {
     let path = cfg.path.clone();
     let piece_size = cfg.piece_size;
     let hashing = Arc::new(manifest::Hashing::default());
@@ -196,10 +190,44 @@ async fn seed_parts(
     };
     shown.abort();
     status.send_modify(|s| s.hashing = None);
-    let m = match m {
-        Ok(m) => m?,
-        Err(_) if stop.is_cancelled() => return Err(NodeError::Interrupted),
-        Err(e) => return Err(e.into()),
+    match m {
+        Ok(m) => Ok(m?),
+        Err(_) if stop.is_cancelled() => Err(NodeError::Interrupted),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn seed_parts(
+    cfg: SeedConfig,
+    on_ticket: impl FnOnce(&Ticket, &Manifest, bool) -> Result<(), NodeError>,
+    status: watch::Sender<Status>,
+    stop: &CancellationToken,
+    started: Instant,
+    report: &mut Report,
+) -> Result<Parts, NodeError> {
+    // bound first: a port in use fails at once, not after the hashing
+    let (ep, wan) = endpoint(cfg.listen, &cfg.tuning)?;
+    let local = ep
+        .local_addr()
+        .map_err(|e| NodeError::Network(e.to_string()))?;
+    if let Some(dir) = &cfg.state {
+        crate::storage::seed_state::check_dir(dir)?;
+    }
+    let kept = cfg
+        .state
+        .as_ref()
+        .and_then(|dir| crate::storage::seed_state::load(dir, &cfg.path, cfg.piece_size));
+    let reused = kept.is_some();
+    let (m, secret) = match kept {
+        Some(kept) => kept,
+        None => {
+            let m = hash_image(&cfg, &status, stop).await?;
+            let secret: [u8; 32] = rand::random();
+            if let Some(dir) = &cfg.state {
+                crate::storage::seed_state::save(dir, &cfg.path, &m, &secret)?;
+            }
+            (m, secret)
+        }
     };
     report.manifest_id = hex(&m.id().0);
     report.bytes_total = m.total_size();
@@ -207,10 +235,10 @@ async fn seed_parts(
     let bytes = m.encode();
     let ticket = Ticket {
         manifest_id: m.id(),
-        secret: rand::random(),
+        secret,
         addrs: ticket_addrs(local),
     };
-    on_ticket(&ticket, &m)?;
+    on_ticket(&ticket, &m, reused)?;
     let content = Content::open(cfg.path.clone(), m.files(), false).map_err(|source| {
         crate::storage::StorageError::Io {
             path: cfg.path.clone(),

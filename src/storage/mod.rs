@@ -15,6 +15,7 @@ mod content;
 mod meta;
 mod partial;
 mod private;
+pub mod seed_state;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,10 @@ pub enum StorageError {
     NoSpace { dir: PathBuf, need: u64, avail: u64 },
     #[error("{}: {source}", text::path(path))]
     Io { path: PathBuf, source: io::Error },
+    /// `--state DIR` that could let another user read or plant the
+    /// secret.
+    #[error("--state {}: {why}; it holds the swarm's secret", text::path(path))]
+    StateDir { path: PathBuf, why: &'static str },
     /// A file written for the operator (`what` is the option, e.g.
     /// `--ticket-file`); `source` names the path.
     #[error("{what}: {source}")]
@@ -137,6 +142,7 @@ impl From<StorageError> for io::Error {
             | StorageError::NotKind { .. }
             | StorageError::Foreign { .. }
             | StorageError::Replaced(_)
+            | StorageError::StateDir { .. }
             | StorageError::Extra(_) => io::ErrorKind::InvalidData,
         };
         io::Error::new(kind, e)

@@ -4,6 +4,7 @@
 //! an image without its secret; a seed's port is bound before it hashes.
 
 use std::fs;
+use std::io::Write;
 use std::net::UdpSocket;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -320,4 +321,84 @@ fn capped_udp_buffers_are_named_once_for_unprivileged_runs() {
     let (code, _, se) = out(cmd(&args));
     assert_eq!(code, Some(3), "{se}");
     assert!(!se.contains("net.core.rmem_max="), "root was capped: {se}");
+}
+
+/// `swarm seed --state DIR --listen ADDR` on `src`: its ticket and stderr
+/// once it has printed the ticket, then stopped (SIGTERM).
+fn seed_once(d: &Path, src: &Path, state: &Path, listen: &str) -> (String, String) {
+    let tf = d.join("state-ticket");
+    let _ = fs::remove_file(&tf);
+    let mut c = swarm();
+    c.arg("seed")
+        .arg(src)
+        .args(["--listen", listen, "--state"])
+        .arg(state)
+        .arg("--ticket-file")
+        .arg(&tf);
+    let mut p = Proc::spawn(c, "state-seed", d);
+    let t = std::time::Instant::now();
+    while !tf.exists() {
+        assert!(p.child.try_wait().unwrap().is_none(), "{}", p.log_text());
+        assert!(t.elapsed() < LIMIT, "no ticket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ticket = fs::read_to_string(&tf).unwrap().trim().to_string();
+    p.signal(libc::SIGTERM);
+    p.wait(LIMIT);
+    (ticket, p.log_text())
+}
+
+#[test]
+fn a_seed_restarted_with_its_state_keeps_its_ticket_until_the_path_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let src = d.join("db");
+    tree(&src);
+    let state = d.join("state");
+    let port = UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let (first, log) = seed_once(d, &src, &state, &listen);
+    assert!(!log.contains("unchanged since the last run"), "{log}");
+    let (again, log) = seed_once(d, &src, &state, &listen);
+    assert_eq!(first, again, "another ticket for the same path");
+    assert!(log.contains("unchanged since the last run"), "{log}");
+    // DIR/manifest is a manifest file
+    let (code, so, se) = out(cmd(&["inspect", state.join("manifest").to_str().unwrap()]));
+    assert_eq!(code, Some(0), "{se}");
+    let id = swarm::node::hex(&swarm::ticket::Ticket::parse(&first).unwrap().manifest_id.0);
+    assert!(so.contains(&id), "{so}");
+    // a file grown: hashed again, a new ticket
+    fs::OpenOptions::new()
+        .append(true)
+        .open(src.join("base/1/small"))
+        .unwrap()
+        .write_all(b"more")
+        .unwrap();
+    let (changed, log) = seed_once(d, &src, &state, &listen);
+    assert_ne!(changed, first);
+    assert!(!log.contains("unchanged since the last run"), "{log}");
+    // and that one comes back in turn
+    let (kept, _) = seed_once(d, &src, &state, &listen);
+    assert_eq!(kept, changed);
+
+    // a DIR others may write is refused, naming it
+    let open = d.join("open");
+    fs::create_dir(&open).unwrap();
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut c = swarm();
+    c.arg("seed")
+        .arg(&src)
+        .args(["--listen", "127.0.0.1:0", "--state"])
+        .arg(&open);
+    let (code, so, se) = out(c);
+    assert_eq!(code, Some(5), "{se}");
+    assert!(
+        se.contains("--state") && se.contains("writable by others"),
+        "{se}"
+    );
+    assert!(so.is_empty(), "a ticket was printed");
 }
