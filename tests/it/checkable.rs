@@ -285,6 +285,21 @@ fn a_seed_port_in_use_fails_before_hashing() {
     let r = report(&rep);
     assert_eq!(r["pieces_total"], 0, "hashed before binding: {r}");
     assert_eq!(r["manifest_id"], "");
+    // a --manifest-out that cannot be written fails as early, naming it
+    let (code, so, se) = out(cmd(&[
+        "seed",
+        src.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+        "--manifest-out",
+        "/nonexistent/dir/m",
+    ]));
+    assert_eq!(code, Some(5), "{se}");
+    assert!(
+        se.contains("--manifest-out") && se.contains("/nonexistent/dir/m"),
+        "{se}"
+    );
+    assert!(so.is_empty(), "a ticket was printed");
 }
 
 /// An unprivileged run past net.core.rmem_max/wmem_max gets smaller UDP
