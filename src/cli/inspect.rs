@@ -15,7 +15,7 @@ use super::args::{ImageArgs, InspectArgs, VerifyArgs};
 use super::{EXIT_INTERNAL, EXIT_IO, EXIT_USAGE, EXIT_VERIFY, exit_code, progress, units};
 use crate::manifest::{EntryKind, Manifest, Root};
 use crate::node;
-use crate::storage::Keep;
+use crate::storage::{Keep, Owners};
 use crate::text::{self, Escaped};
 use crate::ticket::Ticket;
 
@@ -90,9 +90,17 @@ pub async fn verify(a: &VerifyArgs, quiet: bool, stop: CancellationToken) -> Exi
         Ok(m) => m,
         Err(code) => return code,
     };
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let root = unsafe { libc::geteuid() } == 0;
+    // owners are compared as a join as root sets them; otherwise they
+    // cannot be known (the copy's join may have run as root or not)
+    let owners = if root && !a.no_owner {
+        Owners::Image
+    } else {
+        Owners::Any
+    };
     let keep = Keep {
-        // SAFETY: geteuid has no preconditions and cannot fail.
-        owners: !a.no_owner && unsafe { libc::geteuid() } == 0,
+        owners: owners == Owners::Image || a.keep_setuid,
         setuid: a.keep_setuid,
     };
     let hashed = Arc::new(AtomicU64::new(0));
@@ -113,7 +121,8 @@ pub async fn verify(a: &VerifyArgs, quiet: bool, stop: CancellationToken) -> Exi
     });
     let (m2, path, h2) = (Arc::new(m), a.path.clone(), hashed.clone());
     let m3 = m2.clone();
-    let check = tokio::task::spawn_blocking(move || crate::storage::compare(&m3, &path, keep, &h2));
+    let check =
+        tokio::task::spawn_blocking(move || crate::storage::compare(&m3, &path, keep, owners, &h2));
     let r = tokio::select! {
         r = check => r,
         _ = stop.cancelled() => {

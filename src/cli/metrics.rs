@@ -184,6 +184,8 @@ pub async fn spawn(
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
+                // out of descriptors, say: do not spin on it
+                tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             };
             // beyond MAX_CLIENTS a new client is closed at once

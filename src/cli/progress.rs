@@ -299,11 +299,13 @@ pub fn summary(r: &Report, width: usize) -> String {
     let secs = r.elapsed_secs.max(1e-3);
     if r.up_to_date {
         return format!(
-            "{}: already up to date: {} is the image ({} verified in {:.1}s); nothing fetched",
+            "{}: already up to date: {} is the image ({} verified in {:.1}s); \
+             nothing fetched, served {}",
             r.role,
             r.output.as_deref().unwrap_or("the destination"),
             human(r.bytes_total as f64),
-            secs
+            r.complete_secs.unwrap_or(secs),
+            human(r.bytes_served as f64)
         );
     }
     let mut clauses = vec![

@@ -44,11 +44,26 @@ pub fn scale(cfg: &DownloadConfig, wire: f64) -> usize {
 
 pub const MAX_SCALE: usize = 4;
 
+/// Requests one peer may have in flight at most, whatever the scale: it
+/// may open `node::tls::STREAMS` streams towards us, one of them the
+/// control stream; more would wait for a stream while their deadline ran.
+pub const MAX_PEER_REQUESTS: usize = 15;
+
 impl DownloadConfig {
-    /// The limits at `scale` (see `scale`).
+    /// The limits at `scale` (see `scale`): in all, never more piece
+    /// buffers than `MAX_SCALE` x `INFLIGHT_BYTES` (the unscaled count
+    /// stays whatever it is: at least 2 of even a 1 GiB piece); per peer,
+    /// `MAX_PEER_REQUESTS` at most.
     pub fn scaled(&self, scale: usize) -> (usize, usize, usize) {
-        let n = |x: usize| (x * scale).min(MAX_REQUESTS as usize);
-        (n(self.total), n(self.per_peer), n(self.per_remote_peer))
+        let memory = match self.piece_size {
+            0 => usize::MAX,
+            p => (MAX_SCALE as u64 * INFLIGHT_BYTES / p) as usize,
+        };
+        let total = (self.total * scale)
+            .min(MAX_REQUESTS as usize)
+            .min(memory.max(self.total));
+        let peer = |x: usize| (x * scale).min(MAX_PEER_REQUESTS.max(x)).min(total);
+        (total, peer(self.per_peer), peer(self.per_remote_peer))
     }
 }
 

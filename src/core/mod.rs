@@ -35,5 +35,6 @@ mod spread;
 pub use download::{
     Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
 };
+pub use limits::MAX_PEER_REQUESTS;
 pub use recent::RecentPieces;
 pub use spread::Spreader;

@@ -221,10 +221,14 @@ async fn seed_parts(
     let (m, secret) = match kept {
         Some(kept) => kept,
         None => {
+            let before = match &cfg.state {
+                Some(_) => Some(crate::storage::seed_state::begin(&cfg.path)?),
+                None => None,
+            };
             let m = hash_image(&cfg, &status, stop).await?;
             let secret: [u8; 32] = rand::random();
-            if let Some(dir) = &cfg.state {
-                crate::storage::seed_state::save(dir, &cfg.path, &m, &secret)?;
+            if let (Some(dir), Some(before)) = (&cfg.state, before) {
+                crate::storage::seed_state::save(dir, &cfg.path, &m, &secret, before)?;
             }
             (m, secret)
         }
@@ -266,6 +270,7 @@ async fn seed_parts(
         content_root: cfg.path.clone(),
         have: bitvec::bitvec![1; n],
         partial: None,
+        is_join: false,
         basis: None,
         endpoint: ep,
         exit: Exit {
@@ -319,21 +324,12 @@ pub async fn join(
         ..Default::default()
     };
     match join_parts(cfg, status, &stop, started, &mut report).await {
-        Ok(Joined::Run(run)) => {
+        Ok(run) => {
             let (parts, first) = *run;
             run_engine(parts, Some(first), stop).await
         }
-        Ok(Joined::UpToDate) => (ended_early(report, started), Ok(())),
         Err(e) => (ended_early(report, started), Err(e)),
     }
-}
-
-/// How a join goes on once it has the manifest.
-enum Joined {
-    /// Fetch into the partial copy.
-    Run(Box<(Parts, Handshaken)>),
-    /// The destination holds the identical copy already.
-    UpToDate,
 }
 
 /// Whether DEST_DIR/NAME already holds the image (tree and metadata as a
@@ -354,7 +350,15 @@ async fn up_to_date(
     let t = Instant::now();
     let hashed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let h2 = hashed.clone();
-    let check = tokio::task::spawn_blocking(move || crate::storage::compare(&m2, &p2, keep, &h2));
+    // what this join would make: the image's owners as root, else its own
+    let owners = if keep.owners {
+        crate::storage::Owners::Image
+    } else {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        crate::storage::Owners::User(unsafe { libc::geteuid() })
+    };
+    let check =
+        tokio::task::spawn_blocking(move || crate::storage::compare(&m2, &p2, keep, owners, &h2));
     let found = tokio::select! {
         r = check => r.map_err(anyhow::Error::from)?,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
@@ -392,7 +396,7 @@ async fn join_parts(
     stop: &CancellationToken,
     started: Instant,
     report: &mut Report,
-) -> Result<Joined, NodeError> {
+) -> Result<Box<(Parts, Handshaken)>, NodeError> {
     if !cfg.dest_dir.is_dir() {
         return Err(crate::storage::StorageError::NoDestDir(cfg.dest_dir.clone()).into());
     }
@@ -417,11 +421,42 @@ async fn join_parts(
     report.pieces_total = m.piece_count();
     report.seed_peer_id = Some(hex(&first.hello.peer_id));
     let m = Arc::new(m);
+    let exit = Exit {
+        linger: cfg.linger,
+        exit_on_complete: cfg.exit_on_complete,
+        until_done: None,
+        until_copies: None,
+        force: cfg.force,
+        keep: cfg.keep,
+    };
     if up_to_date(&cfg, &m, stop, report).await? {
-        first
-            .conn
-            .close(super::peer::close::DONE.into(), b"up to date");
-        return Ok(Joined::UpToDate);
+        // a complete host from the start: it says Done (a seed's
+        // --until-done counts it), serves, and lingers as any joiner
+        let path = cfg.dest_dir.join(&m.name);
+        let content =
+            Content::open(path.clone(), m.files(), false).map_err(crate::storage::io_at(&path))?;
+        report.complete_secs = Some(started.elapsed().as_secs_f64());
+        let n = m.piece_count();
+        let parts = Parts {
+            seed_id: Some(first.hello.peer_id),
+            id,
+            manifest: m,
+            manifest_bytes: Arc::new(bytes),
+            content,
+            content_root: path,
+            have: bitvec::bitvec![1; n],
+            partial: None,
+            is_join: true,
+            basis: None,
+            endpoint: ep,
+            exit,
+            status,
+            started,
+            report: std::mem::take(report),
+            upload_limit: cfg.upload_limit,
+            group: cfg.group.clone(),
+        };
+        return Ok(Box::new((parts, first)));
     }
     let (dest, force) = (cfg.dest_dir.clone(), cfg.force);
     let m2 = m.clone();
@@ -485,23 +520,17 @@ async fn join_parts(
         content_root: partial.partial_path.clone(),
         have,
         partial: Some(partial),
+        is_join: true,
         basis,
         endpoint: ep,
-        exit: Exit {
-            linger: cfg.linger,
-            exit_on_complete: cfg.exit_on_complete,
-            until_done: None,
-            until_copies: None,
-            force: cfg.force,
-            keep: cfg.keep,
-        },
+        exit,
         status,
         started,
         report: std::mem::take(report),
         upload_limit: cfg.upload_limit,
         group: cfg.group.clone(),
     };
-    Ok(Joined::Run(Box::new((parts, first))))
+    Ok(Box::new((parts, first)))
 }
 
 /// Dials every ticket address and `--peer` address at once; each

@@ -137,10 +137,12 @@ const PRE_AUTH_STREAMS: u32 = 1;
 /// outsider's garbage beyond it is a flow-control error.
 const PRE_AUTH_WINDOW: u32 = 4 << 10;
 /// Streams an authenticated peer may have open towards this host at once:
-/// its control stream and its requests. A host serves at most 8 of one
-/// connection's requests at once (`serve`); the rest wait for a slot, and
-/// a requester with more to ask waits for a stream instead.
+/// its control stream and its requests. A host serves at most 16 of one
+/// connection's requests at once (`serve`); the rest wait for a slot. A
+/// requester asks for at most `core::MAX_PEER_REQUESTS` at once, so none
+/// waits for a stream while its deadline runs.
 pub const STREAMS: u32 = 16;
+const _: () = assert!(STREAMS as usize > crate::core::MAX_PEER_REQUESTS);
 /// An authenticated peer's connection receive window, beyond the credit
 /// this host grants for the bytes of its own requests (`node::credit`): a
 /// peer sends little else (requests of 5 bytes, control frames that are

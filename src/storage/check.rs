@@ -16,6 +16,18 @@ use super::meta::Keep;
 use crate::manifest::{self, BuildError, Entry, EntryKind, Manifest, Meta, Root};
 use crate::text::Escaped;
 
+/// Whose the copy's entries must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Owners {
+    /// The image's numeric owners and groups (a join as root keeps them).
+    Image,
+    /// This user's (uid): what a join without owners makes. Another
+    /// user's identical copy is not this join's.
+    User(u32),
+    /// Not compared (`verify` without root, or with --no-owner).
+    Any,
+}
+
 /// The first way a copy differs from the image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Difference {
@@ -51,10 +63,11 @@ pub fn compare(
     m: &Manifest,
     path: &Path,
     keep: Keep,
+    owners: Owners,
     hashed: &AtomicU64,
 ) -> Result<Option<Difference>, BuildError> {
     let (_, found) = manifest::scan(path)?;
-    if let Some(d) = compare_tree(&m.root, &found, keep) {
+    if let Some(d) = compare_tree(&m.root, &found, keep, owners) {
         return Ok(Some(d));
     }
     let hashes = manifest::hash_pieces(path, m, hashed)?;
@@ -74,7 +87,7 @@ pub fn compare(
 
 /// The first difference between the tree `want` and the tree `found` (as
 /// `manifest::scan` gives it), in entry order; content is not read.
-pub fn compare_tree(want: &Root, found: &Root, keep: Keep) -> Option<Difference> {
+pub fn compare_tree(want: &Root, found: &Root, keep: Keep, owners: Owners) -> Option<Difference> {
     let entry = |path: &str, what: String| {
         Some(Difference::Entry {
             path: path.to_string(),
@@ -86,7 +99,7 @@ pub fn compare_tree(want: &Root, found: &Root, keep: Keep) -> Option<Difference>
             if size != got {
                 return entry("", format!("{got} bytes, the image has {size}"));
             }
-            compare_meta(meta, m, keep, false).and_then(|w| entry("", w))
+            compare_meta(meta, m, keep, owners, false).and_then(|w| entry("", w))
         }
         (
             Root::Dir { meta, entries },
@@ -100,7 +113,7 @@ pub fn compare_tree(want: &Root, found: &Root, keep: Keep) -> Option<Difference>
                 let Some(g) = by_path.get(e.path.as_str()) else {
                     return entry(&e.path, "missing".into());
                 };
-                if let Some(what) = compare_entry(e, g, entries, got, keep) {
+                if let Some(what) = compare_entry(e, g, entries, got, keep, owners) {
                     return entry(&e.path, what);
                 }
             }
@@ -111,7 +124,7 @@ pub fn compare_tree(want: &Root, found: &Root, keep: Keep) -> Option<Difference>
                     return entry(&extra.path, "not in the image".into());
                 }
             }
-            compare_meta(meta, m, keep, true).and_then(|w| entry("", w))
+            compare_meta(meta, m, keep, owners, true).and_then(|w| entry("", w))
         }
         (Root::File { .. }, Root::Dir { .. }) => {
             entry("", "a directory, the image is a file".into())
@@ -137,15 +150,16 @@ fn compare_entry(
     want_all: &[Entry],
     got_all: &[Entry],
     keep: Keep,
+    owners: Owners,
 ) -> Option<String> {
     match (&want.kind, &got.kind) {
         (EntryKind::File { size }, EntryKind::File { size: s }) => {
             if size != s {
                 return Some(format!("{s} bytes, the image has {size}"));
             }
-            compare_meta(&want.meta, &got.meta, keep, false)
+            compare_meta(&want.meta, &got.meta, keep, owners, false)
         }
-        (EntryKind::Dir, EntryKind::Dir) => compare_meta(&want.meta, &got.meta, keep, true),
+        (EntryKind::Dir, EntryKind::Dir) => compare_meta(&want.meta, &got.meta, keep, owners, true),
         (EntryKind::Symlink { target }, EntryKind::Symlink { target: t }) => {
             if target != t {
                 return Some(format!(
@@ -156,7 +170,13 @@ fn compare_entry(
             }
             // a link's mode is always 0777; owners and mtime as set
             let (w, g) = (want.meta, got.meta);
-            compare_meta(&Meta { mode: 0, ..w }, &Meta { mode: 0, ..g }, keep, false)
+            compare_meta(
+                &Meta { mode: 0, ..w },
+                &Meta { mode: 0, ..g },
+                keep,
+                owners,
+                false,
+            )
         }
         (EntryKind::HardLink { target }, EntryKind::HardLink { target: t }) => {
             let name = |all: &[Entry], i: u32| all.get(i as usize).map(|e| e.path.clone());
@@ -174,17 +194,26 @@ fn compare_entry(
 }
 
 /// What a join with `keep` sets (the mode as `Keep::mode` makes it;
-/// owners only with `keep.owners`; the mtime) against what is there.
-fn compare_meta(want: &Meta, got: &Meta, keep: Keep, dir: bool) -> Option<String> {
+/// the owners as `owners` says; the mtime) against what is there.
+fn compare_meta(want: &Meta, got: &Meta, keep: Keep, owners: Owners, dir: bool) -> Option<String> {
     let mode = keep.mode(want, dir);
     if got.mode != mode {
         return Some(format!("mode {:04o}, the image has {mode:04o}", got.mode));
     }
-    if keep.owners && (got.uid, got.gid) != (want.uid, want.gid) {
-        return Some(format!(
-            "owner {}:{}, the image has {}:{}",
-            got.uid, got.gid, want.uid, want.gid
-        ));
+    match owners {
+        Owners::Image if (got.uid, got.gid) != (want.uid, want.gid) => {
+            return Some(format!(
+                "owner {}:{}, the image has {}:{}",
+                got.uid, got.gid, want.uid, want.gid
+            ));
+        }
+        Owners::User(uid) if got.uid != uid => {
+            return Some(format!(
+                "owner {}, not this user ({uid}), whose a join without owners makes it",
+                got.uid
+            ));
+        }
+        _ => {}
     }
     if got.mtime != want.mtime {
         return Some(format!(
@@ -220,7 +249,7 @@ mod tests {
         let t = tree(dir.path());
         let m = build(&t, Some(4096)).unwrap();
         let n = AtomicU64::new(0);
-        assert_eq!(compare(&m, &t, keep(), &n).unwrap(), None);
+        assert_eq!(compare(&m, &t, keep(), Owners::Any, &n).unwrap(), None);
         assert!(n.load(std::sync::atomic::Ordering::Relaxed) >= 70_005);
 
         // one byte in place: the same tree, a piece differs
@@ -234,7 +263,7 @@ mod tests {
             .unwrap()
             .set_modified(mtime)
             .unwrap();
-        let d = compare(&m, &t, keep(), &n).unwrap().unwrap();
+        let d = compare(&m, &t, keep(), Owners::Any, &n).unwrap().unwrap();
         assert_eq!(
             d,
             Difference::Piece {
@@ -266,7 +295,7 @@ mod tests {
         let check = |what: &str| {
             set_mtime(&t.join("sub"), sub);
             let (_, got) = manifest::scan(&t).unwrap();
-            let d = compare_tree(&want, &got, keep()).expect("a difference");
+            let d = compare_tree(&want, &got, keep(), Owners::Any).expect("a difference");
             assert!(d.to_string().starts_with(what), "{d} is not {what:?}");
         };
         std::fs::set_permissions(t.join("sub/b"), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -289,7 +318,7 @@ mod tests {
         if let (Root::Dir { entries: w, .. }, Root::Dir { entries: g, .. }) = (&want, &got) {
             let (w, g) = (&w[3], &g[2]);
             assert_eq!((w.path.as_str(), g.path.as_str()), ("sub/l", "sub/l"));
-            let d = compare_entry(w, g, &[], &[], keep()).unwrap();
+            let d = compare_entry(w, g, &[], &[], keep(), Owners::Any).unwrap();
             assert_eq!(d, "links to ../x, the image to ../a");
         }
     }
@@ -305,7 +334,7 @@ mod tests {
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1),
         );
         let (_, mut got) = manifest::scan(&t).unwrap();
-        let d = compare_tree(&want, &got, keep()).unwrap();
+        let d = compare_tree(&want, &got, keep(), Owners::Any).unwrap();
         // the directory's mtime changed with the new name: named first
         assert!(d.to_string().starts_with("sub: modified at 1.0"), "{d}");
         if let (Root::Dir { entries: w, .. }, Root::Dir { entries: g, .. }) = (&want, &mut got) {
@@ -313,18 +342,26 @@ mod tests {
             s.meta.mtime = w.iter().find(|e| e.path == "sub").unwrap().meta.mtime;
             g.iter_mut().find(|e| e.path == "a").unwrap().meta.uid += 1;
         }
-        let d = compare_tree(&want, &got, keep()).unwrap();
+        let d = compare_tree(&want, &got, keep(), Owners::Any).unwrap();
         assert_eq!(d.to_string(), "sub/zz: not in the image");
         // owners count only when a join would have set them
         if let Root::Dir { entries: g, .. } = &mut got {
             g.retain(|e| e.path != "sub/zz");
         }
-        assert_eq!(compare_tree(&want, &got, keep()), None);
-        let owners = Keep {
+        assert_eq!(compare_tree(&want, &got, keep(), Owners::Any), None);
+        let kept = Keep {
             owners: true,
             setuid: false,
         };
-        let d = compare_tree(&want, &got, owners).unwrap();
+        let d = compare_tree(&want, &got, kept, Owners::Image).unwrap();
+        assert!(d.to_string().starts_with("a: owner "), "{d}");
+        // a join without owners makes everything its user's: another
+        // user's copy is not up to date for it
+        // (`want` was scanned from files this test made)
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        assert_eq!(compare_tree(&want, &want, keep(), Owners::User(me)), None);
+        let d = compare_tree(&want, &want, keep(), Owners::User(me + 1)).unwrap();
         assert!(d.to_string().starts_with("a: owner "), "{d}");
     }
 }

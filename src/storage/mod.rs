@@ -27,7 +27,7 @@ use crate::text;
 pub use at::Root;
 pub use basis::Basis;
 pub use buf::PieceBuf;
-pub use check::{Difference, compare};
+pub use check::{Difference, Owners, compare};
 pub use content::Content;
 pub use meta::Keep;
 pub use partial::Partial;

@@ -27,6 +27,7 @@ const MANIFEST: &str = "manifest";
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Fingerprint {
     path: String,
+    dev: u64,
     ino: u64,
     size: u64,
     mtime: (i64, i64),
@@ -64,10 +65,10 @@ pub fn check_dir(dir: &Path) -> Result<(), StorageError> {
     }
 }
 
-/// Every entry of `m` under `root` (and `root` itself), as it is now.
-fn fingerprint(root: &Path, m: &Manifest) -> io::Result<Vec<Fingerprint>> {
+/// Every entry of `tree` under `root` (and `root` itself), as it is now.
+fn fingerprint(root: &Path, tree: &Root) -> io::Result<Vec<Fingerprint>> {
     let mut paths = vec![String::new()];
-    if let Root::Dir { entries, .. } = &m.root {
+    if let Root::Dir { entries, .. } = tree {
         paths.extend(entries.iter().map(|e| e.path.clone()));
     }
     paths
@@ -80,6 +81,7 @@ fn fingerprint(root: &Path, m: &Manifest) -> io::Result<Vec<Fingerprint>> {
             })?;
             Ok(Fingerprint {
                 path: p,
+                dev: st.dev(),
                 ino: st.ino(),
                 size: st.size(),
                 mtime: (st.mtime(), st.mtime_nsec()),
@@ -103,9 +105,17 @@ pub fn load(dir: &Path, root: &Path, piece_size: Option<u64>) -> Option<(Manifes
         Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
         Err(e) => return stale(format!("{STATE}: {e}")),
     };
+    // the error's place only: a message could quote the secret
     let saved: Saved = match serde_json::from_slice(&text) {
         Ok(s) => s,
-        Err(e) => return stale(format!("{STATE}: {e}")),
+        Err(e) => {
+            return stale(format!(
+                "{STATE}: malformed ({:?} at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            ));
+        }
     };
     let Ok(abs) = root.canonicalize() else {
         return None;
@@ -124,30 +134,74 @@ pub fn load(dir: &Path, root: &Path, piece_size: Option<u64>) -> Option<(Manifes
     if piece_size.is_some_and(|p| p != u64::from(m.piece_size)) {
         return stale("another piece size".into());
     }
-    let mut secret = [0u8; 32];
-    if saved.secret.len() != 64
-        || (0..32).any(|i| {
-            u8::from_str_radix(&saved.secret[2 * i..2 * i + 2], 16)
-                .map(|b| secret[i] = b)
-                .is_err()
-        })
-    {
+    let Some(secret) = parse_secret(&saved.secret) else {
         return stale(format!("{STATE}: a malformed secret"));
-    }
-    match fingerprint(root, &m) {
+    };
+    match fingerprint(root, &m.root) {
         Ok(now) if now == saved.entries => Some((m, secret)),
         Ok(_) => stale("the path changed since it was hashed".into()),
         Err(e) => stale(format!("the path changed since it was hashed ({e})")),
     }
 }
 
+/// 64 hex digits.
+fn parse_secret(hex: &str) -> Option<[u8; 32]> {
+    let b = hex.as_bytes();
+    if b.len() != 64 || !b.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).expect("a hex digit") as u8;
+    Some(std::array::from_fn(|i| {
+        digit(b[2 * i]) << 4 | digit(b[2 * i + 1])
+    }))
+}
+
+/// The path as it is before it is hashed (`begin`), for `save`.
+pub struct Before {
+    entries: Vec<Fingerprint>,
+    at: std::time::SystemTime,
+}
+
+/// Fingerprints `root` before its hashing starts.
+pub fn begin(root: &Path) -> Result<Before, StorageError> {
+    let at = std::time::SystemTime::now();
+    let (_, tree) =
+        crate::manifest::scan(root).map_err(|e| io_at(root)(io::Error::other(e.to_string())))?;
+    Ok(Before {
+        entries: fingerprint(root, &tree).map_err(io_at(root))?,
+        at,
+    })
+}
+
 /// Keeps `m`, `secret` and the fingerprint of `root` in DIR, each file
-/// 0600 by an atomic rename; the fingerprint is taken before the files
-/// are written, after the hashing, so a change during the hashing shows
-/// as a change at the next start only if it moved ctime after the walk
-/// (what hashing a live path cannot exclude either).
-pub fn save(dir: &Path, root: &Path, m: &Manifest, secret: &[u8; 32]) -> Result<(), StorageError> {
-    let entries = fingerprint(root, m).map_err(io_at(root))?;
+/// 0600 by an atomic rename, if nothing under `root` changed while it was
+/// hashed: the fingerprint `before` the hashing, the one after, and `m`'s
+/// tree must all agree, and no entry may have changed in the second
+/// before the hashing began (a change within the timestamps' granularity
+/// would leave them equal: git's "racily clean" rule). Otherwise nothing
+/// is kept and the next start hashes again.
+pub fn save(
+    dir: &Path,
+    root: &Path,
+    m: &Manifest,
+    secret: &[u8; 32],
+    before: Before,
+) -> Result<(), StorageError> {
+    let entries = fingerprint(root, &m.root).map_err(io_at(root))?;
+    let since = before
+        .at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let racy = entries
+        .iter()
+        .any(|e| e.ctime.0 >= since - 1 || e.mtime.0 >= since - 1);
+    if entries != before.entries || racy {
+        tracing::info!(
+            "--state: the path changed while it was hashed (or just before): not kept; \
+             the next start hashes it again"
+        );
+        return Ok(());
+    }
     let saved = Saved {
         version: 1,
         root: root.canonicalize().map_err(io_at(root))?,
@@ -180,9 +234,26 @@ mod tests {
         let state = d.path().join("state");
         check_dir(&state).unwrap();
         assert_eq!(fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+        // entries changed within the last second are not trusted yet
+        let settle = || std::thread::sleep(std::time::Duration::from_millis(2100));
+        let before = begin(&root).unwrap();
         let m = crate::manifest::build(&root, Some(4096)).unwrap();
-        assert!(load(&state, &root, None).is_none(), "nothing kept yet");
-        save(&state, &root, &m, &[7; 32]).unwrap();
+        save(&state, &root, &m, &[7; 32], before).unwrap();
+        assert!(load(&state, &root, None).is_none(), "a racy path was kept");
+        settle();
+        let before = begin(&root).unwrap();
+        // a change while hashing: not kept
+        let m = crate::manifest::build(&root, Some(4096)).unwrap();
+        fs::write(root.join("sub/b"), b"new").unwrap();
+        save(&state, &root, &m, &[7; 32], before).unwrap();
+        assert!(
+            load(&state, &root, None).is_none(),
+            "a change while hashing was kept"
+        );
+        fs::remove_file(root.join("sub/b")).unwrap();
+        settle();
+        let before = begin(&root).unwrap();
+        save(&state, &root, &m, &[7; 32], before).unwrap();
         assert_eq!(
             fs::metadata(state.join(STATE)).unwrap().mode() & 0o777,
             0o600
@@ -208,7 +279,10 @@ mod tests {
             .unwrap();
         assert!(load(&state, &root, None).is_none(), "a rewrite was missed");
         // another path, a broken file: not used
-        save(&state, &root, &m, &[7; 32]).unwrap();
+        let mut broken = fs::read(state.join(STATE)).unwrap();
+        broken[10] = 0xff;
+        fs::write(state.join(STATE), &broken).unwrap();
+        assert!(load(&state, &root, None).is_none());
         assert!(load(&state, &d.path().join("sub"), None).is_none());
         fs::write(state.join(MANIFEST), b"junk").unwrap();
         assert!(load(&state, &root, None).is_none());

@@ -86,6 +86,18 @@ fn a_join_run_again_is_up_to_date_and_verify_names_what_differs() {
         again.log_text()
     );
     assert_same(&src, &copy);
+    // it is a complete host like any other: it says Done, so a seed that
+    // waits for one completion (--until-done 1) ends
+    let s2_dir = d.join("s2");
+    fs::create_dir(&s2_dir).unwrap();
+    let mut s2 = seed(
+        &s2_dir,
+        &src,
+        &["--piece-size", "256KiB", "--until-done", "1"],
+    );
+    join(d, &s2, "a", &[]).wait_ok(LIMIT);
+    assert_eq!(report(&d.join("a.json"))["up_to_date"], true);
+    s2.proc.wait_ok(LIMIT);
 
     // verify, from the swarm and from the manifest file
     for image in [ticket_arg.as_str(), mf.as_str()] {
@@ -369,6 +381,9 @@ fn a_seed_restarted_with_its_state_keeps_its_ticket_until_the_path_changes() {
     let d = dir.path();
     let src = d.join("db");
     tree(&src);
+    // what changed in the second before the hashing is not kept
+    let settle = || std::thread::sleep(Duration::from_millis(2100));
+    settle();
     let state = d.join("state");
     let port = UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -393,6 +408,7 @@ fn a_seed_restarted_with_its_state_keeps_its_ticket_until_the_path_changes() {
         .unwrap()
         .write_all(b"more")
         .unwrap();
+    settle();
     let (changed, log) = seed_once(d, &src, &state, &listen);
     assert_ne!(changed, first);
     assert!(!log.contains("unchanged since the last run"), "{log}");

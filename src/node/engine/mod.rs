@@ -192,6 +192,10 @@ pub struct Parts {
     pub content_root: PathBuf,
     pub have: BitVec,
     pub partial: Option<Partial>,
+    /// A join (fetches, then lingers while peers need it), not a seed. A
+    /// join whose destination already is the image has all of `have` and
+    /// no `partial`.
+    pub is_join: bool,
     /// An older copy to fetch pieces as deltas against.
     pub basis: Option<Arc<crate::storage::Basis>>,
     pub endpoint: Endpoint,
@@ -207,8 +211,9 @@ pub struct Parts {
 impl Engine {
     pub fn new(p: Parts, events_tx: mpsc::Sender<Event>, events: mpsc::Receiver<Event>) -> Engine {
         let n = p.manifest.piece_count();
-        let is_seed = p.partial.is_none();
-        let complete = p.have.all();
+        let is_seed = !p.is_join;
+        // complete from the start: a seed, or a join already up to date
+        let complete = p.have.all() && p.partial.is_none();
         let download = (!is_seed).then(|| {
             let mut d = Download::new(
                 p.have.clone(),
@@ -232,7 +237,7 @@ impl Engine {
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,
             finalizing: false,
-            complete: is_seed && complete,
+            complete,
             have,
             peers: HashMap::new(),
             by_id: HashMap::new(),

@@ -321,6 +321,9 @@ impl Engine {
                 b.missed()
             );
         }
+        // its open files go with it: a --force basis is removed after the
+        // rename, and its space must not stay held while this host lingers
+        self.basis = None;
         let tx = self.events_tx.clone();
         let content = self.content.clone();
         tokio::task::spawn_blocking(move || {
