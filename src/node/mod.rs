@@ -11,6 +11,7 @@
 //! ```
 
 pub mod auth;
+mod bootstrap;
 pub(crate) mod cc;
 mod connect;
 pub mod credit;
@@ -18,6 +19,7 @@ mod engine;
 mod fetch;
 mod gate;
 mod handshake;
+mod join;
 mod outboards;
 mod peer;
 mod rate;
@@ -34,8 +36,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use bootstrap::fetch_manifest;
 pub use fetch::deadline as request_deadline;
-pub use run::{fetch_manifest, join, quic_endpoint, seed};
+pub use join::join;
+pub use run::{quic_endpoint, seed};
 pub use tls::Tuning;
 
 /// How long to wait for a handshake or a request's first byte.
