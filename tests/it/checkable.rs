@@ -262,13 +262,7 @@ fn verify_and_inspect_refuse_bad_input_with_the_documented_codes() {
         assert!(se.contains(what), "{args:?}: {se} lacks {what:?}");
     }
     // a ticket whose hosts are gone: the network code, in bounded time
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let t = swarm::ticket::Ticket {
-        manifest_id: swarm::manifest::ManifestId([1; 32]),
-        secret: [2; 32],
-        addrs: vec![sock.local_addr().unwrap()],
-    };
-    drop(sock);
+    let (t, _) = unreachable_ticket();
     let (got, _, se) = out(cmd(&["inspect", &t.encode(), "--connect-timeout", "1s"]));
     assert_eq!(got, Some(3), "{se}");
 }
@@ -327,14 +321,7 @@ fn capped_udp_buffers_are_named_once_for_unprivileged_runs() {
             .unwrap()
     };
     let capped = sysctl("rmem_max") < 16 << 20 || sysctl("wmem_max") < 16 << 20;
-    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let t = swarm::ticket::Ticket {
-        manifest_id: swarm::manifest::ManifestId([1; 32]),
-        secret: [2; 32],
-        addrs: vec![sock.local_addr().unwrap()],
-    };
-    drop(sock);
-    let ticket = t.encode();
+    let ticket = unreachable_ticket().0.encode();
     let args = ["inspect", ticket.as_str(), "--connect-timeout", "1s"];
     // as nobody (the binary lies under root's target dir, readable to all)
     let mut c = Command::new("setpriv");

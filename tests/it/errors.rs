@@ -2,7 +2,6 @@
 //! time, and nothing is overwritten.
 
 use std::fs;
-use std::net::UdpSocket;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -26,21 +25,6 @@ fn join_cmd(ticket: &str, dest: &Path, extra: &[&str]) -> Command {
         .args(["--listen", "127.0.0.1:0"])
         .args(extra);
     c
-}
-
-/// A ticket naming a loopback port nobody listens on, and that port.
-fn unreachable_ticket() -> (Ticket, u16) {
-    let port = UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let t = Ticket {
-        manifest_id: swarm::manifest::ManifestId([1; 32]),
-        secret: [2; 32],
-        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
-    };
-    (t, port)
 }
 
 #[test]

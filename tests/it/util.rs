@@ -278,3 +278,18 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg(&self.0).status();
     }
 }
+
+/// A ticket naming a loopback port nobody listens on, and that port.
+pub fn unreachable_ticket() -> (swarm::ticket::Ticket, u16) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let t = swarm::ticket::Ticket {
+        manifest_id: swarm::manifest::ManifestId([1; 32]),
+        secret: [2; 32],
+        addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+    };
+    (t, port)
+}
