@@ -89,9 +89,8 @@ pub struct InspectArgs {
 pub struct SeedArgs {
     /// File or directory to distribute.
     pub path: PathBuf,
-    /// Address to listen on (IP:PORT); port 0 picks a free one.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    pub listen: String,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     /// Piece size, a power of two from 4KiB to 1GiB (default: 1MiB, larger for images over 64GiB).
     #[arg(long)]
     pub piece_size: Option<String>,
@@ -138,9 +137,8 @@ pub struct JoinArgs {
     pub ticket: String,
     /// Directory in which the file or directory is placed.
     pub dest_dir: PathBuf,
-    /// Address to listen on for other peers (IP:PORT).
-    #[arg(long, default_value = "0.0.0.0:0")]
-    pub listen: String,
+    #[command(flatten)]
+    pub listen: ListenArgs,
     /// After completing, keep serving until all known peers are complete, plus this long.
     #[arg(long, default_value = "3s")]
     pub linger: String,
@@ -186,6 +184,21 @@ pub struct JoinArgs {
     /// Write a JSON report of the run to FILE (mode 0600), however it ends.
     #[arg(long)]
     pub report: Option<PathBuf>,
+}
+
+/// Where this host listens and where the others reach it.
+#[derive(Args, Debug)]
+pub struct ListenArgs {
+    /// Address to listen on for peers (IP:PORT, UDP); port 0 picks a free
+    /// one. Give a fixed port where a firewall must let it through.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    pub listen: String,
+    /// Where the other hosts reach this one (IP:PORT; repeat for more),
+    /// when that is not the listen address: behind NAT, in a Kubernetes
+    /// pod. It replaces the addresses a seed puts in the ticket and the
+    /// ones a host tells its peers.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Vec<String>,
 }
 
 /// Datacenter groups: hosts fetch from their own group; a few bridges per

@@ -33,7 +33,8 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     }
     Ok(SeedConfig {
         path: a.path.clone(),
-        listen: units::addr("--listen", &a.listen)?,
+        listen: units::addr("--listen", &a.listen.listen)?,
+        advertise: advertise(&a.listen.advertise)?,
         piece_size,
         until_done: a.until_done,
         until_copies: a.until_copies,
@@ -78,6 +79,35 @@ pub fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
     a.iter().map(|s| units::addr("--peer", s)).collect()
 }
 
+/// `--advertise`: addresses others can dial, each with its port; at
+/// most as many as a ticket or a hello carries.
+fn advertise(a: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let max = crate::ticket::MAX_ADDRS.min(crate::wire::MAX_ADDRS);
+    if a.len() > max {
+        return Err(format!(
+            "--advertise: at most {max} addresses, got {}",
+            a.len()
+        ));
+    }
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for s in a {
+        let addr: SocketAddr = s.trim().parse().map_err(|_| {
+            format!(
+                "--advertise: {s:?} is not IP:PORT (examples: 10.1.2.3:7000, [2001:db8::7]:7000)"
+            )
+        })?;
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+            return Err(format!(
+                "--advertise: {s} is not an address others can dial (a unicast IP and a port other than 0)"
+            ));
+        }
+        if !out.contains(&addr) {
+            out.push(addr);
+        }
+    }
+    Ok(out)
+}
+
 fn upload_limit(a: &Option<String>) -> Result<Option<u64>, String> {
     a.as_deref()
         .map(|s| units::rate("--upload-limit", s))
@@ -105,7 +135,8 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
     Ok(JoinConfig {
         ticket,
         dest_dir: a.dest_dir.clone(),
-        listen: units::addr("--listen", &a.listen)?,
+        listen: units::addr("--listen", &a.listen.listen)?,
+        advertise: advertise(&a.listen.advertise)?,
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,

@@ -115,7 +115,7 @@ async fn join_parts(
         peer_id: rand::random(),
         since: unix_ms(),
         group: cfg.group.name.clone(),
-        addrs: advertised(&ep)?,
+        addrs: advertised(&ep, &cfg.advertise)?,
         tuning: cfg.tuning.clone(),
         wan: wan.clone(),
     };

@@ -93,6 +93,9 @@ impl Default for GroupConfig {
 pub struct SeedConfig {
     pub path: PathBuf,
     pub listen: SocketAddr,
+    /// `--advertise`: where others reach this host (NAT, pods); empty:
+    /// the listen address (every interface's, in the ticket, for 0.0.0.0).
+    pub advertise: Vec<SocketAddr>,
     pub piece_size: Option<u64>,
     pub until_done: Option<usize>,
     /// Exit once every piece has this many copies on other hosts.
@@ -110,6 +113,8 @@ pub struct JoinConfig {
     pub ticket: crate::ticket::Ticket,
     pub dest_dir: PathBuf,
     pub listen: SocketAddr,
+    /// `--advertise`: where others reach this host; empty: where they see it.
+    pub advertise: Vec<SocketAddr>,
     pub linger: Duration,
     pub exit_on_complete: bool,
     pub force: bool,

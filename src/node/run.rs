@@ -80,14 +80,22 @@ pub(super) fn endpoint(
 /// same two sockets.
 const CID_LEN: usize = 4;
 
-/// What we advertise: an unspecified IP stands for "where you see me".
-pub(super) fn advertised(ep: &quinn::Endpoint) -> Result<Vec<SocketAddr>, NodeError> {
+/// What we tell peers: `--advertise` if given, else the listen address,
+/// where an unspecified IP stands for "where you see me".
+pub(super) fn advertised(
+    ep: &quinn::Endpoint,
+    advertise: &[SocketAddr],
+) -> Result<Vec<SocketAddr>, NodeError> {
     let local = ep
         .local_addr()
         .map_err(|e| NodeError::Network(e.to_string()))?;
     // with -v: where others can reach this host (e.g. for `join --peer`)
-    tracing::info!("listening on {local}");
-    Ok(vec![local])
+    if advertise.is_empty() {
+        tracing::info!("listening on {local}");
+        return Ok(vec![local]);
+    }
+    tracing::info!("listening on {local}, advertised as {advertise:?}");
+    Ok(advertise.to_vec())
 }
 
 /// Now, in ms since the Unix epoch (0 if the clock is before it).
@@ -232,7 +240,11 @@ async fn seed_parts(
     let ticket = Ticket {
         manifest_id: m.id(),
         secret,
-        addrs: ticket_addrs(local),
+        addrs: if cfg.advertise.is_empty() {
+            ticket_addrs(local)
+        } else {
+            cfg.advertise.clone()
+        },
     };
     on_ticket(&ticket, &m, reused)?;
     let content = Content::open(cfg.path.clone(), m.files(), false).map_err(|source| {
@@ -247,7 +259,7 @@ async fn seed_parts(
         peer_id: rand::random(),
         since: unix_ms(),
         group: cfg.group.name.clone(),
-        addrs: advertised(&ep)?,
+        addrs: advertised(&ep, &cfg.advertise)?,
         tuning: cfg.tuning.clone(),
         wan: wan.clone(),
     };

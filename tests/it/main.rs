@@ -1,6 +1,7 @@
 //! Integration tests: the real binary, real QUIC on loopback, real files.
 
 mod adversary;
+mod advertise;
 mod changed;
 mod checkable;
 mod delta;
