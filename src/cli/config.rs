@@ -1,6 +1,7 @@
 //! Validation of the parsed arguments into the node's typed configs. Every
 //! error names the argument and the accepted form.
 
+use std::io::Read;
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -79,6 +80,39 @@ pub fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
     a.iter().map(|s| units::addr("--peer", s)).collect()
 }
 
+/// The text of `@FILE` (`@-`: standard input, so that the secret need not
+/// be on a command line, which every local user can read), at most
+/// `MAX_TICKET_FILE` bytes: a ticket is one short line, and `@/dev/zero`
+/// must not fill the memory.
+pub fn ticket_file(arg: &str, file: &str) -> Result<String, String> {
+    const MAX_TICKET_FILE: u64 = 64 << 10;
+    let name = if file == "-" {
+        "standard input".to_string()
+    } else {
+        crate::text::path(Path::new(file)).to_string()
+    };
+    let cannot = |e: std::io::Error| format!("{arg}: cannot read {name}: {e}");
+    let mut buf = Vec::new();
+    if file == "-" {
+        std::io::stdin()
+            .lock()
+            .take(MAX_TICKET_FILE + 1)
+            .read_to_end(&mut buf)
+            .map_err(cannot)?;
+    } else {
+        std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_TICKET_FILE + 1).read_to_end(&mut buf))
+            .map_err(cannot)?;
+    }
+    if buf.len() as u64 > MAX_TICKET_FILE {
+        return Err(format!(
+            "{arg}: {name} is over {} KiB: not a ticket",
+            MAX_TICKET_FILE >> 10
+        ));
+    }
+    String::from_utf8(buf).map_err(|_| format!("{arg}: {name} is not text: not a ticket"))
+}
+
 /// `--advertise`: addresses others can dial, each with its port; at
 /// most as many as a ticket or a hello carries.
 fn advertise(a: &[String]) -> Result<Vec<SocketAddr>, String> {
@@ -116,8 +150,7 @@ fn upload_limit(a: &Option<String>) -> Result<Option<u64>, String> {
 
 pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
     let text = match a.ticket.strip_prefix('@') {
-        Some(file) => std::fs::read_to_string(Path::new(file))
-            .map_err(|e| format!("TICKET: cannot read {file}: {e}"))?,
+        Some(file) => ticket_file("TICKET", file)?,
         None => a.ticket.clone(),
     };
     let ticket = Ticket::parse(&text).map_err(|e| format!("TICKET: not a valid swarm ticket ({e}); expected the swarm1:... line printed by `swarm seed`"))?;

@@ -34,9 +34,7 @@ fn image(arg: &str) -> Result<Image, String> {
             .map_err(|e| format!("IMAGE: not a valid swarm ticket ({e})"))
     };
     if let Some(file) = arg.strip_prefix('@') {
-        let t = std::fs::read_to_string(file)
-            .map_err(|e| format!("IMAGE: cannot read {}: {e}", text::path(Path::new(file))))?;
-        return ticket(&t);
+        return ticket(&super::config::ticket_file("IMAGE", file)?);
     }
     if arg.starts_with("swarm1:") {
         return ticket(arg);

@@ -38,6 +38,23 @@ fn malformed_ticket_is_a_usage_error() {
     assert!(err.contains("cannot read"), "{err}");
 }
 
+/// `@FILE` reads at most a ticket's worth; `@-` reads standard input (so
+/// the secret need not be on a command line).
+#[test]
+fn ticket_files_are_bounded_and_stdin_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = stderr_of(join_cmd("@/dev/zero", dir.path(), &[]), 2);
+    assert!(err.contains("TICKET") && err.contains("/dev/zero"), "{err}");
+    let (t, port) = unreachable_ticket();
+    let mut c = join_cmd("@-", dir.path(), &["--connect-timeout", "1s"]);
+    let f = dir.path().join("t");
+    fs::write(&f, format!("{}\n", t.encode())).unwrap();
+    c.stdin(fs::File::open(&f).unwrap());
+    // the ticket was read from stdin: the join tried its address
+    let err = stderr_of(c, 3);
+    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
 #[test]
 fn unreachable_seed_fails_in_bounded_time_naming_the_address() {
     let dir = tempfile::tempdir().unwrap();
