@@ -7,6 +7,7 @@ mod checkable;
 mod delta;
 mod endings;
 mod errors;
+mod examples;
 mod faithful;
 mod faults;
 mod groups;

@@ -1,0 +1,180 @@
+//! The worked examples of docs/operations.md, run as written: the ssh push
+//! script over network-namespace hosts (docs/examples/push.sh).
+//!
+//! A "host" here is a network namespace of netsim with a mount namespace
+//! of its own in which DEST is its own directory, so that every host has
+//! its own /srv/images as separate machines do. `ssh HOST CMD` becomes
+//! `ip netns exec HOST unshare -m sh -c "mount --bind ROOT/HOST DEST; CMD"`,
+//! which is what ssh does with CMD: one shell string, run on the host.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use crate::netsim::{Host, Net, Spec};
+use crate::util::*;
+
+/// The repository's docs/examples/NAME.
+fn example(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/examples")
+        .join(name)
+}
+
+/// Hosts of a small two-group network, the seed on g0h0.
+fn net() -> Net {
+    Net::new(Spec {
+        hosts: vec![3, 2],
+        nic_bps: 1_000_000_000,
+        wan_bps: 500_000_000,
+        wan_delay: Duration::from_millis(5),
+        mtu: 1500,
+    })
+    .unwrap()
+}
+
+/// A small datadir-like tree.
+fn image(dir: &Path) -> PathBuf {
+    let img = dir.join("db-2026-12-06");
+    for (i, f) in [
+        "base/1/1259",
+        "base/1/2619",
+        "global/pg_control",
+        "PG_VERSION",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = img.join(f);
+        fs::create_dir_all(p.parent().unwrap()).unwrap();
+        random_file(&p, 300_000 * (i + 1), 70 + i as u64);
+    }
+    std::os::unix::fs::symlink("../wal", img.join("pg_wal")).unwrap();
+    img
+}
+
+/// The fake ssh: runs CMD in HOST's network namespace, with ROOT/HOST
+/// mounted at DEST (its own disk).
+fn fake_ssh(dir: &Path, root: &Path, dest: &Path) -> PathBuf {
+    let ssh = dir.join("ssh");
+    fs::write(
+        &ssh,
+        format!(
+            "#!/bin/sh\nh=$1; shift\nexec ip netns exec \"$h\" unshare -m sh -c \"mount --bind {}/\\$0 {} && $*\" \"$h\"\n",
+            root.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    ssh
+}
+
+fn push(net: &Net, seed: &Host, args: &[&Path], env: &[(&str, &Path)]) -> Output {
+    let mut cmd = net.command(seed, "bash");
+    cmd.arg(example("push.sh")).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.env("SWARM_BIN", env!("CARGO_BIN_EXE_swarm"))
+        .env("SWARM_GROUP", "g0")
+        .env("SWARM_JOIN_ARGS", "--linger 1s");
+    run(cmd, Duration::from_secs(180))
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
+    let net = net();
+    let dir = tempfile::tempdir().unwrap();
+    let img = image(dir.path());
+    let dest = dir.path().join("dest");
+    let root = dir.path().join("disks");
+    fs::create_dir_all(&dest).unwrap();
+    let ssh = fake_ssh(dir.path(), &root, &dest);
+    let seed = net.host(0, 0).clone();
+    let targets: Vec<Host> = net.hosts.iter().flatten().skip(1).cloned().collect();
+    let mut hosts = String::from("# host group\n");
+    for h in &targets {
+        fs::create_dir_all(root.join(&h.ns)).unwrap();
+        hosts += &format!("{} g{}\n", h.ns, h.group);
+    }
+    let hosts_file = dir.path().join("hosts.txt");
+    fs::write(&hosts_file, &hosts).unwrap();
+
+    let logs = dir.path().join("logs1");
+    let out = push(
+        &net,
+        &seed,
+        &[&img, &dest, &hosts_file],
+        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    assert!(t.contains("4 of 4 hosts have db-2026-12-06"), "{t}");
+    for h in &targets {
+        assert_same(&img, &root.join(&h.ns).join("db-2026-12-06"));
+        assert!(t.contains(&format!("ok     {}", h.ns)), "{t}");
+    }
+
+    // again: every host already has it
+    let logs = dir.path().join("logs2");
+    let out = push(
+        &net,
+        &seed,
+        &[&img, &dest, &hosts_file],
+        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for h in &targets {
+        let log = fs::read_to_string(logs.join(format!("{}.log", h.ns))).unwrap();
+        assert!(log.contains("already up to date"), "{}: {log}", h.ns);
+    }
+
+    // a host that cannot be reached is named, the others still get it
+    fs::write(&hosts_file, format!("{hosts}no-such-host g1\n")).unwrap();
+    let logs = dir.path().join("logs3");
+    let out = push(
+        &net,
+        &seed,
+        &[&img, &dest, &hosts_file],
+        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
+    );
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("FAILED no-such-host"), "{t}");
+    assert!(t.contains("4 of 5 hosts"), "{t}");
+    assert!(t.contains("not done: no-such-host"), "{t}");
+}
+
+#[test]
+fn the_push_script_refuses_bad_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = example("push.sh");
+    let bash = |args: &[&str]| {
+        let mut c = Command::new("bash");
+        c.arg(&script).args(args);
+        run(c, Duration::from_secs(30))
+    };
+    let out = bash(&["one"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let missing = dir.path().join("nope");
+    let d = dir.path().to_str().unwrap();
+    let out = bash(&[missing.to_str().unwrap(), d, d]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("IMAGE"), "{}", text(&out));
+    let empty = dir.path().join("hosts");
+    fs::write(&empty, "# nobody\n\n").unwrap();
+    let out = bash(&[d, d, empty.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("no hosts"), "{}", text(&out));
+}
