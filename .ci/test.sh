@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # command:package pairs
 need=()
-for pair in rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 ss:iproute2 mount:mount \
+for pair in shellcheck:shellcheck systemd-analyze:systemd rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 ss:iproute2 mount:mount \
   ping:iputils-ping aria2c:aria2 mktorrent:mktorrent opentracker:opentracker; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
@@ -34,7 +34,23 @@ if ! command -v promtool >/dev/null 2>&1; then
   fi
 fi
 
+# the worked examples' tools (tests/it/examples.rs), from PyPI, pinned, in
+# a venv of their own: ansible-core runs docs/examples/ansible, and
+# kubernetes-validate (it carries the Kubernetes schemas: no network
+# needed) checks docs/examples/kubernetes
+venv=target/ci-venv
+tools="ansible-core==2.17.14 kubernetes-validate==1.31.0"
+if [ "$(cat "$venv/.tools" 2>/dev/null)" != "$tools" ]; then
+  echo "installing in $venv: $tools"
+  rm -rf "$venv"
+  python3 -m venv "$venv"
+  # shellcheck disable=SC2086 # a list of requirements
+  "$venv/bin/pip" install -q $tools
+  echo "$tools" >"$venv/.tools"
+fi
+
 cargo fmt --all -- --check
+shellcheck docs/examples/*.sh .ci/*.sh
 cargo clippy --all-targets -- -D warnings
 # advisories, licenses, duplicate versions, sources (offline, .ci/advisory-db)
 bash .ci/deny.sh

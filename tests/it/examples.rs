@@ -54,14 +54,18 @@ fn image(dir: &Path) -> PathBuf {
     img
 }
 
-/// The fake ssh: runs CMD in HOST's network namespace, with ROOT/HOST
-/// mounted at DEST (its own disk).
+/// The fake ssh: `ssh [OPTIONS] HOST COMMAND` (the last two arguments, as
+/// push.sh and Ansible's ssh connection call it) runs COMMAND with
+/// `/bin/sh -c` in HOST's network namespace, with ROOT/HOST mounted at
+/// DEST (its own disk).
 fn fake_ssh(dir: &Path, root: &Path, dest: &Path) -> PathBuf {
     let ssh = dir.join("ssh");
     fs::write(
         &ssh,
         format!(
-            "#!/bin/sh\nh=$1; shift\nexec ip netns exec \"$h\" unshare -m sh -c \"mount --bind {}/\\$0 {} && $*\" \"$h\"\n",
+            "#!/bin/sh\nfor a in \"$@\"; do h=$c; c=$a; done\n\
+             exec ip netns exec \"$h\" unshare -m sh -c 'mount --bind \"$0\" \"$1\" && exec /bin/sh -c \"$2\"' \
+             \"{}/$h\" \"{}\" \"$c\"\n",
             root.display(),
             dest.display()
         ),
@@ -69,6 +73,22 @@ fn fake_ssh(dir: &Path, root: &Path, dest: &Path) -> PathBuf {
     .unwrap();
     fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     ssh
+}
+
+/// A tool the CI installs in target/ci-venv (.ci/test.sh), or on PATH.
+fn venv_tool(name: &str) -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/ci-venv/bin")
+        .join(name);
+    if venv.exists() {
+        return venv;
+    }
+    let on_path = std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+    });
+    on_path.unwrap_or_else(|| panic!("{name} not found: .ci/test.sh installs it in target/ci-venv"))
 }
 
 fn push(net: &Net, seed: &Host, args: &[&Path], env: &[(&str, &Path)]) -> Output {
@@ -177,4 +197,98 @@ fn the_push_script_refuses_bad_arguments() {
     let out = bash(&[d, d, empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no hosts"), "{}", text(&out));
+}
+
+/// docs/examples/ansible/push.yml, run by the real ansible-playbook with
+/// its ssh connection (the ssh binary swapped for the fake one): every
+/// host gets the image; run again, nothing changes; the ticket's secret
+/// is nowhere in Ansible's output.
+#[test]
+fn the_ansible_play_pushes_to_every_host_and_is_idempotent() {
+    let playbook = venv_tool("ansible-playbook");
+    let net = net();
+    let mut dir = tempfile::tempdir().unwrap();
+    dir.disable_cleanup(std::env::var_os("SWARM_KEEP_EXAMPLES").is_some());
+    let img = image(dir.path());
+    let dest = dir.path().join("dest");
+    let root = dir.path().join("disks");
+    fs::create_dir_all(&dest).unwrap();
+    let ssh = fake_ssh(dir.path(), &root, &dest);
+    let run_dir = dir.path().join("run");
+    let mut inv = String::from("[swarm_seed]\n");
+    let all: Vec<&Host> = net.hosts.iter().flatten().collect();
+    for (i, h) in all.iter().enumerate() {
+        fs::create_dir_all(root.join(&h.ns)).unwrap();
+        if i == 1 {
+            inv += "\n[swarm_hosts]\n";
+        }
+        inv += &format!("{} ansible_host={} swarm_group=g{}\n", h.ns, h.ns, h.group);
+    }
+    inv += &format!(
+        "\n[all:vars]\nansible_connection=ssh\nansible_ssh_executable={}\n\
+         ansible_pipelining=true\nansible_ssh_transfer_method=piped\n\
+         ansible_python_interpreter=/usr/bin/python3\nswarm_bin={}\nswarm_image={}\n\
+         swarm_dest={}\nswarm_run_dir={}\nswarm_report={}/{{{{ inventory_hostname }}}}.json\n\
+         swarm_join_args=[\"--linger\", \"1s\"]\nswarm_hash_timeout=60\n",
+        ssh.display(),
+        env!("CARGO_BIN_EXE_swarm"),
+        img.display(),
+        dest.display(),
+        run_dir.display(),
+        dir.path().join("reports").display(),
+    );
+    let inventory = dir.path().join("inventory.ini");
+    fs::write(&inventory, inv).unwrap();
+    let play = || {
+        let mut c = Command::new(&playbook);
+        c.arg("-i")
+            .arg(&inventory)
+            .arg(example("ansible/push.yml"))
+            .env("ANSIBLE_HOME", dir.path().join("ansible-home"))
+            .env("ANSIBLE_LOCAL_TEMP", dir.path().join("ansible-tmp"))
+            .env("ANSIBLE_REMOTE_TEMP", dir.path().join("ansible-rtmp"))
+            .env("ANSIBLE_HOST_KEY_CHECKING", "False")
+            .env("ANSIBLE_NOCOLOR", "1")
+            .env("ANSIBLE_FORCE_COLOR", "0")
+            .env("ANSIBLE_LOG_PATH", dir.path().join("ansible.log"));
+        run(c, Duration::from_secs(300))
+    };
+    let out = play();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    let targets: Vec<&&Host> = all.iter().skip(1).collect();
+    for h in &targets {
+        assert_same(&img, &root.join(&h.ns).join("db-2026-12-06"));
+        let r = report(&dir.path().join("reports").join(format!("{}.json", h.ns)));
+        assert_eq!(r["ended"], "ok", "{r}");
+    }
+    let ticket = fs::read_to_string(run_dir.join("ticket")).unwrap();
+    let secret = ticket.trim().trim_start_matches("swarm1:");
+    assert!(
+        !t.contains(&secret[..20]),
+        "the ticket is in Ansible's output:\n{t}"
+    );
+    // the recap: every target's join changed something
+    for h in &targets {
+        assert!(
+            t.lines().any(|l| l.starts_with(&h.ns)
+                && !l.contains("changed=0")
+                && l.contains("failed=0")),
+            "{}: {t}",
+            h.ns
+        );
+    }
+
+    // again: every host is up to date, no join changes anything
+    let out = play();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{t}");
+    for h in &targets {
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with(&h.ns) && l.contains("changed=0") && l.contains("failed=0")),
+            "{}: {t}",
+            h.ns
+        );
+    }
 }
