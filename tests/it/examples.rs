@@ -292,3 +292,110 @@ fn the_ansible_play_pushes_to_every_host_and_is_idempotent() {
         );
     }
 }
+
+/// The ExecStart of a unit in docs/examples/systemd, continuation lines
+/// joined, as words.
+fn exec_start(unit: &str) -> Vec<String> {
+    let text = fs::read_to_string(example(&format!("systemd/{unit}"))).unwrap();
+    let line = text.replace("\\\n", " ");
+    let cmd = line
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .unwrap_or_else(|| panic!("{unit}: no ExecStart"));
+    cmd.split_whitespace().map(str::to_string).collect()
+}
+
+/// docs/examples/systemd: `systemd-analyze verify` accepts both units
+/// without a warning (an unknown key is only a warning there), and their
+/// command lines, run as systemd would (specifiers filled in; the fixed
+/// paths and ports moved into a temporary directory and loopback), seed
+/// and join an image.
+#[test]
+fn the_systemd_units_verify_and_their_commands_push_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_swarm");
+    let units = dir.path().join("units");
+    fs::create_dir(&units).unwrap();
+    for u in ["swarm-seed@.service", "swarm-join@.service"] {
+        let text = fs::read_to_string(example(&format!("systemd/{u}"))).unwrap();
+        // the only change: where the binary is
+        fs::write(units.join(u), text.replace("/usr/local/bin/swarm", bin)).unwrap();
+        // an instance of the template, as `systemctl start` names it
+        std::os::unix::fs::symlink(units.join(u), units.join(u.replace('@', "@db"))).unwrap();
+    }
+    let mut c = Command::new("systemd-analyze");
+    c.arg("verify")
+        .arg(units.join("swarm-seed@db.service"))
+        .arg(units.join("swarm-join@db.service"));
+    let out = run(c, Duration::from_secs(60));
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        text(&out)
+    );
+
+    // the command lines
+    let root = dir.path();
+    let creds = root.join("credentials");
+    for d in [
+        "srv/images",
+        "var/lib/swarm",
+        "run/swarm",
+        "var/log/swarm",
+        "dest",
+    ] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::create_dir(&creds).unwrap();
+    let img = image(&root.join("srv/images"));
+    // the arguments, for the binary built here instead of /usr/local/bin
+    let fill = |words: Vec<String>, dest: Option<&Path>| -> Command {
+        assert_eq!(words[0], "/usr/local/bin/swarm");
+        let words: Vec<String> = words
+            .into_iter()
+            .skip(1)
+            .map(|w| {
+                let w = w
+                    .replace("%i", "db-2026-12-06")
+                    .replace("%d", creds.to_str().unwrap())
+                    .replace("0.0.0.0:7000", "127.0.0.1:0")
+                    .replace("0.0.0.0:9311", "127.0.0.1:0");
+                match (w.as_str(), dest) {
+                    ("/srv/images", Some(d)) => d.display().to_string(),
+                    _ if w.starts_with('/') && !w.starts_with(root.to_str().unwrap()) => {
+                        root.join(&w[1..]).display().to_string()
+                    }
+                    _ => w,
+                }
+            })
+            .collect();
+        let mut c = swarm();
+        c.args(words);
+        c
+    };
+    let mut seed = Proc::spawn(fill(exec_start("swarm-seed@.service"), None), "seed", root);
+    let ticket = root.join("run/swarm/db-2026-12-06.ticket");
+    let t = std::time::Instant::now();
+    while !ticket.exists() {
+        assert!(
+            seed.child.try_wait().unwrap().is_none(),
+            "{}",
+            seed.log_text()
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    fs::copy(&ticket, creds.join("ticket")).unwrap();
+    let mut join = fill(exec_start("swarm-join@.service"), Some(&root.join("dest")));
+    join.arg("--exit-on-complete");
+    let out = run(join, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&img, &root.join("dest/db-2026-12-06"));
+    assert_eq!(
+        report(&root.join("var/log/swarm/join-db-2026-12-06.json"))["ended"],
+        "ok"
+    );
+    assert!(root.join("var/lib/swarm/db-2026-12-06.manifest").exists());
+    seed.signal(libc::SIGTERM);
+    seed.wait_ok(Duration::from_secs(30));
+}
