@@ -1,5 +1,8 @@
-//! The worked examples of docs/operations.md, run as written: the ssh push
-//! script over network-namespace hosts (docs/examples/push.sh).
+//! The worked examples of docs/operations.md (docs/examples/), run as
+//! written: the ssh push script and the Ansible play over network-namespace
+//! hosts, the systemd units through `systemd-analyze verify`, the
+//! Kubernetes manifests through the Kubernetes schemas; and the swarm
+//! command lines in the units and manifests run to a complete copy.
 //!
 //! A "host" here is a network namespace of netsim with a mount namespace
 //! of its own in which DEST is its own directory, so that every host has
@@ -305,6 +308,36 @@ fn exec_start(unit: &str) -> Vec<String> {
     cmd.split_whitespace().map(str::to_string).collect()
 }
 
+/// `swarm ARGS` as a host would run them, here: every absolute path moved
+/// under `root` (`/srv/images` to `dest` if given, for a join's
+/// destination), listen and metrics addresses to free loopback ports.
+fn localize(words: &[String], root: &Path, dest: Option<&Path>) -> Command {
+    let words: Vec<String> = words
+        .iter()
+        .map(|w| {
+            let w = w
+                .replace("0.0.0.0:7000", "127.0.0.1:0")
+                .replace("0.0.0.0:9311", "127.0.0.1:0");
+            // --flag=/path, @/path and /path alike
+            let (head, path) = match w.find('/') {
+                Some(i) if w[..i].is_empty() || w[..i].ends_with('=') || &w[..i] == "@" => {
+                    w.split_at(i)
+                }
+                _ => return w,
+            };
+            let path = match dest {
+                Some(d) if path == "/srv/images" => d.to_path_buf(),
+                _ if path.starts_with(root.to_str().unwrap()) => PathBuf::from(path),
+                _ => root.join(&path[1..]),
+            };
+            format!("{head}{}", path.display())
+        })
+        .collect();
+    let mut c = swarm();
+    c.args(words);
+    c
+}
+
 /// docs/examples/systemd: `systemd-analyze verify` accepts both units
 /// without a warning (an unknown key is only a warning there), and their
 /// command lines, run as systemd would (specifiers filled in; the fixed
@@ -348,30 +381,16 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
     }
     fs::create_dir(&creds).unwrap();
     let img = image(&root.join("srv/images"));
-    // the arguments, for the binary built here instead of /usr/local/bin
     let fill = |words: Vec<String>, dest: Option<&Path>| -> Command {
         assert_eq!(words[0], "/usr/local/bin/swarm");
-        let words: Vec<String> = words
-            .into_iter()
-            .skip(1)
+        let words: Vec<String> = words[1..]
+            .iter()
             .map(|w| {
-                let w = w
-                    .replace("%i", "db-2026-12-06")
+                w.replace("%i", "db-2026-12-06")
                     .replace("%d", creds.to_str().unwrap())
-                    .replace("0.0.0.0:7000", "127.0.0.1:0")
-                    .replace("0.0.0.0:9311", "127.0.0.1:0");
-                match (w.as_str(), dest) {
-                    ("/srv/images", Some(d)) => d.display().to_string(),
-                    _ if w.starts_with('/') && !w.starts_with(root.to_str().unwrap()) => {
-                        root.join(&w[1..]).display().to_string()
-                    }
-                    _ => w,
-                }
             })
             .collect();
-        let mut c = swarm();
-        c.args(words);
-        c
+        localize(&words, root, dest)
     };
     let mut seed = Proc::spawn(fill(exec_start("swarm-seed@.service"), None), "seed", root);
     let ticket = root.join("run/swarm/db-2026-12-06.ticket");
@@ -396,6 +415,134 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
         "ok"
     );
     assert!(root.join("var/lib/swarm/db-2026-12-06.manifest").exists());
+    seed.signal(libc::SIGTERM);
+    seed.wait_ok(Duration::from_secs(30));
+}
+
+/// The containers' args in docs/examples/kubernetes/FILE (by container
+/// name), read with PyYAML (ansible-core's, in the same venv).
+fn container_args(file: &str, container: &str) -> Vec<String> {
+    let py = venv_tool("python3");
+    let mut c = Command::new(py);
+    c.arg("-c")
+        .arg(
+            "import sys, json, yaml\n\
+             for d in yaml.safe_load_all(open(sys.argv[1])):\n\
+             \x20   spec = d.get('spec', {}).get('template', {}).get('spec', {})\n\
+             \x20   for c in spec.get('containers', []):\n\
+             \x20       if c['name'] == sys.argv[2]: print(json.dumps(c['args']))\n",
+        )
+        .arg(example(&format!("kubernetes/{file}")))
+        .arg(container);
+    let out = run(c, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{file}: {e}: {}", text(&out)))
+}
+
+/// docs/examples/kubernetes: both manifests pass the Kubernetes schemas
+/// strictly (and a manifest with an unknown field does not: the checker
+/// checks), and the containers' args, with the node's address and the
+/// node's paths filled in as Kubernetes and the hostPath volumes would,
+/// seed and join an image.
+#[test]
+fn the_kubernetes_manifests_validate_and_their_args_push_an_image() {
+    let validate = venv_tool("kubernetes-validate");
+    let dir = tempfile::tempdir().unwrap();
+    let files = ["seed-daemonset.yaml", "join-job.yaml"];
+    let check = |paths: &[PathBuf]| {
+        let mut c = Command::new(&validate);
+        c.args(["--strict", "-k", "1.31.0"]).args(paths);
+        run(c, Duration::from_secs(120))
+    };
+    let out = check(&files.map(|f| example(&format!("kubernetes/{f}"))));
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert_eq!(t.matches(" passed for resource ").count(), 3, "{t}");
+    let bad = dir.path().join("bad.yaml");
+    let job = fs::read_to_string(example("kubernetes/join-job.yaml")).unwrap();
+    fs::write(
+        &bad,
+        job.replace(
+            "          args:\n",
+            "          argz: [x]\n          args:\n",
+        ),
+    )
+    .unwrap();
+    let out = check(&[bad]);
+    assert!(
+        !out.status.success(),
+        "an unknown field passed: {}",
+        text(&out)
+    );
+
+    // the args, on this host: $(VAR)s as the pod's env gives them, UDP
+    // 7000 (hostPort) a free loopback port, the hostPath volumes under root
+    let root = dir.path();
+    fs::create_dir_all(root.join("srv/images")).unwrap();
+    fs::create_dir_all(root.join("dest")).unwrap();
+    // the hostPath volumes (DirectoryOrCreate) and the secret's
+    for d in ["etc/swarm", "var/log/swarm", "var/lib/swarm"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let img = image(&root.join("srv/images"));
+    let pod = |args: Vec<String>| -> Vec<String> {
+        let port = std::net::UdpSocket::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        args.iter()
+            .map(|a| {
+                a.replace("$(IMAGE)", "db-2026-12-06")
+                    .replace("$(GROUP)", "dc1")
+                    .replace("$(HOST_IP):7000", &format!("127.0.0.1:{port}"))
+                    .replace("0.0.0.0:7000", &format!("127.0.0.1:{port}"))
+            })
+            .collect()
+    };
+    let mut cmd = localize(
+        &pod(container_args("seed-daemonset.yaml", "seed")),
+        root,
+        None,
+    );
+    let stdout = root.join("seed.out");
+    cmd.stdout(fs::File::create(&stdout).unwrap())
+        .stderr(fs::File::create(root.join("seed.log")).unwrap());
+    let mut seed = Proc {
+        child: cmd.spawn().unwrap(),
+        name: "seed".into(),
+        log: root.join("seed.log"),
+    };
+    // the ticket: the first line of the pod's log
+    let t = std::time::Instant::now();
+    let ticket = loop {
+        let out = fs::read_to_string(&stdout).unwrap();
+        if let Some(l) = out.lines().find(|l| l.starts_with("swarm1:")) {
+            break l.to_string();
+        }
+        assert!(
+            seed.child.try_wait().unwrap().is_none(),
+            "{}",
+            seed.log_text()
+        );
+        assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(ticket.len() > 40);
+    fs::write(root.join("etc/swarm/ticket"), format!("{ticket}\n")).unwrap();
+    let mut join = localize(
+        &pod(container_args("join-job.yaml", "join")),
+        root,
+        Some(&root.join("dest")),
+    );
+    join.arg("--exit-on-complete");
+    let out = run(join, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(&img, &root.join("dest/db-2026-12-06"));
+    assert_eq!(
+        report(&root.join("var/log/swarm/join-db-2026-12-06.json"))["ended"],
+        "ok"
+    );
     seed.signal(libc::SIGTERM);
     seed.wait_ok(Duration::from_secs(30));
 }
