@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # command:package pairs
 need=()
-for pair in shellcheck:shellcheck systemd-analyze:systemd rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 ss:iproute2 mount:mount \
+for pair in file:file shellcheck:shellcheck systemd-analyze:systemd rsync:rsync iperf3:iperf3 b3sum:b3sum ip:iproute2 tc:iproute2 ss:iproute2 mount:mount \
   ping:iputils-ping aria2c:aria2 mktorrent:mktorrent opentracker:opentracker; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || need+=("${pair#*:}")
 done
@@ -69,6 +69,8 @@ else
   echo "skipping the WAN and compare benchmarks: they need root (network namespaces, tc)" >&2
 fi
 cargo test
+# what operators install: the stripped binary and the .deb, unpacked and run
+bash .ci/package.sh
 # fuzz targets (fuzz/): a short run of each from the committed corpus.
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable
 # toolchain take them (the machine has no other toolchain).

@@ -352,7 +352,7 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
     for u in ["swarm-seed@.service", "swarm-join@.service"] {
         let text = fs::read_to_string(example(&format!("systemd/{u}"))).unwrap();
         // the only change: where the binary is
-        fs::write(units.join(u), text.replace("/usr/local/bin/swarm", bin)).unwrap();
+        fs::write(units.join(u), text.replace("/usr/bin/swarm", bin)).unwrap();
         // an instance of the template, as `systemctl start` names it
         std::os::unix::fs::symlink(units.join(u), units.join(u.replace('@', "@db"))).unwrap();
     }
@@ -382,7 +382,7 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
     fs::create_dir(&creds).unwrap();
     let img = image(&root.join("srv/images"));
     let fill = |words: Vec<String>, dest: Option<&Path>| -> Command {
-        assert_eq!(words[0], "/usr/local/bin/swarm");
+        assert_eq!(words[0], "/usr/bin/swarm");
         let words: Vec<String> = words[1..]
             .iter()
             .map(|w| {
