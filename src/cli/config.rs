@@ -1,7 +1,7 @@
 //! Validation of the parsed arguments into the node's typed configs. Every
 //! error names the argument and the accepted form.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -80,7 +80,7 @@ pub fn peers(a: &[String]) -> Result<Vec<SocketAddr>, String> {
     a.iter().map(|s| units::addr("--peer", s)).collect()
 }
 
-/// The text of `@FILE` (`@-`: standard input, so that the secret need not
+/// The text of `@FILE` (`@-`: a line of standard input, so that the secret need not
 /// be on a command line, which every local user can read), at most
 /// `MAX_TICKET_FILE` bytes: a ticket is one short line, and `@/dev/zero`
 /// must not fill the memory.
@@ -94,10 +94,11 @@ pub fn ticket_file(arg: &str, file: &str) -> Result<String, String> {
     let cannot = |e: std::io::Error| format!("{arg}: cannot read {name}: {e}");
     let mut buf = Vec::new();
     if file == "-" {
+        // one line: a pipe that stays open (ssh's, a terminal) need not close
         std::io::stdin()
             .lock()
             .take(MAX_TICKET_FILE + 1)
-            .read_to_end(&mut buf)
+            .read_until(b'\n', &mut buf)
             .map_err(cannot)?;
     } else {
         std::fs::File::open(file)
