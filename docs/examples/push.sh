@@ -12,19 +12,22 @@
 # crosses the network.
 #
 # Environment (all optional):
-#   SWARM_SSH        how to run a command on a host (default: ssh -o BatchMode=yes);
+#   SWARM_SSH        how to run a command on a host (default: ssh in batch mode,
+#                    10 s to connect, a dead host noticed within a minute);
 #                    called as `$SWARM_SSH HOST COMMAND`, COMMAND one shell string
+#   SWARM_TIMEOUT    how long a host may take (default: 6h; coreutils timeout)
 #   SWARM_BIN        swarm on the hosts (default: swarm); SWARM_SEED_BIN here
 #   SWARM_PORT       UDP port of every host, for the firewall (default: 7000)
 #   SWARM_GROUP      this (the seed's) group (default: default)
 #   SWARM_SEED_ARGS  more arguments for `swarm seed` (e.g. --state DIR)
 #   SWARM_JOIN_ARGS  more arguments for every `swarm join` (e.g. --metrics 0.0.0.0:9311)
 #   SWARM_LOGS       where each host's output and exit code go (default: a new
-#                    directory under /tmp, printed)
+#                    directory under /tmp, printed); it must be this user's
 #
 # Exit 0 when every host has the image; 1 naming the hosts that do not
 # (run it again: done hosts say "up to date", the rest resume); 2 on bad
-# arguments; 3 when the seed did not start.
+# arguments; 3 when the seed did not start; 130 when interrupted (the
+# seed and the ssh sessions are stopped; run it again to resume).
 set -uo pipefail
 
 if [ $# -ne 3 ]; then
@@ -32,18 +35,38 @@ if [ $# -ne 3 ]; then
   exit 2
 fi
 image=$1 dest=$2 hosts_file=$3
-ssh_cmd=${SWARM_SSH:-ssh -o BatchMode=yes}
+ssh_cmd=${SWARM_SSH:-ssh -o BatchMode=yes -o ConnectTimeout=10 -o ServerAliveInterval=15 -o ServerAliveCountMax=4}
 bin=${SWARM_BIN:-swarm}
 seed_bin=${SWARM_SEED_BIN:-$bin}
 port=${SWARM_PORT:-7000}
-logs=${SWARM_LOGS:-$(mktemp -d /tmp/swarm-push.XXXXXX)}
-mkdir -p "$logs" && chmod 700 "$logs" || exit 2
+limit=${SWARM_TIMEOUT:-6h}
+if [ -n "${SWARM_LOGS:-}" ]; then
+  logs=$SWARM_LOGS
+  # the ticket is written here: nobody else's directory, and not a link
+  if [ -L "$logs" ] || { [ -e "$logs" ] && [ ! -O "$logs" ]; }; then
+    echo "push.sh: SWARM_LOGS: $logs is a link or not this user's" >&2
+    exit 2
+  fi
+  mkdir -p "$logs" && chmod 700 "$logs" || exit 2
+else
+  logs=$(mktemp -d /tmp/swarm-push.XXXXXX) || exit 2
+fi
 [ -e "$image" ] || { echo "push.sh: IMAGE: $image does not exist" >&2; exit 2; }
 [ -r "$hosts_file" ] || { echo "push.sh: HOSTS_FILE: cannot read $hosts_file" >&2; exit 2; }
 
+# a word for the remote shell, quoted for any POSIX sh
+quote() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
+
 hosts=() groups=()
-while read -r host group _; do
+while read -r host group _ || [ -n "${host:-}" ]; do
+  host=${host%$'\r'} group=${group%$'\r'}
   case $host in '' | '#'*) continue ;; esac
+  # a name ssh would take for an option, or a log file outside $logs
+  case $host in -* | */* | .*)
+    echo "push.sh: HOSTS_FILE: $host is not a host name" >&2
+    exit 2
+    ;;
+  esac
   hosts+=("$host") groups+=("${group:-default}")
 done <"$hosts_file"
 [ ${#hosts[@]} -gt 0 ] || { echo "push.sh: HOSTS_FILE: no hosts in $hosts_file" >&2; exit 2; }
@@ -52,13 +75,20 @@ done <"$hosts_file"
 # stops it). The ticket holds the swarm's secret: it goes to a 0600 file
 # here and to each host on ssh's stdin, never on a command line.
 ticket="$logs/ticket"
+rm -f "$ticket"
 # shellcheck disable=SC2086 # SWARM_SEED_ARGS is a list of arguments
 "$seed_bin" seed "$image" --listen "0.0.0.0:$port" --group "${SWARM_GROUP:-default}" \
   --ticket-file "$ticket" --until-done "${#hosts[@]}" --report "$logs/seed.json" \
   ${SWARM_SEED_ARGS:-} >/dev/null 2>"$logs/seed.log" &
 seed=$!
-trap 'kill "$seed" 2>/dev/null' EXIT
-until [ -s "$ticket" ]; do
+pids=()
+stop() {
+  kill "${pids[@]}" "$seed" 2>/dev/null
+  wait 2>/dev/null
+}
+trap stop EXIT
+trap 'echo "push.sh: interrupted; run it again to resume" >&2; exit 130' INT TERM
+until [ -s "$ticket" ] && kill -0 "$seed" 2>/dev/null; do
   if ! kill -0 "$seed" 2>/dev/null; then
     echo "push.sh: the seed did not start:" >&2
     tail -n 5 "$logs/seed.log" >&2
@@ -70,12 +100,11 @@ done
 # Every host at once. A join that finds its copy up to date exits 0 at
 # once; one that fails leaves its partial data to resume from.
 start=$(date +%s)
-pids=()
 for i in "${!hosts[@]}"; do
   h=${hosts[$i]}
   # shellcheck disable=SC2086 # SWARM_SSH is a command with arguments
-  $ssh_cmd "$h" "$bin join @- $(printf %q "$dest") --force --listen 0.0.0.0:$port \
-    --group $(printf %q "${groups[$i]}") ${SWARM_JOIN_ARGS:-}" \
+  timeout "$limit" $ssh_cmd "$h" "$bin join @- $(quote "$dest") --force --listen 0.0.0.0:$port \
+    --group $(quote "${groups[$i]}") ${SWARM_JOIN_ARGS:-}" \
     <"$ticket" >"$logs/$h.log" 2>&1 &
   pids+=($!)
 done
@@ -92,9 +121,9 @@ for i in "${!hosts[@]}"; do
   fi
 done
 # a seed still waiting for hosts that failed is stopped (SIGTERM: exit 0)
-kill "$seed" 2>/dev/null
-wait "$seed" 2>/dev/null
-trap - EXIT
+pids=()
+stop
+trap - EXIT INT TERM
 
 echo "$(( ${#hosts[@]} - ${#failed[@]} )) of ${#hosts[@]} hosts have $(basename "$image") in $(( $(date +%s) - start ))s; logs in $logs"
 if [ ${#failed[@]} -gt 0 ]; then

@@ -5,7 +5,7 @@ use std::io::{BufRead, Read};
 use std::net::SocketAddr;
 use std::path::Path;
 
-use super::args::{GroupArgs, JoinArgs, SeedArgs};
+use super::args::{GroupArgs, JoinArgs, ListenArgs, SeedArgs};
 use super::units;
 use crate::node::{GroupConfig, JoinConfig, MAX_BRIDGES, SeedConfig, Tuning};
 use crate::ticket::Ticket;
@@ -35,7 +35,7 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     Ok(SeedConfig {
         path: a.path.clone(),
         listen: units::addr("--listen", &a.listen.listen)?,
-        advertise: advertise(&a.listen.advertise)?,
+        advertise: advertise(&a.listen)?,
         piece_size,
         until_done: a.until_done,
         until_copies: a.until_copies,
@@ -114,26 +114,34 @@ pub fn ticket_file(arg: &str, file: &str) -> Result<String, String> {
     String::from_utf8(buf).map_err(|_| format!("{arg}: {name} is not text: not a ticket"))
 }
 
-/// `--advertise`: addresses others can dial, each with its port; at
-/// most as many as a ticket or a hello carries.
-fn advertise(a: &[String]) -> Result<Vec<SocketAddr>, String> {
+/// `--advertise`: addresses others can dial, each with its port, of a
+/// family the listen socket serves; at most as many as a ticket or a
+/// hello carries.
+fn advertise(a: &ListenArgs) -> Result<Vec<SocketAddr>, String> {
     let max = crate::ticket::MAX_ADDRS.min(crate::wire::MAX_ADDRS);
-    if a.len() > max {
+    if a.advertise.len() > max {
         return Err(format!(
             "--advertise: at most {max} addresses, got {}",
-            a.len()
+            a.advertise.len()
         ));
     }
+    let listen = units::addr("--listen", &a.listen)?;
     let mut out: Vec<SocketAddr> = Vec::new();
-    for s in a {
+    for s in &a.advertise {
         let addr: SocketAddr = s.trim().parse().map_err(|_| {
             format!(
                 "--advertise: {s:?} is not IP:PORT (examples: 10.1.2.3:7000, [2001:db8::7]:7000)"
             )
         })?;
-        if addr.ip().is_unspecified() || addr.ip().is_multicast() || addr.port() == 0 {
+        let broadcast = matches!(addr.ip(), std::net::IpAddr::V4(ip) if ip.is_broadcast());
+        if addr.ip().is_unspecified() || addr.ip().is_multicast() || broadcast || addr.port() == 0 {
             return Err(format!(
                 "--advertise: {s} is not an address others can dial (a unicast IP and a port other than 0)"
+            ));
+        }
+        if listen.is_ipv4() && addr.is_ipv6() {
+            return Err(format!(
+                "--advertise: {s} is IPv6 but --listen {listen} serves IPv4 only (listen on [::]:PORT for both)"
             ));
         }
         if !out.contains(&addr) {
@@ -170,7 +178,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         ticket,
         dest_dir: a.dest_dir.clone(),
         listen: units::addr("--listen", &a.listen.listen)?,
-        advertise: advertise(&a.listen.advertise)?,
+        advertise: advertise(&a.listen)?,
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,

@@ -2,6 +2,7 @@
 //! swarm (a ticket) or from a file (`swarm seed --manifest-out`), checked
 //! against a copy on disk or shown.
 
+use std::io::Read;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,12 +40,26 @@ fn image(arg: &str) -> Result<Image, String> {
     if arg.starts_with("swarm1:") {
         return ticket(arg);
     }
-    let bytes = std::fs::read(arg).map_err(|e| {
-        format!(
-            "IMAGE: {} is neither a ticket (swarm1:..., @FILE) nor a readable manifest file: {e}",
-            text::path(Path::new(arg))
-        )
-    })?;
+    // no more than a manifest can be: IMAGE=/dev/zero must not fill the memory
+    let mut bytes = Vec::new();
+    std::fs::File::open(arg)
+        .and_then(|f| {
+            f.take(crate::manifest::MAX_MANIFEST_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .map_err(|e| {
+            format!(
+                "IMAGE: {} is neither a ticket (swarm1:..., @FILE) nor a readable manifest file: {e}",
+                text::path(Path::new(arg))
+            )
+        })?;
+    if bytes.len() > crate::manifest::MAX_MANIFEST_BYTES {
+        return Err(format!(
+            "IMAGE: {} is larger than any manifest ({} MiB)",
+            text::path(Path::new(arg)),
+            crate::manifest::MAX_MANIFEST_BYTES >> 20
+        ));
+    }
     if bytes.starts_with(b"swarm1:") {
         return ticket(&String::from_utf8_lossy(&bytes));
     }

@@ -113,23 +113,28 @@ pub async fn seed(
                 .map_err(|e| output_error("--manifest-out", e))?;
         }
         let line = t.encode();
-        // The file first: a seed that cannot write it prints no ticket.
-        // The secret goes to stdout and the file only, never to stderr,
-        // where service managers keep logs.
-        let mut shown = String::new();
-        if let Some(f) = ticket_file {
-            shown = format!(" and in {}", text::path(f.path()));
-            f.commit(format!("{line}\n").as_bytes())
-                .map_err(|e| output_error("--ticket-file", e))?;
-        }
-        println!("{line}");
-        let _ = std::io::stdout().flush();
+        // The secret goes to the file if one is named, else to stdout;
+        // never to stderr, and not to stdout beside a file: under a
+        // service manager or in a pod, stdout is a log that others read.
+        let shown = match ticket_file {
+            Some(f) => {
+                let shown = format!("in {}", text::path(f.path()));
+                f.commit(format!("{line}\n").as_bytes())
+                    .map_err(|e| output_error("--ticket-file", e))?;
+                shown
+            }
+            None => {
+                println!("{line}");
+                let _ = std::io::stdout().flush();
+                "on stdout".to_string()
+            }
+        };
         if !quiet && kept {
             eprintln!("seed: unchanged since the last run (--state): not hashed again");
         }
         if !quiet {
             eprintln!(
-                "seeding {} ({} bytes, {} pieces of {}); the ticket is on stdout{shown}: \
+                "seeding {} ({} bytes, {} pieces of {}); the ticket is {shown}: \
                  run `swarm join TICKET DEST_DIR` on each target host",
                 Escaped(&m.name),
                 m.total_size(),

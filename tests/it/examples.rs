@@ -60,13 +60,15 @@ fn image(dir: &Path) -> PathBuf {
 /// The fake ssh: `ssh [OPTIONS] HOST COMMAND` (the last two arguments, as
 /// push.sh and Ansible's ssh connection call it) runs COMMAND with
 /// `/bin/sh -c` in HOST's network namespace, with ROOT/HOST mounted at
-/// DEST (its own disk).
+/// DEST (its own disk); a HOST that is no namespace is unreachable (exit
+/// 255, as ssh's).
 fn fake_ssh(dir: &Path, root: &Path, dest: &Path) -> PathBuf {
     let ssh = dir.join("ssh");
     fs::write(
         &ssh,
         format!(
             "#!/bin/sh\nfor a in \"$@\"; do h=$c; c=$a; done\n\
+             [ -e \"/run/netns/$h\" ] || {{ echo \"ssh: connect to host $h: No route to host\" >&2; exit 255; }}\n\
              exec ip netns exec \"$h\" unshare -m sh -c 'mount --bind \"$0\" \"$1\" && exec /bin/sh -c \"$2\"' \
              \"{}/$h\" \"{}\" \"$c\"\n",
             root.display(),
@@ -100,9 +102,11 @@ fn push(net: &Net, seed: &Host, args: &[&Path], env: &[(&str, &Path)]) -> Output
     for (k, v) in env {
         cmd.env(k, v);
     }
+    // each host's report on its own disk, DEST/join.json
+    let report = format!("--linger 1s --report {}/join.json", args[1].display());
     cmd.env("SWARM_BIN", env!("CARGO_BIN_EXE_swarm"))
         .env("SWARM_GROUP", "g0")
-        .env("SWARM_JOIN_ARGS", "--linger 1s");
+        .env("SWARM_JOIN_ARGS", report);
     run(cmd, Duration::from_secs(180))
 }
 
@@ -131,7 +135,9 @@ fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
         hosts += &format!("{} g{}\n", h.ns, h.group);
     }
     let hosts_file = dir.path().join("hosts.txt");
-    fs::write(&hosts_file, &hosts).unwrap();
+    // as an editor on another system may leave it: CRLF, no last newline
+    let crlf = hosts.trim_end().replace('\n', "\r\n");
+    fs::write(&hosts_file, crlf).unwrap();
 
     let logs = dir.path().join("logs1");
     let out = push(
@@ -146,6 +152,8 @@ fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
     for h in &targets {
         assert_same(&img, &root.join(&h.ns).join("db-2026-12-06"));
         assert!(t.contains(&format!("ok     {}", h.ns)), "{t}");
+        let r = report(&root.join(&h.ns).join("join.json"));
+        assert_eq!(r["group"], format!("g{}", h.group), "{r}");
     }
 
     // again: every host already has it
@@ -200,6 +208,36 @@ fn the_push_script_refuses_bad_arguments() {
     let out = bash(&[d, d, empty.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     assert!(text(&out).contains("no hosts"), "{}", text(&out));
+    // a host name that ssh would take for an option
+    let evil = dir.path().join("evil");
+    fs::write(&evil, "-oProxyCommand=touch%20/tmp/x g1\n").unwrap();
+    let out = bash(&[d, d, evil.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("not a host name"), "{}", text(&out));
+    // last run's ticket in SWARM_LOGS is not taken for this run's: a seed
+    // that fails is a seed that did not start
+    let hosts = dir.path().join("one");
+    fs::write(&hosts, "h1 g0\n").unwrap();
+    let logs = dir.path().join("logs");
+    fs::create_dir(&logs).unwrap();
+    fs::write(logs.join("ticket"), "swarm1:stale\n").unwrap();
+    let mut c = Command::new("bash");
+    c.arg(&script)
+        .args([d, d, hosts.to_str().unwrap()])
+        .env("SWARM_LOGS", &logs)
+        .env("SWARM_SEED_BIN", "false")
+        .env("SWARM_SSH", "false");
+    let out = run(c, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    // SWARM_LOGS that is a link is refused
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&logs, &link).unwrap();
+    let mut c = Command::new("bash");
+    c.arg(&script)
+        .args([d, d, hosts.to_str().unwrap()])
+        .env("SWARM_LOGS", &link);
+    let out = run(c, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 }
 
 /// docs/examples/ansible/push.yml, run by the real ansible-playbook with
@@ -232,7 +270,7 @@ fn the_ansible_play_pushes_to_every_host_and_is_idempotent() {
          ansible_pipelining=true\nansible_ssh_transfer_method=piped\n\
          ansible_python_interpreter=/usr/bin/python3\nswarm_bin={}\nswarm_image={}\n\
          swarm_dest={}\nswarm_run_dir={}\nswarm_report={}/{{{{ inventory_hostname }}}}.json\n\
-         swarm_join_args=[\"--linger\", \"1s\"]\nswarm_hash_timeout=60\n",
+         swarm_join_args=[\"--linger\", \"1s\"]\nswarm_hash_timeout=60\nswarm_poll=1\n",
         ssh.display(),
         env!("CARGO_BIN_EXE_swarm"),
         img.display(),
@@ -294,6 +332,32 @@ fn the_ansible_play_pushes_to_every_host_and_is_idempotent() {
             h.ns
         );
     }
+
+    // a host that cannot be reached: the others still have it, the play
+    // fails naming it, and the seed is not left running
+    let inv = fs::read_to_string(&inventory).unwrap().replace(
+        "\n[all:vars]",
+        "no-such-host ansible_host=no-such-host swarm_group=g1\n\n[all:vars]",
+    );
+    fs::write(&inventory, inv).unwrap();
+    let out = play();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{t}");
+    assert!(
+        t.lines()
+            .any(|l| l.starts_with("no-such-host") && l.contains("failed=1")),
+        "{t}"
+    );
+    for h in &targets {
+        assert!(
+            t.lines()
+                .any(|l| l.starts_with(&h.ns) && l.contains("failed=0")),
+            "{}: {t}",
+            h.ns
+        );
+    }
+    let seed = report(&run_dir.join("seed.json"));
+    assert_eq!(seed["ended"], "stopped", "{seed}");
 }
 
 /// The ExecStart of a unit in docs/examples/systemd, continuation lines
@@ -513,13 +577,10 @@ fn the_kubernetes_manifests_validate_and_their_args_push_an_image() {
         name: "seed".into(),
         log: root.join("seed.log"),
     };
-    // the ticket: the first line of the pod's log
+    // the ticket: in the node's file, not in the pod's log
+    let file = root.join("var/lib/swarm/db-2026-12-06.ticket");
     let t = std::time::Instant::now();
-    let ticket = loop {
-        let out = fs::read_to_string(&stdout).unwrap();
-        if let Some(l) = out.lines().find(|l| l.starts_with("swarm1:")) {
-            break l.to_string();
-        }
+    while !file.exists() {
         assert!(
             seed.child.try_wait().unwrap().is_none(),
             "{}",
@@ -527,7 +588,14 @@ fn the_kubernetes_manifests_validate_and_their_args_push_an_image() {
         );
         assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
         std::thread::sleep(Duration::from_millis(20));
-    };
+    }
+    let ticket = fs::read_to_string(&file).unwrap().trim().to_string();
+    let secret = &ticket["swarm1:".len()..][..20];
+    let log = fs::read_to_string(&stdout).unwrap() + &seed.log_text();
+    assert!(
+        !log.contains(secret),
+        "the ticket is in the pod's log: {log}"
+    );
     assert!(ticket.len() > 40);
     fs::write(root.join("etc/swarm/ticket"), format!("{ticket}\n")).unwrap();
     let mut join = localize(
