@@ -102,3 +102,51 @@ fn a_piece_changed_at_the_seed_comes_from_a_host_that_fetched_it_before() {
     s.proc.signal(libc::SIGINT);
     s.proc.wait(LIMIT);
 }
+
+/// A delta from the seed after its file changed: the seed knows the
+/// piece's outboard from an earlier request (so the outboard is answered
+/// without reading the disk) and reads only the blocks asked for; a block
+/// that no longer matches its CV is never sent, and the joiner ends with
+/// exit 4 naming the piece, not taking the seed for a liar.
+#[test]
+fn a_changed_block_is_not_sent_in_a_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("image.bin");
+    random_file(&src, 4 << 20, 23);
+    // last night's copy: block 3 of piece 5 differs (16 KiB blocks,
+    // 256 KiB pieces)
+    let at = 5 * (256 << 10) + 3 * (16 << 10);
+    let basis = dir.path().join("basis.bin");
+    fs::copy(&src, &basis).unwrap();
+    scribble(&basis, at, 16 << 10);
+    let basis_arg = basis.to_str().unwrap();
+    let mut s = seed(dir.path(), &src, &["--piece-size", "256KiB"]);
+    // a takes that block from the seed (the seed reads the piece and
+    // keeps its outboard)
+    let mut a = join(
+        dir.path(),
+        &s,
+        "a",
+        &["--basis", basis_arg, "--exit-on-complete"],
+    );
+    a.wait_ok(LIMIT);
+    assert_eq!(report(&dir.path().join("a.json"))["pieces_fetched"], 1);
+    // the block changes at the seed; b needs it too, from the seed only
+    scribble(&src, at + 100, 10);
+    let mut b = join(dir.path(), &s, "b", &["--basis", basis_arg]);
+    let st = b.wait(LIMIT);
+    let log = b.log_text();
+    assert_eq!(st.code(), Some(4), "join log:\n{log}");
+    assert!(
+        log.contains("piece 5") && log.contains("changed at its source"),
+        "{log}"
+    );
+    assert!(!log.contains("failed verification"), "{log}");
+    let slog = s.proc.log_text();
+    assert!(
+        slog.contains("changed after it was hashed"),
+        "seed log:\n{slog}"
+    );
+    s.proc.signal(libc::SIGINT);
+    s.proc.wait(LIMIT);
+}
