@@ -30,14 +30,7 @@ fn seed_at(dir: &Path, image: &Path, listen: &str, advertise: &str) -> (Proc, Ti
         .arg("--ticket-file")
         .arg(&ticket_file);
     let mut proc = Proc::spawn(cmd, &format!("seed-{advertise}"), dir);
-    let t = std::time::Instant::now();
-    while !ticket_file.exists() {
-        if let Some(st) = proc.child.try_wait().unwrap() {
-            panic!("seed exited with {st}: {}", proc.log_text());
-        }
-        assert!(t.elapsed() < Duration::from_secs(60), "no ticket after 60s");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&mut proc, &ticket_file);
     let text = fs::read_to_string(&ticket_file).unwrap();
     (proc, Ticket::parse(text.trim()).unwrap())
 }

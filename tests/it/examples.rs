@@ -139,15 +139,19 @@ fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
     let crlf = hosts.trim_end().replace('\n', "\r\n");
     fs::write(&hosts_file, crlf).unwrap();
 
-    let logs = dir.path().join("logs1");
-    let out = push(
-        &net,
-        &seed,
-        &[&img, &dest, &hosts_file],
-        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{t}");
+    // one push, its logs in dir/NAME: (exit code, output, logs)
+    let push_once = |name: &str| {
+        let logs = dir.path().join(name);
+        let out = push(
+            &net,
+            &seed,
+            &[&img, &dest, &hosts_file],
+            &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
+        );
+        (out.status.code(), text(&out), logs)
+    };
+    let (code, t, _) = push_once("logs1");
+    assert_eq!(code, Some(0), "{t}");
     assert!(t.contains("4 of 4 hosts have db-2026-12-06"), "{t}");
     for h in &targets {
         assert_same(&img, &root.join(&h.ns).join("db-2026-12-06"));
@@ -157,15 +161,8 @@ fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
     }
 
     // again: every host already has it
-    let logs = dir.path().join("logs2");
-    let out = push(
-        &net,
-        &seed,
-        &[&img, &dest, &hosts_file],
-        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(0), "{t}");
+    let (code, t, logs) = push_once("logs2");
+    assert_eq!(code, Some(0), "{t}");
     for h in &targets {
         let log = fs::read_to_string(logs.join(format!("{}.log", h.ns))).unwrap();
         assert!(log.contains("already up to date"), "{}: {log}", h.ns);
@@ -173,15 +170,8 @@ fn the_ssh_push_reaches_every_host_reruns_clean_and_names_a_failed_host() {
 
     // a host that cannot be reached is named, the others still get it
     fs::write(&hosts_file, format!("{hosts}no-such-host g1\n")).unwrap();
-    let logs = dir.path().join("logs3");
-    let out = push(
-        &net,
-        &seed,
-        &[&img, &dest, &hosts_file],
-        &[("SWARM_SSH", &ssh), ("SWARM_LOGS", &logs)],
-    );
-    let t = text(&out);
-    assert_eq!(out.status.code(), Some(1), "{t}");
+    let (code, t, _) = push_once("logs3");
+    assert_eq!(code, Some(1), "{t}");
     assert!(t.contains("FAILED no-such-host"), "{t}");
     assert!(t.contains("4 of 5 hosts"), "{t}");
     assert!(t.contains("not done: no-such-host"), "{t}");
@@ -458,16 +448,7 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
     };
     let mut seed = Proc::spawn(fill(exec_start("swarm-seed@.service"), None), "seed", root);
     let ticket = root.join("run/swarm/db-2026-12-06.ticket");
-    let t = std::time::Instant::now();
-    while !ticket.exists() {
-        assert!(
-            seed.child.try_wait().unwrap().is_none(),
-            "{}",
-            seed.log_text()
-        );
-        assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&mut seed, &ticket);
     fs::copy(&ticket, creds.join("ticket")).unwrap();
     let mut join = fill(exec_start("swarm-join@.service"), Some(&root.join("dest")));
     join.arg("--exit-on-complete");
@@ -579,16 +560,7 @@ fn the_kubernetes_manifests_validate_and_their_args_push_an_image() {
     };
     // the ticket: in the node's file, not in the pod's log
     let file = root.join("var/lib/swarm/db-2026-12-06.ticket");
-    let t = std::time::Instant::now();
-    while !file.exists() {
-        assert!(
-            seed.child.try_wait().unwrap().is_none(),
-            "{}",
-            seed.log_text()
-        );
-        assert!(t.elapsed() < Duration::from_secs(60), "no ticket");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_file(&mut seed, &file);
     let ticket = fs::read_to_string(&file).unwrap().trim().to_string();
     let secret = &ticket["swarm1:".len()..][..20];
     let log = fs::read_to_string(&stdout).unwrap() + &seed.log_text();

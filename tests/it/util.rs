@@ -129,6 +129,23 @@ pub fn seed(dir: &Path, path: &Path, extra: &[&str]) -> Seed {
     }
 }
 
+/// Waits until `path` exists while `p` runs (a seed's ticket file);
+/// panics if `p` exits first or after 60 s.
+pub fn wait_file(p: &mut Proc, path: &Path) {
+    let t = Instant::now();
+    while !path.exists() {
+        if let Some(st) = p.child.try_wait().unwrap() {
+            panic!("{} exited with {st}: {}", p.name, p.log_text());
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "no {} after 60s",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Starts `swarm join` into `dir/name/`, reporting to `dir/name.json`.
 pub fn join(dir: &Path, seed: &Seed, name: &str, extra: &[&str]) -> Proc {
     let dest = dir.join(name);
