@@ -350,6 +350,18 @@ fn the_ansible_play_pushes_to_every_host_and_is_idempotent() {
     assert_eq!(seed["ended"], "stopped", "{seed}");
 }
 
+/// Runs a join command made from an example (its report in
+/// ROOT/var/log/swarm) to the end: exit 0, `img` at ROOT/dest, the
+/// report's `"ended": "ok"`.
+fn join_completes(mut join: Command, root: &Path, img: &Path) {
+    join.arg("--exit-on-complete");
+    let out = run(join, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", text(&out));
+    assert_same(img, &root.join("dest/db-2026-12-06"));
+    let r = report(&root.join("var/log/swarm/join-db-2026-12-06.json"));
+    assert_eq!(r["ended"], "ok", "{r}");
+}
+
 /// The ExecStart of a unit in docs/examples/systemd, continuation lines
 /// joined, as words.
 fn exec_start(unit: &str) -> Vec<String> {
@@ -450,15 +462,8 @@ fn the_systemd_units_verify_and_their_commands_push_an_image() {
     let ticket = root.join("run/swarm/db-2026-12-06.ticket");
     wait_file(&mut seed, &ticket);
     fs::copy(&ticket, creds.join("ticket")).unwrap();
-    let mut join = fill(exec_start("swarm-join@.service"), Some(&root.join("dest")));
-    join.arg("--exit-on-complete");
-    let out = run(join, Duration::from_secs(120));
-    assert!(out.status.success(), "{}", text(&out));
-    assert_same(&img, &root.join("dest/db-2026-12-06"));
-    assert_eq!(
-        report(&root.join("var/log/swarm/join-db-2026-12-06.json"))["ended"],
-        "ok"
-    );
+    let join = fill(exec_start("swarm-join@.service"), Some(&root.join("dest")));
+    join_completes(join, root, &img);
     assert!(root.join("var/lib/swarm/db-2026-12-06.manifest").exists());
     seed.signal(libc::SIGTERM);
     seed.wait_ok(Duration::from_secs(30));
@@ -570,19 +575,12 @@ fn the_kubernetes_manifests_validate_and_their_args_push_an_image() {
     );
     assert!(ticket.len() > 40);
     fs::write(root.join("etc/swarm/ticket"), format!("{ticket}\n")).unwrap();
-    let mut join = localize(
+    let join = localize(
         &pod(container_args("join-job.yaml", "join")),
         root,
         Some(&root.join("dest")),
     );
-    join.arg("--exit-on-complete");
-    let out = run(join, Duration::from_secs(120));
-    assert!(out.status.success(), "{}", text(&out));
-    assert_same(&img, &root.join("dest/db-2026-12-06"));
-    assert_eq!(
-        report(&root.join("var/log/swarm/join-db-2026-12-06.json"))["ended"],
-        "ok"
-    );
+    join_completes(join, root, &img);
     seed.signal(libc::SIGTERM);
     seed.wait_ok(Duration::from_secs(30));
 }
