@@ -402,7 +402,7 @@ fn best_of_3(mut f: impl FnMut()) -> f64 {
 fn hashing_speeds(image: &Path, size: u64) -> (f64, f64, usize) {
     hash_file(image); // the image is in page cache for both
     let build = best_of_3(|| {
-        swarm::manifest::build(image, None).unwrap_or_else(|e| panic!("manifest build: {e}"));
+        swarm::storage::build(image, None).unwrap_or_else(|e| panic!("manifest build: {e}"));
     });
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let b3sum = best_of_3(|| {

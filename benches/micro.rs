@@ -1,6 +1,6 @@
 //! Micro-benchmarks (divan) of the hot paths that need no network:
 //!
-//! * manifest hashing: `manifest::build` of a file on disk (page cache)
+//! * manifest hashing: `storage::build` of a file on disk (page cache)
 //!   against blake3 of one buffer of the same size in memory, both with all
 //!   cores, in bytes per second;
 //! * codec: encode and decode of the biggest messages (a bitfield of
@@ -22,7 +22,7 @@ use divan::{Bencher, black_box};
 use rand::{Rng, RngExt, SeedableRng};
 
 use swarm::core::{Download, DownloadConfig};
-use swarm::manifest::{self, Manifest};
+use swarm::manifest::Manifest;
 use swarm::wire::{MAX_PEERS, Message, PeerInfo};
 
 fn main() {
@@ -66,7 +66,7 @@ mod hashing {
         std::fs::write(&path, random(hash_bytes())).expect("write");
         bencher
             .counter(BytesCount::new(hash_bytes()))
-            .bench(|| manifest::build(black_box(&path), None).expect("build"));
+            .bench(|| swarm::storage::build(black_box(&path), None).expect("build"));
     }
 }
 
@@ -102,7 +102,7 @@ mod codec {
         let path = dir.path().join("image.bin");
         // 10,000 pieces of 4 KiB: the encoding holds one hash per piece
         std::fs::write(&path, random(10_000 * 4096)).expect("write");
-        manifest::build(&path, Some(4096)).expect("build")
+        swarm::storage::build(&path, Some(4096)).expect("build")
     }
 
     #[divan::bench(args = ["bitfield 1Mi pieces", "peers 512"])]

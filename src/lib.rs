@@ -4,10 +4,9 @@
 //! Layers (dependencies point down only):
 //! * `cli`: arguments, human units, progress, exit codes.
 //! * `node`: quinn endpoint, connection tasks, the engine task; `storage`:
-//!   disk I/O.
+//!   disk I/O (also the walk and hashing that build a manifest).
 //! * pure, no I/O: `core` (scheduling state machines), `wire` (messages),
-//!   `manifest` (model and codec; `manifest::build` reads the disk),
-//!   `ticket`, `codec`.
+//!   `manifest` (model and codec), `ticket`, `codec`.
 
 pub mod cli;
 pub mod codec;

@@ -63,6 +63,11 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// Bytes as lower-case hex (peer ids, hashes).
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

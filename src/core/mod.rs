@@ -23,8 +23,10 @@
 //!   cross-group pieces; `Download` applies the group-rarest rule.
 
 pub mod credit;
+pub mod dial;
 mod download;
 pub mod group;
+pub mod host;
 mod late;
 mod limits;
 mod recent;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::handshake::Refused;
-use super::peer::{Handshaken, Identity};
+use super::identity::{Handshaken, Identity};
 use super::run::{endpoint, unix_ms};
 use super::{NodeError, connect, fetch};
 use crate::manifest::Manifest;
@@ -55,7 +55,7 @@ pub(super) async fn bootstrap(
                 Ok((m, bytes)) => (addr, Ok((h, m, bytes))),
                 Err(e) => {
                     h.conn
-                        .close(super::peer::close::PROTOCOL.into(), b"manifest");
+                        .close(crate::wire::close::PROTOCOL.into(), b"manifest");
                     (addr, Err(Failed::Manifest(e)))
                 }
             }
@@ -151,7 +151,7 @@ pub async fn fetch_manifest(
         r = bootstrap(&ep, &id, ticket, peers, connect_timeout) => r?,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
-    first.conn.close(super::peer::close::DONE.into(), b"done");
+    first.conn.close(crate::wire::close::DONE.into(), b"done");
     // the close reaches the host, or it times the connection out
     let _ = tokio::time::timeout(Duration::from_secs(1), ep.wait_idle()).await;
     Ok(m)

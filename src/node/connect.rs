@@ -12,12 +12,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::PREAUTH_TIMEOUT;
-use super::engine::Event;
+use super::event::Event;
 use super::gate::{Admit, Gate, Source};
 use super::handshake::{self, BUSY, Refused};
-use super::peer::{Handshaken, Identity, close};
+use super::identity::{Handshaken, Identity};
 use crate::text::Escaped;
 use crate::wire::PeerInfo;
+use crate::wire::close;
 
 /// How long a dial may take before the handshake starts.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);

@@ -21,9 +21,9 @@ use thiserror::Error;
 use tokio::time::timeout;
 
 use super::auth::{self, Role};
-use super::peer::{Handshaken, Identity, close, read_frame};
+use super::identity::{Handshaken, Identity, read_frame};
 use super::{HANDSHAKE_TIMEOUT, PREAUTH_TIMEOUT};
-use crate::wire::{self, Hello, Message, PROOF_FRAME_LEN, PROTOCOL_VERSION};
+use crate::wire::{self, Hello, Message, PROOF_FRAME_LEN, PROTOCOL_VERSION, close};
 
 /// Close reasons (with `close::AUTH`, `close::PROTOCOL`, `close::DUPLICATE`).
 pub const REJECTED_AUTH: &str = "auth failed";

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bootstrap::bootstrap;
 use super::engine::{Exit, Parts};
-use super::peer::{Handshaken, Identity};
+use super::identity::{Handshaken, Identity};
 use super::run::{advertised, ended_early, endpoint, run_engine, unix_ms};
 use super::{JoinConfig, NodeError, Report, Status, hex};
 use crate::manifest::Manifest;

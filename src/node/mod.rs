@@ -16,9 +16,11 @@ pub(crate) mod cc;
 mod connect;
 pub mod credit;
 mod engine;
+mod event;
 mod fetch;
 mod gate;
 mod handshake;
+mod identity;
 mod join;
 mod outboards;
 mod peer;
@@ -328,13 +330,11 @@ pub enum NodeError {
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
-    Build(#[from] crate::manifest::BuildError),
+    Build(#[from] crate::storage::BuildError),
     #[error("interrupted")]
     Interrupted,
     #[error(transparent)]
     Other(#[from] anyhow::Error),
 }
 
-pub fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
+pub use crate::text::hex;

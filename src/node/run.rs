@@ -12,10 +12,11 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::connect;
-use super::engine::{EVENT_QUEUE, Engine, Event, Exit, Parts};
-use super::peer::{Handshaken, Identity, WanPath};
+use super::engine::{EVENT_QUEUE, Engine, Exit, Parts};
+use super::event::Event;
+use super::identity::{Handshaken, Identity, WanPath};
 use super::{NodeError, Report, SeedConfig, Status, hex, socket, tls};
-use crate::manifest::{self, Manifest};
+use crate::manifest::Manifest;
 use crate::storage::Content;
 use crate::ticket::Ticket;
 
@@ -169,7 +170,7 @@ async fn hash_image(
 ) -> Result<Manifest, NodeError> {
     let path = cfg.path.clone();
     let piece_size = cfg.piece_size;
-    let hashing = Arc::new(manifest::Hashing::default());
+    let hashing = Arc::new(crate::storage::Hashing::default());
     let shown = {
         let (h, status) = (hashing.clone(), status.clone());
         tokio::spawn(async move {
@@ -183,7 +184,7 @@ async fn hash_image(
     // hashing a large image takes a while: Ctrl-C must not wait for it
     let h = hashing.clone();
     let m = tokio::select! {
-        m = tokio::task::spawn_blocking(move || manifest::build_counted(&path, piece_size, &h)) => {
+        m = tokio::task::spawn_blocking(move || crate::storage::build_counted(&path, piece_size, &h)) => {
             m.map_err(anyhow::Error::from)
         }
         _ = stop.cancelled() => Err(anyhow::anyhow!("interrupted")),

@@ -93,7 +93,7 @@ pub enum Root {
 
 impl Root {
     /// Opens `path` (errors do not name it), a root the operator named: the path as written, but
-    /// not a link at its end (`manifest::build` refuses those too). A
+    /// not a link at its end (`storage::build` refuses those too). A
     /// file is opened for writing too if `write`.
     pub fn open(path: &Path, write: bool) -> io::Result<Root> {
         let rw = if write { OFlags::RDWR } else { OFlags::RDONLY };

@@ -329,7 +329,7 @@ fn open_source(path: &Path, piece_size: u32) -> std::io::Result<Source> {
 }
 
 /// Regular files under `dir` (paths relative to the basis root) in the
-/// order `manifest::build` walks a tree (names sorted, depth first), a
+/// order `storage::build` walks a tree (names sorted, depth first), a
 /// file with several names once; links are not followed, and names that
 /// are not UTF-8 are skipped (no manifest has them). Reading goes through
 /// `Content`, relative to the root handle and never through a link,

@@ -12,8 +12,9 @@ use std::fmt;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 
+use super::BuildError;
 use super::meta::Keep;
-use crate::manifest::{self, BuildError, Entry, EntryKind, Manifest, Meta, Root};
+use crate::manifest::{Entry, EntryKind, Manifest, Meta, Root};
 use crate::text::Escaped;
 
 /// Whose the copy's entries must be.
@@ -66,11 +67,11 @@ pub fn compare(
     owners: Owners,
     hashed: &AtomicU64,
 ) -> Result<Option<Difference>, BuildError> {
-    let (_, found) = manifest::scan(path)?;
+    let (_, found) = super::scan(path)?;
     if let Some(d) = compare_tree(&m.root, &found, keep, owners) {
         return Ok(Some(d));
     }
-    let hashes = manifest::hash_pieces(path, m, hashed)?;
+    let hashes = super::hash_pieces(path, m, hashed)?;
     Ok(hashes
         .iter()
         .zip(&m.hashes)
@@ -227,7 +228,7 @@ fn compare_meta(want: &Meta, got: &Meta, keep: Keep, owners: Owners, dir: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::build;
+    use crate::storage::build;
     use std::os::unix::fs::PermissionsExt;
 
     fn keep() -> Keep {
@@ -291,10 +292,10 @@ mod tests {
             .unwrap()
             .modified()
             .unwrap();
-        let (_, want) = manifest::scan(&t).unwrap();
+        let (_, want) = crate::storage::scan(&t).unwrap();
         let check = |what: &str| {
             set_mtime(&t.join("sub"), sub);
-            let (_, got) = manifest::scan(&t).unwrap();
+            let (_, got) = crate::storage::scan(&t).unwrap();
             let d = compare_tree(&want, &got, keep(), Owners::Any).expect("a difference");
             assert!(d.to_string().starts_with(what), "{d} is not {what:?}");
         };
@@ -314,7 +315,7 @@ mod tests {
         std::os::unix::fs::symlink("../x", t.join("sub/l")).unwrap();
         std::fs::remove_file(t.join("sub/b")).unwrap();
         check("sub/b: missing");
-        let (_, got) = manifest::scan(&t).unwrap();
+        let (_, got) = crate::storage::scan(&t).unwrap();
         if let (Root::Dir { entries: w, .. }, Root::Dir { entries: g, .. }) = (&want, &got) {
             let (w, g) = (&w[3], &g[2]);
             assert_eq!((w.path.as_str(), g.path.as_str()), ("sub/l", "sub/l"));
@@ -327,13 +328,13 @@ mod tests {
     fn an_entry_not_in_the_image_and_owners_only_when_kept() {
         let dir = tempfile::tempdir().unwrap();
         let t = tree(dir.path());
-        let (_, want) = manifest::scan(&t).unwrap();
+        let (_, want) = crate::storage::scan(&t).unwrap();
         std::fs::write(t.join("sub/zz"), b"").unwrap();
         set_mtime(
             &t.join("sub"),
             std::time::UNIX_EPOCH + std::time::Duration::from_secs(1),
         );
-        let (_, mut got) = manifest::scan(&t).unwrap();
+        let (_, mut got) = crate::storage::scan(&t).unwrap();
         let d = compare_tree(&want, &got, keep(), Owners::Any).unwrap();
         // the directory's mtime changed with the new name: named first
         assert!(d.to_string().starts_with("sub: modified at 1.0"), "{d}");

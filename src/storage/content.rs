@@ -113,7 +113,7 @@ impl Content {
         })
     }
 
-    /// The one file of a single-file content, open (for `manifest::build`,
+    /// The one file of a single-file content, open (for `storage::build`,
     /// which maps it).
     pub fn single_file(&self) -> Option<&File> {
         self.single.as_ref().map(|o| &o.file)

@@ -10,12 +10,14 @@
 mod at;
 mod basis;
 mod buf;
+mod build;
 mod check;
 mod content;
 mod meta;
 mod partial;
 mod private;
 pub mod seed_state;
+mod sigbus;
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -27,6 +29,7 @@ use crate::text;
 pub use at::Root;
 pub use basis::Basis;
 pub use buf::PieceBuf;
+pub use build::{BuildError, Hashing, build, build_counted, hash as hash_pieces, scan};
 pub use check::{Difference, Owners, compare};
 pub use content::Content;
 pub use meta::Keep;

@@ -165,8 +165,7 @@ pub struct Before {
 /// Fingerprints `root` before its hashing starts.
 pub fn begin(root: &Path) -> Result<Before, StorageError> {
     let at = std::time::SystemTime::now();
-    let (_, tree) =
-        crate::manifest::scan(root).map_err(|e| io_at(root)(io::Error::other(e.to_string())))?;
+    let (_, tree) = super::scan(root).map_err(|e| io_at(root)(io::Error::other(e.to_string())))?;
     Ok(Before {
         entries: fingerprint(root, &tree).map_err(io_at(root))?,
         at,
@@ -237,13 +236,13 @@ mod tests {
         // entries changed within the last second are not trusted yet
         let settle = || std::thread::sleep(std::time::Duration::from_millis(2100));
         let before = begin(&root).unwrap();
-        let m = crate::manifest::build(&root, Some(4096)).unwrap();
+        let m = crate::storage::build(&root, Some(4096)).unwrap();
         save(&state, &root, &m, &[7; 32], before).unwrap();
         assert!(load(&state, &root, None).is_none(), "a racy path was kept");
         settle();
         let before = begin(&root).unwrap();
         // a change while hashing: not kept
-        let m = crate::manifest::build(&root, Some(4096)).unwrap();
+        let m = crate::storage::build(&root, Some(4096)).unwrap();
         fs::write(root.join("sub/b"), b"new").unwrap();
         save(&state, &root, &m, &[7; 32], before).unwrap();
         assert!(

@@ -391,6 +391,26 @@ pub enum Status {
     Changed = 3,
 }
 
+/// The start of the answer to a manifest request: `Status::Ok`, then the
+/// manifest's length (u32 LE); the manifest's bytes follow.
+pub fn manifest_answer_header(len: usize) -> [u8; 5] {
+    let mut h = [Status::Ok as u8, 0, 0, 0, 0];
+    h[1..].copy_from_slice(&(len as u32).to_le_bytes());
+    h
+}
+
+/// The manifest length of an answer (what follows its status byte), at
+/// most `MAX_MANIFEST_BYTES`.
+pub fn manifest_answer_len(b: [u8; 4]) -> Result<usize, DecodeError> {
+    let len = u32::from_le_bytes(b);
+    check_limit(
+        "manifest length",
+        len.into(),
+        crate::manifest::MAX_MANIFEST_BYTES as u64,
+    )?;
+    Ok(len as usize)
+}
+
 impl Status {
     pub fn decode(b: u8) -> Result<Status, DecodeError> {
         match b {
@@ -403,6 +423,7 @@ impl Status {
     }
 }
 
+pub mod close;
 pub mod piece;
 
 #[cfg(test)]

@@ -211,3 +211,17 @@ fn the_largest_valid_frames_fit_max_frame_for() {
     .encode_frame();
     assert!(frame.len() - 4 <= max_frame_for(0));
 }
+
+#[test]
+fn manifest_answer_header_round_trips_and_is_bounded() {
+    let h = manifest_answer_header(70_000);
+    assert_eq!(Status::decode(h[0]).unwrap(), Status::Ok);
+    assert_eq!(
+        manifest_answer_len(h[1..].try_into().unwrap()).unwrap(),
+        70_000
+    );
+    let max = crate::manifest::MAX_MANIFEST_BYTES;
+    assert!(manifest_answer_len((max as u32).to_le_bytes()).is_ok());
+    assert!(manifest_answer_len((max as u32 + 1).to_le_bytes()).is_err());
+    assert!(manifest_answer_len(u32::MAX.to_le_bytes()).is_err());
+}

@@ -1,17 +1,15 @@
-//! The engine: the one task that owns the swarm state. Connection tasks and
-//! fetch tasks send it `Event`s; it feeds them to the sans-IO core and acts
-//! on the decisions (start fetches, cancel duplicates, answer serve
-//! requests, dial peers, publish our bitfield, decide when to exit).
+//! The engine: the one task that owns a host's I/O handles and drives its
+//! sans-IO policy (`core::host::Host`). Connection, fetch and serve tasks
+//! send it `Event`s; it turns each into a call on the host, executes the
+//! actions the host then takes (start and cancel fetches, queue control
+//! messages, close connections, dial, finalize the copy), answers serve
+//! requests from the host's decision, and keeps the report and status.
+//! It reads the clock only to pass `now` in.
 //!
-//! This file holds the state, the event loop and the exit rules; the
-//! handlers are `impl Engine` blocks by concern: `peers` (the connection
-//! table), `pieces` (fetches, serves, finalizing), `bridge` (the bridge
-//! election), `report` (report and status). `dialer` is the one piece of
-//! state with its own type: known-but-unconnected peers and when to dial them.
+//! This file holds the state and the event loop; the handlers are `impl
+//! Engine` blocks by concern: `peers` (the connection handles), `pieces`
+//! (fetches, serves, finalizing), `report` (report and status).
 
-mod bridge;
-mod dial_limits;
-mod dialer;
 mod peers;
 mod pieces;
 mod report;
@@ -24,83 +22,23 @@ use std::time::{Duration, Instant};
 use bitvec::prelude::*;
 use bytes::Bytes;
 use quinn::Endpoint;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use self::dialer::Dialer;
 use self::peers::Peer;
-use super::connect;
-use super::peer::{self, Handshaken, Identity, close};
+use super::event::Event;
+use super::identity::Identity;
+use super::peer;
 use super::rate::RateLimit;
-use super::serve::{self, ServeAnswer};
-use super::{
-    ALONE_TIMEOUT, GroupConfig, NodeError, QUIET_TIMEOUT, Report, STALL_TIMEOUT, Status, hex,
-};
-use crate::core::group::group_tag;
-use crate::core::{Download, DownloadConfig, Failure, PeerKey, RecentPieces, Spreader};
+use super::serve;
+use super::{GroupConfig, NodeError, Report, Status, hex};
+use crate::core::host::{self, Action, Host, HostConfig, Stop};
+use crate::core::{PeerKey, RecentPieces};
 use crate::manifest::Manifest;
-use crate::storage::{Content, Partial, Root, StorageError};
-use crate::wire::{Message, PeerId, Request};
+use crate::storage::{Content, Partial};
+use crate::wire::{PeerId, close};
 
 pub const EVENT_QUEUE: usize = 1024;
-const TICK: Duration = Duration::from_millis(250);
-
-pub enum Event {
-    Connected(Box<Handshaken>),
-    DialFailed {
-        id: PeerId,
-        why: String,
-    },
-    PeerMsg {
-        key: PeerKey,
-        msg: Message,
-        /// The share of the control-frame budget a large message holds
-        /// until it is handled.
-        budget: Option<tokio::sync::OwnedSemaphorePermit>,
-    },
-    PeerDown {
-        key: PeerKey,
-        why: String,
-    },
-    /// A piece verified and written; `data` is its bytes, to serve from.
-    PieceDone {
-        key: PeerKey,
-        piece: u32,
-        data: Bytes,
-        /// Bytes that came from the peer (all of them, or a delta's
-        /// outboard and blocks) and from the basis.
-        received: u64,
-        from_basis: u64,
-        elapsed: Duration,
-    },
-    PieceFailed {
-        key: PeerKey,
-        piece: u32,
-        why: Failure,
-    },
-    WriteFailed {
-        piece: u32,
-        why: std::io::Error,
-    },
-    ServeAsk {
-        key: PeerKey,
-        req: Request,
-        reply: oneshot::Sender<ServeAnswer>,
-    },
-    ServeEnded {
-        key: PeerKey,
-        piece: u32,
-        bytes: u64,
-        completed: bool,
-        /// The piece read from disk no longer matched the manifest.
-        changed: bool,
-        /// A piece's bytes (whole, or blocks) that took a serve of the
-        /// engine's: false for an outboard, which only counts as bytes.
-        counted: bool,
-    },
-    /// The copy is in place: its path and the handle on it.
-    Finalized(Result<(PathBuf, Root), StorageError>),
-}
 
 /// How the engine's run ends when nothing goes wrong.
 pub struct Exit {
@@ -113,42 +51,24 @@ pub struct Exit {
     pub keep: crate::storage::Keep,
 }
 
-/// How long a joiner waits, with nothing in flight, for another holder of
-/// a piece whose only sources reported it changed, before it gives up.
-const CHANGED_GRACE: Duration = Duration::from_secs(10);
-
 /// Memory for pieces received lately, served without reading them back
 /// from disk (see `core::RecentPieces`).
 const RECENT_BYTES: usize = 16 << 20;
 
 pub struct Engine {
     pub id: Identity,
+    host: Host,
     manifest: Arc<Manifest>,
     manifest_bytes: Arc<Vec<u8>>,
     content: Arc<Content>,
     basis: Option<Arc<crate::storage::Basis>>,
-    /// Joiners: the download state; `None` on the seed.
-    download: Option<Download>,
-    /// Upload policy (`core::spread`): the seed's towards every peer; a
-    /// joiner's towards its own group, applied while it is a bridge. A
-    /// joiner feeds it only its group's peers.
-    spreader: Spreader,
     partial: Option<Partial>,
     /// Pieces received lately that a peer still lacks, served from memory
     /// (`RECENT_BYTES` at most).
     recent: RecentPieces<Bytes>,
-    finalizing: bool,
-    complete: bool,
     have: watch::Sender<Arc<BitVec>>,
     peers: HashMap<PeerKey, Peer>,
-    by_id: HashMap<PeerId, PeerKey>,
-    dialer: Dialer,
-    banned: peers::Bans,
     fetches: HashMap<(PeerKey, u32), CancellationToken>,
-    done_ids: HashSet<PeerId>,
-    /// Pieces whose copy on this host's disk no longer matches the
-    /// manifest (found while serving them): refused from then on.
-    changed: BitVec,
     /// Files (as `files_of_piece` names them) already reported changed.
     changed_files: HashSet<String>,
     /// Where this host's copy lives: the seeded path, or the partial copy.
@@ -160,21 +80,6 @@ pub struct Engine {
     pub report: Report,
     exit: Exit,
     started: Instant,
-    /// Members of this host's group whose connection closed lately, with
-    /// their start time and when: they still count in the bridge election
-    /// for `bridge::GONE_GRACE`.
-    recently_gone: HashMap<PeerId, (u64, Instant)>,
-    /// Whether a peer has told this host who is in the swarm (a Peers
-    /// message, sent by every host right after its bitfield).
-    heard_peers: bool,
-    /// The manifest id, which salts the bridge ranking (`core::group`).
-    bridge_salt: [u8; 32],
-    /// When the bridge election last ran.
-    elected_at: Option<Instant>,
-    alone_since: Option<Instant>,
-    /// When the last piece arrived (or the run started).
-    last_progress: Instant,
-    all_done_since: Option<Instant>,
     seed_id: Option<PeerId>,
     upload_limit: Option<Arc<RateLimit>>,
     group: GroupConfig,
@@ -210,42 +115,38 @@ pub struct Parts {
 
 impl Engine {
     pub fn new(p: Parts, events_tx: mpsc::Sender<Event>, events: mpsc::Receiver<Event>) -> Engine {
-        let n = p.manifest.piece_count();
-        let is_seed = !p.is_join;
-        // complete from the start: a seed, or a join already up to date
-        let complete = p.have.all() && p.partial.is_none();
-        let download = (!is_seed).then(|| {
-            let mut d = Download::new(
-                p.have.clone(),
-                DownloadConfig::for_piece_size(p.manifest.piece_size),
-                rand::random(),
-            );
-            d.set_group(group_tag(&p.group.name));
-            d
-        });
+        let cfg = HostConfig {
+            me: p.id.peer_id,
+            since: p.id.since,
+            group: p.group.name.clone(),
+            bridges: p.group.bridges,
+            is_join: p.is_join,
+            linger: p.exit.linger,
+            exit_on_complete: p.exit.exit_on_complete,
+            until_done: p.exit.until_done,
+            until_copies: p.exit.until_copies,
+            rng_seed: rand::random(),
+        };
+        let host = Host::new(
+            cfg,
+            p.manifest.clone(),
+            p.have.clone(),
+            p.partial.is_some(),
+            p.started,
+        );
         let (have, _) = watch::channel(Arc::new(p.have));
-        let bridge_salt = p.manifest.id().0;
         Engine {
             id: p.id,
+            host,
             content: Arc::new(p.content),
             basis: p.basis,
-            download,
-            spreader: Spreader::new(n, Instant::now())
-                .with_copies_goal(p.exit.until_copies.unwrap_or(0)),
             partial: p.partial,
             recent: RecentPieces::new(RECENT_BYTES),
             manifest: p.manifest,
             manifest_bytes: p.manifest_bytes,
-            finalizing: false,
-            complete,
             have,
             peers: HashMap::new(),
-            by_id: HashMap::new(),
-            dialer: Dialer::default(),
-            banned: peers::Bans::default(),
             fetches: HashMap::new(),
-            done_ids: HashSet::new(),
-            changed: BitVec::repeat(false, n),
             changed_files: HashSet::new(),
             content_root: p.content_root,
             endpoint: p.endpoint,
@@ -255,13 +156,6 @@ impl Engine {
             report: p.report,
             exit: p.exit,
             started: p.started,
-            recently_gone: HashMap::new(),
-            heard_peers: false,
-            bridge_salt,
-            elected_at: None,
-            alone_since: None,
-            last_progress: p.started,
-            all_done_since: None,
             seed_id: p.seed_id,
             upload_limit: p.upload_limit.map(|r| Arc::new(RateLimit::new(r))),
             wan_limit: p.group.wan_limit.map(|r| Arc::new(RateLimit::new(r))),
@@ -279,16 +173,10 @@ impl Engine {
     pub async fn run(mut self, stop: CancellationToken) -> (Report, Result<(), NodeError>) {
         // the image is known: displays and metrics show it from the start
         self.publish_status();
-        // A joiner that resumed a complete copy only needs to finalize.
-        if !self.complete && self.download.as_ref().is_some_and(|d| d.is_complete()) {
-            self.start_finalize();
-        }
+        // a joiner that resumed a complete copy only needs to finalize
+        self.act();
         let result = loop {
-            let wake = self
-                .download
-                .as_ref()
-                .and_then(|d| d.poll_timeout(Instant::now()))
-                .map_or(Instant::now() + TICK, |t| t.min(Instant::now() + TICK));
+            let wake = self.host.poll_timeout(Instant::now());
             tokio::select! {
                 ev = self.events.recv() => {
                     let Some(ev) = ev else { break Err(NodeError::Network("event channel closed".into())) };
@@ -299,13 +187,18 @@ impl Engine {
                 _ = tokio::time::sleep_until(wake.into()) => {}
                 _ = stop.cancelled() => break Err(NodeError::Interrupted),
             }
-            if let Err(e) = self.tick() {
-                break Err(e);
+            let now = Instant::now();
+            let ticked = self.host.tick(now);
+            self.act();
+            if let Err(stop) = ticked {
+                break Err(self.stop_error(stop));
             }
-            if self.should_exit() {
+            self.publish_status();
+            if self.host.should_exit(now) {
                 break Ok(());
             }
-            self.schedule();
+            self.host.schedule(now);
+            self.act();
         };
         for t in self.fetches.values() {
             t.cancel();
@@ -328,12 +221,14 @@ impl Engine {
         for (remote, conn) in &conns {
             self.count_quic(*remote, conn);
         }
+        self.take_stats();
         self.report.elapsed_secs = self.started.elapsed().as_secs_f64();
         self.report.peak_rss_bytes = super::peak_rss_bytes();
         (self.report, result)
     }
 
     fn handle(&mut self, ev: Event) -> Result<(), NodeError> {
+        let now = Instant::now();
         match ev {
             Event::Connected(h) => self.on_connected(*h),
             Event::DialFailed { id, why } => {
@@ -342,13 +237,13 @@ impl Engine {
                     "dial failed: {}",
                     crate::text::Escaped(&why)
                 );
-                self.dialer.failed(&id, Instant::now());
+                self.host.dial_failed(now, &id);
             }
             Event::PeerMsg { key, msg, budget } => {
-                self.on_message(key, msg);
+                self.host.message(now, key, msg);
                 drop(budget); // handled: its memory is free
             }
-            Event::PeerDown { key, why } => self.drop_peer(key, &why),
+            Event::PeerDown { key, why } => self.on_peer_down(key, &why),
             Event::PieceDone {
                 key,
                 piece,
@@ -357,7 +252,12 @@ impl Engine {
                 from_basis,
                 elapsed,
             } => self.on_piece(key, piece, data, (received, from_basis), elapsed),
-            Event::PieceFailed { key, piece, why } => self.on_piece_failed(key, piece, why),
+            Event::PieceFailed { key, piece, why } => {
+                tracing::trace!(peer = key, piece, ?why, "request failed");
+                self.fetches.remove(&(key, piece));
+                let addr = self.peers.get(&key).map(|p| p.handle.conn.remote_address());
+                self.host.piece_failed(now, key, piece, why, addr);
+            }
             Event::WriteFailed { piece, why } => self.on_write_failed(piece, why)?,
             Event::ServeAsk { key, req, reply } => {
                 let answer = self.serve_answer(key, req);
@@ -378,111 +278,86 @@ impl Engine {
             }
             Event::Finalized(r) => self.on_finalized(r)?,
         }
+        self.act();
         Ok(())
     }
 
-    fn tick(&mut self) -> Result<(), NodeError> {
-        let now = Instant::now();
-        // dial peers we learned about, up to the dial target
-        let due = self.dialer.take_due(
-            now,
-            self.peers.len(),
-            &self.group.name,
-            self.fetches_across(),
-        );
-        for info in due {
-            tokio::spawn(connect::dial(
-                self.endpoint.clone(),
-                self.id.clone(),
-                info,
-                self.events_tx.clone(),
-            ));
-        }
-        // a joiner left with nobody to talk to gives up after a while
-        let dialing = self.dialer.is_dialing();
-        if !self.complete && self.download.is_some() && self.peers.is_empty() && !dialing {
-            let since = *self.alone_since.get_or_insert(now);
-            if now - since > ALONE_TIMEOUT {
-                return Err(NodeError::Network(format!(
-                    "no peer reachable for {}s with {} of {} pieces",
-                    ALONE_TIMEOUT.as_secs(),
-                    self.download.as_ref().map_or(0, |d| d.have_count()),
-                    self.manifest.piece_count()
-                )));
-            }
-        } else {
-            self.alone_since = None;
-        }
-        self.elect_if_due(now);
-        self.sync_want_haves();
-        // connected, but nobody has what we miss (e.g. the seed died before
-        // every piece left it): give up rather than wait forever
-        if !self.complete
-            && !self.finalizing
-            && self.download.is_some()
-            && self.fetches.is_empty()
-            && now - self.last_progress > STALL_TIMEOUT
-        {
-            return Err(NodeError::Network(format!(
-                "no piece arrived for {}s and no connected peer offers a missing one ({} of {} pieces)",
-                STALL_TIMEOUT.as_secs(),
-                self.download.as_ref().map_or(0, |d| d.have_count()),
-                self.manifest.piece_count()
-            )));
-        }
-        // the only copies of a piece we miss changed after the manifest was
-        // made: say so instead of waiting for the stall timeout
-        if !self.complete && !self.finalizing && self.fetches.is_empty() {
-            let lost = self.download.as_ref().and_then(|d| d.lost_to_change());
-            if let Some(i) = lost.filter(|_| now - self.last_progress > CHANGED_GRACE) {
-                return Err(NodeError::Verification(format!(
-                    "piece {i} ({}) changed at its source after the manifest was made, \
-                     and no other host holds it: the seeded files were modified while \
-                     seeded; seed them again for a new ticket ({} of {} pieces here)",
-                    self.files_of_piece(i as usize),
-                    self.download.as_ref().map_or(0, |d| d.have_count()),
-                    self.manifest.piece_count()
-                )));
+    /// Executes what the host decided.
+    fn act(&mut self) {
+        while let Some(a) = self.host.poll_action() {
+            match a {
+                Action::Fetch { key, piece } => self.start_fetch(key, piece),
+                Action::Cancel { key, piece } => {
+                    if let Some(t) = self.fetches.remove(&(key, piece)) {
+                        tracing::trace!(peer = key, piece, "cancel");
+                        t.cancel();
+                    }
+                }
+                Action::Send { key, msg } => {
+                    let sent = self
+                        .peers
+                        .get(&key)
+                        .is_some_and(|p| p.handle.control.try_send(msg.clone()).is_ok());
+                    if !sent {
+                        self.host.unsent(key, &msg);
+                    }
+                }
+                Action::PeerWantsHaves { key, on } => {
+                    if let Some(p) = self.peers.get(&key) {
+                        p.handle.wants_haves.send_replace(on);
+                    }
+                }
+                Action::Close {
+                    key,
+                    code,
+                    reason,
+                    dropped,
+                } => {
+                    let p = if dropped {
+                        self.remove_handle(key)
+                    } else {
+                        self.peers.get(&key).map(|p| p.handle.conn.clone())
+                    };
+                    if let Some(conn) = p {
+                        conn.close(code.into(), reason.as_bytes());
+                    }
+                }
+                Action::Dial(info) => {
+                    tokio::spawn(super::connect::dial(
+                        self.endpoint.clone(),
+                        self.id.clone(),
+                        info,
+                        self.events_tx.clone(),
+                    ));
+                }
+                Action::OtherGroup(addrs) => self.id.wan.learn(&addrs),
+                Action::HaveChanged => {
+                    self.have
+                        .send_replace(Arc::new(self.host.have().to_bitvec()));
+                }
+                Action::Finalize => self.start_finalize(),
             }
         }
-        // Peers that went away without finishing (crashed, cut off) do not
-        // hold a finished host: they are redialed, but not waited for. Nor
-        // do connected peers that claim every piece without saying Done, or
-        // that have gone quiet.
-        let waits_for = |(key, p): (&PeerKey, &Peer)| {
-            !p.done
-                && !self
-                    .download
-                    .as_ref()
-                    .is_some_and(|d| d.peer_is_complete(*key))
-                && (p.serving > 0 || now.saturating_duration_since(p.heard) < QUIET_TIMEOUT)
-        };
-        let all_done =
-            self.complete && !self.dialer.is_dialing_new() && !self.peers.iter().any(waits_for);
-        self.all_done_since = if all_done {
-            Some(self.all_done_since.unwrap_or(now))
-        } else {
-            None
-        };
-        self.publish_status();
-        Ok(())
     }
 
-    fn should_exit(&self) -> bool {
-        if self.spreader.copies_reached() {
-            tracing::info!("every piece has the copies asked for on other hosts");
-            return true;
+    /// The message a run that gave up ends with.
+    fn stop_error(&self, stop: Stop) -> NodeError {
+        match stop {
+            Stop::Alone { have, total } => NodeError::Network(format!(
+                "no peer reachable for {}s with {have} of {total} pieces",
+                host::ALONE_TIMEOUT.as_secs(),
+            )),
+            Stop::Stalled { have, total } => NodeError::Network(format!(
+                "no piece arrived for {}s and no connected peer offers a missing one ({have} of {total} pieces)",
+                host::STALL_TIMEOUT.as_secs(),
+            )),
+            Stop::Changed { piece, have, total } => NodeError::Verification(format!(
+                "piece {piece} ({}) changed at its source after the manifest was made, \
+                 and no other host holds it: the seeded files were modified while \
+                 seeded; seed them again for a new ticket ({have} of {total} pieces here)",
+                self.files_of_piece(piece as usize),
+            )),
         }
-        if let Some(n) = self.exit.until_done {
-            return self.done_ids.len() >= n;
-        }
-        if self.download.is_none() || !self.complete {
-            return false;
-        }
-        self.exit.exit_on_complete
-            || self
-                .all_done_since
-                .is_some_and(|t| t.elapsed() >= self.exit.linger)
     }
 }
 

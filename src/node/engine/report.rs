@@ -48,8 +48,8 @@ impl Engine {
         self.report.pieces_fetched += 1;
         self.report.bytes_received += bytes;
         if let Some(p) = self.peers.get(&key) {
-            *by_peer(&mut self.report.received_from, &p.info.id) += bytes;
-            if Some(p.info.id) == self.seed_id {
+            *by_peer(&mut self.report.received_from, &p.id) += bytes;
+            if Some(p.id) == self.seed_id {
                 self.report.received_from_seed += bytes;
             }
             if p.remote {
@@ -64,7 +64,7 @@ impl Engine {
     pub(super) fn count_served(&mut self, key: PeerKey, bytes: u64) {
         self.report.bytes_served += bytes;
         if let Some(p) = self.peers.get(&key) {
-            *by_peer(&mut self.report.served_to, &p.info.id) += bytes;
+            *by_peer(&mut self.report.served_to, &p.id) += bytes;
             if p.remote {
                 self.report.served_cross_group += bytes;
             } else {
@@ -89,12 +89,9 @@ impl Engine {
         if self.status.is_closed() {
             return; // nobody watches (--quiet)
         }
-        let have_count = self
-            .download
-            .as_ref()
-            .map_or(self.manifest.piece_count(), |d| d.have_count());
+        let stats = self.host.stats();
         self.status.send_replace(Status {
-            pieces_have: have_count,
+            pieces_have: self.host.have_count(),
             pieces_total: self.manifest.piece_count(),
             bytes_total: self.manifest.total_size(),
             bytes_received: self.report.bytes_received,
@@ -103,18 +100,23 @@ impl Engine {
             bytes_served: self.report.bytes_served,
             served_cross_group: self.report.served_cross_group,
             peers: self.peers.len(),
-            peers_done: self.done_ids.len(),
-            complete: self.complete,
+            peers_done: self.host.peers_done(),
+            complete: self.host.is_complete(),
             group: self.group.name.clone(),
-            bridge: self
-                .download
-                .as_ref()
-                .and_then(|d| d.bridge())
-                .map(|s| (s.rank, s.of)),
+            bridge: self.host.bridge(),
             hashing: None,
-            pieces_corrupt: self.report.pieces_corrupt as u64,
-            peers_banned: self.report.peers_banned,
+            pieces_corrupt: stats.pieces_corrupt as u64,
+            peers_banned: stats.peers_banned,
             complete_secs: self.report.complete_secs,
         });
+    }
+
+    /// Copies what the host counted into the report, at the end of a run.
+    pub(super) fn take_stats(&mut self) {
+        let stats = self.host.stats();
+        self.report.pieces_corrupt = stats.pieces_corrupt;
+        self.report.peers_banned = stats.peers_banned;
+        self.report.pieces_changed = stats.pieces_changed;
+        self.report.was_bridge = stats.was_bridge;
     }
 }

@@ -12,9 +12,9 @@ use super::Outcome;
 use crate::manifest::Hash;
 use crate::manifest::blocks::{self, Cv};
 use crate::node::credit::Grant;
-use crate::node::peer::close;
 use crate::node::rate::RateLimit;
 use crate::storage::{Basis, PieceBuf};
+use crate::wire::close;
 use crate::wire::{Request, Status};
 use std::sync::Arc;
 

@@ -11,15 +11,14 @@ use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 
 use super::credit::Grant;
-use super::engine::Event;
-use super::peer::close;
+use super::event::Event;
 use super::rate::RateLimit;
 use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
 use crate::core::{Failure, PeerKey};
-use crate::manifest::{MAX_MANIFEST_BYTES, Manifest, blocks};
+use crate::manifest::{Manifest, blocks};
 use crate::storage::{Basis, Content, PieceBuf};
 use crate::text::Escaped;
-use crate::wire::{self, Request, Status};
+use crate::wire::{self, Request, Status, close};
 
 mod delta;
 
@@ -288,8 +287,7 @@ pub async fn manifest(
         }
         let mut len = [0u8; 4];
         recv.read_exact(&mut len).await?;
-        let len = u32::from_le_bytes(len) as usize;
-        crate::codec::check_limit("manifest length", len as u64, MAX_MANIFEST_BYTES as u64)?;
+        let len = wire::manifest_answer_len(len)?;
         // credit for the manifest as it is read, a few MiB at a time; the
         // buffer grows with what arrives, not with what the length claims
         let mut credit = Grant::new(conn, len as u64, MANIFEST_CREDIT);

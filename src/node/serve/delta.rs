@@ -12,8 +12,9 @@ use bitvec::prelude::*;
 use bytes::Bytes;
 use quinn::SendStream;
 
-use super::{Changed, Chunk, PieceSource, SERVE_CHUNK, stall_timeout, write_limited};
+use super::{Changed, Chunk, SERVE_CHUNK, stall_timeout, write_limited};
 use crate::manifest::blocks::{self, BLOCK, Cv};
+use crate::node::event::PieceSource;
 use crate::node::outboards;
 use crate::node::rate::RateLimit;
 use crate::wire::Status;

@@ -23,15 +23,13 @@ use quinn::{Connection, RecvStream, SendStream};
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 use tokio::time::timeout;
 
-use super::engine::Event;
-use super::peer::close;
+use super::event::{Event, PieceSource, ServeAnswer};
 use super::rate::RateLimit;
 use crate::core::PeerKey;
 use crate::core::serve::{ServeWindow, Served};
 use crate::manifest::blocks::BLOCK;
-use crate::storage::Content;
 use crate::text::Escaped;
-use crate::wire::{REQUEST_LEN, Request, Status, piece};
+use crate::wire::{self, REQUEST_LEN, Request, Status, close, piece};
 
 mod delta;
 
@@ -59,31 +57,6 @@ const STALL_PER_MIB: Duration = Duration::from_secs(1);
 
 fn stall_timeout(len: u64) -> Duration {
     STALL_BASE + STALL_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
-}
-
-/// Why the engine allowed or refused a request, with what to read from.
-pub enum ServeAnswer {
-    Piece {
-        from: PieceSource,
-        len: u64,
-        /// Token buckets every byte of the piece passes (upload, WAN).
-        limits: Vec<Arc<RateLimit>>,
-    },
-    Manifest(Arc<Vec<u8>>),
-    Refuse(Status),
-}
-
-/// Where a served piece's bytes come from.
-pub enum PieceSource {
-    /// Hashed as it is read: the last chunk leaves only if the piece
-    /// matches `hash`, the manifest's (see `Changed`).
-    Disk {
-        content: Arc<Content>,
-        offset: u64,
-        hash: [u8; 32],
-    },
-    /// A piece received lately (`core::RecentPieces`).
-    Memory(Bytes),
 }
 
 /// The piece read from disk does not hash to the manifest's: its file
@@ -241,8 +214,8 @@ async fn serve_one(
             Ok(Served::Other)
         }
         ServeAnswer::Manifest(bytes) => {
-            send.write_all(&[Status::Ok as u8]).await?;
-            send.write_all(&(bytes.len() as u32).to_le_bytes()).await?;
+            send.write_all(&wire::manifest_answer_header(bytes.len()))
+                .await?;
             send.write_all(&bytes).await?;
             send.finish()?;
             Ok(Served::Other)

@@ -1,9 +1,12 @@
-//! The engine's side of the bridge election: when to run it, and acting on
-//! its outcome (the election itself is `core::group`).
+//! The bridge election's timing: when to run it, settling before a first
+//! bridge role, members that went away a moment ago; and what a bridge
+//! tells other groups (whether it wants their Haves). The election itself
+//! is `core::group`.
 
 use std::time::{Duration, Instant};
 
-use super::Engine;
+use super::{Action, Host};
+use crate::core::PeerKey;
 use crate::core::group::{self, Member};
 use crate::wire::Message;
 
@@ -30,7 +33,7 @@ const BRIDGE_SETTLE_MAX: Duration = Duration::from_secs(10);
 /// bridge in between and asked for pieces across groups (measured, 3
 /// groups test under load: a piece crossed twice). A bridge that died is
 /// replaced this much later, after its idle timeout.
-pub(super) const GONE_GRACE: Duration = Duration::from_secs(2);
+const GONE_GRACE: Duration = Duration::from_secs(2);
 
 /// The most often `tick` (after events, and at least every 250 ms) re-runs
 /// the election when no member came or went (a connect or a drop re-runs
@@ -41,24 +44,24 @@ pub(super) const GONE_GRACE: Duration = Duration::from_secs(2);
 /// image (a 64 GiB manifest is 2 MiB).
 const ELECT_EVERY: Duration = Duration::from_millis(100);
 
-impl Engine {
+impl Host {
     /// `elect`, unless it ran less than `ELECT_EVERY` ago.
     pub(super) fn elect_if_due(&mut self, now: Instant) {
         if self
             .elected_at
-            .is_none_or(|at| now.duration_since(at) >= ELECT_EVERY)
+            .is_none_or(|at| now.saturating_duration_since(at) >= ELECT_EVERY)
         {
-            self.elect();
+            self.elect(now);
         }
     }
 
     /// Re-runs the bridge election over the live members of this host's
     /// group that it knows (see `core::group`).
-    pub(super) fn elect(&mut self) {
+    pub(super) fn elect(&mut self, now: Instant) {
         let Some(d) = &mut self.download else { return };
-        self.elected_at = Some(Instant::now());
+        self.elected_at = Some(now);
         self.recently_gone
-            .retain(|_, (_, at)| at.elapsed() < GONE_GRACE);
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < GONE_GRACE);
         let others: Vec<Member> = self
             .peers
             .values()
@@ -73,8 +76,8 @@ impl Engine {
                     .map(|(&id, &(since, _))| Member { id, since }),
             )
             .collect();
-        let age = self.started.elapsed();
-        let meeting = self.dialer.meeting(&self.group.name);
+        let age = now.saturating_duration_since(self.started);
+        let meeting = self.dialer.meeting(&self.cfg.group);
         let settling = d.bridge().is_none()
             && (age < BRIDGE_SETTLE || ((meeting || !self.heard_peers) && age < BRIDGE_SETTLE_MAX));
         let share = if settling || d.is_complete() {
@@ -83,26 +86,26 @@ impl Engine {
             group::bridge_share(
                 &self.bridge_salt,
                 Member {
-                    id: self.id.peer_id,
-                    since: self.id.since,
+                    id: self.cfg.me,
+                    since: self.cfg.since,
                 },
                 &others,
-                self.group.bridges,
+                self.cfg.bridges,
             )
         };
         if share != d.bridge() {
             match share {
                 Some(s) => tracing::info!(
-                    group = self.group.name,
+                    group = self.cfg.group,
                     "this host is now bridge {} of {}",
                     s.rank + 1,
                     s.of
                 ),
-                None => tracing::info!(group = self.group.name, "this host is no longer a bridge"),
+                None => tracing::info!(group = self.cfg.group, "this host is no longer a bridge"),
             }
             d.set_bridge(share);
             if share.is_some() {
-                self.report.was_bridge = true;
+                self.stats.was_bridge = true;
             }
         }
     }
@@ -111,7 +114,7 @@ impl Engine {
     /// a group without a full copy. Only such a host dials peers of other
     /// groups (they dial it when they fetch from its group) and wants their
     /// Haves.
-    pub(super) fn fetches_across(&self) -> bool {
+    pub fn fetches_across(&self) -> bool {
         !self.group_holds_all()
             && self
                 .download
@@ -125,16 +128,27 @@ impl Engine {
     /// over the WAN and acknowledged each: at 2 groups of 8 (512 MiB),
     /// 6,450 small packets into each non-bridge, 11% of the packets into
     /// the group. A peer that wants Haves again is sent its holder's whole
-    /// bitfield first. Retried next tick if a queue is full.
+    /// bitfield first. A message the driver could not queue is retried next
+    /// tick (`unsent`).
     pub(super) fn sync_want_haves(&mut self) {
         let want = self.fetches_across();
-        for p in self.peers.values_mut() {
-            if p.remote
-                && p.told_want_haves != want
-                && p.handle.control.try_send(Message::WantHaves(want)).is_ok()
-            {
+        for (&key, p) in self.peers.iter_mut() {
+            if p.remote && p.told_want_haves != want {
                 p.told_want_haves = want;
+                self.actions.push_back(Action::Send {
+                    key,
+                    msg: Message::WantHaves(want),
+                });
             }
+        }
+    }
+
+    /// A `Send` the driver could not queue (the peer's queue is full).
+    pub fn unsent(&mut self, key: PeerKey, msg: &Message) {
+        if let (Message::WantHaves(on), Some(p)) = (msg, self.peers.get_mut(&key))
+            && p.told_want_haves == *on
+        {
+            p.told_want_haves = !on;
         }
     }
 }

@@ -9,7 +9,7 @@
 //! entry of the source with the most, if that is another. Peers this host
 //! was connected to (first-hand) come before those only heard of
 //! (hearsay), and those heard of from several peers before the rest; and
-//! hearsay dials pass `dial_limits` (a rate, per-address backoff, per-IP
+//! hearsay dials pass `limits` (a rate, per-address backoff, per-IP
 //! throttling), so that peer lists cannot make honest hosts send
 //! handshakes to third parties.
 
@@ -17,7 +17,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use super::dial_limits::DialLimits;
+mod limits;
+
+use self::limits::DialLimits;
 use crate::wire::{PeerId, PeerInfo};
 
 /// This host dials known peers only while it has fewer connections than
@@ -83,7 +85,7 @@ impl Source {
 
 /// Known-but-unconnected peers. The engine decides who may be learned
 /// (not itself, not connected, not banned); this decides when to dial.
-pub(super) struct Dialer {
+pub struct Dialer {
     known: HashMap<PeerId, Known>,
     /// Sources with entries in the table, or that were distrusted (bounded
     /// like the table).
@@ -91,29 +93,21 @@ pub(super) struct Dialer {
     limits: DialLimits,
 }
 
-impl Default for Dialer {
-    fn default() -> Self {
+impl Dialer {
+    pub fn new(now: Instant) -> Dialer {
         Dialer {
             known: HashMap::new(),
             sources: HashMap::new(),
-            limits: DialLimits::new(Instant::now()),
+            limits: DialLimits::new(now),
         }
     }
-}
 
-impl Dialer {
     /// Remembers a peer that `source`'s list named, to dial soon (after
     /// `DIAL_DEFER` if `defer`: the peer is expected to dial this host).
     /// Returns whether it was taken (new, or one more voucher for a known
     /// one); not if the source is over its share or distrusted, the table
     /// is full of others' entries, or the peer has no address.
-    pub(super) fn learn(
-        &mut self,
-        mut info: PeerInfo,
-        source: PeerId,
-        defer: bool,
-        now: Instant,
-    ) -> bool {
+    pub fn learn(&mut self, mut info: PeerInfo, source: PeerId, defer: bool, now: Instant) -> bool {
         if info.addrs.is_empty() || self.sources.get(&source).is_some_and(Source::distrusted) {
             return false;
         }
@@ -190,7 +184,7 @@ impl Dialer {
     }
 
     /// A dial failed: back off longer each time, forget after a few.
-    pub(super) fn failed(&mut self, id: &PeerId, now: Instant) {
+    pub fn failed(&mut self, id: &PeerId, now: Instant) {
         let Some(k) = self.known.get_mut(id) else {
             return;
         };
@@ -239,7 +233,7 @@ impl Dialer {
 
     /// A connection with `id` came up (dialed or accepted); it is no longer
     /// being dialed, whether or not the engine keeps it.
-    pub(super) fn connected(&mut self, id: &PeerId) {
+    pub fn connected(&mut self, id: &PeerId) {
         if let Some(k) = self.known.get_mut(id)
             && let Some(addrs) = k.dialing.take()
             && k.source.is_some()
@@ -250,7 +244,7 @@ impl Dialer {
 
     /// The engine kept a connection with `id`: nothing left to dial, and
     /// the source that named it told the truth.
-    pub(super) fn forget(&mut self, id: &PeerId) {
+    pub fn forget(&mut self, id: &PeerId) {
         if let Some(s) = self
             .remove(id)
             .and_then(|k| k.source)
@@ -265,7 +259,7 @@ impl Dialer {
     /// address the connection came from) is one of its addresses: then
     /// only those are kept. Otherwise its addresses are its own word, and
     /// dialed as hearsay from itself.
-    pub(super) fn redial_later(&mut self, mut info: PeerInfo, seen_at: SocketAddr, now: Instant) {
+    pub fn redial_later(&mut self, mut info: PeerInfo, seen_at: SocketAddr, now: Instant) {
         self.remove(&info.id);
         let ip = seen_at.ip().to_canonical();
         let first_hand = info.addrs.iter().any(|a| a.ip().to_canonical() == ip);
@@ -295,8 +289,8 @@ impl Dialer {
     /// first, as many as keep `connections` plus dials in progress within
     /// the dial target. Members of other groups only if `cross` (this
     /// host fetches across groups); the others wait, known. Hearsay
-    /// entries only as `dial_limits` allow.
-    pub(super) fn take_due(
+    /// entries only as `limits` allow.
+    pub fn take_due(
         &mut self,
         now: Instant,
         connections: usize,
@@ -347,25 +341,25 @@ impl Dialer {
         out
     }
 
-    /// A peer at `addr` connected (its IP runs swarm: `dial_limits`).
-    pub(super) fn peer_up(&mut self, addr: SocketAddr) {
+    /// A peer at `addr` connected (its IP runs swarm: `limits`).
+    pub fn peer_up(&mut self, addr: SocketAddr) {
         self.limits.up(addr);
     }
 
     /// A peer at `addr` went away.
-    pub(super) fn peer_down(&mut self, addr: SocketAddr) {
+    pub fn peer_down(&mut self, addr: SocketAddr) {
         self.limits.down(addr);
     }
 
     /// Whether any dial is in progress.
-    pub(super) fn is_dialing(&self) -> bool {
+    pub fn is_dialing(&self) -> bool {
         self.known.values().any(|k| k.dialing.is_some())
     }
 
     /// Whether a peer never connected before is being dialed (one we just
     /// heard of, not one that went away) on the word of a source that
     /// named a peer that connected, or of several.
-    pub(super) fn is_dialing_new(&self) -> bool {
+    pub fn is_dialing_new(&self) -> bool {
         self.known.values().any(|k| {
             k.dialing.is_some()
                 && k.failures == 0
@@ -378,7 +372,7 @@ impl Dialer {
 
     /// Whether this host is still meeting members of `group`: one of them
     /// is being dialed, or was learned and has not failed a dial yet.
-    pub(super) fn meeting(&self, group: &str) -> bool {
+    pub fn meeting(&self, group: &str) -> bool {
         self.known
             .values()
             .any(|k| k.info.group == group && (k.dialing.is_some() || k.failures == 0))
@@ -414,8 +408,8 @@ mod tests {
 
     #[test]
     fn peers_of_other_groups_wait_until_this_host_fetches_across() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         d.learn(info(1, "a"), SEED, false, now);
         d.learn(info(2, "b"), SEED, false, now);
         assert_eq!(ids(d.take_due(now, 0, "a", false)), [1]);
@@ -428,8 +422,8 @@ mod tests {
 
     #[test]
     fn members_of_the_group_come_first_within_the_target() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
             d.learn(info(i, "far"), SEED, false, now);
         }
@@ -441,8 +435,8 @@ mod tests {
 
     #[test]
     fn one_peer_adds_at_most_its_share() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         let taken = (0..10_000u16)
             .filter(|&i| d.learn(info(i, "a"), source(1), false, now))
             .count();
@@ -453,8 +447,8 @@ mod tests {
 
     #[test]
     fn a_full_table_makes_room_from_the_largest_source() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         let mut n = 0u16;
         // many sources fill the table, each to its share
         for s in 0..(MAX_KNOWN / PER_SOURCE) as u8 {
@@ -476,8 +470,8 @@ mod tests {
 
     #[test]
     fn a_source_whose_peers_never_answer_is_not_believed() {
-        let mut d = Dialer::default();
         let mut now = Instant::now();
+        let mut d = Dialer::new(now);
         let liar = source(9);
         let mut next = 0u16;
         let mut dials = 0;
@@ -503,8 +497,8 @@ mod tests {
 
     #[test]
     fn first_hand_peers_come_before_hearsay() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
             d.learn(info(i, "a"), SEED, false, now);
         }
@@ -517,8 +511,8 @@ mod tests {
 
     #[test]
     fn a_lost_peers_own_word_is_hearsay() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         let mut lost = info(500, "a");
         // its Hello named addresses other than where it was seen
         lost.addrs = (1..=16u8)
@@ -527,10 +521,10 @@ mod tests {
         d.redial_later(lost.clone(), "10.9.9.9:7000".parse().unwrap(), now);
         let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].addrs.len(), super::super::dial_limits::HEARSAY_ADDRS);
+        assert_eq!(due[0].addrs.len(), limits::HEARSAY_ADDRS);
         // seen at one of them: only that one
         lost.addrs.push("10.9.9.9:7000".parse().unwrap());
-        let mut d = Dialer::default();
+        let mut d = Dialer::new(now);
         d.redial_later(lost, "10.9.9.9:7001".parse().unwrap(), now);
         let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
         assert_eq!(due[0].addrs, ["10.9.9.9:7000".parse().unwrap()]);
@@ -538,8 +532,8 @@ mod tests {
 
     #[test]
     fn peers_named_by_several_come_first() {
-        let mut d = Dialer::default();
         let now = Instant::now();
+        let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
             d.learn(info(i, "a"), source(1), false, now);
         }
@@ -550,8 +544,8 @@ mod tests {
 
     #[test]
     fn a_dial_that_connects_counts_for_its_source() {
-        let mut d = Dialer::default();
         let mut now = Instant::now();
+        let mut d = Dialer::new(now);
         let mut n = 0u16;
         // a source that told the truth once may be wrong a few times more
         d.learn(info(n, "a"), SEED, false, now);

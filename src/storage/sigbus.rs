@@ -123,7 +123,7 @@ mod tests {
         let out = Command::new(std::env::current_exe().unwrap())
             .args([
                 "--exact",
-                "manifest::sigbus::tests::sigbus_child",
+                "storage::sigbus::tests::sigbus_child",
                 "--nocapture",
             ])
             .env("SWARM_SIGBUS_CHILD_DIR", dir.path())

@@ -1,5 +1,6 @@
 //! Building a manifest from a file or directory on disk: walk, then hash all
-//! pieces on all cores (one sequential read of a piece per task).
+//! pieces on all cores (one sequential read of a piece per task). The
+//! model it fills in is `manifest`'s, which reads no disk.
 
 use std::collections::HashMap;
 use std::fs;
@@ -10,10 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use rayon::prelude::*;
 use thiserror::Error;
 
-use super::{
-    Entry, EntryKind, Hash, MODE_MASK, Manifest, Meta, Mtime, Root, SYMLINK_MODE, codec, path,
+use super::Content;
+use crate::manifest::{
+    Entry, EntryKind, Hash, MODE_MASK, Manifest, Meta, Mtime, Root, SYMLINK_MODE,
+    default_piece_size, path,
 };
-use crate::storage::Content;
 
 #[derive(Debug, Error)]
 pub enum BuildError {
@@ -51,19 +53,6 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> BuildError + '_ {
     }
 }
 
-/// 1 MiB, doubled until the image needs at most 65536 pieces (a 2 MiB
-/// manifest of hashes): 1 MiB up to 64 GiB, 4 MiB at 256 GiB. Smaller
-/// pieces pass on sooner: 8 hosts of 256 MiB at 200 Mbit/s finished in
-/// 1.29x S/B with 1 MiB pieces, 1.52x with 4 MiB (benches/wan.rs); a
-/// single seed-to-joiner copy on loopback was about 8% slower.
-pub fn default_piece_size(total: u64) -> u32 {
-    let mut size: u64 = 1 << 20;
-    while total.div_ceil(size) > 65536 && size < (1 << codec::MAX_PIECE_LOG2) {
-        size *= 2;
-    }
-    size as u32
-}
-
 /// Walks `root` and hashes it. `piece_size` of `None` picks the default.
 pub fn build(root: &Path, piece_size: Option<u64>) -> Result<Manifest, BuildError> {
     build_counted(root, piece_size, &Hashing::default())
@@ -92,11 +81,11 @@ pub fn build_counted(
         Some(p) => return Err(BuildError::BadPieceSize(p)),
     };
     let n = Manifest::pieces_for(&tree, piece_size).unwrap_or(u64::MAX);
-    if n > codec::MAX_PIECES as u64 {
+    if n > crate::manifest::MAX_PIECES as u64 {
         return Err(BuildError::TooBig {
             what: "piece count",
             got: n,
-            max: codec::MAX_PIECES as u64,
+            max: crate::manifest::MAX_PIECES as u64,
         });
     }
     let mut m = Manifest::new(name, tree, piece_size, Vec::new());
@@ -124,11 +113,11 @@ pub fn scan(root: &Path) -> Result<(String, Root), BuildError> {
     } else if meta.is_dir() {
         let mut entries = Vec::new();
         walk(root, "", &mut entries, &mut HashMap::new())?;
-        if entries.len() > codec::MAX_ENTRIES {
+        if entries.len() > crate::manifest::MAX_ENTRIES {
             return Err(BuildError::TooBig {
                 what: "entry count",
                 got: entries.len() as u64,
-                max: codec::MAX_ENTRIES as u64,
+                max: crate::manifest::MAX_ENTRIES as u64,
             });
         }
         Root::Dir {

@@ -1,0 +1,357 @@
+//! The table of connected peers as policy sees it: admitting a connection
+//! (bans, the table's size, one connection per pair of hosts), gossip of
+//! who is in the swarm, their control messages, and dropping them.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bitvec::prelude::*;
+
+use super::{Action, Host};
+use crate::core::PeerKey;
+use crate::core::group::group_tag;
+use crate::text::{Escaped, hex};
+use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, close};
+
+/// Connections this host keeps at most; more are refused or not dialed.
+pub const MAX_CONNECTIONS: usize = 512;
+/// Distinct peers counted as done at most (beyond `--until-done`).
+const MAX_DONE_IDS: usize = 4096;
+
+/// Peers that sent a corrupt piece, by peer id and by the address they
+/// spoke from: a peer chooses its id, so one that comes back under a new id
+/// from the same socket is refused too. Kept for the whole run, up to
+/// `MAX_BANS` of each (each ban costs its peer a new connection and a
+/// corrupt piece this host asked for); past it the oldest go first.
+#[derive(Default)]
+pub(super) struct Bans {
+    ids: HashSet<PeerId>,
+    addrs: HashSet<SocketAddr>,
+    order: VecDeque<(PeerId, SocketAddr)>,
+}
+
+const MAX_BANS: usize = 4096;
+
+/// An IPv4 peer seen on a dual-stack socket has an IPv4-mapped IPv6
+/// address; compare addresses in their plain form.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+impl Bans {
+    pub(super) fn ban(&mut self, id: PeerId, addr: SocketAddr) {
+        if self.order.len() >= MAX_BANS
+            && let Some((id, addr)) = self.order.pop_front()
+        {
+            self.ids.remove(&id);
+            self.addrs.remove(&addr);
+        }
+        let addr = canonical(addr);
+        self.ids.insert(id);
+        self.addrs.insert(addr);
+        self.order.push_back((id, addr));
+    }
+
+    fn refuses(&self, id: &PeerId, addr: SocketAddr) -> bool {
+        self.ids.contains(id) || self.addrs.contains(&canonical(addr))
+    }
+
+    /// Whether a peer we heard of is banned, by id or any of its addresses.
+    fn covers(&self, info: &PeerInfo) -> bool {
+        self.ids.contains(&info.id)
+            || info
+                .addrs
+                .iter()
+                .any(|a| self.addrs.contains(&canonical(*a)))
+    }
+}
+
+/// A connected peer as policy sees it.
+pub struct PeerState {
+    pub info: PeerInfo,
+    /// The address its connection is seen at.
+    pub addr: SocketAddr,
+    pub dialed: bool,
+    pub done: bool,
+    /// In another group than this host.
+    pub remote: bool,
+    /// When it started, as its Hello says (for the bridge election).
+    pub since: u64,
+    /// When it last announced a piece, said Done, or asked us for one, or
+    /// a serve to it ended.
+    pub heard: Instant,
+    /// Pieces being served to it now.
+    pub serving: u32,
+    /// Whether we last told it we want its Haves (on at first, as the
+    /// protocol starts); see `sync_want_haves`.
+    pub told_want_haves: bool,
+}
+
+/// An authenticated connection, as its handshake described it.
+pub struct PeerUp {
+    /// Its id, group and the addresses it can be reached at.
+    pub info: PeerInfo,
+    /// Where its connection comes from.
+    pub addr: SocketAddr,
+    /// This host dialed it.
+    pub dialed: bool,
+    /// When it started, as its Hello says.
+    pub since: u64,
+}
+
+/// Whether a new connection is taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Admit {
+    /// Close it with `close::DUPLICATE` and this reason.
+    Refuse(&'static str),
+    /// Take it; the connection of `replaces` (the same peer's older one)
+    /// is dropped from the table already and must be closed
+    /// (`close::DUPLICATE`).
+    Take { replaces: Option<PeerKey> },
+}
+
+impl Host {
+    /// A handshake completed with `id` at `addr`: take the connection? Call
+    /// `peer_up` next if taken.
+    pub fn admit(&mut self, now: Instant, id: PeerId, addr: SocketAddr, dialed: bool) -> Admit {
+        self.dialer.connected(&id);
+        if self.bans.refuses(&id, addr) || self.peers.len() >= MAX_CONNECTIONS {
+            return Admit::Refuse("not accepted");
+        }
+        let Some(&old_key) = self.by_id.get(&id) else {
+            return Admit::Take { replaces: None };
+        };
+        // Keep the connection dialed by the lower peer id; both sides
+        // apply the same rule. Same dialer: the newer one wins.
+        let me = self.cfg.me;
+        let dialer = |dialed: bool| if dialed { me } else { id };
+        if dialer(dialed) > dialer(self.peers[&old_key].dialed) {
+            return Admit::Refuse("duplicate");
+        }
+        // no election in between: the member is only changing
+        // connections (`peer_up`, once the new one is in, sees it)
+        self.remove_peer(now, old_key, "replaced by a new connection", true);
+        Admit::Take {
+            replaces: Some(old_key),
+        }
+    }
+
+    /// A taken connection is up as `key`. Returns whether the peer is of
+    /// another group.
+    pub fn peer_up(&mut self, now: Instant, key: PeerKey, up: PeerUp) -> bool {
+        let info = up.info;
+        let cross = info.group != self.cfg.group;
+        tracing::debug!(peer = hex(&info.id[..4]), key, remote = %up.addr, "peer up");
+        // Tell the newcomer about everyone (also that there is nobody else:
+        // it waits for a list before it may become a bridge), and everyone
+        // about the newcomer.
+        let others: Vec<PeerInfo> = self
+            .peers
+            .values()
+            .map(|p| p.info.clone())
+            .take(MAX_PEERS)
+            .collect();
+        self.push(Action::Send {
+            key,
+            msg: Message::Peers(others),
+        });
+        for &k in self.peers.keys() {
+            self.actions.push_back(Action::Send {
+                key: k,
+                msg: Message::Peers(vec![info.clone()]),
+            });
+        }
+        if self.complete {
+            self.push(Action::Send {
+                key,
+                msg: Message::Done,
+            });
+        }
+        if let Some(d) = &mut self.download {
+            if cross {
+                d.add_remote_peer(key, group_tag(&info.group));
+            } else {
+                d.add_peer(key);
+            }
+        }
+        self.dialer.forget(&info.id);
+        self.dialer.peer_up(up.addr);
+        self.recently_gone.remove(&info.id);
+        self.by_id.insert(info.id, key);
+        self.peers.insert(
+            key,
+            PeerState {
+                info,
+                addr: up.addr,
+                dialed: up.dialed,
+                done: false,
+                remote: cross,
+                since: up.since,
+                heard: now,
+                serving: 0,
+                told_want_haves: true,
+            },
+        );
+        if !cross {
+            self.elect(now);
+        }
+        cross
+    }
+
+    /// A control message from `key`. A message that breaks the protocol
+    /// closes and drops the peer.
+    pub fn message(&mut self, now: Instant, key: PeerKey, msg: Message) {
+        let Some(p) = self.peers.get_mut(&key) else {
+            return;
+        };
+        // what a finished host waits for: pieces announced, Done (not
+        // peer lists, which a peer can send without end)
+        if matches!(msg, Message::Bitfield(_) | Message::Have(_) | Message::Done) {
+            p.heard = now;
+        }
+        // the seed spreads towards everyone, a bridge towards its group
+        let spread = self.download.is_none() || !p.remote;
+        let n = self.manifest.piece_count();
+        let res = match msg {
+            Message::Bitfield(bits) => {
+                let bits: BitVec = bits.iter().by_vals().collect();
+                if spread {
+                    self.spreader.peer_bitfield(key, &bits);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_bitfield(key, &bits).map_err(|e| e.to_string()),
+                    None if bits.len() != n => Err("bitfield length".into()),
+                    None => Ok(()),
+                }
+            }
+            Message::Have(i) => {
+                if spread {
+                    self.spreader.peer_have(key, i as usize);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_have(key, i as usize).map_err(|e| e.to_string()),
+                    None if i as usize >= n => Err("piece index".into()),
+                    None => Ok(()),
+                }
+            }
+            Message::Peers(list) => {
+                self.heard_peers = true;
+                let source = p.info.id;
+                for info in list {
+                    self.learn(now, info, source);
+                }
+                Ok(())
+            }
+            Message::Done => {
+                p.done = true;
+                // what `--until-done` counts; a peer can say Done under new
+                // ids without end, and more than N never matter
+                if self.done_ids.len() < self.cfg.until_done.unwrap_or(0).max(MAX_DONE_IDS) {
+                    self.done_ids.insert(p.info.id);
+                }
+                tracing::debug!(peer = hex(&p.info.id[..4]), "peer is done");
+                // it holds every piece, whether or not we heard its Haves
+                let all = bitvec![1; n];
+                if spread {
+                    self.spreader.peer_bitfield(key, &all);
+                }
+                match &mut self.download {
+                    Some(d) => d.peer_bitfield(key, &all).map_err(|e| e.to_string()),
+                    None => Ok(()),
+                }
+            }
+            Message::WantHaves(on) => {
+                self.push(Action::PeerWantsHaves { key, on });
+                Ok(())
+            }
+            Message::Hello(_) => Err("second hello".into()),
+            Message::Proof(_) => Err("proof after the handshake".into()),
+        };
+        if let Err(why) = res {
+            if let Some(p) = self.peers.get(&key) {
+                tracing::warn!(
+                    peer = hex(&p.info.id[..4]),
+                    "protocol violation: {}",
+                    Escaped(&why)
+                );
+                self.push(Action::Close {
+                    key,
+                    code: close::PROTOCOL,
+                    reason: "protocol violation",
+                    dropped: true,
+                });
+            }
+            // closed by this host: not redialed
+            self.drop_peer(now, key, &why, true);
+        }
+    }
+
+    /// Passes a peer that `source` told us of to the dialer, unless it is
+    /// this host, is connected already, or is banned.
+    fn learn(&mut self, now: Instant, info: PeerInfo, source: PeerId) {
+        if info.id == self.cfg.me || self.by_id.contains_key(&info.id) || self.bans.covers(&info) {
+            return;
+        }
+        let cross = info.group != self.cfg.group;
+        let addrs = info.addrs.clone();
+        // both sides keep the connection the lower id dialed: let it dial
+        let defer = info.id < self.cfg.me;
+        if self.dialer.learn(info, source, defer, now) && cross {
+            // its connections, dialed or accepted, get the WAN settings
+            self.push(Action::OtherGroup(addrs));
+        }
+    }
+
+    /// A dial of `id` failed.
+    pub fn dial_failed(&mut self, now: Instant, id: &PeerId) {
+        self.dialer.failed(id, now);
+    }
+
+    /// Drops a peer whose connection closed (`normal`: it left normally or
+    /// this host closed it; then it is not redialed), and re-runs the
+    /// bridge election if it was a member of this host's group.
+    pub fn drop_peer(&mut self, now: Instant, key: PeerKey, why: &str, normal: bool) {
+        if self.remove_peer(now, key, why, normal) == Some(false) {
+            self.elect(now);
+        }
+    }
+
+    /// `drop_peer` without the election; returns whether the peer was
+    /// remote, or `None` if it was not in the table.
+    fn remove_peer(&mut self, now: Instant, key: PeerKey, why: &str, normal: bool) -> Option<bool> {
+        let p = self.peers.remove(&key)?;
+        if !p.remote && self.download.is_some() {
+            self.recently_gone.insert(p.info.id, (p.since, now));
+        }
+        let id = p.info.id;
+        tracing::debug!(peer = hex(&id[..4]), "peer down: {}", Escaped(why));
+        self.dialer.peer_down(p.addr);
+        if self.by_id.get(&id) == Some(&key) {
+            self.by_id.remove(&id);
+        }
+        if let Some(d) = &mut self.download {
+            d.remove_peer(key);
+        }
+        self.spreader.peer_gone(key);
+        let gone: Vec<_> = self
+            .fetches
+            .iter()
+            .filter(|(k, _)| *k == key)
+            .copied()
+            .collect();
+        for (k, piece) in gone {
+            self.fetches.remove(&(k, piece));
+            self.actions.push_back(Action::Cancel { key: k, piece });
+        }
+        // A peer that left normally, or that we refused, is not redialed;
+        // nor one that was done, once this host is complete too. (A done
+        // host never dials another group's hosts: after a WAN outage the
+        // bridge on the other side must dial it again.)
+        let useful = !p.done || !self.complete;
+        if !normal && useful && !self.bans.covers(&p.info) && !self.by_id.contains_key(&id) {
+            self.dialer.redial_later(p.info, p.addr, now);
+        }
+        Some(p.remote)
+    }
+}

@@ -1,0 +1,264 @@
+//! The host's policy driven as a driver would, with no network: a joiner
+//! from first peer to Done, what a broken or duplicate peer gets, and the
+//! rules by which a run ends.
+
+use std::net::SocketAddr;
+
+use super::*;
+use crate::wire::{Request, Status, close};
+
+const PIECE: u32 = 1 << 20;
+
+fn manifest(pieces: usize) -> Arc<Manifest> {
+    let size = pieces as u64 * u64::from(PIECE);
+    let root = crate::manifest::Root::File {
+        size,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let hashes = (0..pieces).map(|i| [i as u8 + 1; 32]).collect();
+    Arc::new(Manifest::new("img".into(), root, PIECE, hashes))
+}
+
+fn cfg(me: u8, is_join: bool) -> HostConfig {
+    HostConfig {
+        me: [me; 16],
+        since: 1,
+        group: "g".into(),
+        bridges: 1,
+        is_join,
+        linger: Duration::from_secs(5),
+        exit_on_complete: false,
+        until_done: None,
+        until_copies: None,
+        rng_seed: 7,
+    }
+}
+
+fn addr(n: u8) -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, n], 7000))
+}
+
+fn up(id: u8, group: &str) -> PeerUp {
+    PeerUp {
+        info: PeerInfo {
+            id: [id; 16],
+            group: group.into(),
+            addrs: vec![addr(id)],
+        },
+        addr: addr(id),
+        dialed: false,
+        since: 0,
+    }
+}
+
+fn drain(h: &mut Host) -> Vec<Action> {
+    std::iter::from_fn(|| h.poll_action()).collect()
+}
+
+fn connect(h: &mut Host, now: Instant, key: PeerKey, id: u8) {
+    assert_eq!(
+        h.admit(now, [id; 16], addr(id), false),
+        Admit::Take { replaces: None }
+    );
+    h.peer_up(now, key, up(id, "g"));
+}
+
+#[test]
+fn a_joiner_fetches_every_piece_then_finalizes_and_says_done() {
+    let n = 6;
+    let t = Instant::now();
+    let mut h = Host::new(cfg(9, true), manifest(n), bitvec![0; n], true, t);
+    connect(&mut h, t, 1, 1);
+    let first = drain(&mut h);
+    assert!(first.contains(&Action::Send {
+        key: 1,
+        msg: Message::Peers(vec![])
+    }));
+    h.message(t, 1, Message::Bitfield(BitVec::repeat(true, n)));
+    let mut now = t;
+    for _ in 0..100 {
+        if h.is_complete() {
+            break;
+        }
+        h.schedule(now);
+        for a in drain(&mut h) {
+            match a {
+                Action::Fetch { key, piece } => {
+                    assert_eq!(key, 1);
+                    assert!(h.fetching(key, piece));
+                    h.piece_done(now, key, piece, u64::from(PIECE), Duration::from_millis(5));
+                }
+                Action::Finalize => h.finalized(),
+                _ => {}
+            }
+        }
+        assert!(h.tick(now).is_ok());
+        now += Duration::from_millis(100);
+    }
+    assert!(h.is_complete());
+    assert_eq!(h.have_count(), n);
+    // the Done queued at the finish, then nothing more to fetch
+    h.finalized();
+    assert!(drain(&mut h).contains(&Action::Send {
+        key: 1,
+        msg: Message::Done
+    }));
+    // a complete joiner lingers while its peer has not finished
+    assert!(!h.should_exit(now));
+    h.message(now, 1, Message::Done);
+    h.tick(now).unwrap();
+    assert!(h.should_exit(now + Duration::from_secs(5)));
+}
+
+#[test]
+fn a_protocol_violation_closes_and_drops_the_peer() {
+    let t = Instant::now();
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    drain(&mut h);
+    h.message(t, 1, Message::Have(4));
+    let acts = drain(&mut h);
+    assert!(acts.contains(&Action::Close {
+        key: 1,
+        code: close::PROTOCOL,
+        reason: "protocol violation",
+        dropped: true,
+    }));
+    assert_eq!(h.peer_count(), 0);
+    // a seed checks the index too
+    let mut s = Host::new(cfg(8, false), manifest(4), bitvec![1; 4], false, t);
+    connect(&mut s, t, 1, 1);
+    s.message(t, 1, Message::Bitfield(BitVec::repeat(false, 3)));
+    assert_eq!(s.peer_count(), 0);
+}
+
+#[test]
+fn one_connection_per_pair_the_lower_id_dialed() {
+    let t = Instant::now();
+    // this host (9) and peer 1: the connection 1 dialed is kept
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    assert_eq!(
+        h.admit(t, [1; 16], addr(1), false),
+        Admit::Take { replaces: None }
+    );
+    h.peer_up(t, 1, up(1, "g"));
+    // the one this host dialed is refused
+    assert_eq!(
+        h.admit(t, [1; 16], addr(1), true),
+        Admit::Refuse("duplicate")
+    );
+    // another one peer 1 dialed replaces the first
+    assert_eq!(
+        h.admit(t, [1; 16], addr(1), false),
+        Admit::Take { replaces: Some(1) }
+    );
+    assert_eq!(h.peer_count(), 0);
+}
+
+#[test]
+fn a_corrupt_piece_bans_its_peer_by_id_and_address() {
+    let t = Instant::now();
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    h.message(t, 1, Message::Bitfield(BitVec::repeat(true, 4)));
+    h.schedule(t);
+    let piece = drain(&mut h)
+        .into_iter()
+        .find_map(|a| match a {
+            Action::Fetch { piece, .. } => Some(piece),
+            _ => None,
+        })
+        .expect("a request");
+    h.piece_failed(t, 1, piece, Failure::Corrupt, Some(addr(1)));
+    assert!(drain(&mut h).iter().any(|a| matches!(
+        a,
+        Action::Close { key: 1, code, dropped: false, .. } if *code == close::CORRUPT
+    )));
+    assert_eq!(h.stats().pieces_corrupt, 1);
+    h.drop_peer(t, 1, "closed", true);
+    // back under a new id from the same address, or the same id elsewhere
+    assert_eq!(
+        h.admit(t, [2; 16], addr(1), false),
+        Admit::Refuse("not accepted")
+    );
+    assert_eq!(
+        h.admit(t, [1; 16], addr(3), false),
+        Admit::Refuse("not accepted")
+    );
+}
+
+#[test]
+fn a_joiner_alone_or_stalled_gives_up() {
+    let t = Instant::now();
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    h.tick(t).unwrap();
+    let late = t + ALONE_TIMEOUT + Duration::from_secs(1);
+    assert_eq!(h.tick(late), Err(Stop::Alone { have: 0, total: 4 }));
+    // connected to a peer with nothing: no piece for STALL_TIMEOUT
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    h.message(t, 1, Message::Bitfield(BitVec::repeat(false, 4)));
+    assert!(h.tick(t + STALL_TIMEOUT).is_ok());
+    assert_eq!(
+        h.tick(t + STALL_TIMEOUT + Duration::from_secs(1)),
+        Err(Stop::Stalled { have: 0, total: 4 })
+    );
+}
+
+#[test]
+fn serving_refuses_what_it_lacks_and_what_changed() {
+    let t = Instant::now();
+    let mut have = bitvec![0; 4];
+    have.set(2, true);
+    let mut h = Host::new(cfg(9, true), manifest(4), have, true, t);
+    connect(&mut h, t, 1, 1);
+    assert_eq!(h.serve(t, 1, &Request::Manifest), Decision::Manifest);
+    assert_eq!(
+        h.serve(t, 1, &Request::Piece(0)),
+        Decision::Refuse(Status::Missing)
+    );
+    assert!(matches!(
+        h.serve(t, 1, &Request::Piece(2)),
+        Decision::Piece {
+            piece: 2,
+            counted: true,
+            remote: false,
+            ..
+        }
+    ));
+    assert!(!h.serve_ended(t, 1, 2, true));
+    assert!(h.source_changed(2));
+    assert!(!h.source_changed(2), "news once");
+    assert_eq!(
+        h.serve(t, 1, &Request::Piece(2)),
+        Decision::Refuse(Status::Changed)
+    );
+    // a request from a peer no longer in the table
+    assert_eq!(
+        h.serve(t, 5, &Request::Piece(2)),
+        Decision::Refuse(Status::Missing)
+    );
+}
+
+#[test]
+fn peers_of_other_groups_are_announced_for_the_wan_settings() {
+    let t = Instant::now();
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    drain(&mut h);
+    let far = PeerInfo {
+        id: [3; 16],
+        group: "other".into(),
+        addrs: vec![addr(3)],
+    };
+    h.message(t, 1, Message::Peers(vec![far]));
+    assert!(drain(&mut h).contains(&Action::OtherGroup(vec![addr(3)])));
+    // and one of this group is not
+    let near = PeerInfo {
+        id: [4; 16],
+        group: "g".into(),
+        addrs: vec![addr(4)],
+    };
+    h.message(t, 1, Message::Peers(vec![near]));
+    assert!(drain(&mut h).is_empty());
+}
