@@ -34,6 +34,15 @@ pub mod serve;
 mod source;
 mod spread;
 
+/// Hash maps and sets with a fixed hasher: the core's decisions may depend
+/// on the order it walks its peers, and a run must be the same for the same
+/// inputs (the simulator's seed). Their keys are this host's own keys or
+/// bounded tables (peers, addresses: a few thousand at most), so colliding
+/// keys a peer might choose cost at most a slower lookup, not unbounded work.
+pub type Map<K, V> = std::collections::HashMap<K, V, Fixed>;
+pub type Set<K> = std::collections::HashSet<K, Fixed>;
+pub type Fixed = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
+
 pub use download::{
     Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
 };

@@ -53,7 +53,7 @@
 //! serve of `i` has completed or a peer announced `i` (a resumed joiner needs
 //! no spreading), and `undelivered` counts the unset ones.
 
-use std::collections::HashMap;
+use crate::core::Map;
 use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
@@ -89,9 +89,9 @@ pub struct Spreader {
     undelivered: usize,
     /// Per peer: the pieces it holds, announced or (`serve_ended`) sent,
     /// and how many.
-    peers: HashMap<PeerKey, (BitVec, usize)>,
+    peers: Map<PeerKey, (BitVec, usize)>,
     /// Per peer: the pieces it announced.
-    announced: HashMap<PeerKey, BitVec>,
+    announced: Map<PeerKey, BitVec>,
     copies: Vec<u32>,
     /// Copies of every piece the caller waits for (0: none); `short`
     /// counts the pieces with fewer.
@@ -101,9 +101,9 @@ pub struct Spreader {
     idle_since: Option<Instant>,
     /// peer -> piece -> when the seed first sent that peer elsewhere for
     /// it; an entry ends when the piece is served to or announced by it.
-    refused: HashMap<PeerKey, HashMap<usize, Instant>>,
+    refused: Map<PeerKey, Map<usize, Instant>>,
     /// Serves in progress that `serve_ended` must close, per peer and piece.
-    serving: HashMap<(PeerKey, usize), u32>,
+    serving: Map<(PeerKey, usize), u32>,
     /// Peers that hold every piece.
     full: usize,
 }
@@ -117,13 +117,13 @@ impl Spreader {
             active_total: 0,
             delivered: bitvec![0; pieces],
             undelivered: pieces,
-            peers: HashMap::new(),
-            announced: HashMap::new(),
+            peers: Map::default(),
+            announced: Map::default(),
             copies: vec![0; pieces],
             goal: 0,
             short: 0,
-            refused: HashMap::new(),
-            serving: HashMap::new(),
+            refused: Map::default(),
+            serving: Map::default(),
             full: 0,
         }
     }

@@ -17,7 +17,9 @@
 //! So a host sends at most `IP_FAILURES + IP_IN_FLIGHT` handshakes a
 //! minute to an IP where no peer of it runs, whatever peer lists say.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+
+use crate::core::Map;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -35,11 +37,11 @@ const MAX_RECORDS: usize = 4096;
 pub(super) struct DialLimits {
     tokens: f64,
     refilled: Instant,
-    failed_addrs: HashMap<SocketAddr, Instant>,
-    ip_failures: HashMap<IpAddr, VecDeque<Instant>>,
-    in_flight: HashMap<IpAddr, u32>,
+    failed_addrs: Map<SocketAddr, Instant>,
+    ip_failures: Map<IpAddr, VecDeque<Instant>>,
+    in_flight: Map<IpAddr, u32>,
     /// IPs of connected peers, with how many.
-    live: HashMap<IpAddr, u32>,
+    live: Map<IpAddr, u32>,
 }
 
 fn ip(a: &SocketAddr) -> IpAddr {
@@ -51,10 +53,10 @@ impl DialLimits {
         DialLimits {
             tokens: BURST,
             refilled: now,
-            failed_addrs: HashMap::new(),
-            ip_failures: HashMap::new(),
-            in_flight: HashMap::new(),
-            live: HashMap::new(),
+            failed_addrs: Map::default(),
+            ip_failures: Map::default(),
+            in_flight: Map::default(),
+            live: Map::default(),
         }
     }
 

@@ -13,7 +13,7 @@
 //! throttling), so that peer lists cannot make honest hosts send
 //! handshakes to third parties.
 
-use std::collections::HashMap;
+use crate::core::Map;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -86,18 +86,18 @@ impl Source {
 /// Known-but-unconnected peers. The engine decides who may be learned
 /// (not itself, not connected, not banned); this decides when to dial.
 pub struct Dialer {
-    known: HashMap<PeerId, Known>,
+    known: Map<PeerId, Known>,
     /// Sources with entries in the table, or that were distrusted (bounded
     /// like the table).
-    sources: HashMap<PeerId, Source>,
+    sources: Map<PeerId, Source>,
     limits: DialLimits,
 }
 
 impl Dialer {
     pub fn new(now: Instant) -> Dialer {
         Dialer {
-            known: HashMap::new(),
-            sources: HashMap::new(),
+            known: Map::default(),
+            sources: Map::default(),
             limits: DialLimits::new(now),
         }
     }

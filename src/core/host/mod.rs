@@ -16,7 +16,7 @@ mod answer;
 mod bridge;
 mod peers;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ use self::peers::Bans;
 pub use self::peers::{Admit, PeerState, PeerUp};
 use super::dial::Dialer;
 use super::group::group_tag;
-use super::{Download, DownloadConfig, Failure, PeerKey, Spreader};
+use super::{Download, DownloadConfig, Failure, Map, PeerKey, Set, Spreader};
 use crate::manifest::Manifest;
 use crate::wire::{Message, PeerId, PeerInfo};
 
@@ -136,12 +136,12 @@ pub struct Host {
     spreader: Spreader,
     /// The seed's pieces (a joiner's are its `download`'s).
     seed_have: BitVec,
-    peers: HashMap<PeerKey, PeerState>,
-    by_id: HashMap<PeerId, PeerKey>,
+    peers: Map<PeerKey, PeerState>,
+    by_id: Map<PeerId, PeerKey>,
     dialer: Dialer,
     bans: Bans,
-    fetches: HashSet<(PeerKey, u32)>,
-    done_ids: HashSet<PeerId>,
+    fetches: Set<(PeerKey, u32)>,
+    done_ids: Set<PeerId>,
     /// Pieces whose copy on this host's disk no longer matches the
     /// manifest (found while serving them): refused from then on.
     changed: BitVec,
@@ -151,7 +151,7 @@ pub struct Host {
     /// Members of this host's group whose connection closed lately, with
     /// their start time and when: they still count in the bridge election
     /// for `bridge::GONE_GRACE`.
-    recently_gone: HashMap<PeerId, (u64, Instant)>,
+    recently_gone: Map<PeerId, (u64, Instant)>,
     /// Whether a peer has told this host who is in the swarm (a Peers
     /// message, sent by every host right after its bitfield).
     heard_peers: bool,
@@ -194,17 +194,17 @@ impl Host {
             download,
             spreader,
             seed_have: have,
-            peers: HashMap::new(),
-            by_id: HashMap::new(),
+            peers: Map::default(),
+            by_id: Map::default(),
             dialer: Dialer::new(now),
             bans: Bans::default(),
-            fetches: HashSet::new(),
-            done_ids: HashSet::new(),
+            fetches: Set::default(),
+            done_ids: Set::default(),
             changed: BitVec::repeat(false, n),
             finalizing: false,
             complete,
             started: now,
-            recently_gone: HashMap::new(),
+            recently_gone: Map::default(),
             heard_peers: false,
             elected_at: None,
             alone_since: None,

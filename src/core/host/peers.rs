@@ -2,15 +2,15 @@
 //! (bans, the table's size, one connection per pair of hosts), gossip of
 //! who is in the swarm, their control messages, and dropping them.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bitvec::prelude::*;
 
 use super::{Action, Host};
-use crate::core::PeerKey;
 use crate::core::group::group_tag;
+use crate::core::{PeerKey, Set};
 use crate::text::{Escaped, hex};
 use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, close};
 
@@ -26,8 +26,8 @@ const MAX_DONE_IDS: usize = 4096;
 /// corrupt piece this host asked for); past it the oldest go first.
 #[derive(Default)]
 pub(super) struct Bans {
-    ids: HashSet<PeerId>,
-    addrs: HashSet<SocketAddr>,
+    ids: Set<PeerId>,
+    addrs: Set<SocketAddr>,
     order: VecDeque<(PeerId, SocketAddr)>,
 }
 
