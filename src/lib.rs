@@ -13,6 +13,7 @@ pub mod codec;
 pub mod core;
 pub mod manifest;
 pub mod node;
+pub mod sim;
 pub mod storage;
 pub mod text;
 pub mod ticket;

@@ -43,6 +43,63 @@ pub enum Command {
     /// Show what an image is: its id, size, piece size, entries, and the
     /// ticket's addresses (never its secret).
     Inspect(InspectArgs),
+    /// Simulate a push to a fleet in virtual time (swarm's own policy over
+    /// a flow-level network, and the rsync cascade), to plan it.
+    Simulate(SimulateArgs),
+}
+
+/// `swarm simulate`: the fleet, its network and the image.
+#[derive(Args, Debug)]
+pub struct SimulateArgs {
+    /// Datacenter groups (the seed is in the first).
+    #[arg(long, default_value_t = 1)]
+    pub groups: usize,
+    /// Joiners per group.
+    #[arg(long, default_value_t = 8)]
+    pub hosts_per_group: usize,
+    /// Image size.
+    #[arg(long, default_value = "1GiB")]
+    pub size: String,
+    /// Piece size (default: as `swarm seed` picks it for the size).
+    #[arg(long)]
+    pub piece_size: Option<String>,
+    /// Every host's NIC, each way.
+    #[arg(long, default_value = "10Gbit/s")]
+    pub nic: String,
+    /// Each group's WAN link, each way (default: only the NICs limit).
+    #[arg(long)]
+    pub wan: Option<String>,
+    /// One-way latency inside a group.
+    #[arg(long, default_value = "100us")]
+    pub lan_latency: String,
+    /// One-way latency between groups.
+    #[arg(long, default_value = "30ms")]
+    pub wan_latency: String,
+    /// Bridges per group (`swarm join --bridges`).
+    #[arg(long, default_value_t = 1)]
+    pub bridges: usize,
+    /// Joiners start at times spread evenly over this (default: all at once).
+    #[arg(long, default_value = "0s")]
+    pub stagger: String,
+    /// Slow hosts: SHARE:FACTOR, e.g. 10%:0.25 for a tenth of the joiners
+    /// with NICs at a quarter of the speed.
+    #[arg(long)]
+    pub slow: Option<String>,
+    /// How long a finished joiner stays for others (`swarm join --linger`).
+    #[arg(long, default_value = "3s")]
+    pub linger: String,
+    /// The network model's step (default: a 16th of a piece's time on a NIC).
+    #[arg(long)]
+    pub tick: Option<String>,
+    /// Seeds every random choice: the same inputs give the same output.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Virtual time after which the run is cut off.
+    #[arg(long, default_value = "1h")]
+    pub limit: String,
+    /// One JSON document on stdout instead of the summary.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the image's manifest comes from.

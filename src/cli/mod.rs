@@ -8,6 +8,7 @@ mod inspect;
 mod metrics;
 pub mod progress;
 mod run;
+mod simulate;
 pub mod units;
 
 use std::process::ExitCode;
@@ -40,6 +41,9 @@ pub fn main(cli: Cli) -> ExitCode {
     init_logging(cli.verbose);
     if let Command::Demo(a) = &cli.command {
         return demo::run(a, cli.quiet);
+    }
+    if let Command::Simulate(a) = &cli.command {
+        return simulate::run(a, cli.quiet);
     }
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(cli.threads.map_or_else(default_threads, usize::from));
@@ -117,7 +121,9 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Join(a) => run::join(a, cli.quiet, stop, &caught).await,
         Command::Verify(a) => inspect::verify(a, cli.quiet, stop).await,
         Command::Inspect(a) => inspect::inspect(a, stop).await,
-        Command::Demo(_) => unreachable!("handled before the runtime starts"),
+        Command::Demo(_) | Command::Simulate(_) => {
+            unreachable!("handled before the runtime starts")
+        }
     };
     signals.abort();
     code

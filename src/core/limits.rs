@@ -124,3 +124,12 @@ impl Default for DownloadConfig {
         }
     }
 }
+
+/// A piece request's deadline: `BASE + PER_MIB * size_in_MiB`; the
+/// requester gives up on it then, and the server stops serving it.
+pub const REQUEST_DEADLINE_BASE: std::time::Duration = std::time::Duration::from_secs(10);
+pub const REQUEST_DEADLINE_PER_MIB: std::time::Duration = std::time::Duration::from_secs(4);
+
+pub fn request_deadline(len: u64) -> std::time::Duration {
+    REQUEST_DEADLINE_BASE + REQUEST_DEADLINE_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
+}

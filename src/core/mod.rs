@@ -46,6 +46,6 @@ pub type Fixed = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 pub use download::{
     Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
 };
-pub use limits::MAX_PEER_REQUESTS;
+pub use limits::{MAX_PEER_REQUESTS, request_deadline};
 pub use recent::RecentPieces;
 pub use spread::Spreader;

@@ -12,6 +12,10 @@
 
 /// Serves at once for a connection that has taken no piece yet.
 pub const INITIAL: usize = 2;
+/// Most requests of one connection served at once.
+pub const PER_CONNECTION: usize = 16;
+/// Most requests a process serves at once.
+pub const TOTAL: usize = 32;
 
 /// How a serve ended, for the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

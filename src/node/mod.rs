@@ -50,9 +50,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// take, and then its proof (and, for a dialer, the acceptor's proof).
 /// An honest peer needs a round trip or two.
 pub const PREAUTH_TIMEOUT: Duration = Duration::from_secs(3);
-/// A piece request's deadline: `BASE + PER_MIB * size_in_MiB`.
-pub const REQUEST_DEADLINE_BASE: Duration = Duration::from_secs(10);
-pub const REQUEST_DEADLINE_PER_MIB: Duration = Duration::from_secs(4);
 /// A joiner with no peer at all for this long gives up.
 pub const ALONE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A joiner that received no piece for this long, with no request in

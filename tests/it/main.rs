@@ -23,6 +23,7 @@ mod netsim;
 mod peerlists;
 mod preauth;
 mod resume;
+mod simulate;
 mod swarmnet;
 mod transfer;
 mod util;

@@ -2,7 +2,7 @@
 //! the manifest, and a positional write. The result goes to the engine.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use quinn::Connection;
@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::credit::Grant;
 use super::event::Event;
 use super::rate::RateLimit;
-use super::{REQUEST_DEADLINE_BASE, REQUEST_DEADLINE_PER_MIB};
 use crate::core::{Failure, PeerKey};
 use crate::manifest::{Manifest, blocks};
 use crate::storage::{Basis, Content, PieceBuf};
@@ -40,9 +39,7 @@ pub struct Job {
 /// Receive credit held at once while the manifest arrives.
 const MANIFEST_CREDIT: u64 = 8 << 20;
 
-pub fn deadline(len: u64) -> Duration {
-    REQUEST_DEADLINE_BASE + REQUEST_DEADLINE_PER_MIB.mul_f64(len as f64 / (1 << 20) as f64)
-}
+pub use crate::core::request_deadline as deadline;
 
 pub(super) enum Outcome {
     /// The piece's bytes, not yet verified, and the bytes that came for

@@ -33,10 +33,9 @@ use crate::wire::{self, REQUEST_LEN, Request, Status, close, piece};
 
 mod delta;
 
-/// Most requests of one connection served at once.
-const SERVE_CONCURRENCY: usize = 16;
-/// Most requests a process serves at once.
-pub const SERVE_TOTAL: usize = 32;
+/// Most requests of one connection served at once, and in all.
+const SERVE_CONCURRENCY: usize = crate::core::serve::PER_CONNECTION;
+pub const SERVE_TOTAL: usize = crate::core::serve::TOTAL;
 /// How long after a request stream opens its request (5 bytes) must be
 /// whole. A peer sends it with the stream's first packet; one that sends
 /// part of it holds no serve slot meanwhile (a slot is taken only for a

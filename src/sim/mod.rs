@@ -1,0 +1,282 @@
+//! `swarm simulate`: a fleet in virtual time, to plan a push and to show
+//! how the design scales past what one machine can emulate. Each simulated
+//! host runs the node's own policy (`core::host::Host`, driven by `swarm`
+//! as `node::engine` drives it); the network is flow-level (`net`: NICs and
+//! each group's WAN links shared max-min fair); the rsync cascade runs over
+//! the same network (`cascade`). Same scenario and seed, same result.
+//!
+//! Not modelled: packets, loss and congestion control (a flow takes its
+//! fair share at once), CPU and disk (a host verifies and writes for free),
+//! corrupt pieces, and the handshake's cost beyond its round trips.
+
+mod cascade;
+mod net;
+mod swarm;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde_json::{Value, json};
+
+use crate::manifest::{Manifest, Meta, Root};
+
+/// What to simulate. Rates in bytes per second, times in seconds.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    pub groups: usize,
+    pub hosts_per_group: usize,
+    pub size: u64,
+    pub piece_size: u32,
+    /// Every host's NIC, each way.
+    pub up: f64,
+    pub down: f64,
+    /// Each group's WAN link, each way; `None`: only the NICs limit.
+    pub wan: Option<f64>,
+    /// One way.
+    pub lan_latency: f64,
+    pub wan_latency: f64,
+    /// Bridges per group.
+    pub bridges: usize,
+    /// Every joiner starts at a time drawn evenly from `[0, stagger]`.
+    pub stagger: f64,
+    /// This share of the joiners (chosen by the seed) has NICs `slow_factor`
+    /// times as fast.
+    pub slow_share: f64,
+    pub slow_factor: f64,
+    /// How long a finished joiner stays for others (`swarm join --linger`).
+    pub linger: f64,
+    /// The network's step: rates are recomputed, and pieces end, at this
+    /// granularity (a fraction of a piece's time on a NIC).
+    pub tick: f64,
+    pub seed: u64,
+    /// Virtual seconds after which the run is cut off.
+    pub limit: f64,
+}
+
+impl Scenario {
+    /// The seed (host 0, in group 0) and `groups * hosts_per_group`
+    /// joiners, group by group.
+    pub fn host_count(&self) -> usize {
+        1 + self.groups * self.hosts_per_group
+    }
+
+    pub fn group_of(&self, h: usize) -> usize {
+        if h == 0 {
+            0
+        } else {
+            (h - 1) / self.hosts_per_group
+        }
+    }
+
+    fn draw(&self, h: usize, what: u64) -> f64 {
+        let x = blake3::hash(
+            &[
+                self.seed.to_le_bytes(),
+                (h as u64).to_le_bytes(),
+                what.to_le_bytes(),
+            ]
+            .concat(),
+        );
+        let v = u64::from_le_bytes(x.as_bytes()[..8].try_into().expect("8 bytes"));
+        (v >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    pub fn start_of(&self, h: usize) -> f64 {
+        if h == 0 {
+            0.0
+        } else {
+            self.stagger * self.draw(h, 1)
+        }
+    }
+
+    pub fn is_slow(&self, h: usize) -> bool {
+        h != 0 && self.slow_share > 0.0 && self.draw(h, 2) < self.slow_share
+    }
+
+    pub fn up_of(&self, h: usize) -> f64 {
+        self.up
+            * if self.is_slow(h) {
+                self.slow_factor
+            } else {
+                1.0
+            }
+    }
+
+    pub fn down_of(&self, h: usize) -> f64 {
+        self.down
+            * if self.is_slow(h) {
+                self.slow_factor
+            } else {
+                1.0
+            }
+    }
+
+    /// The physical limit for a fast host: S over the narrowest of the
+    /// seed's uplink, a host's downlink and (with more than one group) the
+    /// WAN.
+    pub fn t_star(&self) -> f64 {
+        let mut b = self.up.min(self.down);
+        if self.groups > 1
+            && let Some(w) = self.wan
+        {
+            b = b.min(w);
+        }
+        self.size as f64 / b
+    }
+
+    fn manifest(&self) -> Manifest {
+        let root = Root::File {
+            size: self.size,
+            meta: Meta::mode(0o644),
+        };
+        let n = Manifest::pieces_for(&root, self.piece_size).unwrap_or(0) as usize;
+        // hashes that are not a block of zeros' (those pieces are never
+        // fetched by a joiner): the simulation never checks them
+        let hashes = (0..n as u64)
+            .map(|i| *blake3::hash(&i.to_le_bytes()).as_bytes())
+            .collect();
+        Manifest::new("sim".into(), root, self.piece_size, hashes)
+    }
+}
+
+/// One host's run.
+#[derive(Clone, Debug)]
+pub struct HostOutcome {
+    pub group: usize,
+    pub start: f64,
+    pub done: Option<f64>,
+    pub failed: Option<String>,
+    pub uploaded: f64,
+    pub received: f64,
+}
+
+fn quantile(sorted: &[f64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    Some(sorted[i])
+}
+
+/// Completion times (since each host's start) of the joiners in `pick`.
+fn times(hosts: &[HostOutcome], pick: impl Fn(usize) -> bool) -> Vec<f64> {
+    let mut v: Vec<f64> = hosts
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(h, _)| pick(*h))
+        .filter_map(|(_, o)| o.done.map(|d| d - o.start))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+fn summary(sc: &Scenario, t: &[f64], total: usize) -> Value {
+    let ts = sc.t_star();
+    json!({
+        "hosts": total,
+        "hosts_done": t.len(),
+        "last_s": t.last(),
+        "median_s": quantile(t, 0.5),
+        "last_over_t_star": t.last().map(|x| x / ts),
+        "median_over_t_star": quantile(t, 0.5).map(|x| x / ts),
+    })
+}
+
+/// Runs swarm and the cascade on `sc`; `progress` hears (what, virtual
+/// seconds, hosts done) now and then. One JSON document.
+pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
+    let wall = Instant::now();
+    let m = Arc::new(sc.manifest());
+    let mut s = swarm::Swarm::new(sc, m.clone());
+    s.run(sc.limit, &mut |t, n| progress("swarm", t, n));
+    let hosts = s.outcome();
+    let joiners = sc.host_count() - 1;
+    let fast = times(&hosts, |h| !sc.is_slow(h));
+    let slow = times(&hosts, |h| sc.is_slow(h));
+    let size = sc.size as f64;
+    let mut up: Vec<f64> = hosts.iter().skip(1).map(|o| o.uploaded / size).collect();
+    up.sort_by(f64::total_cmp);
+    let wan_in = s.wan_in();
+    let failed: Vec<Value> = hosts
+        .iter()
+        .enumerate()
+        .filter_map(|(h, o)| o.failed.as_ref().map(|w| json!({"host": h, "why": w})))
+        .take(20)
+        .collect();
+    let mut last: Vec<(usize, &HostOutcome)> = hosts.iter().enumerate().skip(1).collect();
+    last.sort_by(|a, b| {
+        let t = |o: &HostOutcome| o.done.map_or(f64::INFINITY, |d| d - o.start);
+        t(b.1).total_cmp(&t(a.1)).then(a.0.cmp(&b.0))
+    });
+    let slowest: Vec<Value> = last
+        .iter()
+        .take(5)
+        .map(|(h, o)| {
+            json!({"host": h, "group": o.group, "start_s": o.start, "done_s": o.done,
+                   "slow": sc.is_slow(*h), "received_over_s": o.received / size})
+        })
+        .collect();
+    let swarm_wall = wall.elapsed().as_secs_f64();
+    let cascade = cascade::run(sc, sc.limit);
+    let ct: Vec<f64> = {
+        let mut v: Vec<f64> = cascade
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(h, d)| d.map(|d| d - sc.start_of(h)))
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    progress("cascade", ct.last().copied().unwrap_or(0.0), ct.len());
+    let slow_n = (1..sc.host_count()).filter(|&h| sc.is_slow(h)).count();
+    json!({
+        "scenario": {
+            "groups": sc.groups,
+            "hosts_per_group": sc.hosts_per_group,
+            "size_bytes": sc.size,
+            "piece_size_bytes": sc.piece_size,
+            "pieces": m.piece_count(),
+            "up_bytes_per_s": sc.up,
+            "down_bytes_per_s": sc.down,
+            "wan_bytes_per_s": sc.wan,
+            "lan_latency_s": sc.lan_latency,
+            "wan_latency_s": sc.wan_latency,
+            "bridges": sc.bridges,
+            "stagger_s": sc.stagger,
+            "slow_hosts": slow_n,
+            "slow_factor": sc.slow_factor,
+            "tick_s": sc.tick,
+            "seed": sc.seed,
+        },
+        "t_star_s": sc.t_star(),
+        "swarm": {
+            "all": summary(sc, &times(&hosts, |_| true), joiners),
+            "fast_hosts": summary(sc, &fast, joiners - slow_n),
+            "slow_hosts": summary(sc, &slow, slow_n),
+            "slow_host_limit_s": (slow_n > 0).then(|| size / (sc.down * sc.slow_factor).min(sc.up)),
+            "hosts_failed": hosts.iter().filter(|o| o.failed.is_some()).count(),
+            "failures": failed,
+            "last_hosts": slowest,
+            "seed_upload_over_s": hosts[0].uploaded / size,
+            "upload_over_s": {
+                "min": up.first(),
+                "p10": quantile(&up, 0.1),
+                "median": quantile(&up, 0.5),
+                "p90": quantile(&up, 0.9),
+                "max": up.last(),
+            },
+            "wan_in_over_s_per_remote_group": wan_in.iter().skip(1).map(|b| b / size).collect::<Vec<_>>(),
+            "events": s.events_run,
+            "wall_s": swarm_wall,
+        },
+        "cascade": summary(sc, &ct, joiners),
+        "sim": {
+            "wall_s": wall.elapsed().as_secs_f64(),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,995 @@
+//! swarm in virtual time: one `core::host::Host` per simulated host, the
+//! very policy the real node runs, driven as `node::engine` drives it, over
+//! the flow-level network of `net`. What the node does with sockets, disk
+//! and timers is done here with events in a queue:
+//!
+//! * a dial is a handshake of two round trips; each side admits the
+//!   connection on its own (`Host::admit`), as two engines do;
+//! * control messages (bitfields, Haves, peer lists, Done) arrive one
+//!   way's latency after they are sent; a host's Haves go out as the real
+//!   control writer sends them, to peers that want them;
+//! * a request arrives one way's latency after it is made; the serving
+//!   host takes a slot of the connection's serve window and of its total
+//!   (`core::serve`), asks its `Host`, and sends the piece: one flow per
+//!   connection at a time, oldest request first (quinn's stream priority
+//!   in the node); the piece arrives when the flow is through plus one
+//!   way's latency. Pieces are never corrupt here, nor is a disk slow.
+//! * a joiner starts by dialing the seed (the ticket's address), and
+//!   tries again every second for a minute while the seed refuses it.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bitvec::prelude::*;
+
+use super::net::Net;
+use super::{HostOutcome, Scenario};
+use crate::core::host::{Action, Admit, Decision, Host, HostConfig, PeerUp};
+use crate::core::serve::{self as serving, ServeWindow, Served};
+use crate::core::{Failure, Map, PeerKey};
+use crate::manifest::Manifest;
+use crate::wire::{Message, PeerId, PeerInfo, Request, Status, close};
+
+/// How long a joiner keeps trying the seed before it gives up.
+const BOOTSTRAP_FOR: f64 = 60.0;
+const BOOTSTRAP_RETRY: f64 = 1.0;
+/// A dial to a host that is gone fails after this (the node's 5 s).
+const DIAL_TIMEOUT: f64 = 5.0;
+
+/// A connection between hosts `ends[0]` (the dialer) and `ends[1]`.
+struct Conn {
+    ends: [usize; 2],
+    /// Each side's key once it took the connection.
+    keys: [Option<PeerKey>; 2],
+    open: bool,
+    /// Messages that arrived at a side before it took the connection.
+    early: [Vec<Message>; 2],
+    /// Whether each side wants the other's Haves (the peer's WantHaves).
+    wants_haves: [bool; 2],
+    /// Serving state of each side towards the other.
+    serve: [ServeSide; 2],
+}
+
+#[derive(Default)]
+struct ServeSide {
+    window: Option<ServeWindow>,
+    queue: VecDeque<u64>,
+    /// Requests being served, oldest first; the first one flows.
+    active: VecDeque<u64>,
+    flow: Option<u32>,
+}
+
+/// A request for a piece, from `from` to the other end of `conn`.
+struct Req {
+    conn: usize,
+    /// The requesting side (0 or 1).
+    side: usize,
+    piece: u32,
+    at: f64,
+    cancelled: bool,
+}
+
+enum Ev {
+    Start(usize),
+    /// A joiner tries the seed again.
+    Bootstrap(usize),
+    Wake(usize),
+    /// A handshake completes at side `side` of `conn`.
+    Handshake {
+        conn: usize,
+        side: usize,
+    },
+    DialFailed {
+        host: usize,
+        id: PeerId,
+    },
+    Msg {
+        conn: usize,
+        to: usize,
+        msg: Message,
+    },
+    Request {
+        req: u64,
+    },
+    CancelRequest {
+        req: u64,
+    },
+    Delivered {
+        req: u64,
+    },
+    Refused {
+        req: u64,
+        why: Failure,
+    },
+    /// The requester's deadline for a request.
+    Deadline {
+        req: u64,
+    },
+    /// The connection closed; side `to` hears of it.
+    Down {
+        conn: usize,
+        to: usize,
+        normal: bool,
+    },
+}
+
+struct SimHost {
+    host: Option<Host>,
+    id: PeerId,
+    group: usize,
+    addr: SocketAddr,
+    start: f64,
+    /// The connections of this host by its key.
+    conns: Map<PeerKey, usize>,
+    /// Pieces already announced (for Haves).
+    announced: BitVec,
+    serving: usize,
+    next_wake: f64,
+    done_at: Option<f64>,
+    failed: Option<String>,
+    exited: bool,
+    uploaded: f64,
+    received: f64,
+    bootstrap_until: f64,
+}
+
+pub struct Swarm {
+    sc: Scenario,
+    base: Instant,
+    t: f64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64, usize)>>,
+    events: Vec<Option<Ev>>,
+    free_events: Vec<usize>,
+    hosts: Vec<SimHost>,
+    by_id: Map<PeerId, usize>,
+    conns: Vec<Conn>,
+    reqs: Map<u64, Req>,
+    /// Live requests by connection, requesting side and piece.
+    req_index: Map<(usize, usize, u32), u64>,
+    next_req: u64,
+    next_key: PeerKey,
+    net: Net,
+    manifest: Arc<Manifest>,
+    /// Flow id -> request it carries.
+    flow_req: Map<u32, u64>,
+    pub events_run: u64,
+}
+
+/// Nanoseconds of virtual time.
+fn ns(t: f64) -> u64 {
+    (t * 1e9).round().max(0.0) as u64
+}
+
+impl Swarm {
+    pub fn new(sc: &Scenario, manifest: Arc<Manifest>) -> Swarm {
+        let n = sc.host_count();
+        let mut hosts = Vec::with_capacity(n);
+        let mut by_id = Map::default();
+        for h in 0..n {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(h as u64 + 1).to_be_bytes());
+            // ids in a scrambled order, as random ids are: the lower id
+            // dials, and the bridge ranking hashes them anyway
+            let scramble = *blake3::hash(&id[..8]).as_bytes();
+            id[8..].copy_from_slice(&scramble[..8]);
+            id.rotate_left(8);
+            by_id.insert(id, h);
+            hosts.push(SimHost {
+                host: None,
+                id,
+                group: sc.group_of(h),
+                addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + h as u32 + 1), 7000)),
+                start: sc.start_of(h),
+                conns: Map::default(),
+                announced: BitVec::repeat(false, manifest.piece_count()),
+                serving: 0,
+                next_wake: f64::INFINITY,
+                done_at: None,
+                failed: None,
+                exited: false,
+                uploaded: 0.0,
+                received: 0.0,
+                bootstrap_until: 0.0,
+            });
+        }
+        // links: up and down of each host, then each group's WAN out and in
+        let mut caps = Vec::with_capacity(2 * n + 2 * sc.groups);
+        caps.extend((0..n).map(|h| sc.up_of(h)));
+        caps.extend((0..n).map(|h| sc.down_of(h)));
+        let wan = sc.wan.unwrap_or(f64::INFINITY);
+        caps.extend(std::iter::repeat_n(wan, 2 * sc.groups));
+        let mut s = Swarm {
+            sc: sc.clone(),
+            base: Instant::now(),
+            t: 0.0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: Vec::new(),
+            free_events: Vec::new(),
+            hosts,
+            by_id,
+            conns: Vec::new(),
+            reqs: Map::default(),
+            req_index: Map::default(),
+            next_req: 1,
+            next_key: 1,
+            net: Net::new(caps),
+            manifest,
+            flow_req: Map::default(),
+            events_run: 0,
+        };
+        for h in 0..n {
+            let at = s.hosts[h].start;
+            s.at(at, Ev::Start(h));
+        }
+        s
+    }
+
+    fn now(&self) -> Instant {
+        self.base + Duration::from_nanos(ns(self.t))
+    }
+
+    fn at(&mut self, t: f64, ev: Ev) {
+        let slot = match self.free_events.pop() {
+            Some(i) => {
+                self.events[i] = Some(ev);
+                i
+            }
+            None => {
+                self.events.push(Some(ev));
+                self.events.len() - 1
+            }
+        };
+        self.seq += 1;
+        self.queue
+            .push(Reverse((ns(t.max(self.t)), self.seq, slot)));
+    }
+
+    fn latency(&self, a: usize, b: usize) -> f64 {
+        if self.hosts[a].group == self.hosts[b].group {
+            self.sc.lan_latency
+        } else {
+            self.sc.wan_latency
+        }
+    }
+
+    /// Runs until every joiner is done or failed, or `until` seconds.
+    /// `progress` is called now and then with the time and hosts done.
+    pub fn run(&mut self, until: f64, progress: &mut dyn FnMut(f64, usize)) {
+        let dt = self.sc.tick;
+        let mut next_report = 0.0;
+        while self.t < until && !self.all_settled() {
+            let end = self.t + dt;
+            // pieces whose flows end within this step
+            for (flow, into) in self.net.advance(dt) {
+                let req = self.flow_req[&flow];
+                let t = self.t + into;
+                self.flow_done(flow, req, t);
+            }
+            while let Some(&Reverse((t, _, slot))) = self.queue.peek() {
+                if t > ns(end) {
+                    break;
+                }
+                self.queue.pop();
+                self.t = (t as f64 / 1e9).max(self.t);
+                let ev = self.events[slot].take().expect("queued events are set");
+                self.free_events.push(slot);
+                self.events_run += 1;
+                self.handle(ev);
+            }
+            self.t = end;
+            if self.t >= next_report {
+                next_report = self.t + 1.0;
+                let done = self.hosts.iter().skip(1).filter(|h| h.done_at.is_some());
+                progress(self.t, done.count());
+            }
+        }
+    }
+
+    fn all_settled(&self) -> bool {
+        self.hosts
+            .iter()
+            .skip(1)
+            .all(|h| h.done_at.is_some() || h.failed.is_some())
+    }
+
+    fn handle(&mut self, ev: Ev) {
+        match ev {
+            Ev::Start(h) => self.start(h),
+            Ev::Bootstrap(h) => {
+                if !self.hosts[h].exited && self.hosts[h].conns.is_empty() {
+                    self.dial(h, 0);
+                }
+            }
+            Ev::Wake(h) => {
+                if ns(self.hosts[h].next_wake) <= ns(self.t) {
+                    self.hosts[h].next_wake = f64::INFINITY;
+                    self.drive(h);
+                }
+            }
+            Ev::Handshake { conn, side } => self.handshake(conn, side),
+            Ev::DialFailed { host, id } => {
+                if let Some(hh) = self.hosts[host].host.as_mut() {
+                    let now = self.base + Duration::from_nanos(ns(self.t));
+                    hh.dial_failed(now, &id);
+                    self.drive(host);
+                }
+            }
+            Ev::Msg { conn, to, msg } => self.message(conn, to, msg),
+            Ev::Request { req } => self.request(req),
+            Ev::CancelRequest { req } => self.cancel_request(req),
+            Ev::Delivered { req } => self.delivered(req),
+            Ev::Refused { req, why } => {
+                let Some(r) = self.take_req(req) else { return };
+                if r.cancelled {
+                    return;
+                }
+                let (h, key) = self.end_key(r.conn, r.side);
+                if let (Some(key), Some(hh)) = (key, self.hosts[h].host.as_mut()) {
+                    let now = self.base + Duration::from_nanos(ns(self.t));
+                    hh.piece_failed(now, key, r.piece, why, None);
+                    self.drive(h);
+                }
+            }
+            Ev::Down { conn, to, normal } => self.down(conn, to, normal),
+            Ev::Deadline { req } => {
+                // still not here: the requester gives up on it, and the
+                // server stops serving it
+                let Some(r) = self.reqs.get(&req).filter(|r| !r.cancelled) else {
+                    return;
+                };
+                let (conn, side, piece) = (r.conn, r.side, r.piece);
+                self.req_index.remove(&(conn, side, piece));
+                self.reqs.get_mut(&req).expect("found").cancelled = true;
+                let lat = self.latency(self.conns[conn].ends[0], self.conns[conn].ends[1]);
+                self.at(self.t + lat, Ev::CancelRequest { req });
+                let (h, key) = self.end_key(conn, side);
+                if let (Some(key), Some(hh)) = (key, self.hosts[h].host.as_mut()) {
+                    let now = self.base + Duration::from_nanos(ns(self.t));
+                    hh.piece_failed(now, key, piece, Failure::Failed, None);
+                    self.drive(h);
+                }
+            }
+        }
+    }
+
+    fn take_req(&mut self, id: u64) -> Option<Req> {
+        let r = self.reqs.remove(&id)?;
+        if self.req_index.get(&(r.conn, r.side, r.piece)) == Some(&id) {
+            self.req_index.remove(&(r.conn, r.side, r.piece));
+        }
+        Some(r)
+    }
+
+    fn end_key(&self, conn: usize, side: usize) -> (usize, Option<PeerKey>) {
+        let c = &self.conns[conn];
+        (c.ends[side], c.keys[side])
+    }
+
+    fn start(&mut self, h: usize) {
+        let sc = &self.sc;
+        let is_seed = h == 0;
+        let cfg = HostConfig {
+            me: self.hosts[h].id,
+            since: ns(self.hosts[h].start) / 1_000_000 + 1,
+            group: format!("g{}", self.hosts[h].group),
+            bridges: sc.bridges,
+            is_join: !is_seed,
+            linger: Duration::from_secs_f64(sc.linger),
+            exit_on_complete: false,
+            until_done: None,
+            until_copies: None,
+            rng_seed: sc.seed ^ (h as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+        };
+        let n = self.manifest.piece_count();
+        let have = BitVec::repeat(is_seed, n);
+        let now = self.now();
+        self.hosts[h].host = Some(Host::new(cfg, self.manifest.clone(), have, !is_seed, now));
+        if is_seed {
+            self.hosts[h].announced = BitVec::repeat(true, n);
+            self.hosts[h].done_at = Some(self.t);
+        } else {
+            self.hosts[h].bootstrap_until = self.t + BOOTSTRAP_FOR;
+            self.dial(h, 0);
+        }
+        self.drive(h);
+    }
+
+    /// Starts a handshake from `a` to `b`.
+    fn dial(&mut self, a: usize, b: usize) {
+        if self.hosts[b].host.is_none() || self.hosts[b].exited {
+            let id = self.hosts[b].id;
+            self.at(self.t + DIAL_TIMEOUT, Ev::DialFailed { host: a, id });
+            return;
+        }
+        let rtt = 2.0 * self.latency(a, b);
+        self.conns.push(Conn {
+            ends: [a, b],
+            keys: [None, None],
+            open: true,
+            early: [Vec::new(), Vec::new()],
+            wants_haves: [true, true],
+            serve: [ServeSide::default(), ServeSide::default()],
+        });
+        let conn = self.conns.len() - 1;
+        // QUIC's handshake, then the proofs: the acceptor is done first
+        self.at(self.t + 1.5 * rtt, Ev::Handshake { conn, side: 1 });
+        self.at(self.t + 2.0 * rtt, Ev::Handshake { conn, side: 0 });
+    }
+
+    fn handshake(&mut self, conn: usize, side: usize) {
+        let c = &self.conns[conn];
+        if !c.open {
+            return;
+        }
+        let (me, other) = (c.ends[side], c.ends[1 - side]);
+        let now = self.now();
+        let (oid, oaddr, ogroup) = {
+            let o = &self.hosts[other];
+            (o.id, o.addr, o.group)
+        };
+        if self.hosts[me].exited {
+            return;
+        }
+        let Some(hh) = self.hosts[me].host.as_mut() else {
+            return;
+        };
+        match hh.admit(now, oid, oaddr, side == 0) {
+            Admit::Refuse(_) => {
+                self.close(conn, side, close::DUPLICATE);
+                if side == 0 && other == 0 && self.hosts[me].conns.is_empty() {
+                    self.retry_bootstrap(me);
+                }
+                return;
+            }
+            Admit::Take { replaces } => {
+                if let Some(old) = replaces
+                    && let Some(&oc) = self.hosts[me].conns.get(&old)
+                {
+                    let os = usize::from(self.conns[oc].ends[1] == me);
+                    self.hosts[me].conns.remove(&old);
+                    self.conns[oc].keys[os] = None;
+                    self.close(oc, os, close::DUPLICATE);
+                }
+            }
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        self.conns[conn].keys[side] = Some(key);
+        self.hosts[me].conns.insert(key, conn);
+        let up = PeerUp {
+            info: PeerInfo {
+                id: oid,
+                group: format!("g{ogroup}"),
+                addrs: vec![oaddr],
+            },
+            addr: oaddr,
+            dialed: side == 0,
+            since: ns(self.hosts[other].start) / 1_000_000 + 1,
+        };
+        let hh = self.hosts[me].host.as_mut().expect("checked above");
+        hh.peer_up(now, key, up);
+        // the control writer's first frame: this host's bitfield
+        let bits = hh.have().to_bitvec();
+        self.send(conn, side, Message::Bitfield(to_wire(&bits)));
+        for msg in std::mem::take(&mut self.conns[conn].early[side]) {
+            self.message_now(conn, side, msg);
+        }
+        self.drive(me);
+    }
+
+    /// The seed refused a joiner that has no peer yet: it tries again
+    /// (the node's bootstrap dials until its connect timeout).
+    fn retry_bootstrap(&mut self, h: usize) {
+        if self.t + BOOTSTRAP_RETRY > self.hosts[h].bootstrap_until {
+            self.fail(h, "the seed refused every connection for 60s".into());
+            return;
+        }
+        self.at(self.t + BOOTSTRAP_RETRY, Ev::Bootstrap(h));
+    }
+
+    /// Sends `msg` from side `from` of `conn` to the other side.
+    fn send(&mut self, conn: usize, from: usize, msg: Message) {
+        let c = &self.conns[conn];
+        if !c.open {
+            return;
+        }
+        let lat = self.latency(c.ends[0], c.ends[1]);
+        self.at(
+            self.t + lat,
+            Ev::Msg {
+                conn,
+                to: 1 - from,
+                msg,
+            },
+        );
+    }
+
+    fn message(&mut self, conn: usize, to: usize, msg: Message) {
+        if !self.conns[conn].open {
+            return;
+        }
+        if self.conns[conn].keys[to].is_none() {
+            self.conns[conn].early[to].push(msg);
+            return;
+        }
+        self.message_now(conn, to, msg);
+        let h = self.conns[conn].ends[to];
+        self.drive(h);
+    }
+
+    fn message_now(&mut self, conn: usize, to: usize, msg: Message) {
+        let (h, key) = self.end_key(conn, to);
+        let Some(key) = key else { return };
+        let now = self.now();
+        if let Some(hh) = self.hosts[h].host.as_mut() {
+            hh.message(now, key, msg);
+        }
+    }
+
+    fn side_of(&self, conn: usize, h: usize) -> usize {
+        usize::from(self.conns[conn].ends[1] == h)
+    }
+
+    /// Closes `conn` from side `from`: the other side hears of it.
+    fn close(&mut self, conn: usize, from: usize, code: u32) {
+        if !self.conns[conn].open {
+            return;
+        }
+        self.conns[conn].open = false;
+        let normal = code == close::DONE || code == close::DUPLICATE;
+        let [a, b] = self.conns[conn].ends;
+        let lat = self.latency(a, b);
+        // both sides stop serving the other
+        for side in 0..2 {
+            self.stop_serving(conn, side);
+        }
+        self.at(
+            self.t + lat,
+            Ev::Down {
+                conn,
+                to: 1 - from,
+                normal,
+            },
+        );
+    }
+
+    fn down(&mut self, conn: usize, to: usize, normal: bool) {
+        let (h, key) = self.end_key(conn, to);
+        let Some(key) = key else { return };
+        self.conns[conn].keys[to] = None;
+        self.hosts[h].conns.remove(&key);
+        let now = self.now();
+        if let Some(hh) = self.hosts[h].host.as_mut() {
+            hh.drop_peer(now, key, "closed", normal);
+            self.drive(h);
+        }
+    }
+
+    /// Runs the host's policy after an event, as the engine's loop does,
+    /// and carries out what it decides.
+    fn drive(&mut self, h: usize) {
+        if self.hosts[h].exited || self.hosts[h].host.is_none() {
+            return;
+        }
+        let now = self.now();
+        self.act(h);
+        let hh = self.hosts[h].host.as_mut().expect("checked");
+        let ticked = hh.tick(now);
+        self.act(h);
+        if let Err(stop) = ticked {
+            self.fail(h, format!("{stop:?}"));
+            return;
+        }
+        let hh = self.hosts[h].host.as_mut().expect("checked");
+        if h != 0 && hh.should_exit(now) {
+            self.exit(h);
+            return;
+        }
+        hh.schedule(now);
+        self.act(h);
+        let hh = self.hosts[h].host.as_ref().expect("checked");
+        let wake = hh
+            .poll_timeout(now)
+            .saturating_duration_since(self.base)
+            .as_secs_f64();
+        if wake < self.hosts[h].next_wake {
+            self.hosts[h].next_wake = wake;
+            self.at(wake, Ev::Wake(h));
+        }
+    }
+
+    fn act(&mut self, h: usize) {
+        loop {
+            let Some(a) = self.hosts[h].host.as_mut().and_then(Host::poll_action) else {
+                return;
+            };
+            match a {
+                Action::Fetch { key, piece } => {
+                    let Some(&conn) = self.hosts[h].conns.get(&key) else {
+                        continue;
+                    };
+                    let side = self.side_of(conn, h);
+                    let id = self.next_req;
+                    self.next_req += 1;
+                    self.req_index.insert((conn, side, piece), id);
+                    self.reqs.insert(
+                        id,
+                        Req {
+                            conn,
+                            side,
+                            piece,
+                            at: self.t,
+                            cancelled: false,
+                        },
+                    );
+                    let lat = self.latency(self.conns[conn].ends[0], self.conns[conn].ends[1]);
+                    self.at(self.t + lat, Ev::Request { req: id });
+                    let len = self.manifest.piece_range(piece as usize).1;
+                    let deadline = crate::core::request_deadline(len).as_secs_f64();
+                    self.at(self.t + deadline, Ev::Deadline { req: id });
+                }
+                Action::Cancel { key, piece } => {
+                    let Some(&conn) = self.hosts[h].conns.get(&key) else {
+                        continue;
+                    };
+                    let side = self.side_of(conn, h);
+                    if let Some(id) = self.req_index.remove(&(conn, side, piece)) {
+                        self.reqs.get_mut(&id).expect("found").cancelled = true;
+                        let lat = self.latency(self.conns[conn].ends[0], self.conns[conn].ends[1]);
+                        self.at(self.t + lat, Ev::CancelRequest { req: id });
+                    }
+                }
+                Action::Send { key, msg } => {
+                    if let Some(&conn) = self.hosts[h].conns.get(&key) {
+                        let side = self.side_of(conn, h);
+                        self.send(conn, side, msg);
+                    }
+                }
+                Action::PeerWantsHaves { key, on } => {
+                    if let Some(&conn) = self.hosts[h].conns.get(&key) {
+                        let side = self.side_of(conn, h);
+                        let was =
+                            std::mem::replace(&mut self.conns[conn].wants_haves[1 - side], on);
+                        if on && !was {
+                            let bits = self.hosts[h].announced.clone();
+                            self.send(conn, side, Message::Bitfield(to_wire(&bits)));
+                        }
+                    }
+                }
+                Action::Close {
+                    key, code, dropped, ..
+                } => {
+                    if let Some(&conn) = self.hosts[h].conns.get(&key) {
+                        let side = self.side_of(conn, h);
+                        if dropped {
+                            self.hosts[h].conns.remove(&key);
+                            self.conns[conn].keys[side] = None;
+                        }
+                        self.close(conn, side, code);
+                        if !dropped {
+                            self.at(
+                                self.t,
+                                Ev::Down {
+                                    conn,
+                                    to: side,
+                                    normal: true,
+                                },
+                            );
+                        }
+                    }
+                }
+                Action::Dial(info) => {
+                    if let Some(&b) = self.by_id.get(&info.id) {
+                        self.dial(h, b);
+                    }
+                }
+                Action::OtherGroup(_) => {}
+                Action::HaveChanged => self.announce(h),
+                Action::Finalize => {
+                    self.hosts[h].done_at = Some(self.t);
+                    if let Some(hh) = self.hosts[h].host.as_mut() {
+                        hh.finalized();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends Haves for the pieces gained since the last announcement.
+    fn announce(&mut self, h: usize) {
+        let Some(hh) = self.hosts[h].host.as_ref() else {
+            return;
+        };
+        let have = hh.have().to_bitvec();
+        let new: Vec<u32> = have
+            .iter_ones()
+            .filter(|&i| !self.hosts[h].announced[i])
+            .map(|i| i as u32)
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        self.hosts[h].announced = have;
+        let conns: Vec<usize> = self.hosts[h].conns.values().copied().collect();
+        for conn in conns {
+            let side = self.side_of(conn, h);
+            if self.conns[conn].wants_haves[1 - side] {
+                for &i in &new {
+                    self.send(conn, side, Message::Have(i));
+                }
+            }
+        }
+    }
+
+    fn request(&mut self, id: u64) {
+        let Some(r) = self.reqs.get(&id) else { return };
+        let (conn, server_side) = (r.conn, 1 - r.side);
+        if r.cancelled || !self.conns[conn].open {
+            return;
+        }
+        let s = &mut self.conns[conn].serve[server_side];
+        s.window
+            .get_or_insert_with(|| ServeWindow::new(serving::PER_CONNECTION));
+        s.queue.push_back(id);
+        self.serve_next(conn, server_side);
+    }
+
+    /// Starts what the serving side's windows allow.
+    fn serve_next(&mut self, conn: usize, side: usize) {
+        let server = self.conns[conn].ends[side];
+        loop {
+            if self.hosts[server].serving >= serving::TOTAL || !self.conns[conn].open {
+                return;
+            }
+            let s = &mut self.conns[conn].serve[side];
+            if s.queue.is_empty() || !s.window.as_mut().is_some_and(ServeWindow::try_start) {
+                return;
+            }
+            let id = s.queue.pop_front().expect("not empty");
+            let Some(r) = self.reqs.get(&id) else {
+                self.end_serve_slot(conn, side, Served::Other);
+                continue;
+            };
+            let piece = r.piece;
+            let Some(key) = self.conns[conn].keys[side] else {
+                self.end_serve_slot(conn, side, Served::Other);
+                continue;
+            };
+            let now = self.now();
+            self.hosts[server].serving += 1;
+            let Some(hh) = self.hosts[server].host.as_mut() else {
+                return;
+            };
+            match hh.serve(now, key, &Request::Piece(piece)) {
+                Decision::Piece { .. } => {
+                    self.conns[conn].serve[side].active.push_back(id);
+                    self.flow_next(conn, side);
+                }
+                Decision::Refuse(status) => {
+                    self.hosts[server].serving -= 1;
+                    self.end_serve_slot(conn, side, Served::Other);
+                    let why = match status {
+                        Status::Elsewhere => Failure::Elsewhere,
+                        Status::Changed => Failure::Changed,
+                        _ => Failure::Missing,
+                    };
+                    let lat = self.latency(self.conns[conn].ends[0], self.conns[conn].ends[1]);
+                    self.at(self.t + lat, Ev::Refused { req: id, why });
+                }
+                Decision::Manifest => {
+                    self.hosts[server].serving -= 1;
+                    self.end_serve_slot(conn, side, Served::Other);
+                }
+            }
+        }
+    }
+
+    fn end_serve_slot(&mut self, conn: usize, side: usize, how: Served) {
+        if let Some(w) = self.conns[conn].serve[side].window.as_mut() {
+            w.end(how);
+        }
+    }
+
+    /// A serve of `server` ended: its total has room again, for requests
+    /// waiting on any of its connections (the node's semaphore wakes them).
+    fn serve_freed(&mut self, server: usize) {
+        let conns: Vec<usize> = self.hosts[server].conns.values().copied().collect();
+        for conn in conns {
+            if self.hosts[server].serving >= serving::TOTAL {
+                return;
+            }
+            let side = self.side_of(conn, server);
+            if !self.conns[conn].serve[side].queue.is_empty() {
+                self.serve_next(conn, side);
+            }
+        }
+    }
+
+    /// Starts the flow of the oldest serve of a connection side, if none
+    /// flows.
+    fn flow_next(&mut self, conn: usize, side: usize) {
+        let s = &self.conns[conn].serve[side];
+        if s.flow.is_some() {
+            return;
+        }
+        let Some(&id) = s.active.front() else { return };
+        let r = &self.reqs[&id];
+        let len = self.manifest.piece_range(r.piece as usize).1 as f64;
+        let (server, client) = (self.conns[conn].ends[side], self.conns[conn].ends[1 - side]);
+        let n = self.hosts.len() as u32;
+        let g = self.sc.groups as u32;
+        let mut links = vec![server as u32, n + client as u32];
+        let (gs, gc) = (
+            self.hosts[server].group as u32,
+            self.hosts[client].group as u32,
+        );
+        if gs != gc {
+            links.push(2 * n + gs);
+            links.push(2 * n + g + gc);
+        }
+        let flow = self.net.start(&links, len);
+        self.flow_req.insert(flow, id);
+        self.conns[conn].serve[side].flow = Some(flow);
+    }
+
+    /// A flow is through at `t`: the serve ends there, the piece arrives
+    /// one way later.
+    fn flow_done(&mut self, flow: u32, id: u64, t: f64) {
+        self.net.stop(flow);
+        self.flow_req.remove(&flow);
+        let Some(r) = self.reqs.get(&id) else { return };
+        let (conn, side) = (r.conn, 1 - r.side);
+        let piece = r.piece;
+        let len = self.manifest.piece_range(piece as usize).1 as f64;
+        let server = self.conns[conn].ends[side];
+        let client = self.conns[conn].ends[1 - side];
+        self.hosts[server].uploaded += len;
+        self.hosts[client].received += len;
+        let saved = self.t;
+        self.t = t.max(saved);
+        let s = &mut self.conns[conn].serve[side];
+        s.flow = None;
+        s.active.pop_front();
+        self.hosts[server].serving -= 1;
+        self.end_serve_slot(conn, side, Served::Piece);
+        if let Some(key) = self.conns[conn].keys[side] {
+            let now = self.now();
+            if let Some(hh) = self.hosts[server].host.as_mut() {
+                hh.serve_ended(now, key, piece, true);
+            }
+        }
+        let lat = self.latency(server, client);
+        self.at(self.t + lat, Ev::Delivered { req: id });
+        self.flow_next(conn, side);
+        self.serve_next(conn, side);
+        self.serve_freed(server);
+        self.drive(server);
+        self.t = saved;
+    }
+
+    fn delivered(&mut self, id: u64) {
+        let Some(r) = self.take_req(id) else { return };
+        if r.cancelled {
+            return;
+        }
+        let (h, key) = self.end_key(r.conn, r.side);
+        let Some(key) = key else { return };
+        let len = self.manifest.piece_range(r.piece as usize).1;
+        let elapsed = Duration::from_secs_f64((self.t - r.at).max(0.0));
+        let now = self.now();
+        if let Some(hh) = self.hosts[h].host.as_mut() {
+            hh.piece_done(now, key, r.piece, len, elapsed);
+            self.drive(h);
+        }
+    }
+
+    fn cancel_request(&mut self, id: u64) {
+        let Some(r) = self.take_req(id) else { return };
+        let (conn, side) = (r.conn, 1 - r.side);
+        let s = &mut self.conns[conn].serve[side];
+        if let Some(pos) = s.queue.iter().position(|&q| q == id) {
+            s.queue.remove(pos);
+            return;
+        }
+        let Some(pos) = s.active.iter().position(|&q| q == id) else {
+            return;
+        };
+        s.active.remove(pos);
+        if pos == 0
+            && let Some(flow) = s.flow.take()
+        {
+            self.net.stop(flow);
+            self.flow_req.remove(&flow);
+        }
+        let server = self.conns[conn].ends[side];
+        self.hosts[server].serving -= 1;
+        self.end_serve_slot(conn, side, Served::Other);
+        if let Some(key) = self.conns[conn].keys[side] {
+            let now = self.now();
+            if let Some(hh) = self.hosts[server].host.as_mut() {
+                hh.serve_ended(now, key, r.piece, false);
+            }
+        }
+        self.flow_next(conn, side);
+        self.serve_next(conn, side);
+        self.serve_freed(server);
+    }
+
+    /// Ends every serve of side `side` of `conn` (the connection closed).
+    fn stop_serving(&mut self, conn: usize, side: usize) {
+        let server = self.conns[conn].ends[side];
+        let s = std::mem::take(&mut self.conns[conn].serve[side]);
+        if let Some(flow) = s.flow {
+            self.net.stop(flow);
+            self.flow_req.remove(&flow);
+        }
+        self.hosts[server].serving -= s.active.len();
+        let key = self.conns[conn].keys[side];
+        let now = self.now();
+        for &id in &s.active {
+            if let Some(r) = self.take_req(id)
+                && let (Some(key), Some(hh)) = (key, self.hosts[server].host.as_mut())
+            {
+                hh.serve_ended(now, key, r.piece, false);
+            }
+        }
+        for &id in &s.queue {
+            self.take_req(id);
+        }
+        if !s.active.is_empty() {
+            self.serve_freed(server);
+        }
+    }
+
+    fn fail(&mut self, h: usize, why: String) {
+        self.hosts[h].failed = Some(why);
+        self.exit(h);
+    }
+
+    /// The host's process ends: its connections close.
+    fn exit(&mut self, h: usize) {
+        if self.hosts[h].exited {
+            return;
+        }
+        self.hosts[h].exited = true;
+        let conns: Vec<usize> = self.hosts[h].conns.values().copied().collect();
+        for conn in conns {
+            let side = self.side_of(conn, h);
+            self.close(conn, side, close::DONE);
+        }
+        self.hosts[h].conns.clear();
+        self.hosts[h].host = None;
+    }
+
+    /// What each host did.
+    pub fn outcome(&self) -> Vec<HostOutcome> {
+        self.hosts
+            .iter()
+            .map(|h| HostOutcome {
+                group: h.group,
+                start: h.start,
+                done: h.done_at,
+                failed: h.failed.clone(),
+                uploaded: h.uploaded,
+                received: h.received,
+            })
+            .collect()
+    }
+
+    /// Bytes carried by each group's WAN downlink.
+    pub fn wan_in(&self) -> Vec<f64> {
+        let n = self.hosts.len();
+        (0..self.sc.groups)
+            .map(|g| self.net.carried[2 * n + self.sc.groups + g])
+            .collect()
+    }
+}
+
+fn to_wire(bits: &BitSlice) -> BitVec<u8, Lsb0> {
+    bits.iter().by_vals().collect()
+}

@@ -1,0 +1,86 @@
+//! `swarm simulate` as operators run it: one JSON document, the same for
+//! the same inputs, and clear errors for bad ones.
+
+use crate::util::swarm;
+
+fn simulate(args: &[&str]) -> std::process::Output {
+    swarm()
+        .arg("-q")
+        .arg("simulate")
+        .args(args)
+        .output()
+        .expect("run swarm")
+}
+
+fn figures(out: &std::process::Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
+    v["sim"] = serde_json::Value::Null;
+    v["swarm"]["wall_s"] = serde_json::Value::Null;
+    v
+}
+
+#[test]
+fn simulate_prints_the_same_figures_for_the_same_inputs() {
+    let args = [
+        "--groups",
+        "2",
+        "--hosts-per-group",
+        "4",
+        "--size",
+        "32MiB",
+        "--nic",
+        "200Mbit/s",
+        "--wan",
+        "100Mbit/s",
+        "--seed",
+        "5",
+        "--json",
+    ];
+    let a = figures(&simulate(&args));
+    let b = figures(&simulate(&args));
+    assert_eq!(a, b);
+    assert_eq!(a["swarm"]["all"]["hosts_done"], 8);
+    assert_eq!(a["cascade"]["hosts_done"], 8);
+    // S at 100 Mbit/s over the WAN
+    let t_star = a["t_star_s"].as_f64().unwrap();
+    assert!(
+        (t_star - 32.0 * 1048576.0 / 12.5e6).abs() < 1e-6,
+        "{t_star}"
+    );
+    let last = a["swarm"]["all"]["last_over_t_star"].as_f64().unwrap();
+    assert!((1.0..3.0).contains(&last), "{last}");
+    let wan = a["swarm"]["wan_in_over_s_per_remote_group"][0]
+        .as_f64()
+        .unwrap();
+    assert!((1.0..1.5).contains(&wan), "{wan}");
+    // the summary for people names the same figures
+    let human = simulate(&args[..args.len() - 1]);
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(
+        text.contains("swarm:") && text.contains("cascade:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn simulate_refuses_bad_arguments_with_exit_2() {
+    for (args, names) in [
+        (&["--groups", "0"][..], "--groups"),
+        (&["--size", "lots"][..], "--size"),
+        (&["--nic", "fast"][..], "--nic"),
+        (&["--piece-size", "3000"][..], "--piece-size"),
+        (&["--slow", "10%"][..], "--slow"),
+        (&["--hosts-per-group", "1000000"][..], "joiners"),
+        (&["--size", "1PiB", "--piece-size", "16KiB"][..], "pieces"),
+    ] {
+        let out = simulate(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
+}
