@@ -54,7 +54,7 @@ pub struct SimulateArgs {
     /// Datacenter groups (the seed is in the first).
     #[arg(long, default_value_t = 1)]
     pub groups: usize,
-    /// Joiners per group.
+    /// Hosts per group; the seed is one of the first group's.
     #[arg(long, default_value_t = 8)]
     pub hosts_per_group: usize,
     /// Image size.

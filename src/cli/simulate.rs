@@ -49,8 +49,13 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
     let hosts = a.groups.saturating_mul(a.hosts_per_group);
     if hosts > MAX_HOSTS {
         return Err(format!(
-            "at most {MAX_HOSTS} joiners in all (--groups x --hosts-per-group is {hosts})"
+            "at most {MAX_HOSTS} hosts in all (--groups x --hosts-per-group is {hosts})"
         ));
+    }
+    if hosts < 2 {
+        return Err(
+            "--groups x --hosts-per-group must be at least 2: the seed and a joiner".into(),
+        );
     }
     if !(1..=crate::node::MAX_BRIDGES).contains(&a.bridges) {
         return Err(format!(

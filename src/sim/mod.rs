@@ -54,18 +54,14 @@ pub struct Scenario {
 }
 
 impl Scenario {
-    /// The seed (host 0, in group 0) and `groups * hosts_per_group`
-    /// joiners, group by group.
+    /// `groups * hosts_per_group` hosts, group by group; the seed is host
+    /// 0, one of the first group's (as in the compare benchmark's GxH).
     pub fn host_count(&self) -> usize {
-        1 + self.groups * self.hosts_per_group
+        self.groups * self.hosts_per_group
     }
 
     pub fn group_of(&self, h: usize) -> usize {
-        if h == 0 {
-            0
-        } else {
-            (h - 1) / self.hosts_per_group
-        }
+        h / self.hosts_per_group
     }
 
     fn draw(&self, h: usize, what: u64) -> f64 {
