@@ -78,6 +78,10 @@ pub struct SimulateArgs {
     /// Bridges per group (`swarm join --bridges`).
     #[arg(long, default_value_t = 1)]
     pub bridges: usize,
+    /// The seed's `--max-peers`: past it, hosts are sent to others.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub seed_max_peers: u16,
     /// Joiners start at times spread evenly over this (default: all at once).
     #[arg(long, default_value = "0s")]
     pub stagger: String,
@@ -256,6 +260,12 @@ pub struct ListenArgs {
     /// ones a host tells its peers.
     #[arg(long, value_name = "ADDR")]
     pub advertise: Vec<String>,
+    /// Connections this host keeps at most (1-512). A host that reaches it
+    /// past that is given the addresses of others and sent on: a seed
+    /// with `--max-peers 32` feeds 32 hosts and the rest fetch from them.
+    #[arg(long, value_name = "N", default_value_t = 512,
+          value_parser = clap::value_parser!(u16).range(1..=512))]
+    pub max_peers: u16,
 }
 
 /// Datacenter groups: hosts fetch from their own group; a few bridges per

@@ -32,10 +32,20 @@ pub fn seed(a: &SeedArgs) -> Result<SeedConfig, String> {
     if a.until_copies == Some(0) {
         return Err("--until-copies: N must be at least 1".into());
     }
+    if let Some(n) = a
+        .until_done
+        .filter(|&n| n > usize::from(a.listen.max_peers))
+    {
+        return Err(format!(
+            "--until-done {n} needs --max-peers {n} or more: the seed hears that a host is done \
+             only from hosts connected to it (or use --until-copies)"
+        ));
+    }
     Ok(SeedConfig {
         path: a.path.clone(),
         listen: units::addr("--listen", &a.listen.listen)?,
         advertise: advertise(&a.listen)?,
+        max_peers: a.listen.max_peers.into(),
         piece_size,
         until_done: a.until_done,
         until_copies: a.until_copies,
@@ -179,6 +189,7 @@ pub fn join(a: &JoinArgs) -> Result<JoinConfig, String> {
         dest_dir: a.dest_dir.clone(),
         listen: units::addr("--listen", &a.listen.listen)?,
         advertise: advertise(&a.listen)?,
+        max_peers: a.listen.max_peers.into(),
         linger: units::duration("--linger", &a.linger)?,
         exit_on_complete: a.exit_on_complete,
         force: a.force,

@@ -112,6 +112,7 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
         lan_latency: secs("--lan-latency", &a.lan_latency)?,
         wan_latency: secs("--wan-latency", &a.wan_latency)?,
         bridges: a.bridges,
+        seed_max_peers: a.seed_max_peers.into(),
         stagger: secs("--stagger", &a.stagger)?,
         slow_share,
         slow_factor,

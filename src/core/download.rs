@@ -514,6 +514,9 @@ impl Download {
             p.src.expire(now);
         }
         let limits = self.limits();
+        if self.inflight_total >= limits.total {
+            return out; // every slot taken: the usual case after an event
+        }
         let cap = self.local_cap(now, &limits);
         // fastest first; unmeasured peers count as fast so they get tried
         let mut order: Vec<(PeerKey, f64, u64)> = self

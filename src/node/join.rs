@@ -171,6 +171,7 @@ async fn join_parts(
         started,
         report: std::mem::take(report),
         upload_limit: cfg.upload_limit,
+        max_peers: cfg.max_peers,
         group: cfg.group.clone(),
     };
     Ok(Box::new((parts, first)))

@@ -95,6 +95,8 @@ pub struct SeedConfig {
     /// `--advertise`: where others reach this host (NAT, pods); empty:
     /// the listen address (every interface's, in the ticket, for 0.0.0.0).
     pub advertise: Vec<SocketAddr>,
+    /// Connections kept at most (`--max-peers`).
+    pub max_peers: usize,
     pub piece_size: Option<u64>,
     pub until_done: Option<usize>,
     /// Exit once every piece has this many copies on other hosts.
@@ -114,6 +116,8 @@ pub struct JoinConfig {
     pub listen: SocketAddr,
     /// `--advertise`: where others reach this host; empty: where they see it.
     pub advertise: Vec<SocketAddr>,
+    /// Connections kept at most (`--max-peers`).
+    pub max_peers: usize,
     pub linger: Duration,
     pub exit_on_complete: bool,
     pub force: bool,

@@ -25,7 +25,6 @@ static NEXT_KEY: AtomicU64 = AtomicU64::new(1);
 
 /// The engine's handle to a running peer.
 pub struct PeerHandle {
-    pub key: PeerKey,
     pub conn: Connection,
     pub control: mpsc::Sender<Message>,
     /// Whether the peer wants our Haves (its last `WantHaves`; on at
@@ -35,16 +34,22 @@ pub struct PeerHandle {
     pub writer: tokio::task::JoinHandle<()>,
 }
 
-/// Starts the peer's tasks; returns the engine's handle. `pieces` is the
+/// Starts the tasks of the peer the engine knows as `key` (from
+/// `next_key`); returns the engine's handle. `pieces` is the
 /// manifest's piece count (it bounds the control frames).
+/// A key no connection of this process had.
+pub fn next_key() -> PeerKey {
+    NEXT_KEY.fetch_add(1, Ordering::Relaxed)
+}
+
 pub fn start(
     h: Handshaken,
+    key: PeerKey,
     events: mpsc::Sender<Event>,
     have: watch::Receiver<Arc<BitVec>>,
     serve_limit: Arc<Semaphore>,
     pieces: usize,
 ) -> PeerHandle {
-    let key = NEXT_KEY.fetch_add(1, Ordering::Relaxed);
     let (tx, rx) = mpsc::channel(CONTROL_QUEUE);
     let (wants_haves, wants) = watch::channel(true);
     let writer = tokio::spawn(control_writer(h.send, rx, have, wants));
@@ -63,7 +68,6 @@ pub fn start(
         serve_limit,
     ));
     PeerHandle {
-        key,
         conn: h.conn,
         control: tx,
         wants_haves,

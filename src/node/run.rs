@@ -291,6 +291,7 @@ async fn seed_parts(
         seed_id: None,
         report: std::mem::take(report),
         upload_limit: cfg.upload_limit,
+        max_peers: cfg.max_peers,
         group: cfg.group.clone(),
     })
 }

@@ -104,7 +104,14 @@ pub fn run(sc: &Scenario, until: f64) -> Vec<Option<f64>> {
                     links.push((2 * n) as u32 + gs);
                     links.push((2 * n + sc.groups) as u32 + gd);
                 }
-                c.flow = Some(net.start(&links, sc.size as f64));
+                // TCP: a share inversely proportional to the round trip
+                let rtt = 2.0
+                    * if gs == gd {
+                        sc.lan_latency
+                    } else {
+                        sc.wan_latency
+                    };
+                c.flow = Some(net.start(&links, sc.size as f64, 1.0 / rtt.max(1e-6)));
             }
         }
         for (flow, into) in net.advance(dt) {

@@ -37,6 +37,8 @@ pub struct Scenario {
     pub wan_latency: f64,
     /// Bridges per group.
     pub bridges: usize,
+    /// The seed's `--max-peers`.
+    pub seed_max_peers: usize,
     /// Every joiner starts at a time drawn evenly from `[0, stagger]`.
     pub stagger: f64,
     /// This share of the joiners (chosen by the seed) has NICs `slow_factor`
@@ -240,6 +242,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
             "lan_latency_s": sc.lan_latency,
             "wan_latency_s": sc.wan_latency,
             "bridges": sc.bridges,
+            "seed_max_peers": sc.seed_max_peers,
             "stagger_s": sc.stagger,
             "slow_hosts": slow_n,
             "slow_factor": sc.slow_factor,

@@ -1,7 +1,11 @@
 //! The flow-level network: every host's NIC (up and down) and every group's
 //! WAN uplink and downlink are capacities shared by the flows through them,
-//! max-min fair (progressive filling: the most constrained link's share is
-//! fixed first, its flows take it, the rest share what is left). Packets,
+//! weighted max-min fair (progressive filling: the most constrained link's
+//! share per unit of weight is fixed first, its flows take it in proportion
+//! to their weights, the rest share what is left). Weights stand for how a
+//! congestion controller splits a link: equal for swarm's flows, which
+//! share by design (`node::cc`), inversely proportional to the round trip
+//! for TCP's (the cascade's rsync), which favours the short one. Packets,
 //! congestion control and loss are not modelled; latency is added by the
 //! caller per message and per piece.
 
@@ -14,7 +18,10 @@ struct Link {
     cap: f64,
     /// Progressive filling's working state.
     left: f64,
-    unfixed: u32,
+    /// The weights of the flows not fixed yet.
+    unfixed: f64,
+    /// Flows not fixed yet.
+    count: u32,
     flows: Vec<u32>,
 }
 
@@ -25,6 +32,7 @@ pub struct Flow {
     pub nlinks: u8,
     pub remaining: f64,
     pub rate: f64,
+    weight: f64,
     fixed: bool,
 }
 
@@ -69,7 +77,8 @@ impl Net {
                 .map(|cap| Link {
                     cap,
                     left: 0.0,
-                    unfixed: 0,
+                    unfixed: 0.0,
+                    count: 0,
                     flows: Vec::new(),
                 })
                 .collect(),
@@ -82,7 +91,7 @@ impl Net {
 
     /// Starts a flow of `bytes` through `links` (unlimited ones only count
     /// what passes).
-    pub fn start(&mut self, links: &[u32], bytes: f64) -> u32 {
+    pub fn start(&mut self, links: &[u32], bytes: f64, weight: f64) -> u32 {
         assert!(links.len() <= 4, "at most 4 links a flow");
         let mut l = [0u32; 4];
         l[..links.len()].copy_from_slice(links);
@@ -91,6 +100,7 @@ impl Net {
             nlinks: links.len() as u8,
             remaining: bytes.max(0.0),
             rate: 0.0,
+            weight: weight.max(1e-9),
             fixed: false,
         };
         let id = match self.free.pop() {
@@ -128,7 +138,8 @@ impl Net {
         self.dirty = false;
         for l in &mut self.links {
             l.left = l.cap;
-            l.unfixed = 0;
+            l.unfixed = 0.0;
+            l.count = 0;
             l.flows.clear();
         }
         for (id, f) in self.flows.iter_mut().enumerate() {
@@ -137,7 +148,8 @@ impl Net {
             f.rate = f64::INFINITY;
             for &k in &f.links[..f.nlinks as usize] {
                 let l = &mut self.links[k as usize];
-                l.unfixed += 1;
+                l.unfixed += f.weight;
+                l.count += 1;
                 l.flows.push(id as u32);
             }
         }
@@ -145,15 +157,15 @@ impl Net {
             .links
             .iter()
             .enumerate()
-            .filter(|(_, l)| l.unfixed > 0)
-            .map(|(k, l)| Share(l.left / f64::from(l.unfixed), k as u32))
+            .filter(|(_, l)| l.count > 0)
+            .map(|(k, l)| Share(l.left / l.unfixed, k as u32))
             .collect();
         while let Some(Share(share, k)) = heap.pop() {
             let l = &self.links[k as usize];
-            if l.unfixed == 0 {
+            if l.count == 0 {
                 continue;
             }
-            let now = l.left.max(0.0) / f64::from(l.unfixed);
+            let now = l.left.max(0.0) / l.unfixed;
             if now.total_cmp(&share) != Ordering::Equal {
                 continue; // stale: pushed again when it changed
             }
@@ -164,15 +176,20 @@ impl Net {
                     continue;
                 }
                 f.fixed = true;
-                f.rate = share;
+                f.rate = share * f.weight;
                 for &k2 in &f.links[..f.nlinks as usize] {
                     let l2 = &mut self.links[k2 as usize];
-                    if share.is_finite() {
-                        l2.left -= share;
+                    if f.rate.is_finite() {
+                        l2.left -= f.rate;
                     }
-                    l2.unfixed -= 1;
-                    if k2 != k && l2.unfixed > 0 {
-                        heap.push(Share(l2.left.max(0.0) / f64::from(l2.unfixed), k2));
+                    l2.count -= 1;
+                    l2.unfixed = if l2.count == 0 {
+                        0.0
+                    } else {
+                        l2.unfixed - f.weight
+                    };
+                    if k2 != k && l2.count > 0 {
+                        heap.push(Share(l2.left.max(0.0) / l2.unfixed, k2));
                     }
                 }
             }
@@ -218,9 +235,9 @@ mod tests {
     fn shares_are_max_min_fair() {
         // links: 0 (10), 1 (4), 2 (unlimited)
         let mut n = Net::new(vec![10.0, 4.0, f64::INFINITY]);
-        let a = n.start(&[0, 1], 100.0);
-        let b = n.start(&[0, 1], 100.0);
-        let c = n.start(&[0, 2], 100.0);
+        let a = n.start(&[0, 1], 100.0, 1.0);
+        let b = n.start(&[0, 1], 100.0, 1.0);
+        let c = n.start(&[0, 2], 100.0, 1.0);
         n.fill();
         // a and b share link 1 (2 each); c takes what link 0 has left
         assert_eq!(rates(&n, &[a, b, c]), vec![2.0, 2.0, 6.0]);
@@ -229,11 +246,21 @@ mod tests {
         assert_eq!(rates(&n, &[a, b]), vec![2.0, 2.0]);
     }
 
+    /// Weights split a shared link in proportion (TCP's round trips).
+    #[test]
+    fn weights_split_a_link_in_proportion() {
+        let mut n = Net::new(vec![12.0, f64::INFINITY, f64::INFINITY]);
+        let a = n.start(&[0, 1], 100.0, 3.0);
+        let b = n.start(&[0, 2], 100.0, 1.0);
+        n.fill();
+        assert_eq!(rates(&n, &[a, b]), vec![9.0, 3.0]);
+    }
+
     #[test]
     fn flows_finish_when_their_bytes_are_through() {
         let mut n = Net::new(vec![10.0]);
-        let a = n.start(&[0], 5.0);
-        let b = n.start(&[0], 20.0);
+        let a = n.start(&[0], 5.0, 1.0);
+        let b = n.start(&[0], 20.0, 1.0);
         let done = n.advance(1.0);
         assert_eq!(done, vec![(a, 1.0)]);
         n.stop(a);

@@ -27,7 +27,7 @@ use bitvec::prelude::*;
 
 use super::net::Net;
 use super::{HostOutcome, Scenario};
-use crate::core::host::{Action, Admit, Decision, Host, HostConfig, PeerUp};
+use crate::core::host::{Action, Admit, Decision, Host, HostConfig, MAX_CONNECTIONS, PeerUp};
 use crate::core::serve::{self as serving, ServeWindow, Served};
 use crate::core::{Failure, Map, PeerKey};
 use crate::manifest::Manifest;
@@ -89,7 +89,7 @@ enum Ev {
     Msg {
         conn: usize,
         to: usize,
-        msg: Message,
+        msgs: Vec<Message>,
     },
     Request {
         req: u64,
@@ -105,6 +105,11 @@ enum Ev {
         why: Failure,
     },
     /// The requester's deadline for a request.
+    /// Side `from` closes the connection (a redirect's end).
+    Close {
+        conn: usize,
+        from: usize,
+    },
     Deadline {
         req: u64,
     },
@@ -124,6 +129,8 @@ struct SimHost {
     start: f64,
     /// The connections of this host by its key.
     conns: Map<PeerKey, usize>,
+    /// Every connection it dialed or was dialed on (`exit` closes them).
+    all_conns: Vec<usize>,
     /// Pieces already announced (for Haves).
     announced: BitVec,
     serving: usize,
@@ -157,6 +164,10 @@ pub struct Swarm {
     /// Flow id -> request it carries.
     flow_req: Map<u32, u64>,
     pub events_run: u64,
+    /// Hosts that had an event at the current instant: their policy runs
+    /// once, after every event of that instant (`flush`).
+    dirty: Vec<usize>,
+    is_dirty: Vec<bool>,
 }
 
 /// Nanoseconds of virtual time.
@@ -185,6 +196,7 @@ impl Swarm {
                 addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + h as u32 + 1), 7000)),
                 start: sc.start_of(h),
                 conns: Map::default(),
+                all_conns: Vec::new(),
                 announced: BitVec::repeat(false, manifest.piece_count()),
                 serving: 0,
                 next_wake: f64::INFINITY,
@@ -221,6 +233,8 @@ impl Swarm {
             manifest,
             flow_req: Map::default(),
             events_run: 0,
+            dirty: Vec::new(),
+            is_dirty: vec![false; n],
         };
         for h in 0..n {
             let at = s.hosts[h].start;
@@ -280,6 +294,13 @@ impl Swarm {
                 self.free_events.push(slot);
                 self.events_run += 1;
                 self.handle(ev);
+                if self
+                    .queue
+                    .peek()
+                    .is_none_or(|&Reverse((next, _, _))| next != t)
+                {
+                    self.flush();
+                }
             }
             self.t = end;
             if self.t >= next_report {
@@ -287,6 +308,21 @@ impl Swarm {
                 let done = self.hosts.iter().skip(1).filter(|h| h.done_at.is_some());
                 progress(self.t, done.count());
             }
+        }
+    }
+
+    fn touch(&mut self, h: usize) {
+        if !self.is_dirty[h] {
+            self.is_dirty[h] = true;
+            self.dirty.push(h);
+        }
+    }
+
+    /// Runs the policy of every host that had an event just now.
+    fn flush(&mut self) {
+        while let Some(h) = self.dirty.pop() {
+            self.is_dirty[h] = false;
+            self.drive(h);
         }
     }
 
@@ -308,7 +344,7 @@ impl Swarm {
             Ev::Wake(h) => {
                 if ns(self.hosts[h].next_wake) <= ns(self.t) {
                     self.hosts[h].next_wake = f64::INFINITY;
-                    self.drive(h);
+                    self.touch(h);
                 }
             }
             Ev::Handshake { conn, side } => self.handshake(conn, side),
@@ -316,10 +352,14 @@ impl Swarm {
                 if let Some(hh) = self.hosts[host].host.as_mut() {
                     let now = self.base + Duration::from_nanos(ns(self.t));
                     hh.dial_failed(now, &id);
-                    self.drive(host);
+                    self.touch(host);
                 }
             }
-            Ev::Msg { conn, to, msg } => self.message(conn, to, msg),
+            Ev::Msg { conn, to, msgs } => {
+                for msg in msgs {
+                    self.message(conn, to, msg);
+                }
+            }
             Ev::Request { req } => self.request(req),
             Ev::CancelRequest { req } => self.cancel_request(req),
             Ev::Delivered { req } => self.delivered(req),
@@ -332,10 +372,11 @@ impl Swarm {
                 if let (Some(key), Some(hh)) = (key, self.hosts[h].host.as_mut()) {
                     let now = self.base + Duration::from_nanos(ns(self.t));
                     hh.piece_failed(now, key, r.piece, why, None);
-                    self.drive(h);
+                    self.touch(h);
                 }
             }
             Ev::Down { conn, to, normal } => self.down(conn, to, normal),
+            Ev::Close { conn, from } => self.close(conn, from, close::DUPLICATE),
             Ev::Deadline { req } => {
                 // still not here: the requester gives up on it, and the
                 // server stops serving it
@@ -351,7 +392,7 @@ impl Swarm {
                 if let (Some(key), Some(hh)) = (key, self.hosts[h].host.as_mut()) {
                     let now = self.base + Duration::from_nanos(ns(self.t));
                     hh.piece_failed(now, key, piece, Failure::Failed, None);
-                    self.drive(h);
+                    self.touch(h);
                 }
             }
         }
@@ -384,6 +425,11 @@ impl Swarm {
             until_done: None,
             until_copies: None,
             rng_seed: sc.seed ^ (h as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+            max_peers: if is_seed {
+                sc.seed_max_peers
+            } else {
+                MAX_CONNECTIONS
+            },
         };
         let n = self.manifest.piece_count();
         let have = BitVec::repeat(is_seed, n);
@@ -396,7 +442,7 @@ impl Swarm {
             self.hosts[h].bootstrap_until = self.t + BOOTSTRAP_FOR;
             self.dial(h, 0);
         }
-        self.drive(h);
+        self.touch(h);
     }
 
     /// Starts a handshake from `a` to `b`.
@@ -416,6 +462,8 @@ impl Swarm {
             serve: [ServeSide::default(), ServeSide::default()],
         });
         let conn = self.conns.len() - 1;
+        self.hosts[a].all_conns.push(conn);
+        self.hosts[b].all_conns.push(conn);
         // QUIC's handshake, then the proofs: the acceptor is done first
         self.at(self.t + 1.5 * rtt, Ev::Handshake { conn, side: 1 });
         self.at(self.t + 2.0 * rtt, Ev::Handshake { conn, side: 0 });
@@ -438,12 +486,21 @@ impl Swarm {
         let Some(hh) = self.hosts[me].host.as_mut() else {
             return;
         };
-        match hh.admit(now, oid, oaddr, side == 0) {
+        let ogroup_name = format!("g{ogroup}");
+        match hh.admit(now, oid, &ogroup_name, oaddr, side == 0) {
             Admit::Refuse(_) => {
                 self.close(conn, side, close::DUPLICATE);
                 if side == 0 && other == 0 && self.hosts[me].conns.is_empty() {
                     self.retry_bootstrap(me);
                 }
+                return;
+            }
+            Admit::Redirect(peers) => {
+                // the peer list, then the close once the newcomer has
+                // started (after its manifest: a round trip)
+                self.send(conn, side, Message::Peers(peers));
+                let rtt = 2.0 * self.latency(me, other);
+                self.at(self.t + rtt, Ev::Close { conn, from: side });
                 return;
             }
             Admit::Take { replaces } => {
@@ -479,7 +536,7 @@ impl Swarm {
         for msg in std::mem::take(&mut self.conns[conn].early[side]) {
             self.message_now(conn, side, msg);
         }
-        self.drive(me);
+        self.touch(me);
     }
 
     /// The seed refused a joiner that has no peer yet: it tries again
@@ -494,6 +551,11 @@ impl Swarm {
 
     /// Sends `msg` from side `from` of `conn` to the other side.
     fn send(&mut self, conn: usize, from: usize, msg: Message) {
+        self.send_all(conn, from, vec![msg]);
+    }
+
+    /// Sends `msgs`, in order, at once.
+    fn send_all(&mut self, conn: usize, from: usize, msgs: Vec<Message>) {
         let c = &self.conns[conn];
         if !c.open {
             return;
@@ -504,7 +566,7 @@ impl Swarm {
             Ev::Msg {
                 conn,
                 to: 1 - from,
-                msg,
+                msgs,
             },
         );
     }
@@ -519,7 +581,7 @@ impl Swarm {
         }
         self.message_now(conn, to, msg);
         let h = self.conns[conn].ends[to];
-        self.drive(h);
+        self.touch(h);
     }
 
     fn message_now(&mut self, conn: usize, to: usize, msg: Message) {
@@ -566,7 +628,7 @@ impl Swarm {
         let now = self.now();
         if let Some(hh) = self.hosts[h].host.as_mut() {
             hh.drop_peer(now, key, "closed", normal);
-            self.drive(h);
+            self.touch(h);
         }
     }
 
@@ -719,9 +781,8 @@ impl Swarm {
         for conn in conns {
             let side = self.side_of(conn, h);
             if self.conns[conn].wants_haves[1 - side] {
-                for &i in &new {
-                    self.send(conn, side, Message::Have(i));
-                }
+                let haves = new.iter().map(|&i| Message::Have(i)).collect();
+                self.send_all(conn, side, haves);
             }
         }
     }
@@ -761,10 +822,12 @@ impl Swarm {
                 continue;
             };
             let now = self.now();
-            self.hosts[server].serving += 1;
-            let Some(hh) = self.hosts[server].host.as_mut() else {
+            if self.hosts[server].host.is_none() {
+                self.end_serve_slot(conn, side, Served::Other);
                 return;
-            };
+            }
+            self.hosts[server].serving += 1;
+            let hh = self.hosts[server].host.as_mut().expect("checked");
             match hh.serve(now, key, &Request::Piece(piece)) {
                 Decision::Piece { .. } => {
                     self.conns[conn].serve[side].active.push_back(id);
@@ -832,7 +895,7 @@ impl Swarm {
             links.push(2 * n + gs);
             links.push(2 * n + g + gc);
         }
-        let flow = self.net.start(&links, len);
+        let flow = self.net.start(&links, len, 1.0);
         self.flow_req.insert(flow, id);
         self.conns[conn].serve[side].flow = Some(flow);
     }
@@ -884,7 +947,7 @@ impl Swarm {
         let now = self.now();
         if let Some(hh) = self.hosts[h].host.as_mut() {
             hh.piece_done(now, key, r.piece, len, elapsed);
-            self.drive(h);
+            self.touch(h);
         }
     }
 
@@ -957,7 +1020,8 @@ impl Swarm {
             return;
         }
         self.hosts[h].exited = true;
-        let conns: Vec<usize> = self.hosts[h].conns.values().copied().collect();
+        // every connection it has an end of, taken or still in its handshake
+        let conns = std::mem::take(&mut self.hosts[h].all_conns);
         for conn in conns {
             let side = self.side_of(conn, h);
             self.close(conn, side, close::DONE);

@@ -12,6 +12,7 @@ fn small(groups: usize, n: usize) -> Scenario {
         lan_latency: 0.0002,
         wan_latency: 0.03,
         bridges: 1,
+        seed_max_peers: 512,
         stagger: 0.0,
         slow_share: 0.0,
         slow_factor: 1.0,

@@ -167,3 +167,54 @@ fn seeding_a_large_file_keeps_memory_below_its_size() {
         SIZE >> 20
     );
 }
+
+/// A seed that keeps at most two connections sends the other joiners,
+/// started at the same time, to the hosts it serves: every copy completes,
+/// and the seed served two hosts only.
+#[test]
+fn a_full_seed_sends_newcomers_to_other_hosts() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("db.img");
+    let size = 8 << 20;
+    random_file(&src, size, 9);
+    let mut seed = seed(
+        dir.path(),
+        &src,
+        &["--max-peers", "2", "--piece-size", "256KiB"],
+    );
+    let mut joiners: Vec<Proc> = (0..JOINERS)
+        .map(|k| join(dir.path(), &seed, &format!("j{k}"), &["--linger", "3s"]))
+        .collect();
+    for j in &mut joiners {
+        j.wait_ok(LIMIT);
+    }
+    seed.proc.signal(libc::SIGTERM);
+    seed.proc.wait_ok(LIMIT);
+    for k in 0..JOINERS {
+        assert_same(&src, &dir.path().join(format!("j{k}")).join("db.img"));
+    }
+    let s = report(&seed.report);
+    let served = s["served_to"].as_object().unwrap();
+    assert!(served.len() <= 2, "the seed served {served:?}");
+    let redirected = (0..JOINERS)
+        .map(|k| report(&dir.path().join(format!("j{k}.json"))))
+        .filter(|r| r["received_from_seed"].as_u64() == Some(0))
+        .count();
+    assert!(
+        redirected >= JOINERS - 2,
+        "{redirected} joiners took nothing from the seed"
+    );
+    // --until-done cannot count hosts the seed does not keep
+    let out = run(
+        {
+            let mut c = swarm();
+            c.arg("seed")
+                .arg(&src)
+                .args(["--max-peers", "2", "--until-done", "3"]);
+            c
+        },
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-peers"));
+}

@@ -37,9 +37,8 @@ impl Host {
         };
         p.heard = now;
         let remote = p.remote;
-        let i = match req.piece() {
-            None => return Decision::Manifest,
-            Some(i) => i as usize,
+        let Some(i) = req.piece().map(|i| i as usize) else {
+            return Decision::Manifest;
         };
         if i >= self.manifest.piece_count() || !self.have()[i] {
             return Decision::Refuse(Status::Missing);

@@ -25,7 +25,7 @@ use bitvec::prelude::*;
 
 pub use self::answer::Decision;
 use self::peers::Bans;
-pub use self::peers::{Admit, PeerState, PeerUp};
+pub use self::peers::{Admit, MAX_CONNECTIONS, PeerState, PeerUp};
 use super::dial::Dialer;
 use super::group::group_tag;
 use super::{Download, DownloadConfig, Failure, Map, PeerKey, Set, Spreader};
@@ -68,6 +68,9 @@ pub struct HostConfig {
     pub until_copies: Option<u32>,
     /// Seeds the picker's randomness.
     pub rng_seed: u64,
+    /// Connections kept at most (`--max-peers`); newcomers past it are
+    /// redirected to others.
+    pub max_peers: usize,
 }
 
 /// What the driver does next.
@@ -164,6 +167,8 @@ pub struct Host {
     all_done_since: Option<Instant>,
     stats: HostStats,
     actions: VecDeque<Action>,
+    /// Where the next redirect starts in the table (`admit`).
+    redirects: usize,
 }
 
 impl Host {
@@ -212,6 +217,7 @@ impl Host {
             all_done_since: None,
             stats: HostStats::default(),
             actions: VecDeque::new(),
+            redirects: 0,
             manifest,
             cfg,
         };

@@ -14,8 +14,11 @@ use crate::core::{PeerKey, Set};
 use crate::text::{Escaped, hex};
 use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, close};
 
-/// Connections this host keeps at most; more are refused or not dialed.
+/// Connections this host keeps at most by default (`--max-peers`); more
+/// are redirected (`Admit::Redirect`) or not dialed.
 pub const MAX_CONNECTIONS: usize = 512;
+/// Peers named to a newcomer a full host turns away.
+pub const REDIRECT_PEERS: usize = 32;
 /// Distinct peers counted as done at most (beyond `--until-done`).
 const MAX_DONE_IDS: usize = 4096;
 
@@ -105,6 +108,12 @@ pub struct PeerUp {
 pub enum Admit {
     /// Close it with `close::DUPLICATE` and this reason.
     Refuse(&'static str),
+    /// This host's table is full: send the newcomer a Peers message of
+    /// these hosts, answer its manifest request, then close the connection
+    /// (`close::DUPLICATE`, "full"). Without it a joiner whose only
+    /// address is a full seed's (the ticket's) could not start at all:
+    /// past 512 joiners started at once, half of them (`swarm simulate`).
+    Redirect(Vec<PeerInfo>),
     /// Take it; the connection of `replaces` (the same peer's older one)
     /// is dropped from the table already and must be closed
     /// (`close::DUPLICATE`).
@@ -112,12 +121,25 @@ pub enum Admit {
 }
 
 impl Host {
-    /// A handshake completed with `id` at `addr`: take the connection? Call
-    /// `peer_up` next if taken.
-    pub fn admit(&mut self, now: Instant, id: PeerId, addr: SocketAddr, dialed: bool) -> Admit {
+    /// A handshake completed with `id` (of `group`) at `addr`: take the
+    /// connection? Call `peer_up` next if taken.
+    pub fn admit(
+        &mut self,
+        now: Instant,
+        id: PeerId,
+        group: &str,
+        addr: SocketAddr,
+        dialed: bool,
+    ) -> Admit {
         self.dialer.connected(&id);
-        if self.bans.refuses(&id, addr) || self.peers.len() >= MAX_CONNECTIONS {
+        if self.bans.refuses(&id, addr) {
             return Admit::Refuse("not accepted");
+        }
+        if self.peers.len() >= self.cfg.max_peers && !self.by_id.contains_key(&id) {
+            if dialed {
+                return Admit::Refuse("full");
+            }
+            return Admit::Redirect(self.redirect_to(&id, group));
         }
         let Some(&old_key) = self.by_id.get(&id) else {
             return Admit::Take { replaces: None };
@@ -135,6 +157,33 @@ impl Host {
         Admit::Take {
             replaces: Some(old_key),
         }
+    }
+
+    /// Up to `REDIRECT_PEERS` peers for a newcomer turned away: of its
+    /// group first, still fetching first (a finished host leaves soon),
+    /// taken in turn from a moving start so that successive newcomers are
+    /// spread over the table.
+    fn redirect_to(&mut self, id: &PeerId, group: &str) -> Vec<PeerInfo> {
+        let mut all: Vec<&PeerState> = self.peers.values().filter(|p| p.info.id != *id).collect();
+        all.sort_by_key(|p| (p.info.group != group, p.done, p.info.id));
+        let n = all.len();
+        let near = all
+            .iter()
+            .take_while(|p| p.info.group == group && !p.done)
+            .count();
+        let from = if near > REDIRECT_PEERS {
+            self.redirects % near
+        } else {
+            0
+        };
+        self.redirects = self.redirects.wrapping_add(REDIRECT_PEERS);
+        (0..n.min(REDIRECT_PEERS))
+            .map(|k| {
+                all[if k < near { (from + k) % near } else { k }]
+                    .info
+                    .clone()
+            })
+            .collect()
     }
 
     /// A taken connection is up as `key`. Returns whether the peer is of

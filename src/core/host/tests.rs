@@ -31,6 +31,7 @@ fn cfg(me: u8, is_join: bool) -> HostConfig {
         until_done: None,
         until_copies: None,
         rng_seed: 7,
+        max_peers: 512,
     }
 }
 
@@ -57,7 +58,7 @@ fn drain(h: &mut Host) -> Vec<Action> {
 
 fn connect(h: &mut Host, now: Instant, key: PeerKey, id: u8) {
     assert_eq!(
-        h.admit(now, [id; 16], addr(id), false),
+        h.admit(now, [id; 16], "g", addr(id), false),
         Admit::Take { replaces: None }
     );
     h.peer_up(now, key, up(id, "g"));
@@ -138,18 +139,18 @@ fn one_connection_per_pair_the_lower_id_dialed() {
     // this host (9) and peer 1: the connection 1 dialed is kept
     let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
     assert_eq!(
-        h.admit(t, [1; 16], addr(1), false),
+        h.admit(t, [1; 16], "g", addr(1), false),
         Admit::Take { replaces: None }
     );
     h.peer_up(t, 1, up(1, "g"));
     // the one this host dialed is refused
     assert_eq!(
-        h.admit(t, [1; 16], addr(1), true),
+        h.admit(t, [1; 16], "g", addr(1), true),
         Admit::Refuse("duplicate")
     );
     // another one peer 1 dialed replaces the first
     assert_eq!(
-        h.admit(t, [1; 16], addr(1), false),
+        h.admit(t, [1; 16], "g", addr(1), false),
         Admit::Take { replaces: Some(1) }
     );
     assert_eq!(h.peer_count(), 0);
@@ -178,11 +179,11 @@ fn a_corrupt_piece_bans_its_peer_by_id_and_address() {
     h.drop_peer(t, 1, "closed", true);
     // back under a new id from the same address, or the same id elsewhere
     assert_eq!(
-        h.admit(t, [2; 16], addr(1), false),
+        h.admit(t, [2; 16], "g", addr(1), false),
         Admit::Refuse("not accepted")
     );
     assert_eq!(
-        h.admit(t, [1; 16], addr(3), false),
+        h.admit(t, [1; 16], "g", addr(3), false),
         Admit::Refuse("not accepted")
     );
 }
@@ -261,4 +262,46 @@ fn peers_of_other_groups_are_announced_for_the_wan_settings() {
     };
     h.message(t, 1, Message::Peers(vec![near]));
     assert!(drain(&mut h).is_empty());
+}
+
+#[test]
+fn a_full_host_redirects_newcomers_to_its_peers() {
+    let t = Instant::now();
+    let mut h = Host::new(
+        HostConfig {
+            max_peers: 2,
+            ..cfg(9, false)
+        },
+        manifest(4),
+        bitvec![1; 4],
+        false,
+        t,
+    );
+    connect(&mut h, t, 1, 1);
+    connect(&mut h, t, 2, 2);
+    match h.admit(t, [3; 16], "g", addr(3), false) {
+        Admit::Redirect(peers) => {
+            let mut ids: Vec<_> = peers.iter().map(|p| p.id[0]).collect();
+            ids.sort();
+            assert_eq!(ids, [1, 2]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(h.peer_count(), 2, "not taken");
+    // one this host dialed is simply refused; a peer already in the table
+    // may still replace its connection
+    assert_eq!(
+        h.admit(t, [3; 16], "g", addr(3), true),
+        Admit::Refuse("full")
+    );
+    assert_eq!(
+        h.admit(t, [1; 16], "g", addr(1), false),
+        Admit::Take { replaces: Some(1) }
+    );
+    // a connection not in the table is served nothing (a redirected one
+    // gets its manifest from the driver)
+    assert_eq!(
+        h.serve(t, 77, &Request::Manifest),
+        Decision::Refuse(Status::Missing)
+    );
 }

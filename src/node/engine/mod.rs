@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::peers::Peer;
+
 use super::event::Event;
 use super::identity::Identity;
 use super::peer;
@@ -69,6 +70,8 @@ pub struct Engine {
     have: watch::Sender<Arc<BitVec>>,
     peers: HashMap<PeerKey, Peer>,
     fetches: HashMap<(PeerKey, u32), CancellationToken>,
+    /// Connections being turned away with peers (`Admit::Redirect`).
+    redirecting: Arc<peers::Redirecting>,
     /// Files (as `files_of_piece` names them) already reported changed.
     changed_files: HashSet<String>,
     /// Where this host's copy lives: the seeded path, or the partial copy.
@@ -111,6 +114,7 @@ pub struct Parts {
     pub report: Report,
     pub upload_limit: Option<u64>,
     pub group: GroupConfig,
+    pub max_peers: usize,
 }
 
 impl Engine {
@@ -126,6 +130,7 @@ impl Engine {
             until_done: p.exit.until_done,
             until_copies: p.exit.until_copies,
             rng_seed: rand::random(),
+            max_peers: p.max_peers,
         };
         let host = Host::new(
             cfg,
@@ -147,6 +152,7 @@ impl Engine {
             have,
             peers: HashMap::new(),
             fetches: HashMap::new(),
+            redirecting: Default::default(),
             changed_files: HashSet::new(),
             content_root: p.content_root,
             endpoint: p.endpoint,
