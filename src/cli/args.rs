@@ -92,6 +92,14 @@ pub struct SimulateArgs {
     /// How long a finished joiner stays for others (`swarm join --linger`).
     #[arg(long, default_value = "3s")]
     pub linger: String,
+    /// Hosts that die: SHARE@TIME, e.g. 5%@10s for a twentieth of the
+    /// joiners killed 10 s in (their peers notice after QUIC's idle timeout).
+    #[arg(long)]
+    pub fail: Option<String>,
+    /// A WAN outage: START+DURATION, e.g. 20s+30s: every WAN link carries
+    /// nothing from 20 s in for 30 s.
+    #[arg(long)]
+    pub wan_outage: Option<String>,
     /// The network model's step (default: a 16th of a piece's time on a NIC).
     #[arg(long)]
     pub tick: Option<String>,

@@ -94,6 +94,30 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
         None => (0.0, 1.0),
         Some(s) => slow(s)?,
     };
+    let (fail_share, fail_at) = match &a.fail {
+        None => (0.0, 0.0),
+        Some(f) => {
+            let err = || format!("--fail: {f:?} is not SHARE@TIME, e.g. 5%@10s");
+            let (share, at) = f.split_once('@').ok_or_else(err)?;
+            let share: f64 = share
+                .trim()
+                .trim_end_matches('%')
+                .parse()
+                .map_err(|_| err())?;
+            if !(0.0..=100.0).contains(&share) {
+                return Err(err());
+            }
+            (share / 100.0, secs("--fail", at)?)
+        }
+    };
+    let wan_outage = match &a.wan_outage {
+        None => None,
+        Some(w) => {
+            let err = || format!("--wan-outage: {w:?} is not START+DURATION, e.g. 20s+30s");
+            let (start, dur) = w.split_once('+').ok_or_else(err)?;
+            Some((secs("--wan-outage", start)?, secs("--wan-outage", dur)?))
+        }
+    };
     let tick = match &a.tick {
         Some(t) => secs("--tick", t)?,
         None => f64::from(piece_size) / nic / 16.0,
@@ -117,6 +141,9 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
         slow_share,
         slow_factor,
         linger: secs("--linger", &a.linger)?,
+        fail_share,
+        fail_at,
+        wan_outage,
         tick,
         seed: a.seed,
         limit: secs("--limit", &a.limit)?,
@@ -145,7 +172,7 @@ fn human(v: &serde_json::Value) -> String {
     let f = |x: &serde_json::Value| x.as_f64().map_or("-".into(), |x| format!("{x:.2}"));
     let sw = &v["swarm"];
     let mut out = format!(
-        "T* = {} s\nswarm:   last {} s ({} T*), median {} s ({} T*), {} of {} hosts done, {} failed\n",
+        "T* = {} s\nswarm:   last {} s ({} T*), median {} s ({} T*), {} of {} hosts done, {} failed, {} killed\n",
         f(&v["t_star_s"]),
         f(&sw["all"]["last_s"]),
         f(&sw["all"]["last_over_t_star"]),
@@ -154,6 +181,7 @@ fn human(v: &serde_json::Value) -> String {
         sw["all"]["hosts_done"],
         sw["all"]["hosts"],
         sw["hosts_failed"],
+        sw["hosts_died"],
     );
     if v["scenario"]["slow_hosts"].as_u64().unwrap_or(0) > 0 {
         out += &format!(

@@ -4,7 +4,10 @@
 //! of its group, a source runs at most `MAX_FORKS` copies at once, and only
 //! the origin's first copy into each group crosses the WAN. A copy is one
 //! flow of the whole image, after a start-up of a few round trips
-//! (`START_RTTS`: rsync's connection and file list).
+//! (`START_RTTS`: rsync's connection and file list). The scenario's
+//! failures apply too: a WAN outage stalls the copies across (TCP waits,
+//! rsync has no timeout by default), a host that dies is copied to no
+//! more, and a copy from it goes back to the queue.
 
 use std::collections::VecDeque;
 
@@ -50,7 +53,53 @@ pub fn run(sc: &Scenario, until: f64) -> Vec<Option<f64>> {
     let mut running: Vec<Copy> = Vec::new();
     let mut t = 0.0;
     let dt = sc.tick;
-    while t < until && done.iter().any(Option::is_none) {
+    let mut dead = vec![false; n];
+    let mut wan_down = false;
+    let settled =
+        |done: &[Option<f64>], dead: &[bool]| (0..n).all(|h| done[h].is_some() || dead[h]);
+    while t < until && !settled(&done, &dead) {
+        // the scenario's failures
+        if let Some((start, dur)) = sc.wan_outage {
+            let down = t >= start && t < start + dur;
+            if down != wan_down {
+                wan_down = down;
+                let cap = if down {
+                    0.0
+                } else {
+                    sc.wan.unwrap_or(f64::INFINITY)
+                };
+                for k in 0..2 * sc.groups {
+                    net.set_cap((2 * n + k) as u32, cap);
+                }
+            }
+        }
+        if t >= sc.fail_at {
+            for h in 1..n {
+                if sc.dies(h) && !dead[h] {
+                    dead[h] = true;
+                    for q in &mut todo {
+                        q.retain(|&x| x != h);
+                    }
+                    for s in &mut sources {
+                        s.retain(|&x| x != h);
+                    }
+                    // copies to it end; copies from it go back to the queue
+                    running.retain(|c| {
+                        let from_dead = c.from == From::Host(h);
+                        if c.to == h || from_dead {
+                            if let Some(f) = c.flow {
+                                net.stop(f);
+                            }
+                            if from_dead && !dead[c.to] {
+                                todo[sc.group_of(c.to)].push_front(c.to);
+                            }
+                            return false;
+                        }
+                        true
+                    });
+                }
+            }
+        }
         // start what the sources have room for (copies start when their
         // joiner has started)
         let busy = |s: From, running: &[Copy]| running.iter().filter(|c| c.from == s).count();

@@ -47,6 +47,11 @@ pub struct Scenario {
     pub slow_factor: f64,
     /// How long a finished joiner stays for others (`swarm join --linger`).
     pub linger: f64,
+    /// This share of the joiners (chosen by the seed) dies at `fail_at`.
+    pub fail_share: f64,
+    pub fail_at: f64,
+    /// Every WAN link is down from `.0` for `.1` seconds.
+    pub wan_outage: Option<(f64, f64)>,
     /// The network's step: rates are recomputed, and pieces end, at this
     /// granularity (a fraction of a piece's time on a NIC).
     pub tick: f64,
@@ -89,6 +94,11 @@ impl Scenario {
 
     pub fn is_slow(&self, h: usize) -> bool {
         h != 0 && self.slow_share > 0.0 && self.draw(h, 2) < self.slow_share
+    }
+
+    /// Whether joiner `h` dies (`fail_share`).
+    pub fn dies(&self, h: usize) -> bool {
+        h != 0 && self.fail_share > 0.0 && self.draw(h, 3) < self.fail_share
     }
 
     pub fn up_of(&self, h: usize) -> f64 {
@@ -144,6 +154,8 @@ pub struct HostOutcome {
     pub start: f64,
     pub done: Option<f64>,
     pub failed: Option<String>,
+    /// Killed by the scenario.
+    pub died: bool,
     pub uploaded: f64,
     pub received: f64,
 }
@@ -246,6 +258,9 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
             "stagger_s": sc.stagger,
             "slow_hosts": slow_n,
             "slow_factor": sc.slow_factor,
+            "fail_share": sc.fail_share,
+            "fail_at_s": sc.fail_at,
+            "wan_outage_s": sc.wan_outage,
             "tick_s": sc.tick,
             "seed": sc.seed,
         },
@@ -256,6 +271,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
             "slow_hosts": summary(sc, &slow, slow_n),
             "slow_host_limit_s": (slow_n > 0).then(|| size / (sc.down * sc.slow_factor).min(sc.up)),
             "hosts_failed": hosts.iter().filter(|o| o.failed.is_some()).count(),
+            "hosts_died": hosts.iter().filter(|o| o.died).count(),
             "failures": failed,
             "last_hosts": slowest,
             "seed_upload_over_s": hosts[0].uploaded / size,

@@ -117,6 +117,12 @@ impl Net {
         id
     }
 
+    /// Changes a link's capacity (a WAN outage: 0).
+    pub fn set_cap(&mut self, k: u32, cap: f64) {
+        self.links[k as usize].cap = cap;
+        self.dirty = true;
+    }
+
     /// Ends a flow (done or cancelled); returns it.
     pub fn stop(&mut self, id: u32) -> Option<Flow> {
         let f = self.flows.get_mut(id as usize)?.take()?;
@@ -210,7 +216,12 @@ impl Net {
                 self.carried[k as usize] += moved;
             }
             if rate * dt >= f.remaining {
-                done.push((id as u32, f.remaining / rate));
+                let into = if f.remaining > 0.0 {
+                    f.remaining / rate
+                } else {
+                    0.0
+                };
+                done.push((id as u32, into));
                 f.remaining = 0.0;
             } else {
                 f.remaining -= moved;

@@ -38,6 +38,9 @@ const BOOTSTRAP_FOR: f64 = 60.0;
 const BOOTSTRAP_RETRY: f64 = 1.0;
 /// A dial to a host that is gone fails after this (the node's 5 s).
 const DIAL_TIMEOUT: f64 = 5.0;
+/// A connection over which nothing passes closes after this (QUIC's idle
+/// timeout in the node).
+const IDLE_TIMEOUT: f64 = 10.0;
 
 /// A connection between hosts `ends[0]` (the dialer) and `ends[1]`.
 struct Conn {
@@ -105,6 +108,12 @@ enum Ev {
         why: Failure,
     },
     /// The requester's deadline for a request.
+    /// The host's process dies: no close is sent.
+    Die(usize),
+    /// Every WAN link goes down (`true`) or comes back.
+    Wan(bool),
+    /// A connection across the WAN timed out in an outage.
+    IdleOut(usize),
     /// Side `from` closes the connection (a redirect's end).
     Close {
         conn: usize,
@@ -138,6 +147,8 @@ struct SimHost {
     done_at: Option<f64>,
     failed: Option<String>,
     exited: bool,
+    /// Killed by the scenario (`--fail`).
+    died: bool,
     uploaded: f64,
     received: f64,
     bootstrap_until: f64,
@@ -168,6 +179,7 @@ pub struct Swarm {
     /// once, after every event of that instant (`flush`).
     dirty: Vec<usize>,
     is_dirty: Vec<bool>,
+    wan_down: bool,
 }
 
 /// Nanoseconds of virtual time.
@@ -203,6 +215,7 @@ impl Swarm {
                 done_at: None,
                 failed: None,
                 exited: false,
+                died: false,
                 uploaded: 0.0,
                 received: 0.0,
                 bootstrap_until: 0.0,
@@ -235,10 +248,18 @@ impl Swarm {
             events_run: 0,
             dirty: Vec::new(),
             is_dirty: vec![false; n],
+            wan_down: false,
         };
         for h in 0..n {
             let at = s.hosts[h].start;
             s.at(at, Ev::Start(h));
+            if sc.dies(h) {
+                s.at(sc.fail_at.max(at), Ev::Die(h));
+            }
+        }
+        if let Some((start, dur)) = sc.wan_outage {
+            s.at(start, Ev::Wan(true));
+            s.at(start + dur, Ev::Wan(false));
         }
         s
     }
@@ -330,7 +351,97 @@ impl Swarm {
         self.hosts
             .iter()
             .skip(1)
-            .all(|h| h.done_at.is_some() || h.failed.is_some())
+            .all(|h| h.done_at.is_some() || h.failed.is_some() || h.died)
+    }
+
+    /// A host dies at once: its peers notice after the idle timeout, and
+    /// what it was sending or receiving stops.
+    fn die(&mut self, h: usize) {
+        if self.hosts[h].exited {
+            return;
+        }
+        self.hosts[h].died = true;
+        self.hosts[h].exited = true;
+        self.hosts[h].host = None;
+        for conn in std::mem::take(&mut self.hosts[h].all_conns) {
+            if !self.conns[conn].open {
+                continue;
+            }
+            self.conns[conn].open = false;
+            for side in 0..2 {
+                self.stop_serving(conn, side);
+            }
+            let other = 1 - self.side_of(conn, h);
+            self.at(
+                self.t + IDLE_TIMEOUT,
+                Ev::Down {
+                    conn,
+                    to: other,
+                    normal: false,
+                },
+            );
+        }
+        self.hosts[h].conns.clear();
+    }
+
+    /// The WAN goes down or comes back: its links carry nothing meanwhile;
+    /// connections across that stay idle past the idle timeout close.
+    fn wan(&mut self, down: bool) {
+        let n = self.hosts.len();
+        let cap = if down {
+            0.0
+        } else {
+            self.sc.wan.unwrap_or(f64::INFINITY)
+        };
+        for k in 0..2 * self.sc.groups {
+            self.net.set_cap((2 * n + k) as u32, cap);
+        }
+        self.wan_down = down;
+        if down {
+            let until = self.sc.wan_outage.map_or(0.0, |(_, d)| d);
+            if until > IDLE_TIMEOUT {
+                let cross: Vec<usize> = (0..self.conns.len())
+                    .filter(|&c| {
+                        let [a, b] = self.conns[c].ends;
+                        self.conns[c].open && self.hosts[a].group != self.hosts[b].group
+                    })
+                    .collect();
+                let at = self.t + IDLE_TIMEOUT;
+                for c in cross {
+                    self.at(at, Ev::IdleOut(c));
+                }
+            }
+        }
+    }
+
+    /// A connection across the WAN timed out during an outage.
+    fn idle_out(&mut self, conn: usize) {
+        if !self.conns[conn].open || !self.wan_down {
+            return;
+        }
+        self.conns[conn].open = false;
+        for side in 0..2 {
+            self.stop_serving(conn, side);
+            self.at(
+                self.t,
+                Ev::Down {
+                    conn,
+                    to: side,
+                    normal: false,
+                },
+            );
+        }
+    }
+
+    /// When a message sent now across the WAN arrives: after the outage.
+    fn arrival(&self, a: usize, b: usize) -> f64 {
+        let lat = self.latency(a, b);
+        match self.sc.wan_outage {
+            Some((start, dur)) if self.wan_down && self.hosts[a].group != self.hosts[b].group => {
+                (start + dur).max(self.t) + lat
+            }
+            _ => self.t + lat,
+        }
     }
 
     fn handle(&mut self, ev: Ev) {
@@ -377,6 +488,9 @@ impl Swarm {
             }
             Ev::Down { conn, to, normal } => self.down(conn, to, normal),
             Ev::Close { conn, from } => self.close(conn, from, close::DUPLICATE),
+            Ev::Die(h) => self.die(h),
+            Ev::IdleOut(c) => self.idle_out(c),
+            Ev::Wan(down) => self.wan(down),
             Ev::Deadline { req } => {
                 // still not here: the requester gives up on it, and the
                 // server stops serving it
@@ -447,7 +561,8 @@ impl Swarm {
 
     /// Starts a handshake from `a` to `b`.
     fn dial(&mut self, a: usize, b: usize) {
-        if self.hosts[b].host.is_none() || self.hosts[b].exited {
+        let across = self.hosts[a].group != self.hosts[b].group;
+        if self.hosts[b].host.is_none() || self.hosts[b].exited || (across && self.wan_down) {
             let id = self.hosts[b].id;
             self.at(self.t + DIAL_TIMEOUT, Ev::DialFailed { host: a, id });
             return;
@@ -560,9 +675,9 @@ impl Swarm {
         if !c.open {
             return;
         }
-        let lat = self.latency(c.ends[0], c.ends[1]);
+        let at = self.arrival(c.ends[0], c.ends[1]);
         self.at(
-            self.t + lat,
+            at,
             Ev::Msg {
                 conn,
                 to: 1 - from,
@@ -1039,6 +1154,7 @@ impl Swarm {
                 start: h.start,
                 done: h.done_at,
                 failed: h.failed.clone(),
+                died: h.died,
                 uploaded: h.uploaded,
                 received: h.received,
             })

@@ -17,6 +17,9 @@ fn small(groups: usize, n: usize) -> Scenario {
         slow_share: 0.0,
         slow_factor: 1.0,
         linger: 3.0,
+        fail_share: 0.0,
+        fail_at: 0.0,
+        wan_outage: None,
         tick: 0.002,
         seed: 1,
         limit: 600.0,
@@ -108,4 +111,31 @@ fn slow_hosts_finish_near_their_own_limit() {
         "{slow} against {limit}"
     );
     assert!(fast < slow / 2.0, "fast {fast}, slow {slow}");
+}
+
+/// Hosts that die mid-way do not stop the others; a WAN outage longer
+/// than the idle timeout heals by itself once the links are back.
+#[test]
+fn the_rest_finish_through_deaths_and_a_wan_outage() {
+    let sc = Scenario {
+        size: 64 << 20,
+        fail_share: 0.3,
+        fail_at: 0.8,
+        ..small(1, 10)
+    };
+    let v = run(&sc, &mut |_, _, _| {});
+    let died = v["swarm"]["hosts_died"].as_u64().unwrap();
+    assert!(died > 0, "{v}");
+    assert_eq!(v["swarm"]["hosts_failed"], 0, "{v}");
+    assert_eq!(v["swarm"]["all"]["hosts_done"].as_u64().unwrap() + died, 9);
+    let sc = Scenario {
+        size: 32 << 20,
+        wan_outage: Some((1.0, 15.0)),
+        ..small(2, 4)
+    };
+    let v = run(&sc, &mut |_, _, _| {});
+    assert_eq!(v["swarm"]["all"]["hosts_done"], 7, "{v}");
+    assert_eq!(v["swarm"]["hosts_failed"], 0, "{v}");
+    let last = v["swarm"]["all"]["last_s"].as_f64().unwrap();
+    assert!(last > 16.0, "{last}: the remote group waited for the WAN");
 }

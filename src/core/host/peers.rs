@@ -89,6 +89,8 @@ pub struct PeerState {
     /// Whether we last told it we want its Haves (on at first, as the
     /// protocol starts); see `sync_want_haves`.
     pub told_want_haves: bool,
+    /// Whether its bitfield came (every host sends it first).
+    pub sent_bitfield: bool,
 }
 
 /// An authenticated connection, as its handshake described it.
@@ -240,6 +242,7 @@ impl Host {
                 heard: now,
                 serving: 0,
                 told_want_haves: true,
+                sent_bitfield: false,
             },
         );
         if !cross {
@@ -264,6 +267,7 @@ impl Host {
         let n = self.manifest.piece_count();
         let res = match msg {
             Message::Bitfield(bits) => {
+                p.sent_bitfield = true;
                 let bits: BitVec = bits.iter().by_vals().collect();
                 if spread {
                     self.spreader.peer_bitfield(key, &bits);
@@ -287,8 +291,12 @@ impl Host {
             Message::Peers(list) => {
                 self.heard_peers = true;
                 let source = p.info.id;
+                // every host sends its bitfield first: a list before it is a
+                // full host's redirect, whose peers were told nothing of this
+                // one, so none of them will dial it
+                let redirect = !p.sent_bitfield;
                 for info in list {
-                    self.learn(now, info, source);
+                    self.learn(now, info, source, redirect);
                 }
                 Ok(())
             }
@@ -338,14 +346,15 @@ impl Host {
 
     /// Passes a peer that `source` told us of to the dialer, unless it is
     /// this host, is connected already, or is banned.
-    fn learn(&mut self, now: Instant, info: PeerInfo, source: PeerId) {
+    fn learn(&mut self, now: Instant, info: PeerInfo, source: PeerId, redirect: bool) {
         if info.id == self.cfg.me || self.by_id.contains_key(&info.id) || self.bans.covers(&info) {
             return;
         }
         let cross = info.group != self.cfg.group;
         let addrs = info.addrs.clone();
         // both sides keep the connection the lower id dialed: let it dial
-        let defer = info.id < self.cfg.me;
+        // (unless it cannot know of this host)
+        let defer = info.id < self.cfg.me && !redirect;
         if self.dialer.learn(info, source, defer, now) && cross {
             // its connections, dialed or accepted, get the WAN settings
             self.push(Action::OtherGroup(addrs));

@@ -305,3 +305,33 @@ fn a_full_host_redirects_newcomers_to_its_peers() {
         Decision::Refuse(Status::Missing)
     );
 }
+
+/// A host with a lower id is left to dial, as both keep the connection
+/// the lower id dialed; but not one named by a full host's redirect (a
+/// list before any bitfield): it knows nothing of this host.
+#[test]
+fn peers_from_a_redirect_are_dialed_at_once() {
+    let t = Instant::now();
+    let near = |id: u8| PeerInfo {
+        id: [id; 16],
+        group: "g".into(),
+        addrs: vec![addr(id)],
+    };
+    let dials = |h: &mut Host, now| {
+        h.tick(now).unwrap();
+        drain(h)
+            .into_iter()
+            .filter(|a| matches!(a, Action::Dial(_)))
+            .count()
+    };
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    h.message(t, 1, Message::Bitfield(BitVec::repeat(true, 4)));
+    h.message(t, 1, Message::Peers(vec![near(3)]));
+    assert_eq!(dials(&mut h, t), 0, "deferred: 3 dials 9");
+    assert_eq!(dials(&mut h, t + Duration::from_secs(3)), 1);
+    let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
+    connect(&mut h, t, 1, 1);
+    h.message(t, 1, Message::Peers(vec![near(3)]));
+    assert_eq!(dials(&mut h, t), 1, "redirected: dialed at once");
+}
