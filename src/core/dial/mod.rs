@@ -91,6 +91,8 @@ pub struct Dialer {
     /// like the table).
     sources: Map<PeerId, Source>,
     limits: DialLimits,
+    /// Entries being dialed now.
+    dialing: usize,
 }
 
 impl Dialer {
@@ -99,6 +101,7 @@ impl Dialer {
             known: Map::default(),
             sources: Map::default(),
             limits: DialLimits::new(now),
+            dialing: 0,
         }
     }
 
@@ -119,7 +122,7 @@ impl Dialer {
             return false;
         }
         let mine = self.sources.get(&source).map_or(0, |s| s.entries);
-        if mine >= PER_SOURCE || (self.known.len() >= MAX_KNOWN && !self.evict_for(mine)) {
+        if mine >= PER_SOURCE || (self.known.len() >= MAX_KNOWN && !self.evict_for(mine, now)) {
             return false;
         }
         if self.sources.len() >= 2 * MAX_KNOWN && !self.sources.contains_key(&source) {
@@ -145,7 +148,7 @@ impl Dialer {
     /// Makes room for an entry of a source that has `mine` entries: drops
     /// an entry (not being dialed, least vouched for) of the source with
     /// the most, if it has more than `mine` + 1.
-    fn evict_for(&mut self, mine: usize) -> bool {
+    fn evict_for(&mut self, mine: usize, now: Instant) -> bool {
         let Some((&big, _)) = self
             .sources
             .iter()
@@ -162,7 +165,7 @@ impl Dialer {
             .map(|(id, _)| *id);
         match victim {
             Some(id) => {
-                self.remove(&id);
+                self.remove(&id, now);
                 true
             }
             None => false,
@@ -170,15 +173,16 @@ impl Dialer {
     }
 
     /// Removes an entry, with its source's count and its dial in flight.
-    fn remove(&mut self, id: &PeerId) -> Option<Known> {
+    fn remove(&mut self, id: &PeerId, now: Instant) -> Option<Known> {
         let k = self.known.remove(id)?;
         if let Some(s) = k.source.and_then(|s| self.sources.get_mut(&s)) {
             s.entries -= 1;
         }
-        if let Some(addrs) = &k.dialing
-            && k.hearsay()
-        {
-            self.limits.ended(addrs, false, Instant::now());
+        if let Some(addrs) = &k.dialing {
+            self.dialing -= 1;
+            if k.hearsay() {
+                self.limits.ended(addrs, false, now);
+            }
         }
         Some(k)
     }
@@ -191,6 +195,7 @@ impl Dialer {
         let Some(addrs) = k.dialing.take() else {
             return;
         };
+        self.dialing -= 1;
         k.failures += 1;
         k.next_dial = now + (REDIAL_AFTER * k.failures).min(REDIAL_MAX);
         let (hearsay, failures, source) = (k.hearsay(), k.failures, k.source);
@@ -205,7 +210,7 @@ impl Dialer {
             s.failed += 1;
             if s.distrusted() {
                 let src = source.expect("has a source");
-                self.forget_source(src);
+                self.forget_source(src, now);
             }
         }
         let most = if hearsay {
@@ -214,12 +219,12 @@ impl Dialer {
             MAX_DIAL_FAILURES
         };
         if failures >= most {
-            self.remove(id);
+            self.remove(id, now);
         }
     }
 
     /// Drops what a distrusted source told us (but dials in progress).
-    fn forget_source(&mut self, source: PeerId) {
+    fn forget_source(&mut self, source: PeerId, now: Instant) {
         let ids: Vec<PeerId> = self
             .known
             .iter()
@@ -227,26 +232,28 @@ impl Dialer {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.remove(&id);
+            self.remove(&id, now);
         }
     }
 
     /// A connection with `id` came up (dialed or accepted); it is no longer
     /// being dialed, whether or not the engine keeps it.
-    pub fn connected(&mut self, id: &PeerId) {
+    pub fn connected(&mut self, id: &PeerId, now: Instant) {
         if let Some(k) = self.known.get_mut(id)
             && let Some(addrs) = k.dialing.take()
-            && k.source.is_some()
         {
-            self.limits.ended(&addrs, false, Instant::now());
+            self.dialing -= 1;
+            if k.source.is_some() {
+                self.limits.ended(&addrs, false, now);
+            }
         }
     }
 
     /// The engine kept a connection with `id`: nothing left to dial, and
     /// the source that named it told the truth.
-    pub fn forget(&mut self, id: &PeerId) {
+    pub fn forget(&mut self, id: &PeerId, now: Instant) {
         if let Some(s) = self
-            .remove(id)
+            .remove(id, now)
             .and_then(|k| k.source)
             .and_then(|s| self.sources.get_mut(&s))
         {
@@ -260,7 +267,7 @@ impl Dialer {
     /// only those are kept. Otherwise its addresses are its own word, and
     /// dialed as hearsay from itself.
     pub fn redial_later(&mut self, mut info: PeerInfo, seen_at: SocketAddr, now: Instant) {
-        self.remove(&info.id);
+        self.remove(&info.id, now);
         let ip = seen_at.ip().to_canonical();
         let first_hand = info.addrs.iter().any(|a| a.ip().to_canonical() == ip);
         if first_hand {
@@ -297,8 +304,12 @@ impl Dialer {
         group: &str,
         cross: bool,
     ) -> Vec<PeerInfo> {
-        let dialing = self.known.values().filter(|k| k.dialing.is_some()).count();
-        let mut room = DIAL_TARGET.saturating_sub(connections + dialing);
+        debug_assert_eq!(
+            self.dialing,
+            self.known.values().filter(|k| k.dialing.is_some()).count(),
+            "the count of dials in flight"
+        );
+        let mut room = DIAL_TARGET.saturating_sub(connections + self.dialing);
         if room == 0 {
             return Vec::new();
         }
@@ -331,6 +342,7 @@ impl Dialer {
                 continue;
             }
             k.dialing = Some(addrs.clone());
+            self.dialing += 1;
             out.push(PeerInfo {
                 id,
                 group: k.info.group.clone(),
@@ -353,7 +365,7 @@ impl Dialer {
 
     /// Whether any dial is in progress.
     pub fn is_dialing(&self) -> bool {
-        self.known.values().any(|k| k.dialing.is_some())
+        self.dialing > 0
     }
 
     /// Whether a peer never connected before is being dialed (one we just
@@ -550,8 +562,8 @@ mod tests {
         // a source that told the truth once may be wrong a few times more
         d.learn(info(n, "a"), SEED, false, now);
         let p = d.take_due(now, 0, "a", false).remove(0);
-        d.connected(&p.id);
-        d.forget(&p.id);
+        d.connected(&p.id, now);
+        d.forget(&p.id, now);
         let mut failed = 0;
         for _ in 0..100 {
             n += 1;

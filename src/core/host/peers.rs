@@ -133,7 +133,7 @@ impl Host {
         addr: SocketAddr,
         dialed: bool,
     ) -> Admit {
-        self.dialer.connected(&id);
+        self.dialer.connected(&id, now);
         if self.bans.refuses(&id, addr) {
             return Admit::Refuse("not accepted");
         }
@@ -226,7 +226,7 @@ impl Host {
                 d.add_peer(key);
             }
         }
-        self.dialer.forget(&info.id);
+        self.dialer.forget(&info.id, now);
         self.dialer.peer_up(up.addr);
         self.recently_gone.remove(&info.id);
         self.by_id.insert(info.id, key);
