@@ -510,12 +510,12 @@ impl Download {
         if self.is_complete() {
             return out;
         }
-        for p in self.peers.values_mut() {
-            p.src.expire(now);
-        }
         let limits = self.limits();
         if self.inflight_total >= limits.total {
             return out; // every slot taken: the usual case after an event
+        }
+        for p in self.peers.values_mut() {
+            p.src.expire(now);
         }
         let cap = self.local_cap(now, &limits);
         // fastest first; unmeasured peers count as fast so they get tried
