@@ -92,13 +92,28 @@ impl Scenario {
         }
     }
 
+    /// Whether joiner `h` is one of the `share` of the joiners, spread
+    /// evenly over them: exactly floor(joiners x share), every
+    /// 1/share-th joiner, from a place the seed picks (`what` tells the
+    /// choices apart).
+    fn picked(&self, h: usize, share: f64, what: u64) -> bool {
+        if h == 0 || share <= 0.0 {
+            return false;
+        }
+        let n = (self.host_count() - 1) as f64;
+        let total = (n * share).floor();
+        let shift = (self.draw(0, what) * n).floor() as usize;
+        let j = ((h - 1 + shift) % (n as usize)) as f64;
+        ((j + 1.0) * total / n).floor() > (j * total / n).floor()
+    }
+
     pub fn is_slow(&self, h: usize) -> bool {
-        h != 0 && self.slow_share > 0.0 && self.draw(h, 2) < self.slow_share
+        self.picked(h, self.slow_share, 2)
     }
 
     /// Whether joiner `h` dies (`fail_share`).
     pub fn dies(&self, h: usize) -> bool {
-        h != 0 && self.fail_share > 0.0 && self.draw(h, 3) < self.fail_share
+        self.picked(h, self.fail_share, 3)
     }
 
     pub fn up_of(&self, h: usize) -> f64 {
