@@ -21,7 +21,8 @@
 //! target/bench-compare in quick mode), SWARM_BENCH_LOGS (a directory to
 //! keep each method's logs and swarm's reports in, as
 //! GxH-method/; none by default), SWARM_BENCH_JOIN_ARGS (more arguments
-//! for every `swarm join`, e.g. `--bridges 2`). Needs root; writes compare.json and
+//! for every `swarm join`, e.g. `--bridges 2`), SWARM_BENCH_SEED_ARGS (for
+//! `swarm seed`, e.g. `--piece-size 256KiB`). Needs root; writes compare.json and
 //! one SVG per layout (plus scaling.svg) into the output directory.
 //!
 //! SWARM_BENCH_SCENARIO=delta runs another scenario instead: every joiner

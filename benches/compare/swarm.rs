@@ -29,7 +29,8 @@ pub fn swarm_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, Stri
         .args(["--listen", "0.0.0.0:7000", "--group", "g0", "--ticket-file"])
         .arg(&ticket)
         .args(["--until-done", &b.joiners.len().to_string(), "--report"])
-        .arg(logs.join("seed.json"));
+        .arg(logs.join("seed.json"))
+        .args(extra_args("SWARM_BENCH_SEED_ARGS"));
     let mut seed = Task::spawn(cmd, "seed", &logs);
     let t = Instant::now();
     while !ticket.exists() {
@@ -54,7 +55,7 @@ pub fn swarm_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, Stri
             .args(["--linger", "2s", "--report"])
             .arg(logs.join(format!("{name}.json")))
             .args(extra)
-            .args(extra_join_args());
+            .args(extra_args("SWARM_BENCH_JOIN_ARGS"));
         joiners.push(Task::spawn(cmd, &name, &logs));
     }
     let mut cpu = 0.0;
@@ -87,10 +88,11 @@ pub fn swarm_with(b: &Bench, out: &Path, extra: &[&str]) -> Result<Outcome, Stri
     Ok(Outcome { done, cpu })
 }
 
-/// `SWARM_BENCH_JOIN_ARGS`: more arguments for every `swarm join`
-/// (space-separated, e.g. `--bridges 2`), for experiments.
-fn extra_join_args() -> Vec<String> {
-    std::env::var("SWARM_BENCH_JOIN_ARGS")
+/// `SWARM_BENCH_JOIN_ARGS` and `SWARM_BENCH_SEED_ARGS`: more arguments for
+/// every `swarm join` or for `swarm seed` (space-separated, e.g. `--bridges
+/// 2`, `--piece-size 256KiB`), for experiments.
+fn extra_args(var: &str) -> Vec<String> {
+    std::env::var(var)
         .map(|a| a.split_whitespace().map(String::from).collect())
         .unwrap_or_default()
 }
