@@ -82,7 +82,8 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "N", default_value_t = 512,
           value_parser = clap::value_parser!(u16).range(1..=512))]
     pub seed_max_peers: u16,
-    /// Joiners start at times spread evenly over this (default: all at once).
+    /// Joiners start at times drawn at random, uniformly over this
+    /// (default: all at once).
     #[arg(long, default_value = "0s")]
     pub stagger: String,
     /// Slow hosts: SHARE:FACTOR, e.g. 10%:0.25 for a tenth of the joiners

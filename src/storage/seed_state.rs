@@ -128,7 +128,7 @@ pub fn load(dir: &Path, root: &Path, piece_size: Option<u64>) -> Option<(Manifes
         Ok(Err(e)) => return stale(format!("{MANIFEST}: {e}")),
         Err(e) => return stale(format!("{MANIFEST}: {e}")),
     };
-    if crate::node::hex(&m.id().0) != saved.manifest_id {
+    if crate::text::hex(&m.id().0) != saved.manifest_id {
         return stale(format!("{MANIFEST} is not the one {STATE} names"));
     }
     if piece_size.is_some_and(|p| p != u64::from(m.piece_size)) {
@@ -204,8 +204,8 @@ pub fn save(
     let saved = Saved {
         version: 1,
         root: root.canonicalize().map_err(io_at(root))?,
-        manifest_id: crate::node::hex(&m.id().0),
-        secret: crate::node::hex(secret),
+        manifest_id: crate::text::hex(&m.id().0),
+        secret: crate::text::hex(secret),
         entries,
     };
     let out = |name: &str, data: &[u8]| {
