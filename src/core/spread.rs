@@ -153,53 +153,58 @@ impl Spreader {
         self.undelivered == 0
     }
 
-    /// A peer announced `bits` (its bitfield, or one Have).
+    /// A peer announced `bits` (its bitfield).
     pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice) {
         let n = self.copies.len();
-        let entry = self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
-        let mut refused = self.refused.get_mut(&peer);
+        // the peer counts as announced and known even with nothing held
+        self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
+        self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
         for i in bits.iter_ones().take_while(|&i| i < n) {
-            if let Some(r) = refused.as_mut() {
-                r.remove(&i);
-            }
-            if !entry[i] {
-                entry.set(i, true);
-                self.copies[i] += 1;
-                if self.copies[i] == self.goal {
-                    self.short -= 1;
-                }
-            }
-        }
-        self.peer_holds(peer, bits);
-    }
-
-    /// `peer` holds `bits`, announced or not yet.
-    fn peer_holds(&mut self, peer: PeerKey, bits: &BitSlice) {
-        let n = self.holders.len();
-        let (entry, count) = self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
-        for i in bits.iter_ones().take_while(|&i| i < n) {
-            if !entry[i] {
-                entry.set(i, true);
-                self.holders[i] += 1;
-                *count += 1;
-                if *count == n {
-                    self.full += 1;
-                }
-            }
-            // a piece a peer already holds (resumed, or from a peer) counts
-            // as delivered: the seed need not spread it
-            if !self.delivered[i] {
-                self.delivered.set(i, true);
-                self.undelivered -= 1;
-            }
+            self.announced_one(peer, i);
         }
     }
 
+    /// A peer announced piece `i` (a Have): what `peer_bitfield` does for
+    /// one piece, without a bitfield of the whole image per Have.
     pub fn peer_have(&mut self, peer: PeerKey, i: usize) {
         if i < self.holders.len() {
-            let mut b = bitvec![0; self.holders.len()];
-            b.set(i, true);
-            self.peer_bitfield(peer, &b);
+            self.announced_one(peer, i);
+        }
+    }
+
+    fn announced_one(&mut self, peer: PeerKey, i: usize) {
+        let n = self.copies.len();
+        if let Some(r) = self.refused.get_mut(&peer) {
+            r.remove(&i);
+        }
+        let entry = self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
+        if !entry[i] {
+            entry.set(i, true);
+            self.copies[i] += 1;
+            if self.copies[i] == self.goal {
+                self.short -= 1;
+            }
+        }
+        self.holds_one(peer, i);
+    }
+
+    /// `peer` holds piece `i`, announced or not yet.
+    fn holds_one(&mut self, peer: PeerKey, i: usize) {
+        let n = self.holders.len();
+        let (entry, count) = self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
+        if !entry[i] {
+            entry.set(i, true);
+            self.holders[i] += 1;
+            *count += 1;
+            if *count == n {
+                self.full += 1;
+            }
+        }
+        // a piece a peer already holds (resumed, or from a peer) counts as
+        // delivered: the seed need not spread it
+        if !self.delivered[i] {
+            self.delivered.set(i, true);
+            self.undelivered -= 1;
         }
     }
 
@@ -297,9 +302,7 @@ impl Spreader {
             self.idle_since = Some(now);
         }
         if completed {
-            let mut b = bitvec![0; self.holders.len()];
-            b.set(i, true);
-            self.peer_holds(peer, &b);
+            self.holds_one(peer, i);
         }
     }
 }
