@@ -33,7 +33,7 @@
 //! that never answers cannot use up a piece's duplicates. The first copy
 //! to arrive wins and `piece_received` returns the others to cancel.
 
-use crate::core::Map;
+use crate::core::LocalMap;
 use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
@@ -191,7 +191,7 @@ pub struct Download {
     inflight_total: usize,
     /// When each piece in flight turns late (endgame duplicates).
     late: Lateness,
-    peers: Map<PeerKey, Peer>,
+    peers: LocalMap<PeerKey, Peer>,
     /// Set while this host is one of its group's bridges.
     bridge: Option<BridgeShare>,
     /// This host's group tag (`set_group`).
@@ -216,7 +216,7 @@ impl Download {
             proven_inflight: vec![0; n],
             inflight_total: 0,
             late: Lateness::new(n),
-            peers: Map::default(),
+            peers: LocalMap::default(),
             bridge: None,
             group: 0,
             changed: BitVec::repeat(false, n),

@@ -105,7 +105,7 @@ fn many_sources_share_the_total_and_one_source_gets_a_deep_pipeline() {
         ..cfg()
     };
     let per_peer = |reqs: &[(PeerKey, u32)]| {
-        let mut n: Map<PeerKey, usize> = Map::default();
+        let mut n: LocalMap<PeerKey, usize> = LocalMap::default();
         for r in reqs {
             *n.entry(r.0).or_default() += 1;
         }

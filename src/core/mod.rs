@@ -43,6 +43,13 @@ pub type Map<K, V> = std::collections::HashMap<K, V, Fixed>;
 pub type Set<K> = std::collections::HashSet<K, Fixed>;
 pub type Fixed = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
+/// Maps and sets keyed by what this host numbers itself (peer keys, piece
+/// indices, request ids), never by what a peer chooses: a fast fixed hasher
+/// (Fx), as a Have looks up several of them (the simulator runs hundreds of
+/// millions; with SipHash the lookups were a fifth of its time).
+pub type LocalMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
+pub type LocalSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
+
 pub use download::{
     Cancel, Download, DownloadConfig, Failure, INFLIGHT_BYTES, PeerKey, ProtocolViolation,
 };

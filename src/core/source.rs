@@ -12,7 +12,7 @@
 //! * A source is *proven* once it has delivered a piece; the endgame's
 //!   duplicate cap counts only requests to proven sources.
 
-use crate::core::Map;
+use crate::core::LocalMap;
 use std::time::{Duration, Instant};
 
 /// The rate (bytes/s) given to a source whose first request failed, so that
@@ -32,7 +32,7 @@ pub(super) struct Source {
     paused_until: Option<Instant>,
     proven: bool,
     /// piece -> until when not to ask this source for it
-    avoid: Map<u32, Instant>,
+    avoid: LocalMap<u32, Instant>,
 }
 
 impl Source {
@@ -43,7 +43,7 @@ impl Source {
             failures: 0,
             paused_until: None,
             proven: false,
-            avoid: Map::default(),
+            avoid: LocalMap::default(),
         }
     }
 

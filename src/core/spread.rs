@@ -53,7 +53,7 @@
 //! serve of `i` has completed or a peer announced `i` (a resumed joiner needs
 //! no spreading), and `undelivered` counts the unset ones.
 
-use crate::core::Map;
+use crate::core::LocalMap;
 use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
@@ -81,17 +81,39 @@ pub const REASK_AFTER: Duration = Duration::from_secs(2);
 /// 100 MB.
 const MAX_REFUSED_PER_PEER: usize = 256;
 
+/// One peer, in one map (a Have looks it up once).
+struct PeerState {
+    /// The pieces it holds, announced or (`serve_ended`) sent, and how many.
+    held: BitVec,
+    held_count: usize,
+    /// The pieces it announced; `None` until it announced anything.
+    announced: Option<BitVec>,
+    /// piece -> when the seed first sent it elsewhere for that piece; an
+    /// entry ends when the piece is served to or announced by it.
+    refused: LocalMap<usize, Instant>,
+}
+
+impl PeerState {
+    fn new(pieces: usize) -> Self {
+        PeerState {
+            held: bitvec![0; pieces],
+            held_count: 0,
+            announced: None,
+            refused: LocalMap::default(),
+        }
+    }
+}
+
 pub struct Spreader {
     holders: Vec<u32>,
     active: Vec<u32>,
     active_total: u32,
     delivered: BitVec,
     undelivered: usize,
-    /// Per peer: the pieces it holds, announced or (`serve_ended`) sent,
-    /// and how many.
-    peers: Map<PeerKey, (BitVec, usize)>,
-    /// Per peer: the pieces it announced.
-    announced: Map<PeerKey, BitVec>,
+    /// What the seed knows of each peer.
+    peers: LocalMap<PeerKey, PeerState>,
+    /// Peers that announced something (a bitfield or a Have).
+    announcing: usize,
     copies: Vec<u32>,
     /// Copies of every piece the caller waits for (0: none); `short`
     /// counts the pieces with fewer.
@@ -99,11 +121,8 @@ pub struct Spreader {
     short: usize,
     /// Since when no serve has been in progress.
     idle_since: Option<Instant>,
-    /// peer -> piece -> when the seed first sent that peer elsewhere for
-    /// it; an entry ends when the piece is served to or announced by it.
-    refused: Map<PeerKey, Map<usize, Instant>>,
     /// Serves in progress that `serve_ended` must close, per peer and piece.
-    serving: Map<(PeerKey, usize), u32>,
+    serving: LocalMap<(PeerKey, usize), u32>,
     /// Peers that hold every piece.
     full: usize,
 }
@@ -117,13 +136,12 @@ impl Spreader {
             active_total: 0,
             delivered: bitvec![0; pieces],
             undelivered: pieces,
-            peers: Map::default(),
-            announced: Map::default(),
+            peers: LocalMap::default(),
+            announcing: 0,
             copies: vec![0; pieces],
             goal: 0,
             short: 0,
-            refused: Map::default(),
-            serving: Map::default(),
+            serving: LocalMap::default(),
             full: 0,
         }
     }
@@ -145,7 +163,7 @@ impl Spreader {
     pub fn copies_reached(&self) -> bool {
         // (the peer count matters for a manifest without pieces: its
         // joiners still need the seed for the manifest)
-        self.goal > 0 && self.short == 0 && self.announced.len() >= self.goal as usize
+        self.goal > 0 && self.short == 0 && self.announcing >= self.goal as usize
     }
 
     /// Whether the spreading phase is over (every piece delivered once).
@@ -157,8 +175,11 @@ impl Spreader {
     pub fn peer_bitfield(&mut self, peer: PeerKey, bits: &BitSlice) {
         let n = self.copies.len();
         // the peer counts as announced and known even with nothing held
-        self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
-        self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
+        let st = self.peers.entry(peer).or_insert_with(|| PeerState::new(n));
+        if st.announced.is_none() {
+            st.announced = Some(bitvec![0; n]);
+            self.announcing += 1;
+        }
         for i in bits.iter_ones().take_while(|&i| i < n) {
             self.announced_one(peer, i);
         }
@@ -174,12 +195,14 @@ impl Spreader {
 
     fn announced_one(&mut self, peer: PeerKey, i: usize) {
         let n = self.copies.len();
-        if let Some(r) = self.refused.get_mut(&peer) {
-            r.remove(&i);
-        }
-        let entry = self.announced.entry(peer).or_insert_with(|| bitvec![0; n]);
-        if !entry[i] {
-            entry.set(i, true);
+        let st = self.peers.entry(peer).or_insert_with(|| PeerState::new(n));
+        st.refused.remove(&i);
+        let announced = st.announced.get_or_insert_with(|| {
+            self.announcing += 1;
+            bitvec![0; n]
+        });
+        if !announced[i] {
+            announced.set(i, true);
             self.copies[i] += 1;
             if self.copies[i] == self.goal {
                 self.short -= 1;
@@ -191,12 +214,12 @@ impl Spreader {
     /// `peer` holds piece `i`, announced or not yet.
     fn holds_one(&mut self, peer: PeerKey, i: usize) {
         let n = self.holders.len();
-        let (entry, count) = self.peers.entry(peer).or_insert_with(|| (bitvec![0; n], 0));
-        if !entry[i] {
-            entry.set(i, true);
+        let st = self.peers.entry(peer).or_insert_with(|| PeerState::new(n));
+        if !st.held[i] {
+            st.held.set(i, true);
             self.holders[i] += 1;
-            *count += 1;
-            if *count == n {
+            st.held_count += 1;
+            if st.held_count == n {
                 self.full += 1;
             }
         }
@@ -209,15 +232,17 @@ impl Spreader {
     }
 
     pub fn peer_gone(&mut self, peer: PeerKey) {
-        if let Some((bits, count)) = self.peers.remove(&peer) {
-            for i in bits.iter_ones() {
-                self.holders[i] -= 1;
-            }
-            if count == bits.len() && count > 0 {
-                self.full -= 1;
-            }
+        let Some(st) = self.peers.remove(&peer) else {
+            return;
+        };
+        for i in st.held.iter_ones() {
+            self.holders[i] -= 1;
         }
-        if let Some(bits) = self.announced.remove(&peer) {
+        if st.held_count == st.held.len() && st.held_count > 0 {
+            self.full -= 1;
+        }
+        if let Some(bits) = st.announced {
+            self.announcing -= 1;
             for i in bits.iter_ones() {
                 if self.copies[i] == self.goal {
                     self.short += 1;
@@ -225,7 +250,6 @@ impl Spreader {
                 self.copies[i] -= 1;
             }
         }
-        self.refused.remove(&peer);
     }
 
     /// Decides a request for piece `i` by `peer` (`remote`: of another
@@ -235,12 +259,15 @@ impl Spreader {
         if i >= self.holders.len() {
             return false;
         }
-        let others = self.holders[i] - self.peers.get(&peer).map_or(0, |(b, _)| u32::from(b[i]));
+        let n = self.holders.len();
+        let spread_done = self.spread_done();
+        let st = self.peers.entry(peer).or_insert_with(|| PeerState::new(n));
+        let others = self.holders[i] - u32::from(st.held[i]);
         let idle = self
             .idle_since
             .is_some_and(|t| now.saturating_duration_since(t) >= IDLE_GRACE);
         let mut ok = idle
-            || if self.spread_done() {
+            || if spread_done {
                 // one source among many: rare pieces only, and whatever a
                 // bridge of another group asks (below)
                 others < RARE || remote
@@ -248,7 +275,7 @@ impl Spreader {
                 others == 0 && self.active[i] == 0
             };
         if !ok {
-            let mine = self.refused.entry(peer).or_default();
+            let mine = &mut st.refused;
             match mine.get(&i) {
                 Some(&t) => ok = now.saturating_duration_since(t) >= REASK_AFTER,
                 None if mine.len() < MAX_REFUSED_PER_PEER => {
@@ -258,9 +285,7 @@ impl Spreader {
             }
         }
         if ok {
-            if let Some(mine) = self.refused.get_mut(&peer) {
-                mine.remove(&i);
-            }
+            st.refused.remove(&i);
             self.start(peer, i);
         }
         ok

@@ -28,7 +28,7 @@ use self::peers::Bans;
 pub use self::peers::{Admit, MAX_CONNECTIONS, PeerState, PeerUp};
 use super::dial::Dialer;
 use super::group::group_tag;
-use super::{Download, DownloadConfig, Failure, Map, PeerKey, Set, Spreader};
+use super::{Download, DownloadConfig, Failure, LocalMap, LocalSet, Map, PeerKey, Set, Spreader};
 use crate::manifest::Manifest;
 use crate::wire::{Message, PeerId, PeerInfo};
 
@@ -139,11 +139,11 @@ pub struct Host {
     spreader: Spreader,
     /// The seed's pieces (a joiner's are its `download`'s).
     seed_have: BitVec,
-    peers: Map<PeerKey, PeerState>,
+    peers: LocalMap<PeerKey, PeerState>,
     by_id: Map<PeerId, PeerKey>,
     dialer: Dialer,
     bans: Bans,
-    fetches: Set<(PeerKey, u32)>,
+    fetches: LocalSet<(PeerKey, u32)>,
     done_ids: Set<PeerId>,
     /// Pieces whose copy on this host's disk no longer matches the
     /// manifest (found while serving them): refused from then on.
@@ -199,11 +199,11 @@ impl Host {
             download,
             spreader,
             seed_have: have,
-            peers: Map::default(),
+            peers: Default::default(),
             by_id: Map::default(),
             dialer: Dialer::new(now),
             bans: Bans::default(),
-            fetches: Set::default(),
+            fetches: Default::default(),
             done_ids: Set::default(),
             changed: BitVec::repeat(false, n),
             finalizing: false,

@@ -78,6 +78,8 @@ impl Swarm {
         self.next_key += 1;
         self.conns[conn].keys[side] = Some(key);
         self.hosts[me].conns.insert(key, conn);
+        let hm = &mut self.hosts[me];
+        hm.peak_conns = hm.peak_conns.max(hm.conns.len());
         let up = PeerUp {
             info: PeerInfo {
                 id: oid,
@@ -148,6 +150,7 @@ impl Swarm {
         let (h, key) = self.end_key(conn, to);
         let Some(key) = key else { return };
         let now = self.now();
+        self.messages += 1;
         if let Some(hh) = self.hosts[h].host.as_mut() {
             hh.message(now, key, msg);
         }

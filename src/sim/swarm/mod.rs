@@ -33,7 +33,7 @@ use super::net::Net;
 use super::{HostOutcome, Scenario};
 use crate::core::host::{Action, Admit, Host, HostConfig, MAX_CONNECTIONS, PeerUp};
 use crate::core::serve::ServeWindow;
-use crate::core::{Failure, Map, PeerKey};
+use crate::core::{Failure, LocalMap, Map, PeerKey};
 use crate::manifest::Manifest;
 use crate::wire::{Message, PeerId, PeerInfo, close};
 
@@ -98,6 +98,12 @@ enum Ev {
         to: usize,
         msgs: Vec<Message>,
     },
+    /// Haves, one list shared by every peer they go to.
+    Haves {
+        conn: usize,
+        to: usize,
+        pieces: Arc<[u32]>,
+    },
     Request {
         req: u64,
     },
@@ -141,9 +147,11 @@ struct SimHost {
     addr: SocketAddr,
     start: f64,
     /// The connections of this host by its key.
-    conns: Map<PeerKey, usize>,
+    conns: LocalMap<PeerKey, usize>,
     /// Every connection it dialed or was dialed on (`exit` closes them).
     all_conns: Vec<usize>,
+    /// The most connections it had at once.
+    peak_conns: usize,
     /// Pieces already announced (for Haves).
     announced: BitVec,
     serving: usize,
@@ -169,16 +177,19 @@ pub struct Swarm {
     hosts: Vec<SimHost>,
     by_id: Map<PeerId, usize>,
     conns: Vec<Conn>,
-    reqs: Map<u64, Req>,
+    reqs: LocalMap<u64, Req>,
     /// Live requests by connection, requesting side and piece.
-    req_index: Map<(usize, usize, u32), u64>,
+    req_index: LocalMap<(usize, usize, u32), u64>,
     next_req: u64,
     next_key: PeerKey,
     net: Net,
     manifest: Arc<Manifest>,
     /// Flow id -> request it carries.
-    flow_req: Map<u32, u64>,
+    flow_req: LocalMap<u32, u64>,
     pub events_run: u64,
+    /// Messages delivered to a host's policy, and runs of it (`drive`).
+    pub messages: u64,
+    pub drives: u64,
     /// Hosts that had an event at the current instant: their policy runs
     /// once, after every event of that instant (`flush`).
     dirty: Vec<usize>,
@@ -211,8 +222,9 @@ impl Swarm {
                 group: sc.group_of(h),
                 addr: SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + h as u32 + 1), 7000)),
                 start: sc.start_of(h),
-                conns: Map::default(),
+                conns: Default::default(),
                 all_conns: Vec::new(),
+                peak_conns: 0,
                 announced: BitVec::repeat(false, manifest.piece_count()),
                 serving: 0,
                 next_wake: f64::INFINITY,
@@ -242,14 +254,16 @@ impl Swarm {
             hosts,
             by_id,
             conns: Vec::new(),
-            reqs: Map::default(),
-            req_index: Map::default(),
+            reqs: Default::default(),
+            req_index: Default::default(),
             next_req: 1,
             next_key: 1,
             net: Net::new(caps),
             manifest,
-            flow_req: Map::default(),
+            flow_req: Default::default(),
             events_run: 0,
+            messages: 0,
+            drives: 0,
             dirty: Vec::new(),
             is_dirty: vec![false; n],
             wan_down: false,
@@ -309,25 +323,27 @@ impl Swarm {
                 let t = self.t + into;
                 self.flow_done(flow, req, t);
             }
-            while let Some(&Reverse((t, _, slot))) = self.queue.peek() {
-                if t > ns(end) {
+            // every event of the step, then every touched host's policy
+            // once, at the step's end (as an engine's loop drains what is
+            // ready before it decides); what that sends lands in later steps
+            loop {
+                while let Some(&Reverse((t, _, slot))) = self.queue.peek() {
+                    if t > ns(end) {
+                        break;
+                    }
+                    self.queue.pop();
+                    self.t = (t as f64 / 1e9).max(self.t);
+                    let ev = self.events[slot].take().expect("queued events are set");
+                    self.free_events.push(slot);
+                    self.events_run += 1;
+                    self.handle(ev);
+                }
+                self.t = end;
+                if self.dirty.is_empty() {
                     break;
                 }
-                self.queue.pop();
-                self.t = (t as f64 / 1e9).max(self.t);
-                let ev = self.events[slot].take().expect("queued events are set");
-                self.free_events.push(slot);
-                self.events_run += 1;
-                self.handle(ev);
-                if self
-                    .queue
-                    .peek()
-                    .is_none_or(|&Reverse((next, _, _))| next != t)
-                {
-                    self.flush();
-                }
+                self.flush();
             }
-            self.t = end;
             if self.t >= next_report {
                 next_report = self.t + 1.0;
                 let done = self.hosts.iter().skip(1).filter(|h| h.done_at.is_some());
@@ -383,6 +399,11 @@ impl Swarm {
             Ev::Msg { conn, to, msgs } => {
                 for msg in msgs {
                     self.message(conn, to, msg);
+                }
+            }
+            Ev::Haves { conn, to, pieces } => {
+                for &i in pieces.iter() {
+                    self.message(conn, to, Message::Have(i));
                 }
             }
             Ev::Request { req } => self.request(req),
@@ -479,6 +500,7 @@ impl Swarm {
         if self.hosts[h].exited || self.hosts[h].host.is_none() {
             return;
         }
+        self.drives += 1;
         let now = self.now();
         self.act(h);
         let hh = self.hosts[h].host.as_mut().expect("checked");
@@ -605,25 +627,41 @@ impl Swarm {
 
     /// Sends Haves for the pieces gained since the last announcement.
     fn announce(&mut self, h: usize) {
-        let Some(hh) = self.hosts[h].host.as_ref() else {
+        let SimHost {
+            host: Some(hh),
+            announced,
+            ..
+        } = &mut self.hosts[h]
+        else {
             return;
         };
-        let have = hh.have().to_bitvec();
-        let new: Vec<u32> = have
+        let new: Arc<[u32]> = hh
+            .have()
             .iter_ones()
-            .filter(|&i| !self.hosts[h].announced[i])
+            .filter(|&i| !announced[i])
             .map(|i| i as u32)
             .collect();
         if new.is_empty() {
             return;
         }
-        self.hosts[h].announced = have;
+        for &i in new.iter() {
+            announced.set(i as usize, true);
+        }
         let conns: Vec<usize> = self.hosts[h].conns.values().copied().collect();
         for conn in conns {
             let side = self.side_of(conn, h);
-            if self.conns[conn].wants_haves[1 - side] {
-                let haves = new.iter().map(|&i| Message::Have(i)).collect();
-                self.send_all(conn, side, haves);
+            let c = &self.conns[conn];
+            if c.wants_haves[1 - side] && c.open {
+                let at = self.arrival(c.ends[0], c.ends[1]);
+                let pieces = new.clone();
+                self.at(
+                    at,
+                    Ev::Haves {
+                        conn,
+                        to: 1 - side,
+                        pieces,
+                    },
+                );
             }
         }
     }
@@ -650,6 +688,18 @@ impl Swarm {
     }
 
     /// What each host did.
+    /// The most connections a host had at once: the seed's, and the
+    /// joiners' median and most.
+    pub fn peak_conns(&self) -> serde_json::Value {
+        let mut j: Vec<usize> = self.hosts.iter().skip(1).map(|h| h.peak_conns).collect();
+        j.sort_unstable();
+        serde_json::json!({
+            "seed": self.hosts[0].peak_conns,
+            "median": j.get(j.len() / 2),
+            "max": j.last(),
+        })
+    }
+
     pub fn outcome(&self) -> Vec<HostOutcome> {
         self.hosts
             .iter()
