@@ -389,8 +389,9 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 16);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer_min, 4);
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer_min, 2);
+    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer_min, 1);
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer_min, 1);
+    assert_eq!(DownloadConfig::for_piece_size(256 << 10).per_peer_min, 4);
 }
 
 /// Grown for deltas (`limits::scale`), the limits keep piece buffers

@@ -77,27 +77,34 @@ pub const INFLIGHT_BYTES: u64 = 16 << 20;
 /// joiner on loopback with 1 MiB pieces: 3 in flight took 2.2-3.1 s per GiB,
 /// 12 took 1.9-2.0 s; with 8 hosts the two did not differ.
 pub const PEER_INFLIGHT_BYTES: u64 = 12 << 20;
-/// Bytes requested from one peer when many hold what this host lacks. 16
-/// hosts on 200 Mbit/s NICs (1 x 16, 256 MiB, session 10), with 12 MiB per
-/// peer and 32 MiB in all the fastest-looking sources drew 12 requests each
-/// and their uplinks queued them: last host 20.1-21.4 s, CPU 9.7-10.5 s
-/// per GB over 4 runs; with 4 MiB per peer 18.6-19.6 s, 9.0-9.3; the
-/// seed sent fewer copies. One source on loopback still needs 12 (4 were
-/// 13% slower), hence the sharing rule rather than a smaller `per_peer`.
-pub const PEER_SHARED_INFLIGHT_BYTES: u64 = 4 << 20;
+/// Bytes requested from one peer when many hold what this host lacks: one
+/// piece of the default size, so that `INFLIGHT_BYTES` spread over as many
+/// sources as hold something (the fastest first) and no uplink idles while
+/// another queues. Session 10 (1 x 16, 256 MiB, 200 Mbit/s): 12 MiB per
+/// peer drew 12 requests to the fastest-looking sources and their uplinks
+/// queued them (last host 20.1-21.4 s); 4 MiB, 18.6-19.6 s. Session 22,
+/// 4 MiB against 1 MiB: the namespace benchmark (1 x 16, 256 MiB, 100
+/// Mbit/s, alternating, 2 rounds) 1.31 and 1.34 T* against 1.16 and 1.16,
+/// CPU 12.8 and 12.1 s per GB against 11.5 and 11.3; the simulator, 1 x 16
+/// 1.28 against 1.11 T*, 1 x 300 (1 GiB, 10 Gbit/s) 1.70 against 1.43
+/// (median 1.27 against 1.12); 1 x 8 and 2 x 4 unchanged. One source on
+/// loopback still needs 12 (4 were 13% slower), hence the sharing rule
+/// rather than a smaller `per_peer`.
+pub const PEER_SHARED_INFLIGHT_BYTES: u64 = 1 << 20;
 /// Requests in flight at most, whatever the piece size.
 const MAX_REQUESTS: u64 = 64;
 
 impl DownloadConfig {
     /// Limits in bytes whatever the piece size: 16 MiB in flight in all and
     /// 12 MiB per peer (4 and 3 requests of 4 MiB, 16 and 12 of 1 MiB),
-    /// never fewer than 2 requests.
+    /// never fewer than 2 requests; 1 MiB per peer when many share the
+    /// total, never fewer than 1 request.
     pub fn for_piece_size(piece_size: u32) -> Self {
         let d = DownloadConfig::default();
         let piece = piece_size.max(1) as u64;
         let total = (INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
         let per_peer = (PEER_INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
-        let per_peer_min = (PEER_SHARED_INFLIGHT_BYTES / piece).clamp(2, MAX_REQUESTS) as usize;
+        let per_peer_min = (PEER_SHARED_INFLIGHT_BYTES / piece).clamp(1, MAX_REQUESTS) as usize;
         DownloadConfig {
             total,
             per_peer: per_peer.min(total),
