@@ -113,6 +113,10 @@ pub struct SimulateArgs {
     /// One JSON document on stdout instead of the summary.
     #[arg(long)]
     pub json: bool,
+    /// Also draw the run to FILE (SVG): hosts done and bytes delivered over
+    /// time, swarm against the cascade and the limit.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
 }
 
 /// Where the image's manifest comes from.

@@ -5,9 +5,10 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use super::args::SimulateArgs;
-use super::{EXIT_USAGE, units};
+use super::{EXIT_IO, EXIT_USAGE, units};
 use crate::manifest::{MAX_PIECES, default_piece_size};
 use crate::sim::{self, Scenario};
+use crate::storage::PrivateFile;
 
 /// Most simulated hosts: memory grows with hosts x connections x pieces.
 const MAX_HOSTS: usize = 100_000;
@@ -18,6 +19,15 @@ pub fn run(a: &SimulateArgs, quiet: bool) -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    // the plot's temporary exists before the run: a path that cannot be
+    // written fails now, not after minutes of simulation
+    let plot = match a.plot.as_deref().map(PrivateFile::create).transpose() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --plot: {e}");
+            return ExitCode::from(EXIT_IO);
         }
     };
     let mut err = std::io::stderr();
@@ -34,6 +44,13 @@ pub fn run(a: &SimulateArgs, quiet: bool) -> ExitCode {
         eprintln!();
     }
     v["sim"]["peak_rss_bytes"] = crate::node::peak_rss_bytes().into();
+    if let Some(p) = plot {
+        let path = p.path().to_path_buf();
+        if let Err(e) = p.commit(sim::plot::svg(&v).as_bytes()) {
+            eprintln!("error: --plot {}: {e}", path.display());
+            return ExitCode::from(EXIT_IO);
+        }
+    }
     if a.json {
         println!("{v}");
     } else {

@@ -11,6 +11,7 @@
 
 mod cascade;
 mod net;
+pub mod plot;
 mod swarm;
 
 use std::sync::Arc;
@@ -196,6 +197,23 @@ fn times(hosts: &[HostOutcome], pick: impl Fn(usize) -> bool) -> Vec<f64> {
     v
 }
 
+/// At most this many points per curve in the JSON (and the plot).
+const CURVE_POINTS: usize = 200;
+
+/// (time / T*, share of `total` done) after each of the sorted `t`, at most
+/// `CURVE_POINTS` of them, from (0, 0).
+fn done_curve(sc: &Scenario, t: &[f64], total: usize) -> Vec<(f64, f64)> {
+    let ts = sc.t_star();
+    let step = t.len().div_ceil(CURVE_POINTS).max(1);
+    let mut out = vec![(0.0, 0.0)];
+    for (i, &x) in t.iter().enumerate() {
+        if (i + 1) % step == 0 || i + 1 == t.len() {
+            out.push((x / ts, (i + 1) as f64 / total.max(1) as f64));
+        }
+    }
+    out
+}
+
 fn summary(sc: &Scenario, t: &[f64], total: usize) -> Value {
     let ts = sc.t_star();
     json!({
@@ -243,6 +261,15 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
         })
         .collect();
     let swarm_wall = wall.elapsed().as_secs_f64();
+    let all = times(&hosts, |_| true);
+    let bytes_all = (joiners as f64 * size).max(1.0);
+    let step = s.delivered.len().div_ceil(CURVE_POINTS).max(1);
+    let delivered: Vec<(f64, f64)> = s
+        .delivered
+        .iter()
+        .step_by(step)
+        .map(|&(t, b)| (t / sc.t_star(), b / bytes_all))
+        .collect();
     let cascade = cascade::run(sc, sc.limit);
     let ct: Vec<f64> = {
         let mut v: Vec<f64> = cascade
@@ -255,6 +282,8 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
         v
     };
     progress("cascade", ct.last().copied().unwrap_or(0.0), ct.len());
+    let mut cascade_summary = summary(sc, &ct, joiners);
+    cascade_summary["done_over_time"] = json!(done_curve(sc, &ct, joiners));
     let slow_n = (1..sc.host_count()).filter(|&h| sc.is_slow(h)).count();
     json!({
         "scenario": {
@@ -281,7 +310,9 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
         },
         "t_star_s": sc.t_star(),
         "swarm": {
-            "all": summary(sc, &times(&hosts, |_| true), joiners),
+            "all": summary(sc, &all, joiners),
+            "done_over_time": done_curve(sc, &all, joiners),
+            "delivered_over_time": delivered,
             "fast_hosts": summary(sc, &fast, joiners - slow_n),
             "slow_hosts": summary(sc, &slow, slow_n),
             "slow_host_limit_s": (slow_n > 0).then(|| size / (sc.down * sc.slow_factor).min(sc.up)),
@@ -304,7 +335,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
             "connections_per_host": s.peak_conns(),
             "wall_s": swarm_wall,
         },
-        "cascade": summary(sc, &ct, joiners),
+        "cascade": cascade_summary,
         "sim": {
             "wall_s": wall.elapsed().as_secs_f64(),
         },

@@ -85,3 +85,54 @@ fn simulate_refuses_bad_arguments_with_exit_2() {
         assert!(err.contains(names), "{args:?}: {err}");
     }
 }
+
+/// `--plot FILE` draws the run: an SVG with swarm's and the cascade's
+/// curves that ends where swarm's last host finished. A path that cannot be
+/// written exits 5 before any simulation, and an existing link at the path
+/// is replaced, never written through.
+#[test]
+fn simulate_plots_the_run_and_refuses_a_path_it_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let plot = dir.path().join("run.svg");
+    let target = dir.path().join("elsewhere");
+    std::fs::write(&target, "keep").unwrap();
+    std::os::unix::fs::symlink(&target, &plot).unwrap();
+    let args = [
+        "--hosts-per-group",
+        "6",
+        "--size",
+        "16MiB",
+        "--nic",
+        "1Gbit/s",
+    ];
+    let mut with_plot = args.to_vec();
+    with_plot.extend(["--json", "--plot", plot.to_str().unwrap()]);
+    let v = figures(&simulate(&with_plot));
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert!(svg.contains("cascade: hosts done") && svg.contains("swarm: bytes"));
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
+    // the curves in the JSON end with every joiner done
+    let done = v["swarm"]["done_over_time"].as_array().unwrap();
+    assert_eq!(done.last().unwrap()[1].as_f64(), Some(1.0));
+    let last = v["swarm"]["all"]["last_over_t_star"].as_f64().unwrap();
+    assert!((done.last().unwrap()[0].as_f64().unwrap() - last).abs() < 1e-9);
+    let bytes = v["swarm"]["delivered_over_time"].as_array().unwrap();
+    assert!(
+        bytes
+            .windows(2)
+            .all(|w| w[0][1].as_f64() <= w[1][1].as_f64())
+    );
+
+    let mut bad = args.to_vec();
+    let missing = dir.path().join("no/such/dir/run.svg");
+    bad.extend(["--plot", missing.to_str().unwrap()]);
+    let out = simulate(&bad);
+    assert_eq!(out.status.code(), Some(5));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--plot") && !err.contains("simulated"),
+        "{err}"
+    );
+}

@@ -190,6 +190,8 @@ pub struct Swarm {
     /// Messages delivered to a host's policy, and runs of it (`drive`).
     pub messages: u64,
     pub drives: u64,
+    /// (virtual time, bytes all joiners received), every T* / 20.
+    pub delivered: Vec<(f64, f64)>,
     /// Hosts that had an event at the current instant: their policy runs
     /// once, after every event of that instant (`flush`).
     dirty: Vec<usize>,
@@ -264,6 +266,7 @@ impl Swarm {
             events_run: 0,
             messages: 0,
             drives: 0,
+            delivered: Vec::new(),
             dirty: Vec::new(),
             is_dirty: vec![false; n],
             wan_down: false,
@@ -315,6 +318,7 @@ impl Swarm {
     pub fn run(&mut self, until: f64, progress: &mut dyn FnMut(f64, usize)) {
         let dt = self.sc.tick;
         let mut next_report = 0.0;
+        let mut next_sample = 0.0;
         while self.t < until && !self.all_settled() {
             let end = self.t + dt;
             // pieces whose flows end within this step
@@ -343,6 +347,11 @@ impl Swarm {
                     break;
                 }
                 self.flush();
+            }
+            if self.t >= next_sample {
+                next_sample = self.t + self.sc.t_star() / 20.0;
+                let r = self.hosts.iter().skip(1).map(|h| h.received).sum();
+                self.delivered.push((self.t, r));
             }
             if self.t >= next_report {
                 next_report = self.t + 1.0;
