@@ -44,17 +44,18 @@ pub fn run(a: &SimulateArgs, quiet: bool) -> ExitCode {
         eprintln!();
     }
     v["sim"]["peak_rss_bytes"] = crate::node::peak_rss_bytes().into();
+    // the figures first: a plot that cannot be written loses no results
+    if a.json {
+        println!("{v}");
+    } else {
+        print!("{}", human(&v));
+    }
     if let Some(p) = plot {
         let path = p.path().to_path_buf();
         if let Err(e) = p.commit(sim::plot::svg(&v).as_bytes()) {
             eprintln!("error: --plot {}: {e}", path.display());
             return ExitCode::from(EXIT_IO);
         }
-    }
-    if a.json {
-        println!("{v}");
-    } else {
-        print!("{}", human(&v));
     }
     ExitCode::SUCCESS
 }

@@ -43,10 +43,12 @@ pub type Map<K, V> = std::collections::HashMap<K, V, Fixed>;
 pub type Set<K> = std::collections::HashSet<K, Fixed>;
 pub type Fixed = std::hash::BuildHasherDefault<std::hash::DefaultHasher>;
 
-/// Maps and sets keyed by what this host numbers itself (peer keys, piece
-/// indices, request ids), never by what a peer chooses: a fast fixed hasher
-/// (Fx), as a Have looks up several of them (the simulator runs hundreds of
-/// millions; with SipHash the lookups were a fifth of its time).
+/// Maps and sets keyed by what this host numbers itself (peer keys, request
+/// ids) or by piece indices (bounded by the manifest), never by peer ids or
+/// addresses: a fast fixed hasher (Fx), as a Have looks up several of them
+/// (the simulator runs hundreds of millions; with SipHash the lookups were
+/// a fifth of its time). `Map`'s SipHash has a fixed, public key, so it too
+/// only bounds what colliding keys cost by the size of its bounded tables.
 pub type LocalMap<K, V> = std::collections::HashMap<K, V, rustc_hash::FxBuildHasher>;
 pub type LocalSet<K> = std::collections::HashSet<K, rustc_hash::FxBuildHasher>;
 

@@ -197,7 +197,8 @@ fn times(hosts: &[HostOutcome], pick: impl Fn(usize) -> bool) -> Vec<f64> {
     v
 }
 
-/// At most this many points per curve in the JSON (and the plot).
+/// About this many points per curve in the JSON (and the plot), at most
+/// twice as many.
 const CURVE_POINTS: usize = 200;
 
 /// (time / T*, share of `total` done) after each of the sorted `t`, at most
@@ -233,6 +234,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
     let m = Arc::new(sc.manifest());
     let mut s = swarm::Swarm::new(sc, m.clone());
     s.run(sc.limit, &mut |t, n| progress("swarm", t, n));
+    s.sample_delivered();
     let hosts = s.outcome();
     let joiners = sc.host_count() - 1;
     let fast = times(&hosts, |h| !sc.is_slow(h));
@@ -264,11 +266,13 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
     let all = times(&hosts, |_| true);
     let bytes_all = (joiners as f64 * size).max(1.0);
     let step = s.delivered.len().div_ceil(CURVE_POINTS).max(1);
+    let n = s.delivered.len();
     let delivered: Vec<(f64, f64)> = s
         .delivered
         .iter()
-        .step_by(step)
-        .map(|&(t, b)| (t / sc.t_star(), b / bytes_all))
+        .enumerate()
+        .filter(|&(i, _)| i % step == 0 || i + 1 == n)
+        .map(|(_, &(t, b))| (t / sc.t_star(), b / bytes_all))
         .collect();
     let cascade = cascade::run(sc, sc.limit);
     let ct: Vec<f64> = {

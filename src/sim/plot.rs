@@ -29,11 +29,11 @@ pub fn svg(v: &Value) -> String {
     let cascade = points(&v["cascade"]["done_over_time"]);
     let last = |p: &[(f64, f64)]| p.last().map_or(0.0, |p| p.0);
     // the cascade may take 10x longer: show it up to 4x swarm's span
-    let span = last(&swarm).max(1.0) * 1.15;
+    let span = last(&swarm).max(last(&bytes).min(4.0)).max(1.0) * 1.15;
     let x_max = span.max(last(&cascade).min(4.0 * span)).max(1.2);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let x = |t: f64| LEFT + t.min(x_max) / x_max * pw;
-    let y = |f: f64| TOP + (1.0 - f) * ph;
+    let y = |f: f64| TOP + (1.0 - f.clamp(0.0, 1.0)) * ph;
     let mut s = String::new();
     let _ = write!(
         s,
@@ -96,8 +96,8 @@ pub fn svg(v: &Value) -> String {
             "2,3",
         ),
         ("swarm: bytes", line(&bytes), "#1f77b4", "6,3"),
-        ("swarm: hosts done", line(&swarm), "#1f77b4", ""),
-        ("cascade: hosts done", line(&cascade), "#d62728", ""),
+        ("swarm: hosts done", line(&swarm), "#1f77b4", "none"),
+        ("cascade: hosts done", line(&cascade), "#d62728", "none"),
     ];
     for (i, (name, pts, color, dash)) in series.iter().enumerate() {
         let ly = TOP + 16.0 + 20.0 * i as f64;

@@ -190,7 +190,7 @@ pub struct Swarm {
     /// Messages delivered to a host's policy, and runs of it (`drive`).
     pub messages: u64,
     pub drives: u64,
-    /// (virtual time, bytes all joiners received), every T* / 20.
+    /// (virtual time, bytes the joiners hold), every T* / 20 at first.
     pub delivered: Vec<(f64, f64)>,
     /// Hosts that had an event at the current instant: their policy runs
     /// once, after every event of that instant (`flush`).
@@ -327,31 +327,44 @@ impl Swarm {
                 let t = self.t + into;
                 self.flow_done(flow, req, t);
             }
-            // every event of the step, then every touched host's policy
-            // once, at the step's end (as an engine's loop drains what is
-            // ready before it decides); what that sends lands in later steps
+            // events in time order; a host's policy runs once per batch of
+            // its events no more than `window` apart (a LAN latency, or the
+            // step), at the batch's last event, as an engine drains what is
+            // ready before it decides; what that sends lands later
+            let (end_ns, window) = (ns(end), ns(self.sc.lan_latency.min(dt)).max(1));
+            // (hosts the flows' ends touched run with the first batch)
+            let mut batch = (!self.dirty.is_empty()).then(|| ns(self.t));
             loop {
-                while let Some(&Reverse((t, _, slot))) = self.queue.peek() {
-                    if t > ns(end) {
-                        break;
-                    }
-                    self.queue.pop();
-                    self.t = (t as f64 / 1e9).max(self.t);
-                    let ev = self.events[slot].take().expect("queued events are set");
-                    self.free_events.push(slot);
-                    self.events_run += 1;
-                    self.handle(ev);
+                let next = self
+                    .queue
+                    .peek()
+                    .map(|&Reverse((t, _, _))| t)
+                    .filter(|&t| t <= end_ns);
+                if let Some(b) = batch
+                    && next.is_none_or(|t| t > b + window)
+                {
+                    self.flush();
+                    batch = None;
+                    continue;
                 }
-                self.t = end;
-                if self.dirty.is_empty() {
+                let Some(t) = next else { break };
+                let Some(Reverse((_, _, slot))) = self.queue.pop() else {
                     break;
+                };
+                self.t = (t as f64 / 1e9).max(self.t);
+                let ev = self.events[slot].take().expect("queued events are set");
+                self.free_events.push(slot);
+                self.events_run += 1;
+                self.handle(ev);
+                if batch.is_none() && !self.dirty.is_empty() {
+                    batch = Some(t);
                 }
-                self.flush();
             }
+            self.t = end;
             if self.t >= next_sample {
-                next_sample = self.t + self.sc.t_star() / 20.0;
-                let r = self.hosts.iter().skip(1).map(|h| h.received).sum();
-                self.delivered.push((self.t, r));
+                // every T* / 20, sparser as a long run goes on
+                next_sample = self.t + (self.sc.t_star() / 20.0).max(self.t / 200.0);
+                self.sample_delivered();
             }
             if self.t >= next_report {
                 next_report = self.t + 1.0;
@@ -361,6 +374,18 @@ impl Swarm {
         }
     }
 
+    /// Notes the bytes the joiners hold now (duplicates not counted).
+    pub fn sample_delivered(&mut self) {
+        let size = self.sc.size as f64;
+        let r = self
+            .hosts
+            .iter()
+            .skip(1)
+            .map(|h| h.received.min(size))
+            .sum();
+        self.delivered.push((self.t, r));
+    }
+
     fn touch(&mut self, h: usize) {
         if !self.is_dirty[h] {
             self.is_dirty[h] = true;
@@ -368,7 +393,7 @@ impl Swarm {
         }
     }
 
-    /// Runs the policy of every host that had an event just now.
+    /// Runs the policy of every host that had an event in this batch.
     fn flush(&mut self) {
         while let Some(h) = self.dirty.pop() {
             self.is_dirty[h] = false;
@@ -510,6 +535,7 @@ impl Swarm {
             return;
         }
         self.drives += 1;
+        let _span = tracing::debug_span!("host", h, t = self.t).entered();
         let now = self.now();
         self.act(h);
         let hh = self.hosts[h].host.as_mut().expect("checked");
