@@ -26,6 +26,15 @@ use crate::wire::{PeerId, PeerInfo};
 /// this; others may still dial it (up to `MAX_CONNECTIONS`). Like
 /// BitTorrent's peer limit, it keeps a large swarm a mesh, not a clique.
 const DIAL_TARGET: usize = 24;
+/// Members of this host's own group are dialed while it has fewer
+/// connections than this, when other groups exist: the bridge election
+/// ranks the members a host is connected to, so a group must be a clique
+/// for its hosts to agree. Simulated (session 22), with `DIAL_TARGET` for
+/// every peer a host with 24 connections (the seed, other groups' bridges)
+/// stopped meeting its own group and waited out the 10 s settling: 4
+/// groups of 50 (256 MiB, WAN 1 Gbit/s) 7.84 T*. Groups of more than this
+/// many hosts still elect from partial views (docs/simulation.md).
+pub const GROUP_DIAL_TARGET: usize = 64;
 const MAX_KNOWN: usize = 1024;
 /// Entries one peer's lists may have in the table at once.
 pub(super) const PER_SOURCE: usize = 64;
@@ -109,8 +118,20 @@ impl Dialer {
     /// `DIAL_DEFER` if `defer`: the peer is expected to dial this host).
     /// Returns whether it was taken (new, or one more voucher for a known
     /// one); not if the source is over its share or distrusted, the table
-    /// is full of others' entries, or the peer has no address.
-    pub fn learn(&mut self, mut info: PeerInfo, source: PeerId, defer: bool, now: Instant) -> bool {
+    /// is full of others' entries, or the peer has no address. A member of
+    /// this host's group (`near`) takes the place of an entry of another
+    /// group from the same source when that source is at its share: the
+    /// bridge election needs to see the group, and the seed names every
+    /// host (simulated, 10 groups of 10: a host heard of 64 of the 99, none
+    /// of its own group, and elected itself a second bridge of it).
+    pub fn learn(
+        &mut self,
+        mut info: PeerInfo,
+        source: PeerId,
+        defer: bool,
+        near: bool,
+        now: Instant,
+    ) -> bool {
         if info.addrs.is_empty() || self.sources.get(&source).is_some_and(Source::distrusted) {
             return false;
         }
@@ -121,7 +142,10 @@ impl Dialer {
             }
             return false;
         }
-        let mine = self.sources.get(&source).map_or(0, |s| s.entries);
+        let mut mine = self.sources.get(&source).map_or(0, |s| s.entries);
+        if mine >= PER_SOURCE && near && self.evict_far(source, &info.group, now) {
+            mine -= 1;
+        }
         if mine >= PER_SOURCE || (self.known.len() >= MAX_KNOWN && !self.evict_for(mine, now)) {
             return false;
         }
@@ -143,6 +167,26 @@ impl Dialer {
         );
         self.sources.entry(source).or_default().entries += 1;
         true
+    }
+
+    /// Drops an entry of `source` (not being dialed, least vouched for) of
+    /// a group other than `group`.
+    fn evict_far(&mut self, source: PeerId, group: &str, now: Instant) -> bool {
+        let victim = self
+            .known
+            .iter()
+            .filter(|(_, k)| {
+                k.source == Some(source) && k.dialing.is_none() && k.info.group != group
+            })
+            .min_by_key(|(_, k)| k.vouchers)
+            .map(|(id, _)| *id);
+        match victim {
+            Some(id) => {
+                self.remove(&id, now);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Makes room for an entry of a source that has `mine` entries: drops
@@ -294,7 +338,8 @@ impl Dialer {
     /// The peers to dial now, marked as dialing, with the addresses to
     /// try: those due, first-hand before hearsay, members of `group`
     /// first, as many as keep `connections` plus dials in progress within
-    /// the dial target. Members of other groups only if `cross` (this
+    /// the dial target (`GROUP_DIAL_TARGET` for members of `group` when
+    /// other groups are known). Members of other groups only if `cross` (this
     /// host fetches across groups); the others wait, known. Hearsay
     /// entries only as `limits` allow.
     pub fn take_due(
@@ -309,8 +354,14 @@ impl Dialer {
             self.known.values().filter(|k| k.dialing.is_some()).count(),
             "the count of dials in flight"
         );
-        let mut room = DIAL_TARGET.saturating_sub(connections + self.dialing);
-        if room == 0 {
+        // one group: no election to agree on, the mesh of `DIAL_TARGET`
+        let groups = cross || self.known.values().any(|k| k.info.group != group);
+        let group_target = if groups {
+            GROUP_DIAL_TARGET
+        } else {
+            DIAL_TARGET
+        };
+        if connections + self.dialing >= group_target.max(DIAL_TARGET) {
             return Vec::new();
         }
         // members of this host's group first: it fetches from them, and
@@ -325,8 +376,13 @@ impl Dialer {
             .collect();
         due.sort_unstable();
         let mut out = Vec::new();
-        for (_, hearsay, _, id) in due {
-            if room == 0 {
+        for (other_group, hearsay, _, id) in due {
+            let target = if other_group {
+                DIAL_TARGET
+            } else {
+                group_target
+            };
+            if connections + self.dialing >= target {
                 break;
             }
             let k = self.known.get_mut(&id).expect("listed above");
@@ -348,7 +404,6 @@ impl Dialer {
                 group: k.info.group.clone(),
                 addrs,
             });
-            room -= 1;
         }
         out
     }
@@ -383,11 +438,13 @@ impl Dialer {
     }
 
     /// Whether this host is still meeting members of `group`: one of them
-    /// is being dialed, or was learned and has not failed a dial yet.
-    pub fn meeting(&self, group: &str) -> bool {
+    /// is being dialed, or was learned and has not failed a dial yet while
+    /// it would still be dialed (fewer than `GROUP_DIAL_TARGET` connections).
+    pub fn meeting(&self, group: &str, connections: usize) -> bool {
+        let more = connections + self.dialing < GROUP_DIAL_TARGET;
         self.known
             .values()
-            .any(|k| k.info.group == group && (k.dialing.is_some() || k.failures == 0))
+            .any(|k| k.info.group == group && (k.dialing.is_some() || (more && k.failures == 0)))
     }
 }
 
@@ -422,8 +479,8 @@ mod tests {
     fn peers_of_other_groups_wait_until_this_host_fetches_across() {
         let now = Instant::now();
         let mut d = Dialer::new(now);
-        d.learn(info(1, "a"), SEED, false, now);
-        d.learn(info(2, "b"), SEED, false, now);
+        d.learn(info(1, "a"), SEED, false, false, now);
+        d.learn(info(2, "b"), SEED, false, false, now);
         assert_eq!(ids(d.take_due(now, 0, "a", false)), [1]);
         assert!(
             d.take_due(now, 0, "a", false).is_empty(),
@@ -437,9 +494,9 @@ mod tests {
         let now = Instant::now();
         let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "far"), SEED, false, now);
+            d.learn(info(i, "far"), SEED, false, false, now);
         }
-        d.learn(info(200, "near"), SEED, false, now);
+        d.learn(info(200, "near"), SEED, false, false, now);
         let due = ids(d.take_due(now, 1, "near", true));
         assert_eq!(due.len(), DIAL_TARGET - 1);
         assert_eq!(due[0], 200);
@@ -450,11 +507,11 @@ mod tests {
         let now = Instant::now();
         let mut d = Dialer::new(now);
         let taken = (0..10_000u16)
-            .filter(|&i| d.learn(info(i, "a"), source(1), false, now))
+            .filter(|&i| d.learn(info(i, "a"), source(1), false, false, now))
             .count();
         assert_eq!(taken, PER_SOURCE);
         // another peer is heard all the same
-        assert!(d.learn(info(20_000, "a"), source(2), false, now));
+        assert!(d.learn(info(20_000, "a"), source(2), false, false, now));
     }
 
     #[test]
@@ -465,17 +522,17 @@ mod tests {
         // many sources fill the table, each to its share
         for s in 0..(MAX_KNOWN / PER_SOURCE) as u8 {
             for _ in 0..PER_SOURCE {
-                assert!(d.learn(info(n, "a"), source(s), false, now));
+                assert!(d.learn(info(n, "a"), source(s), false, false, now));
                 n += 1;
             }
         }
         assert_eq!(d.known.len(), MAX_KNOWN);
         // a newcomer's word still counts: it takes the place of one of theirs
-        assert!(d.learn(info(n, "a"), source(200), false, now));
+        assert!(d.learn(info(n, "a"), source(200), false, false, now));
         assert_eq!(d.known.len(), MAX_KNOWN);
         // but not when it is as large as the largest
         for i in 1..PER_SOURCE as u16 {
-            d.learn(info(n + i, "a"), source(200), false, now);
+            d.learn(info(n + i, "a"), source(200), false, false, now);
         }
         assert!(d.known.len() <= MAX_KNOWN);
     }
@@ -488,7 +545,7 @@ mod tests {
         let mut next = 0u16;
         let mut dials = 0;
         for _ in 0..200 {
-            while d.learn(info(next, "a"), liar, false, now) {
+            while d.learn(info(next, "a"), liar, false, false, now) {
                 next += 1;
             }
             let due = d.take_due(now, 0, "a", false);
@@ -502,9 +559,9 @@ mod tests {
             dials <= SOURCE_FAILS as usize + DIAL_TARGET,
             "{dials} dials on a liar's word"
         );
-        assert!(!d.learn(info(60_000, "a"), liar, false, now));
+        assert!(!d.learn(info(60_000, "a"), liar, false, false, now));
         // what honest sources say still counts
-        assert!(d.learn(info(60_001, "a"), SEED, false, now));
+        assert!(d.learn(info(60_001, "a"), SEED, false, false, now));
     }
 
     #[test]
@@ -512,7 +569,7 @@ mod tests {
         let now = Instant::now();
         let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "a"), SEED, false, now);
+            d.learn(info(i, "a"), SEED, false, false, now);
         }
         let lost = info(500, "a");
         let at = lost.addrs[0];
@@ -547,9 +604,9 @@ mod tests {
         let now = Instant::now();
         let mut d = Dialer::new(now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "a"), source(1), false, now);
+            d.learn(info(i, "a"), source(1), false, false, now);
         }
-        d.learn(info(7, "a"), source(2), false, now);
+        d.learn(info(7, "a"), source(2), false, false, now);
         let due = ids(d.take_due(now, DIAL_TARGET - 1, "a", false));
         assert_eq!(due, [7]);
     }
@@ -560,14 +617,14 @@ mod tests {
         let mut d = Dialer::new(now);
         let mut n = 0u16;
         // a source that told the truth once may be wrong a few times more
-        d.learn(info(n, "a"), SEED, false, now);
+        d.learn(info(n, "a"), SEED, false, false, now);
         let p = d.take_due(now, 0, "a", false).remove(0);
         d.connected(&p.id, now);
         d.forget(&p.id, now);
         let mut failed = 0;
         for _ in 0..100 {
             n += 1;
-            if !d.learn(info(n, "a"), SEED, false, now) {
+            if !d.learn(info(n, "a"), SEED, false, false, now) {
                 break;
             }
             for p in d.take_due(now, 0, "a", false) {
@@ -578,5 +635,54 @@ mod tests {
             now += Duration::from_secs(1);
         }
         assert_eq!(failed as u32, SOURCE_FAILS + 4);
+    }
+
+    /// A source at its share still gets members of this host's group in,
+    /// in place of its entries of other groups, never past its share.
+    #[test]
+    fn members_of_this_group_displace_other_groups_of_a_full_source() {
+        let now = Instant::now();
+        let mut d = Dialer::new(now);
+        for i in 0..PER_SOURCE as u16 {
+            assert!(d.learn(info(i, "far"), SEED, false, false, now));
+        }
+        assert!(!d.learn(info(1000, "far"), SEED, false, false, now));
+        assert!(d.learn(info(2000, "near"), SEED, false, true, now));
+        assert_eq!(d.known.len(), PER_SOURCE);
+        assert!(d.known.values().any(|k| k.info.group == "near"));
+        // members only: nothing of another group left to give way
+        let mut d = Dialer::new(now);
+        for i in 0..PER_SOURCE as u16 {
+            assert!(d.learn(info(i, "near"), SEED, false, true, now));
+        }
+        assert!(!d.learn(info(2000, "near"), SEED, false, true, now));
+    }
+
+    /// With other groups known, members of this host's group are dialed up
+    /// to `GROUP_DIAL_TARGET` connections (its election needs them), the
+    /// others to `DIAL_TARGET`; in a swarm of one group, all to
+    /// `DIAL_TARGET`. Past the target, the host is no longer meeting them.
+    #[test]
+    fn members_are_dialed_past_the_dial_target_when_groups_exist() {
+        let now = Instant::now();
+        let mut d = Dialer::new(now);
+        for i in 0..8u16 {
+            d.learn(info(i, "near"), source(i as u8), false, true, now);
+            d.learn(info(100 + i, "far"), source(i as u8), false, false, now);
+        }
+        // known, not dialed: meeting them only while they would be dialed
+        assert!(d.meeting("near", DIAL_TARGET));
+        assert!(!d.meeting("near", GROUP_DIAL_TARGET));
+        let due = ids(d.take_due(now, DIAL_TARGET, "near", true));
+        assert_eq!(due.len(), 8, "{due:?}");
+        assert!(due.iter().all(|&i| i < 8), "{due:?}");
+        assert!(d.meeting("near", GROUP_DIAL_TARGET), "dials in flight");
+
+        let mut d = Dialer::new(now);
+        for i in 0..8u16 {
+            d.learn(info(i, "near"), source(i as u8), false, true, now);
+        }
+        assert!(d.take_due(now, DIAL_TARGET, "near", false).is_empty());
+        assert_eq!(d.take_due(now, DIAL_TARGET - 3, "near", false).len(), 3);
     }
 }

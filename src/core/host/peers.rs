@@ -197,11 +197,14 @@ impl Host {
         // Tell the newcomer about everyone (also that there is nobody else:
         // it waits for a list before it may become a bridge), and everyone
         // about the newcomer.
-        let others: Vec<PeerInfo> = self
-            .peers
-            .values()
-            .map(|p| p.info.clone())
+        // its own group first: a list may be cut (`MAX_PEERS`, and what
+        // the newcomer takes of one source), and it must meet its group
+        let mut others: Vec<&PeerState> = self.peers.values().collect();
+        others.sort_by_key(|p| (p.info.group != info.group, p.info.id));
+        let others: Vec<PeerInfo> = others
+            .into_iter()
             .take(MAX_PEERS)
+            .map(|p| p.info.clone())
             .collect();
         self.push(Action::Send {
             key,
@@ -355,7 +358,7 @@ impl Host {
         // both sides keep the connection the lower id dialed: let it dial
         // (unless it cannot know of this host)
         let defer = info.id < self.cfg.me && !redirect;
-        if self.dialer.learn(info, source, defer, now) && cross {
+        if self.dialer.learn(info, source, defer, !cross, now) && cross {
             // its connections, dialed or accepted, get the WAN settings
             self.push(Action::OtherGroup(addrs));
         }
