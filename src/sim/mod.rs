@@ -242,7 +242,14 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
     let size = sc.size as f64;
     let mut up: Vec<f64> = hosts.iter().skip(1).map(|o| o.uploaded / size).collect();
     up.sort_by(f64::total_cmp);
-    let wan_in = s.wan_in();
+    let (wan_in, wan_out) = (s.wan_in(), s.wan_out());
+    let mut by_upload: Vec<(usize, &HostOutcome)> = hosts.iter().enumerate().skip(1).collect();
+    by_upload.sort_by(|a, b| b.1.uploaded.total_cmp(&a.1.uploaded).then(a.0.cmp(&b.0)));
+    let uploaders: Vec<Value> = by_upload
+        .iter()
+        .take(5)
+        .map(|(h, o)| json!({"host": h, "group": o.group, "upload_over_s": o.uploaded / size}))
+        .collect();
     let failed: Vec<Value> = hosts
         .iter()
         .enumerate()
@@ -332,7 +339,9 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
                 "p90": quantile(&up, 0.9),
                 "max": up.last(),
             },
+            "top_uploaders": uploaders,
             "wan_in_over_s_per_remote_group": wan_in.iter().skip(1).map(|b| b / size).collect::<Vec<_>>(),
+            "wan_out_over_s_per_group": wan_out.iter().map(|b| b / size).collect::<Vec<_>>(),
             "events": s.events_run,
             "messages": s.messages,
             "policy_runs": s.drives,

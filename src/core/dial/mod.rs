@@ -35,6 +35,18 @@ const DIAL_TARGET: usize = 24;
 /// groups of 50 (256 MiB, WAN 1 Gbit/s) 7.84 T*. Groups of more than this
 /// many hosts still elect from partial views (docs/simulation.md).
 pub const GROUP_DIAL_TARGET: usize = 64;
+/// A host that fetches across groups (a bridge) keeps connections with
+/// this many hosts of every other group, past the dial targets: with three
+/// groups or more the remote groups must trade with each other (only then
+/// does the seed's group uplink carry one copy, not one per group), and a
+/// bridge knows what another group holds only from its hosts' Haves.
+/// Simulated (session 23), 4 groups of 50 (256 MiB, 200 Mbit/s NICs, WAN
+/// 50 Mbit/s): a bridge with 49 members connected dialed no other group,
+/// the seed uploaded 4.26 S and the last host took 3.23 T*.
+pub const CROSS_PER_GROUP: usize = 2;
+/// No dials at all past this many connections (half of `MAX_CONNECTIONS`,
+/// so that others can still reach this host).
+const CROSS_CEILING: usize = 256;
 const MAX_KNOWN: usize = 1024;
 /// Entries one peer's lists may have in the table at once.
 pub(super) const PER_SOURCE: usize = 64;
@@ -339,15 +351,17 @@ impl Dialer {
     /// try: those due, first-hand before hearsay, members of `group`
     /// first, as many as keep `connections` plus dials in progress within
     /// the dial target (`GROUP_DIAL_TARGET` for members of `group` when
-    /// other groups are known). Members of other groups only if `cross` (this
-    /// host fetches across groups); the others wait, known. Hearsay
-    /// entries only as `limits` allow.
+    /// other groups are known). Members of other groups only if this host
+    /// fetches across groups (`cross` is `Some`, and counts this host's
+    /// connections to a group): within the dial target, and besides it up
+    /// to `CROSS_PER_GROUP` in each other group. The others wait, known.
+    /// Hearsay entries only as `limits` allow.
     pub fn take_due(
         &mut self,
         now: Instant,
         connections: usize,
         group: &str,
-        cross: bool,
+        cross: Option<&dyn Fn(&str) -> usize>,
     ) -> Vec<PeerInfo> {
         debug_assert_eq!(
             self.dialing,
@@ -355,13 +369,14 @@ impl Dialer {
             "the count of dials in flight"
         );
         // one group: no election to agree on, the mesh of `DIAL_TARGET`
-        let groups = cross || self.known.values().any(|k| k.info.group != group);
+        let groups = cross.is_some() || self.known.values().any(|k| k.info.group != group);
         let group_target = if groups {
             GROUP_DIAL_TARGET
         } else {
             DIAL_TARGET
         };
-        if connections + self.dialing >= group_target.max(DIAL_TARGET) {
+        let busy = connections + self.dialing;
+        if busy >= CROSS_CEILING || (busy >= group_target.max(DIAL_TARGET) && cross.is_none()) {
             return Vec::new();
         }
         // members of this host's group first: it fetches from them, and
@@ -370,21 +385,45 @@ impl Dialer {
             .known
             .iter()
             .filter(|(_, k)| {
-                k.dialing.is_none() && k.next_dial <= now && (cross || k.info.group == group)
+                k.dialing.is_none()
+                    && k.next_dial <= now
+                    && (cross.is_some() || k.info.group == group)
             })
             .map(|(id, k)| (k.info.group != group, k.hearsay(), 3 - k.vouchers, *id))
             .collect();
         due.sort_unstable();
+        // connections and dials in each other group met so far
+        let mut per_group: Vec<(String, usize)> = Vec::new();
         let mut out = Vec::new();
         for (other_group, hearsay, _, id) in due {
-            let target = if other_group {
-                DIAL_TARGET
-            } else {
-                group_target
-            };
-            if connections + self.dialing >= target {
+            let busy = connections + self.dialing;
+            if busy >= CROSS_CEILING {
                 break;
             }
+            let slot = if other_group {
+                let g = &self.known[&id].info.group;
+                let at = match per_group.iter().position(|(name, _)| name == g) {
+                    Some(at) => at,
+                    None => {
+                        let dialing = self
+                            .known
+                            .values()
+                            .filter(|k| k.dialing.is_some() && k.info.group == *g)
+                            .count();
+                        let linked = cross.map_or(0, |count| count(g));
+                        per_group.push((g.clone(), linked + dialing));
+                        per_group.len() - 1
+                    }
+                };
+                if busy >= DIAL_TARGET && per_group[at].1 >= CROSS_PER_GROUP {
+                    continue;
+                }
+                Some(at)
+            } else if busy >= group_target {
+                continue;
+            } else {
+                None
+            };
             let k = self.known.get_mut(&id).expect("listed above");
             let addrs = if hearsay {
                 if !self.limits.has_token(now) {
@@ -396,6 +435,9 @@ impl Dialer {
             };
             if addrs.is_empty() {
                 continue;
+            }
+            if let Some(at) = slot {
+                per_group[at].1 += 1;
             }
             k.dialing = Some(addrs.clone());
             self.dialing += 1;
@@ -481,12 +523,12 @@ mod tests {
         let mut d = Dialer::new(now);
         d.learn(info(1, "a"), SEED, false, false, now);
         d.learn(info(2, "b"), SEED, false, false, now);
-        assert_eq!(ids(d.take_due(now, 0, "a", false)), [1]);
+        assert_eq!(ids(d.take_due(now, 0, "a", None)), [1]);
         assert!(
-            d.take_due(now, 0, "a", false).is_empty(),
+            d.take_due(now, 0, "a", None).is_empty(),
             "the other group's peer waits"
         );
-        assert_eq!(ids(d.take_due(now, 0, "a", true)), [2]);
+        assert_eq!(ids(d.take_due(now, 0, "a", Some(&|_| 0))), [2]);
     }
 
     #[test]
@@ -497,7 +539,7 @@ mod tests {
             d.learn(info(i, "far"), SEED, false, false, now);
         }
         d.learn(info(200, "near"), SEED, false, false, now);
-        let due = ids(d.take_due(now, 1, "near", true));
+        let due = ids(d.take_due(now, 1, "near", Some(&|_| 0)));
         assert_eq!(due.len(), DIAL_TARGET - 1);
         assert_eq!(due[0], 200);
     }
@@ -548,7 +590,7 @@ mod tests {
             while d.learn(info(next, "a"), liar, false, false, now) {
                 next += 1;
             }
-            let due = d.take_due(now, 0, "a", false);
+            let due = d.take_due(now, 0, "a", None);
             dials += due.len();
             for p in due {
                 d.failed(&p.id, now);
@@ -574,7 +616,7 @@ mod tests {
         let lost = info(500, "a");
         let at = lost.addrs[0];
         d.redial_later(lost, at, now);
-        let due = ids(d.take_due(now + REDIAL_AFTER, 1, "a", false));
+        let due = ids(d.take_due(now + REDIAL_AFTER, 1, "a", None));
         assert_eq!(due[0], 500);
     }
 
@@ -588,14 +630,14 @@ mod tests {
             .map(|i| SocketAddr::from(([192, 0, 2, i], 7000)))
             .collect();
         d.redial_later(lost.clone(), "10.9.9.9:7000".parse().unwrap(), now);
-        let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
+        let due = d.take_due(now + REDIAL_AFTER, 0, "a", None);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].addrs.len(), limits::HEARSAY_ADDRS);
         // seen at one of them: only that one
         lost.addrs.push("10.9.9.9:7000".parse().unwrap());
         let mut d = Dialer::new(now);
         d.redial_later(lost, "10.9.9.9:7001".parse().unwrap(), now);
-        let due = d.take_due(now + REDIAL_AFTER, 0, "a", false);
+        let due = d.take_due(now + REDIAL_AFTER, 0, "a", None);
         assert_eq!(due[0].addrs, ["10.9.9.9:7000".parse().unwrap()]);
     }
 
@@ -607,7 +649,7 @@ mod tests {
             d.learn(info(i, "a"), source(1), false, false, now);
         }
         d.learn(info(7, "a"), source(2), false, false, now);
-        let due = ids(d.take_due(now, DIAL_TARGET - 1, "a", false));
+        let due = ids(d.take_due(now, DIAL_TARGET - 1, "a", None));
         assert_eq!(due, [7]);
     }
 
@@ -618,7 +660,7 @@ mod tests {
         let mut n = 0u16;
         // a source that told the truth once may be wrong a few times more
         d.learn(info(n, "a"), SEED, false, false, now);
-        let p = d.take_due(now, 0, "a", false).remove(0);
+        let p = d.take_due(now, 0, "a", None).remove(0);
         d.connected(&p.id, now);
         d.forget(&p.id, now);
         let mut failed = 0;
@@ -627,7 +669,7 @@ mod tests {
             if !d.learn(info(n, "a"), SEED, false, false, now) {
                 break;
             }
-            for p in d.take_due(now, 0, "a", false) {
+            for p in d.take_due(now, 0, "a", None) {
                 d.failed(&p.id, now);
                 d.failed(&p.id, now);
                 failed += 1;
@@ -673,7 +715,7 @@ mod tests {
         // known, not dialed: meeting them only while they would be dialed
         assert!(d.meeting("near", DIAL_TARGET));
         assert!(!d.meeting("near", GROUP_DIAL_TARGET));
-        let due = ids(d.take_due(now, DIAL_TARGET, "near", true));
+        let due = ids(d.take_due(now, DIAL_TARGET, "near", Some(&|_| CROSS_PER_GROUP)));
         assert_eq!(due.len(), 8, "{due:?}");
         assert!(due.iter().all(|&i| i < 8), "{due:?}");
         assert!(d.meeting("near", GROUP_DIAL_TARGET), "dials in flight");
@@ -682,7 +724,54 @@ mod tests {
         for i in 0..8u16 {
             d.learn(info(i, "near"), source(i as u8), false, true, now);
         }
-        assert!(d.take_due(now, DIAL_TARGET, "near", false).is_empty());
-        assert_eq!(d.take_due(now, DIAL_TARGET - 3, "near", false).len(), 3);
+        assert!(d.take_due(now, DIAL_TARGET, "near", None).is_empty());
+        assert_eq!(d.take_due(now, DIAL_TARGET - 3, "near", None).len(), 3);
+    }
+
+    /// A host that fetches across groups keeps `CROSS_PER_GROUP`
+    /// connections with every other group however many it has: remote
+    /// groups trade only if their bridges meet.
+    #[test]
+    fn a_bridge_meets_every_other_group_past_the_dial_targets() {
+        let now = Instant::now();
+        let mut d = Dialer::new(now);
+        for g in 0..5u16 {
+            for i in 0..4u16 {
+                d.learn(
+                    info(100 * g + i, &format!("far{g}")),
+                    source(g as u8),
+                    false,
+                    false,
+                    now,
+                );
+            }
+        }
+        // not fetching across: none of them
+        assert!(d.take_due(now, GROUP_DIAL_TARGET, "near", None).is_empty());
+        // group far0 has one connection already, far1 two
+        let linked = |g: &str| match g {
+            "far0" => 1,
+            "far1" => 2,
+            _ => 0,
+        };
+        let due = ids(d.take_due(now, GROUP_DIAL_TARGET, "near", Some(&linked)));
+        let per = |g: u16| due.iter().filter(|&&i| i / 100 == g).count();
+        assert_eq!(
+            [per(0), per(1), per(2), per(3), per(4)],
+            [1, 0, 2, 2, 2],
+            "{due:?}"
+        );
+        // dials in flight count: nothing more until they end
+        assert!(
+            d.take_due(now, GROUP_DIAL_TARGET, "near", Some(&linked))
+                .is_empty()
+        );
+        // and nothing past the ceiling
+        let mut d = Dialer::new(now);
+        d.learn(info(1, "far"), source(1), false, false, now);
+        assert!(
+            d.take_due(now, CROSS_CEILING, "near", Some(&|_| 0))
+                .is_empty()
+        );
     }
 }

@@ -400,7 +400,16 @@ impl Host {
     /// rules by which a joiner gives up. Call after every event and at
     /// least by `poll_timeout`.
     pub fn tick(&mut self, now: Instant) -> Result<(), Stop> {
-        let across = self.fetches_across();
+        let peers = &self.peers;
+        let linked = |g: &str| {
+            peers
+                .values()
+                .filter(|p| p.remote && p.info.group == g)
+                .count()
+        };
+        let across = self
+            .fetches_across()
+            .then_some(&linked as &dyn Fn(&str) -> usize);
         for info in self
             .dialer
             .take_due(now, self.peers.len(), &self.cfg.group, across)

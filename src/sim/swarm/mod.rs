@@ -757,6 +757,14 @@ impl Swarm {
             .map(|g| self.net.carried[2 * n + self.sc.groups + g])
             .collect()
     }
+
+    /// Bytes carried by each group's WAN uplink.
+    pub fn wan_out(&self) -> Vec<f64> {
+        let n = self.hosts.len();
+        (0..self.sc.groups)
+            .map(|g| self.net.carried[2 * n + g])
+            .collect()
+    }
 }
 
 fn to_wire(bits: &BitSlice) -> BitVec<u8, Lsb0> {
