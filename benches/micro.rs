@@ -93,7 +93,8 @@ mod codec {
                         7000,
                     ))],
                 })
-                .collect(),
+                .collect::<Vec<_>>()
+                .into(),
         )
     }
 

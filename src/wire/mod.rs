@@ -10,6 +10,7 @@
 //!   bytes (a piece, or `len u32` + the manifest).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bitvec::prelude::*;
 
@@ -88,7 +89,8 @@ pub enum Message {
     Hello(Hello),
     Bitfield(BitVec<u8, Lsb0>),
     Have(u32),
-    Peers(Vec<PeerInfo>),
+    /// Shared: a host sends one list of newcomers to every peer.
+    Peers(Arc<[PeerInfo]>),
     /// The sender has every piece.
     Done,
     /// Whether the sender wants the receiver's Haves. Off: send none for
@@ -214,7 +216,7 @@ impl Message {
                         addrs: decode_addrs(&mut r)?,
                     });
                 }
-                Message::Peers(peers)
+                Message::Peers(peers.into())
             }
             code::DONE => Message::Done,
             code::WANT_HAVES => match r.u8()? {

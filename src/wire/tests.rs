@@ -92,11 +92,14 @@ fn every_message_round_trips() {
         Message::Hello(hello()),
         Message::Bitfield(bitvec![u8, Lsb0; 1, 0, 1]),
         Message::Have(42),
-        Message::Peers(vec![PeerInfo {
-            id: [3; 16],
-            group: "dc2".into(),
-            addrs: vec!["[::1]:5".parse().unwrap(), "1.2.3.4:5".parse().unwrap()],
-        }]),
+        Message::Peers(
+            vec![PeerInfo {
+                id: [3; 16],
+                group: "dc2".into(),
+                addrs: vec!["[::1]:5".parse().unwrap(), "1.2.3.4:5".parse().unwrap()],
+            }]
+            .into(),
+        ),
         Message::Done,
         Message::WantHaves(false),
         Message::WantHaves(true),
@@ -196,7 +199,7 @@ fn the_largest_valid_frames_fit_max_frame_for() {
             addrs: addrs.clone(),
         })
         .collect();
-    let frame = Message::Peers(peers).encode_frame();
+    let frame = Message::Peers(peers.into()).encode_frame();
     assert_eq!(frame.len() - 4, max_frame_for(0));
     for pieces in [0, 1, 9, 1 << 16, 1 << 21, MAX_BITFIELD_BITS] {
         let bits = BitVec::<u8, Lsb0>::repeat(true, pieces);

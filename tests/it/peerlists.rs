@@ -96,7 +96,7 @@ async fn flood(mut send: SendStream, sinks: Vec<SocketAddr>, listed: Arc<AtomicU
             })
             .collect();
         if send
-            .write_all(&Message::Peers(list).encode_frame())
+            .write_all(&Message::Peers(list.into()).encode_frame())
             .await
             .is_err()
         {

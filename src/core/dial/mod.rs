@@ -49,7 +49,12 @@ pub const CROSS_PER_GROUP: usize = 2;
 const CROSS_CEILING: usize = 256;
 const MAX_KNOWN: usize = 1024;
 /// Entries one peer's lists may have in the table at once.
-pub(super) const PER_SOURCE: usize = 64;
+pub const PER_SOURCE: usize = 64;
+/// Entries of other groups a source keeps however many members of this
+/// host's group it names (`learn`): a host that becomes a bridge dials
+/// them (`CROSS_PER_GROUP`). Lists put this many first after the first
+/// members (`Host::list_for`).
+pub const FAR_KEEP: usize = 16;
 /// A source whose entries failed this many dials, plus 4 for each of them
 /// that connected, is believed no more.
 pub(super) const SOURCE_FAILS: u32 = 16;
@@ -73,6 +78,8 @@ const DIAL_DEFER: Duration = Duration::from_secs(2);
 
 struct Known {
     info: PeerInfo,
+    /// Of this host's group.
+    near: bool,
     /// The peer whose list named it; `None`: a peer this host was
     /// connected to, at an address it was seen at.
     source: Option<PeerId>,
@@ -107,7 +114,11 @@ impl Source {
 /// Known-but-unconnected peers. The engine decides who may be learned
 /// (not itself, not connected, not banned); this decides when to dial.
 pub struct Dialer {
+    /// This host's group.
+    group: String,
     known: Map<PeerId, Known>,
+    /// Entries of other groups in `known`.
+    far: usize,
     /// Sources with entries in the table, or that were distrusted (bounded
     /// like the table).
     sources: Map<PeerId, Source>,
@@ -117,9 +128,11 @@ pub struct Dialer {
 }
 
 impl Dialer {
-    pub fn new(now: Instant) -> Dialer {
+    pub fn new(group: &str, now: Instant) -> Dialer {
         Dialer {
+            group: group.to_owned(),
             known: Map::default(),
+            far: 0,
             sources: Map::default(),
             limits: DialLimits::new(now),
             dialing: 0,
@@ -131,19 +144,12 @@ impl Dialer {
     /// Returns whether it was taken (new, or one more voucher for a known
     /// one); not if the source is over its share or distrusted, the table
     /// is full of others' entries, or the peer has no address. A member of
-    /// this host's group (`near`) takes the place of an entry of another
+    /// this host's group takes the place of an entry of another
     /// group from the same source when that source is at its share: the
     /// bridge election needs to see the group, and the seed names every
     /// host (simulated, 10 groups of 10: a host heard of 64 of the 99, none
     /// of its own group, and elected itself a second bridge of it).
-    pub fn learn(
-        &mut self,
-        mut info: PeerInfo,
-        source: PeerId,
-        defer: bool,
-        near: bool,
-        now: Instant,
-    ) -> bool {
+    pub fn learn(&mut self, mut info: PeerInfo, source: PeerId, defer: bool, now: Instant) -> bool {
         if info.addrs.is_empty() || self.sources.get(&source).is_some_and(Source::distrusted) {
             return false;
         }
@@ -154,8 +160,9 @@ impl Dialer {
             }
             return false;
         }
+        let near = info.group == self.group;
         let mut mine = self.sources.get(&source).map_or(0, |s| s.entries);
-        if mine >= PER_SOURCE && near && self.evict_far(source, &info.group, now) {
+        if mine >= PER_SOURCE && near && self.evict_far(source, now) {
             mine -= 1;
         }
         if mine >= PER_SOURCE || (self.known.len() >= MAX_KNOWN && !self.evict_for(mine, now)) {
@@ -166,10 +173,12 @@ impl Dialer {
         }
         info.addrs.truncate(MAX_ENTRY_ADDRS);
         let wait = if defer { DIAL_DEFER } else { Duration::ZERO };
+        self.far += usize::from(!near);
         self.known.insert(
             info.id,
             Known {
                 info,
+                near,
                 source: Some(source),
                 vouchers: 0,
                 next_dial: now + wait,
@@ -182,14 +191,18 @@ impl Dialer {
     }
 
     /// Drops an entry of `source` (not being dialed, least vouched for) of
-    /// a group other than `group`.
-    fn evict_far(&mut self, source: PeerId, group: &str, now: Instant) -> bool {
-        let victim = self
-            .known
-            .iter()
-            .filter(|(_, k)| {
-                k.source == Some(source) && k.dialing.is_none() && k.info.group != group
-            })
+    /// another group, if it has more than `FAR_KEEP` of them.
+    fn evict_far(&mut self, source: PeerId, now: Instant) -> bool {
+        let far = || {
+            self.known
+                .iter()
+                .filter(move |(_, k)| k.source == Some(source) && !k.near)
+        };
+        if far().count() <= FAR_KEEP {
+            return false;
+        }
+        let victim = far()
+            .filter(|(_, k)| k.dialing.is_none())
             .min_by_key(|(_, k)| k.vouchers)
             .map(|(id, _)| *id);
         match victim {
@@ -231,6 +244,7 @@ impl Dialer {
     /// Removes an entry, with its source's count and its dial in flight.
     fn remove(&mut self, id: &PeerId, now: Instant) -> Option<Known> {
         let k = self.known.remove(id)?;
+        self.far -= usize::from(!k.near);
         if let Some(s) = k.source.and_then(|s| self.sources.get_mut(&s)) {
             s.entries -= 1;
         }
@@ -334,10 +348,13 @@ impl Dialer {
         if let Some(s) = source {
             self.sources.entry(s).or_default().entries += 1;
         }
+        let near = info.group == self.group;
+        self.far += usize::from(!near);
         self.known.insert(
             info.id,
             Known {
                 info,
+                near,
                 source,
                 vouchers: 0,
                 next_dial: now + REDIAL_AFTER,
@@ -348,9 +365,9 @@ impl Dialer {
     }
 
     /// The peers to dial now, marked as dialing, with the addresses to
-    /// try: those due, first-hand before hearsay, members of `group`
-    /// first, as many as keep `connections` plus dials in progress within
-    /// the dial target (`GROUP_DIAL_TARGET` for members of `group` when
+    /// try: those due, first-hand before hearsay, members of this host's
+    /// group first, as many as keep `connections` plus dials in progress within
+    /// the dial target (`GROUP_DIAL_TARGET` for members when
     /// other groups are known). Members of other groups only if this host
     /// fetches across groups (`cross` is `Some`, and counts this host's
     /// connections to a group): within the dial target, and besides it up
@@ -360,7 +377,6 @@ impl Dialer {
         &mut self,
         now: Instant,
         connections: usize,
-        group: &str,
         cross: Option<&dyn Fn(&str) -> usize>,
     ) -> Vec<PeerInfo> {
         debug_assert_eq!(
@@ -369,7 +385,7 @@ impl Dialer {
             "the count of dials in flight"
         );
         // one group: no election to agree on, the mesh of `DIAL_TARGET`
-        let groups = cross.is_some() || self.known.values().any(|k| k.info.group != group);
+        let groups = cross.is_some() || self.far > 0;
         let group_target = if groups {
             GROUP_DIAL_TARGET
         } else {
@@ -385,11 +401,9 @@ impl Dialer {
             .known
             .iter()
             .filter(|(_, k)| {
-                k.dialing.is_none()
-                    && k.next_dial <= now
-                    && (cross.is_some() || k.info.group == group)
+                k.dialing.is_none() && k.next_dial <= now && (cross.is_some() || k.near)
             })
-            .map(|(id, k)| (k.info.group != group, k.hearsay(), 3 - k.vouchers, *id))
+            .map(|(id, k)| (!k.near, k.hearsay(), 3 - k.vouchers, *id))
             .collect();
         due.sort_unstable();
         // connections and dials in each other group met so far
@@ -479,14 +493,14 @@ impl Dialer {
         })
     }
 
-    /// Whether this host is still meeting members of `group`: one of them
+    /// Whether this host is still meeting members of its group: one of them
     /// is being dialed, or was learned and has not failed a dial yet while
     /// it would still be dialed (fewer than `GROUP_DIAL_TARGET` connections).
-    pub fn meeting(&self, group: &str, connections: usize) -> bool {
+    pub fn meeting(&self, connections: usize) -> bool {
         let more = connections + self.dialing < GROUP_DIAL_TARGET;
         self.known
             .values()
-            .any(|k| k.info.group == group && (k.dialing.is_some() || (more && k.failures == 0)))
+            .any(|k| k.near && (k.dialing.is_some() || (more && k.failures == 0)))
     }
 }
 
@@ -520,26 +534,26 @@ mod tests {
     #[test]
     fn peers_of_other_groups_wait_until_this_host_fetches_across() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
-        d.learn(info(1, "a"), SEED, false, false, now);
-        d.learn(info(2, "b"), SEED, false, false, now);
-        assert_eq!(ids(d.take_due(now, 0, "a", None)), [1]);
+        let mut d = Dialer::new("a", now);
+        d.learn(info(1, "a"), SEED, false, now);
+        d.learn(info(2, "b"), SEED, false, now);
+        assert_eq!(ids(d.take_due(now, 0, None)), [1]);
         assert!(
-            d.take_due(now, 0, "a", None).is_empty(),
+            d.take_due(now, 0, None).is_empty(),
             "the other group's peer waits"
         );
-        assert_eq!(ids(d.take_due(now, 0, "a", Some(&|_| 0))), [2]);
+        assert_eq!(ids(d.take_due(now, 0, Some(&|_| 0))), [2]);
     }
 
     #[test]
     fn members_of_the_group_come_first_within_the_target() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "far"), SEED, false, false, now);
+            d.learn(info(i, "far"), SEED, false, now);
         }
-        d.learn(info(200, "near"), SEED, false, false, now);
-        let due = ids(d.take_due(now, 1, "near", Some(&|_| 0)));
+        d.learn(info(200, "near"), SEED, false, now);
+        let due = ids(d.take_due(now, 1, Some(&|_| 0)));
         assert_eq!(due.len(), DIAL_TARGET - 1);
         assert_eq!(due[0], 200);
     }
@@ -547,34 +561,34 @@ mod tests {
     #[test]
     fn one_peer_adds_at_most_its_share() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         let taken = (0..10_000u16)
-            .filter(|&i| d.learn(info(i, "a"), source(1), false, false, now))
+            .filter(|&i| d.learn(info(i, "a"), source(1), false, now))
             .count();
         assert_eq!(taken, PER_SOURCE);
         // another peer is heard all the same
-        assert!(d.learn(info(20_000, "a"), source(2), false, false, now));
+        assert!(d.learn(info(20_000, "a"), source(2), false, now));
     }
 
     #[test]
     fn a_full_table_makes_room_from_the_largest_source() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         let mut n = 0u16;
         // many sources fill the table, each to its share
         for s in 0..(MAX_KNOWN / PER_SOURCE) as u8 {
             for _ in 0..PER_SOURCE {
-                assert!(d.learn(info(n, "a"), source(s), false, false, now));
+                assert!(d.learn(info(n, "a"), source(s), false, now));
                 n += 1;
             }
         }
         assert_eq!(d.known.len(), MAX_KNOWN);
         // a newcomer's word still counts: it takes the place of one of theirs
-        assert!(d.learn(info(n, "a"), source(200), false, false, now));
+        assert!(d.learn(info(n, "a"), source(200), false, now));
         assert_eq!(d.known.len(), MAX_KNOWN);
         // but not when it is as large as the largest
         for i in 1..PER_SOURCE as u16 {
-            d.learn(info(n + i, "a"), source(200), false, false, now);
+            d.learn(info(n + i, "a"), source(200), false, now);
         }
         assert!(d.known.len() <= MAX_KNOWN);
     }
@@ -582,15 +596,15 @@ mod tests {
     #[test]
     fn a_source_whose_peers_never_answer_is_not_believed() {
         let mut now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         let liar = source(9);
         let mut next = 0u16;
         let mut dials = 0;
         for _ in 0..200 {
-            while d.learn(info(next, "a"), liar, false, false, now) {
+            while d.learn(info(next, "a"), liar, false, now) {
                 next += 1;
             }
-            let due = d.take_due(now, 0, "a", None);
+            let due = d.take_due(now, 0, None);
             dials += due.len();
             for p in due {
                 d.failed(&p.id, now);
@@ -601,75 +615,75 @@ mod tests {
             dials <= SOURCE_FAILS as usize + DIAL_TARGET,
             "{dials} dials on a liar's word"
         );
-        assert!(!d.learn(info(60_000, "a"), liar, false, false, now));
+        assert!(!d.learn(info(60_000, "a"), liar, false, now));
         // what honest sources say still counts
-        assert!(d.learn(info(60_001, "a"), SEED, false, false, now));
+        assert!(d.learn(info(60_001, "a"), SEED, false, now));
     }
 
     #[test]
     fn first_hand_peers_come_before_hearsay() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "a"), SEED, false, false, now);
+            d.learn(info(i, "a"), SEED, false, now);
         }
         let lost = info(500, "a");
         let at = lost.addrs[0];
         d.redial_later(lost, at, now);
-        let due = ids(d.take_due(now + REDIAL_AFTER, 1, "a", None));
+        let due = ids(d.take_due(now + REDIAL_AFTER, 1, None));
         assert_eq!(due[0], 500);
     }
 
     #[test]
     fn a_lost_peers_own_word_is_hearsay() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         let mut lost = info(500, "a");
         // its Hello named addresses other than where it was seen
         lost.addrs = (1..=16u8)
             .map(|i| SocketAddr::from(([192, 0, 2, i], 7000)))
             .collect();
         d.redial_later(lost.clone(), "10.9.9.9:7000".parse().unwrap(), now);
-        let due = d.take_due(now + REDIAL_AFTER, 0, "a", None);
+        let due = d.take_due(now + REDIAL_AFTER, 0, None);
         assert_eq!(due.len(), 1);
         assert_eq!(due[0].addrs.len(), limits::HEARSAY_ADDRS);
         // seen at one of them: only that one
         lost.addrs.push("10.9.9.9:7000".parse().unwrap());
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         d.redial_later(lost, "10.9.9.9:7001".parse().unwrap(), now);
-        let due = d.take_due(now + REDIAL_AFTER, 0, "a", None);
+        let due = d.take_due(now + REDIAL_AFTER, 0, None);
         assert_eq!(due[0].addrs, ["10.9.9.9:7000".parse().unwrap()]);
     }
 
     #[test]
     fn peers_named_by_several_come_first() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         for i in 0..DIAL_TARGET as u16 {
-            d.learn(info(i, "a"), source(1), false, false, now);
+            d.learn(info(i, "a"), source(1), false, now);
         }
-        d.learn(info(7, "a"), source(2), false, false, now);
-        let due = ids(d.take_due(now, DIAL_TARGET - 1, "a", None));
+        d.learn(info(7, "a"), source(2), false, now);
+        let due = ids(d.take_due(now, DIAL_TARGET - 1, None));
         assert_eq!(due, [7]);
     }
 
     #[test]
     fn a_dial_that_connects_counts_for_its_source() {
         let mut now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("a", now);
         let mut n = 0u16;
         // a source that told the truth once may be wrong a few times more
-        d.learn(info(n, "a"), SEED, false, false, now);
-        let p = d.take_due(now, 0, "a", None).remove(0);
+        d.learn(info(n, "a"), SEED, false, now);
+        let p = d.take_due(now, 0, None).remove(0);
         d.connected(&p.id, now);
         d.forget(&p.id, now);
         let mut failed = 0;
         for _ in 0..100 {
             n += 1;
-            if !d.learn(info(n, "a"), SEED, false, false, now) {
+            if !d.learn(info(n, "a"), SEED, false, now) {
                 break;
             }
-            for p in d.take_due(now, 0, "a", None) {
+            for p in d.take_due(now, 0, None) {
                 d.failed(&p.id, now);
                 d.failed(&p.id, now);
                 failed += 1;
@@ -684,20 +698,20 @@ mod tests {
     #[test]
     fn members_of_this_group_displace_other_groups_of_a_full_source() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for i in 0..PER_SOURCE as u16 {
-            assert!(d.learn(info(i, "far"), SEED, false, false, now));
+            assert!(d.learn(info(i, "far"), SEED, false, now));
         }
-        assert!(!d.learn(info(1000, "far"), SEED, false, false, now));
-        assert!(d.learn(info(2000, "near"), SEED, false, true, now));
+        assert!(!d.learn(info(1000, "far"), SEED, false, now));
+        assert!(d.learn(info(2000, "near"), SEED, false, now));
         assert_eq!(d.known.len(), PER_SOURCE);
         assert!(d.known.values().any(|k| k.info.group == "near"));
         // members only: nothing of another group left to give way
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for i in 0..PER_SOURCE as u16 {
-            assert!(d.learn(info(i, "near"), SEED, false, true, now));
+            assert!(d.learn(info(i, "near"), SEED, false, now));
         }
-        assert!(!d.learn(info(2000, "near"), SEED, false, true, now));
+        assert!(!d.learn(info(2000, "near"), SEED, false, now));
     }
 
     /// With other groups known, members of this host's group are dialed up
@@ -707,25 +721,25 @@ mod tests {
     #[test]
     fn members_are_dialed_past_the_dial_target_when_groups_exist() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for i in 0..8u16 {
-            d.learn(info(i, "near"), source(i as u8), false, true, now);
-            d.learn(info(100 + i, "far"), source(i as u8), false, false, now);
+            d.learn(info(i, "near"), source(i as u8), false, now);
+            d.learn(info(100 + i, "far"), source(i as u8), false, now);
         }
         // known, not dialed: meeting them only while they would be dialed
-        assert!(d.meeting("near", DIAL_TARGET));
-        assert!(!d.meeting("near", GROUP_DIAL_TARGET));
-        let due = ids(d.take_due(now, DIAL_TARGET, "near", Some(&|_| CROSS_PER_GROUP)));
+        assert!(d.meeting(DIAL_TARGET));
+        assert!(!d.meeting(GROUP_DIAL_TARGET));
+        let due = ids(d.take_due(now, DIAL_TARGET, Some(&|_| CROSS_PER_GROUP)));
         assert_eq!(due.len(), 8, "{due:?}");
         assert!(due.iter().all(|&i| i < 8), "{due:?}");
-        assert!(d.meeting("near", GROUP_DIAL_TARGET), "dials in flight");
+        assert!(d.meeting(GROUP_DIAL_TARGET), "dials in flight");
 
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for i in 0..8u16 {
-            d.learn(info(i, "near"), source(i as u8), false, true, now);
+            d.learn(info(i, "near"), source(i as u8), false, now);
         }
-        assert!(d.take_due(now, DIAL_TARGET, "near", None).is_empty());
-        assert_eq!(d.take_due(now, DIAL_TARGET - 3, "near", None).len(), 3);
+        assert!(d.take_due(now, DIAL_TARGET, None).is_empty());
+        assert_eq!(d.take_due(now, DIAL_TARGET - 3, None).len(), 3);
     }
 
     /// A host that fetches across groups keeps `CROSS_PER_GROUP`
@@ -734,27 +748,26 @@ mod tests {
     #[test]
     fn a_bridge_meets_every_other_group_past_the_dial_targets() {
         let now = Instant::now();
-        let mut d = Dialer::new(now);
+        let mut d = Dialer::new("near", now);
         for g in 0..5u16 {
             for i in 0..4u16 {
                 d.learn(
                     info(100 * g + i, &format!("far{g}")),
                     source(g as u8),
                     false,
-                    false,
                     now,
                 );
             }
         }
         // not fetching across: none of them
-        assert!(d.take_due(now, GROUP_DIAL_TARGET, "near", None).is_empty());
+        assert!(d.take_due(now, GROUP_DIAL_TARGET, None).is_empty());
         // group far0 has one connection already, far1 two
         let linked = |g: &str| match g {
             "far0" => 1,
             "far1" => 2,
             _ => 0,
         };
-        let due = ids(d.take_due(now, GROUP_DIAL_TARGET, "near", Some(&linked)));
+        let due = ids(d.take_due(now, GROUP_DIAL_TARGET, Some(&linked)));
         let per = |g: u16| due.iter().filter(|&&i| i / 100 == g).count();
         assert_eq!(
             [per(0), per(1), per(2), per(3), per(4)],
@@ -762,16 +775,10 @@ mod tests {
             "{due:?}"
         );
         // dials in flight count: nothing more until they end
-        assert!(
-            d.take_due(now, GROUP_DIAL_TARGET, "near", Some(&linked))
-                .is_empty()
-        );
+        assert!(d.take_due(now, GROUP_DIAL_TARGET, Some(&linked)).is_empty());
         // and nothing past the ceiling
-        let mut d = Dialer::new(now);
-        d.learn(info(1, "far"), source(1), false, false, now);
-        assert!(
-            d.take_due(now, CROSS_CEILING, "near", Some(&|_| 0))
-                .is_empty()
-        );
+        let mut d = Dialer::new("near", now);
+        d.learn(info(1, "far"), source(1), false, now);
+        assert!(d.take_due(now, CROSS_CEILING, Some(&|_| 0)).is_empty());
     }
 }

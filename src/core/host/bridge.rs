@@ -77,7 +77,7 @@ impl Host {
             )
             .collect();
         let age = now.saturating_duration_since(self.started);
-        let meeting = self.dialer.meeting(&self.cfg.group, self.peers.len());
+        let meeting = self.dialer.meeting(self.peers.len());
         let settling = d.bridge().is_none()
             && (age < BRIDGE_SETTLE || ((meeting || !self.heard_peers) && age < BRIDGE_SETTLE_MAX));
         let share = if settling || d.is_complete() {

@@ -169,6 +169,12 @@ pub struct Host {
     actions: VecDeque<Action>,
     /// Where the next redirect starts in the table (`admit`).
     redirects: usize,
+    /// Newcomers not yet told to the other peers, and when they will be
+    /// (`flush_gossip`).
+    gossip: Vec<PeerInfo>,
+    gossip_due: Option<Instant>,
+    /// Lists made for newcomers so far (where the next one starts).
+    listed: usize,
 }
 
 impl Host {
@@ -201,7 +207,7 @@ impl Host {
             seed_have: have,
             peers: Default::default(),
             by_id: Map::default(),
-            dialer: Dialer::new(now),
+            dialer: Dialer::new(&cfg.group, now),
             bans: Bans::default(),
             fetches: Default::default(),
             done_ids: Set::default(),
@@ -218,6 +224,9 @@ impl Host {
             stats: HostStats::default(),
             actions: VecDeque::new(),
             redirects: 0,
+            gossip: Vec::new(),
+            gossip_due: None,
+            listed: 0,
             manifest,
             cfg,
         };
@@ -238,7 +247,9 @@ impl Host {
         self.download
             .as_ref()
             .and_then(|d| d.poll_timeout(now))
-            .map_or(now + TICK, |t| t.min(now + TICK))
+            .into_iter()
+            .chain(self.gossip_due())
+            .fold(now + TICK, Instant::min)
     }
 
     pub fn have(&self) -> &BitSlice {
@@ -410,10 +421,7 @@ impl Host {
         let across = self
             .fetches_across()
             .then_some(&linked as &dyn Fn(&str) -> usize);
-        for info in self
-            .dialer
-            .take_due(now, self.peers.len(), &self.cfg.group, across)
-        {
+        for info in self.dialer.take_due(now, self.peers.len(), across) {
             self.actions.push_back(Action::Dial(info));
         }
         let (have, total) = (self.have_count(), self.manifest.piece_count());
@@ -429,6 +437,7 @@ impl Host {
         }
         self.elect_if_due(now);
         self.sync_want_haves();
+        self.flush_gossip(now);
         let idle = joining && !self.finalizing && self.fetches.is_empty();
         // connected, but nobody has what we miss (e.g. the seed died before
         // every piece left it): give up rather than wait forever

@@ -4,21 +4,26 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bitvec::prelude::*;
 
 use super::{Action, Host};
+use crate::core::dial::{FAR_KEEP, PER_SOURCE};
 use crate::core::group::group_tag;
 use crate::core::{PeerKey, Set};
 use crate::text::{Escaped, hex};
-use crate::wire::{MAX_PEERS, Message, PeerId, PeerInfo, close};
+use crate::wire::{Message, PeerId, PeerInfo, close};
 
 /// Connections this host keeps at most by default (`--max-peers`); more
 /// are redirected (`Admit::Redirect`) or not dialed.
 pub const MAX_CONNECTIONS: usize = 512;
 /// Peers named to a newcomer a full host turns away.
 pub const REDIRECT_PEERS: usize = 32;
+/// Newcomers are told to the other peers in batches at most this far
+/// apart (`flush_gossip`).
+pub const GOSSIP_EVERY: Duration = Duration::from_millis(100);
 /// Distinct peers counted as done at most (beyond `--until-done`).
 const MAX_DONE_IDS: usize = 4096;
 
@@ -188,6 +193,82 @@ impl Host {
             .collect()
     }
 
+    /// What a newcomer of `group` is told of the peers in the table: its
+    /// own group first and then every other group once before any twice,
+    /// each taken in turn from a moving start (so that newcomers do not all
+    /// dial the same few), and within a receiver's share of one source
+    /// (`PER_SOURCE`, all the list holds: the newcomer would take no more)
+    /// at least `FAR_KEEP` of other groups: a host that becomes a bridge
+    /// must know hosts of other groups to trade with (`CROSS_PER_GROUP`).
+    /// Up to 512 (`MAX_PEERS`) before: the lists in flight to newcomers
+    /// were the simulator's peak memory with 2,000 hosts (session 23).
+    fn list_for(&mut self, group: &str) -> Vec<PeerInfo> {
+        let turn = self.listed;
+        self.listed = self.listed.wrapping_add(1);
+        let mut all: Vec<&PeerInfo> = self.peers.values().map(|p| &p.info).collect();
+        all.sort_by(|a, b| (a.group != group, &a.group).cmp(&(b.group != group, &b.group)));
+        // (rank in its group after turning it, info)
+        let mut ranked: Vec<(usize, &PeerInfo)> = Vec::with_capacity(all.len());
+        let mut from = 0;
+        while from < all.len() {
+            let len = all[from..]
+                .iter()
+                .take_while(|i| i.group == all[from].group)
+                .count();
+            let start = ((turn as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 33) as usize % len;
+            ranked.extend((0..len).map(|k| ((k + len - start) % len, all[from + k])));
+            from += len;
+        }
+        let near_len = all.iter().take_while(|i| i.group == group).count();
+        let (near, far) = ranked.split_at_mut(near_len);
+        near.sort_by_key(|(rank, _)| *rank);
+        far.sort_by(|a, b| (a.0, &a.1.group).cmp(&(b.0, &b.1.group)));
+        let near_first = near_len.min(PER_SOURCE - FAR_KEEP);
+        near[..near_first]
+            .iter()
+            .chain(far.iter().take(FAR_KEEP))
+            .chain(near[near_first..].iter())
+            .chain(far.iter().skip(FAR_KEEP))
+            .take(PER_SOURCE)
+            .map(|(_, info)| (*info).clone())
+            .collect()
+    }
+
+    /// Tells every peer of the newcomers since the last batch (at most
+    /// `GOSSIP_EVERY` after the first of them), in one Peers message each.
+    /// One message per newcomer to every peer made a seed with 512 peers
+    /// queue 512 x 512 messages as a crowd arrived (the simulator's peak
+    /// memory, session 23); a receiver keeps `PER_SOURCE` entries of one
+    /// source anyway.
+    pub(super) fn flush_gossip(&mut self, now: Instant) {
+        if self.gossip_due.is_none_or(|at| now < at) {
+            return;
+        }
+        self.gossip_due = None;
+        let mut news = std::mem::take(&mut self.gossip);
+        news.retain(|i| self.by_id.contains_key(&i.id));
+        if news.len() > PER_SOURCE {
+            self.gossip = news.split_off(PER_SOURCE);
+            self.gossip_due = Some(now + GOSSIP_EVERY);
+        }
+        if news.is_empty() {
+            return;
+        }
+        // one list for all (a host ignores itself in it)
+        let news: Arc<[PeerInfo]> = news.into();
+        for &key in self.peers.keys() {
+            self.actions.push_back(Action::Send {
+                key,
+                msg: Message::Peers(news.clone()),
+            });
+        }
+    }
+
+    /// When the next batch of news is due, if any.
+    pub(super) fn gossip_due(&self) -> Option<Instant> {
+        self.gossip_due
+    }
+
     /// A taken connection is up as `key`. Returns whether the peer is of
     /// another group.
     pub fn peer_up(&mut self, now: Instant, key: PeerKey, up: PeerUp) -> bool {
@@ -196,26 +277,16 @@ impl Host {
         tracing::debug!(peer = hex(&info.id[..4]), key, remote = %up.addr, "peer up");
         // Tell the newcomer about everyone (also that there is nobody else:
         // it waits for a list before it may become a bridge), and everyone
-        // about the newcomer.
-        // its own group first: a list may be cut (`MAX_PEERS`, and what
-        // the newcomer takes of one source), and it must meet its group
-        let mut others: Vec<&PeerState> = self.peers.values().collect();
-        others.sort_by_key(|p| (p.info.group != info.group, p.info.id));
-        let others: Vec<PeerInfo> = others
-            .into_iter()
-            .take(MAX_PEERS)
-            .map(|p| p.info.clone())
-            .collect();
+        // about the newcomer, with the next batch of news.
+        let list = self.list_for(&info.group);
         self.push(Action::Send {
             key,
-            msg: Message::Peers(others),
+            msg: Message::Peers(list.into()),
         });
-        for &k in self.peers.keys() {
-            self.actions.push_back(Action::Send {
-                key: k,
-                msg: Message::Peers(vec![info.clone()]),
-            });
+        if self.gossip.len() < MAX_CONNECTIONS {
+            self.gossip.push(info.clone());
         }
+        self.gossip_due.get_or_insert(now + GOSSIP_EVERY);
         if self.complete {
             self.push(Action::Send {
                 key,
@@ -298,8 +369,8 @@ impl Host {
                 // full host's redirect, whose peers were told nothing of this
                 // one, so none of them will dial it
                 let redirect = !p.sent_bitfield;
-                for info in list {
-                    self.learn(now, info, source, redirect);
+                for info in list.iter() {
+                    self.learn(now, info.clone(), source, redirect);
                 }
                 Ok(())
             }
@@ -358,7 +429,7 @@ impl Host {
         // both sides keep the connection the lower id dialed: let it dial
         // (unless it cannot know of this host)
         let defer = info.id < self.cfg.me && !redirect;
-        if self.dialer.learn(info, source, defer, !cross, now) && cross {
+        if self.dialer.learn(info, source, defer, now) && cross {
             // its connections, dialed or accepted, get the WAN settings
             self.push(Action::OtherGroup(addrs));
         }

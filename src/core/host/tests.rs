@@ -73,7 +73,7 @@ fn a_joiner_fetches_every_piece_then_finalizes_and_says_done() {
     let first = drain(&mut h);
     assert!(first.contains(&Action::Send {
         key: 1,
-        msg: Message::Peers(vec![])
+        msg: Message::Peers(vec![].into())
     }));
     h.message(t, 1, Message::Bitfield(BitVec::repeat(true, n)));
     let mut now = t;
@@ -252,7 +252,7 @@ fn peers_of_other_groups_are_announced_for_the_wan_settings() {
         group: "other".into(),
         addrs: vec![addr(3)],
     };
-    h.message(t, 1, Message::Peers(vec![far]));
+    h.message(t, 1, Message::Peers(vec![far].into()));
     assert!(drain(&mut h).contains(&Action::OtherGroup(vec![addr(3)])));
     // and one of this group is not
     let near = PeerInfo {
@@ -260,7 +260,7 @@ fn peers_of_other_groups_are_announced_for_the_wan_settings() {
         group: "g".into(),
         addrs: vec![addr(4)],
     };
-    h.message(t, 1, Message::Peers(vec![near]));
+    h.message(t, 1, Message::Peers(vec![near].into()));
     assert!(drain(&mut h).is_empty());
 }
 
@@ -327,11 +327,93 @@ fn peers_from_a_redirect_are_dialed_at_once() {
     let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
     connect(&mut h, t, 1, 1);
     h.message(t, 1, Message::Bitfield(BitVec::repeat(true, 4)));
-    h.message(t, 1, Message::Peers(vec![near(3)]));
+    h.message(t, 1, Message::Peers(vec![near(3)].into()));
     assert_eq!(dials(&mut h, t), 0, "deferred: 3 dials 9");
     assert_eq!(dials(&mut h, t + Duration::from_secs(3)), 1);
     let mut h = Host::new(cfg(9, true), manifest(4), bitvec![0; 4], true, t);
     connect(&mut h, t, 1, 1);
-    h.message(t, 1, Message::Peers(vec![near(3)]));
+    h.message(t, 1, Message::Peers(vec![near(3)].into()));
     assert_eq!(dials(&mut h, t), 1, "redirected: dialed at once");
+}
+
+/// The Peers messages in `actions`, by the key they go to.
+fn lists(actions: &[Action]) -> Vec<(PeerKey, Vec<PeerInfo>)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                key,
+                msg: Message::Peers(l),
+            } => Some((*key, l.to_vec())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Newcomers are told to the others in one message per batch, not one
+/// message each; a newcomer's own list holds its group first, then every
+/// other group, within the share a receiver keeps of one source.
+#[test]
+fn newcomers_are_gossiped_in_batches_and_lists_name_every_group() {
+    let t = Instant::now();
+    let mut h = Host::new(cfg(200, false), manifest(4), bitvec![1; 4], false, t);
+    // 100 of this host's group "g", then 5 hosts of each of 4 other groups
+    for id in 1..=100u8 {
+        connect(&mut h, t, id.into(), id);
+    }
+    for (g, far) in ["w", "x", "y", "z"].iter().enumerate() {
+        for k in 0..5u8 {
+            let id = 101 + 5 * g as u8 + k;
+            assert_eq!(
+                h.admit(t, [id; 16], far, addr(id), false),
+                Admit::Take { replaces: None }
+            );
+            h.peer_up(t, id.into(), up(id, far));
+        }
+    }
+    let at_once = drain(&mut h);
+    // each newcomer got its list, and nobody else heard anything yet
+    let sent = lists(&at_once);
+    assert_eq!(sent.len(), 120, "one list per newcomer");
+    let (_, last_near) = &sent[99];
+    assert_eq!(last_near.len(), crate::core::dial::PER_SOURCE);
+    let far_groups: Set<String> = last_near
+        .iter()
+        .filter(|p| p.group != "g")
+        .map(|p| p.group.clone())
+        .collect();
+    assert_eq!(far_groups.len(), 0, "no other group had come yet");
+    let (_, last_far) = &sent[119];
+    assert!(
+        last_far.iter().take(4).all(|p| p.group == "z"),
+        "its own group first"
+    );
+    let mut seen: Vec<&str> = last_far[4..8].iter().map(|p| p.group.as_str()).collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ["g", "w", "x", "y"], "then every other group once");
+    // two newcomers' lists start at different members
+    assert_ne!(sent[98].1.first(), sent[99].1.first());
+
+    // the batch: one message to every peer, naming the newcomers (at most
+    // PER_SOURCE of them; the rest in the next batch)
+    let later = t + peers::GOSSIP_EVERY;
+    h.tick(later).expect("no stop");
+    let batch = lists(&drain(&mut h));
+    assert_eq!(batch.len(), 120, "one message per peer");
+    assert!(
+        batch
+            .iter()
+            .all(|(_, l)| l.len() == crate::core::dial::PER_SOURCE)
+    );
+    assert!(h.poll_timeout(later) <= later + peers::GOSSIP_EVERY);
+    h.tick(later + peers::GOSSIP_EVERY).expect("no stop");
+    let rest = lists(&drain(&mut h));
+    assert_eq!(rest.len(), 120);
+    assert!(
+        rest.iter()
+            .all(|(_, l)| l.len() == 120 - crate::core::dial::PER_SOURCE)
+    );
+    // nothing new: nothing sent
+    h.tick(later + 3 * peers::GOSSIP_EVERY).expect("no stop");
+    assert!(lists(&drain(&mut h)).is_empty());
 }

@@ -190,7 +190,7 @@ impl Engine {
             let conn = h.conn.clone();
             let (mut send, mut recv) = (h.send, h.recv);
             let work = async {
-                send.write_all(&Message::Peers(peers).encode_frame())
+                send.write_all(&Message::Peers(peers.into()).encode_frame())
                     .await?;
                 let mut first = [0u8; 4];
                 let manifest = send_manifest(&conn, &manifest, &redirecting.manifests);

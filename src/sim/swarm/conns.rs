@@ -58,7 +58,7 @@ impl Swarm {
             Admit::Redirect(peers) => {
                 // the peer list, then the close once the newcomer has
                 // started (after its manifest: a round trip)
-                self.send(conn, side, Message::Peers(peers));
+                self.send(conn, side, Message::Peers(peers.into()));
                 let rtt = 2.0 * self.latency(me, other);
                 self.at(self.t + rtt, Ev::Close { conn, from: side });
                 return;
