@@ -173,8 +173,6 @@ pub struct Host {
     /// (`flush_gossip`).
     gossip: Vec<PeerInfo>,
     gossip_due: Option<Instant>,
-    /// Lists made for newcomers so far (where the next one starts).
-    listed: usize,
 }
 
 impl Host {
@@ -226,7 +224,6 @@ impl Host {
             redirects: 0,
             gossip: Vec::new(),
             gossip_due: None,
-            listed: 0,
             manifest,
             cfg,
         };

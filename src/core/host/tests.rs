@@ -391,8 +391,6 @@ fn newcomers_are_gossiped_in_batches_and_lists_name_every_group() {
     let mut seen: Vec<&str> = last_far[4..8].iter().map(|p| p.group.as_str()).collect();
     seen.sort_unstable();
     assert_eq!(seen, ["g", "w", "x", "y"], "then every other group once");
-    // two newcomers' lists start at different members
-    assert_ne!(sent[98].1.first(), sent[99].1.first());
 
     // the batch: one message to every peer, naming the newcomers (at most
     // PER_SOURCE of them; the rest in the next batch)
