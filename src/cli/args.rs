@@ -117,6 +117,11 @@ pub struct SimulateArgs {
     /// time, swarm against the cascade and the limit.
     #[arg(long, value_name = "FILE")]
     pub plot: Option<PathBuf>,
+    /// The baselines to run beside swarm, comma-separated: cascade,
+    /// bittorrent, or none (the BitTorrent model costs about as much as
+    /// swarm's on large fleets).
+    #[arg(long, default_value = "cascade,bittorrent", value_name = "LIST")]
+    pub baselines: String,
 }
 
 /// Where the image's manifest comes from.

@@ -136,6 +136,19 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
             Some((secs("--wan-outage", start)?, secs("--wan-outage", dur)?))
         }
     };
+    let (mut cascade, mut bittorrent) = (false, false);
+    for b in a.baselines.split(',').map(str::trim) {
+        match b {
+            "cascade" => cascade = true,
+            "bittorrent" => bittorrent = true,
+            "none" => {}
+            _ => {
+                return Err(format!(
+                    "--baselines: {b:?} is not cascade, bittorrent or none"
+                ));
+            }
+        }
+    }
     let tick = match &a.tick {
         Some(t) => secs("--tick", t)?,
         None => f64::from(piece_size) / nic / 16.0,
@@ -165,6 +178,8 @@ fn scenario(a: &SimulateArgs) -> Result<Scenario, String> {
         tick,
         seed: a.seed,
         limit: secs("--limit", &a.limit)?,
+        cascade,
+        bittorrent,
     })
 }
 
@@ -219,11 +234,31 @@ fn human(v: &serde_json::Value) -> String {
             .map(|a| a.iter().map(f).collect::<Vec<_>>().join(", "))
             .unwrap_or_default(),
     );
+    if !v["cascade"].is_null() {
+        out += &format!(
+            "cascade: last {} s ({} T*), median {} s\n",
+            f(&v["cascade"]["last_s"]),
+            f(&v["cascade"]["last_over_t_star"]),
+            f(&v["cascade"]["median_s"]),
+        );
+    }
+    let bt = &v["bittorrent"];
+    if !bt.is_null() {
+        out += &format!(
+            "bittorrent-like: last {} s ({} T*), median {} s, {} of {} hosts done; WAN in per remote group {} x S\n",
+            f(&bt["last_s"]),
+            f(&bt["last_over_t_star"]),
+            f(&bt["median_s"]),
+            bt["hosts_done"],
+            bt["hosts"],
+            bt["wan_in_over_s_per_remote_group"]
+                .as_array()
+                .map(|a| a.iter().map(f).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+        );
+    }
     out += &format!(
-        "cascade: last {} s ({} T*), median {} s\nsimulated in {} s, {} MiB at most\n",
-        f(&v["cascade"]["last_s"]),
-        f(&v["cascade"]["last_over_t_star"]),
-        f(&v["cascade"]["median_s"]),
+        "simulated in {} s, {} MiB at most\n",
         f(&v["sim"]["wall_s"]),
         v["sim"]["peak_rss_bytes"].as_u64().unwrap_or(0) >> 20,
     );

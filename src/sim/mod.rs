@@ -9,6 +9,7 @@
 //! fair share at once), CPU and disk (a host verifies and writes for free),
 //! corrupt pieces, and the handshake's cost beyond its round trips.
 
+mod bittorrent;
 mod cascade;
 mod net;
 pub mod plot;
@@ -59,6 +60,9 @@ pub struct Scenario {
     pub seed: u64,
     /// Virtual seconds after which the run is cut off.
     pub limit: f64,
+    /// Which baselines run beside swarm.
+    pub cascade: bool,
+    pub bittorrent: bool,
 }
 
 impl Scenario {
@@ -281,7 +285,11 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
         .filter(|&(i, _)| i % step == 0 || i + 1 == n)
         .map(|(_, &(t, b))| (t / sc.t_star(), b / bytes_all))
         .collect();
-    let cascade = cascade::run(sc, sc.limit);
+    let cascade = if sc.cascade {
+        cascade::run(sc, sc.limit)
+    } else {
+        Vec::new()
+    };
     let ct: Vec<f64> = {
         let mut v: Vec<f64> = cascade
             .iter()
@@ -292,9 +300,36 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
         v.sort_by(f64::total_cmp);
         v
     };
-    progress("cascade", ct.last().copied().unwrap_or(0.0), ct.len());
-    let mut cascade_summary = summary(sc, &ct, joiners);
-    cascade_summary["done_over_time"] = json!(done_curve(sc, &ct, joiners));
+    if sc.cascade {
+        progress("cascade", ct.last().copied().unwrap_or(0.0), ct.len());
+    }
+    let cascade_summary = sc.cascade.then(|| {
+        let mut v = summary(sc, &ct, joiners);
+        v["done_over_time"] = json!(done_curve(sc, &ct, joiners));
+        v
+    });
+    let bt_summary = sc.bittorrent.then(|| {
+        let bt = bittorrent::run(sc, m.piece_count(), |p| m.piece_range(p).1 as f64, sc.limit);
+        let mut t: Vec<f64> = bt
+            .done
+            .iter()
+            .enumerate()
+            .skip(1)
+            .filter_map(|(h, d)| d.map(|d| d - sc.start_of(h)))
+            .collect();
+        t.sort_by(f64::total_cmp);
+        progress("bittorrent", t.last().copied().unwrap_or(0.0), t.len());
+        let mut v = summary(sc, &t, joiners);
+        v["done_over_time"] = json!(done_curve(sc, &t, joiners));
+        v["wan_in_over_s_per_remote_group"] = json!(
+            bt.wan_in
+                .iter()
+                .skip(1)
+                .map(|b| b / size)
+                .collect::<Vec<_>>()
+        );
+        v
+    });
     let slow_n = (1..sc.host_count()).filter(|&h| sc.is_slow(h)).count();
     json!({
         "scenario": {
@@ -349,6 +384,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
             "wall_s": swarm_wall,
         },
         "cascade": cascade_summary,
+        "bittorrent": bt_summary,
         "sim": {
             "wall_s": wall.elapsed().as_secs_f64(),
         },

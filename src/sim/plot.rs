@@ -27,10 +27,14 @@ pub fn svg(v: &Value) -> String {
     let swarm = points(&v["swarm"]["done_over_time"]);
     let bytes = points(&v["swarm"]["delivered_over_time"]);
     let cascade = points(&v["cascade"]["done_over_time"]);
+    let bittorrent = points(&v["bittorrent"]["done_over_time"]);
     let last = |p: &[(f64, f64)]| p.last().map_or(0.0, |p| p.0);
     // the cascade may take 10x longer: show it up to 4x swarm's span
     let span = last(&swarm).max(last(&bytes).min(4.0)).max(1.0) * 1.15;
-    let x_max = span.max(last(&cascade).min(4.0 * span)).max(1.2);
+    let x_max = span
+        .max(last(&cascade).min(4.0 * span))
+        .max(last(&bittorrent).min(4.0 * span))
+        .max(1.2);
     let (pw, ph) = (W - LEFT - RIGHT, H - TOP - BOTTOM);
     let x = |t: f64| LEFT + t.min(x_max) / x_max * pw;
     let y = |f: f64| TOP + (1.0 - f.clamp(0.0, 1.0)) * ph;
@@ -88,7 +92,7 @@ pub fn svg(v: &Value) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    let series: [(&str, String, &str, &str); 4] = [
+    let series: [(&str, String, &str, &str); 5] = [
         (
             "limit (bytes)",
             line(&[(0.0, 0.0), (1.0, 1.0), (x_max, 1.0)]),
@@ -98,6 +102,12 @@ pub fn svg(v: &Value) -> String {
         ("swarm: bytes", line(&bytes), "#1f77b4", "6,3"),
         ("swarm: hosts done", line(&swarm), "#1f77b4", "none"),
         ("cascade: hosts done", line(&cascade), "#d62728", "none"),
+        (
+            "bittorrent-like: hosts done",
+            line(&bittorrent),
+            "#2ca02c",
+            "none",
+        ),
     ];
     for (i, (name, pts, color, dash)) in series.iter().enumerate() {
         let ly = TOP + 16.0 + 20.0 * i as f64;
@@ -116,7 +126,7 @@ pub fn svg(v: &Value) -> String {
             s,
             r#"<text x="{:.1}" y="{:.1}">(cascade ends at {:.1} T*)</text>"#,
             LEFT + pw + 14.0,
-            TOP + 16.0 + 20.0 * 4.0 + 4.0,
+            TOP + 16.0 + 20.0 * 5.0 + 4.0,
             last(&cascade)
         );
     }

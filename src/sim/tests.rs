@@ -23,6 +23,8 @@ fn small(groups: usize, n: usize) -> Scenario {
         tick: 0.002,
         seed: 1,
         limit: 600.0,
+        cascade: true,
+        bittorrent: true,
     }
 }
 
@@ -138,4 +140,39 @@ fn the_rest_finish_through_deaths_and_a_wan_outage() {
     assert_eq!(v["swarm"]["hosts_failed"], 0, "{v}");
     let last = v["swarm"]["all"]["last_s"].as_f64().unwrap();
     assert!(last > 16.0, "{last}: the remote group waited for the WAN");
+}
+
+/// The BitTorrent-like baseline finishes every host, and, knowing no
+/// groups, takes more than one copy over each remote group's WAN link
+/// where swarm takes one.
+#[test]
+fn the_bittorrent_baseline_finishes_and_crosses_the_wan_more_than_swarm() {
+    let sc = Scenario {
+        size: 32 << 20,
+        ..small(2, 6)
+    };
+    let v = run(&sc, &mut |_, _, _| {});
+    let bt = &v["bittorrent"];
+    assert_eq!(bt["hosts_done"], 11, "{bt}");
+    let bt_wan = bt["wan_in_over_s_per_remote_group"][0].as_f64().unwrap();
+    let swarm_wan = v["swarm"]["wan_in_over_s_per_remote_group"][0]
+        .as_f64()
+        .unwrap();
+    assert!(swarm_wan < 1.1, "swarm {swarm_wan}");
+    assert!(bt_wan > 1.2, "bittorrent {bt_wan}");
+    // and no host beats the limit
+    assert!(bt["median_over_t_star"].as_f64().unwrap() >= 1.0);
+    let none = run(
+        &Scenario {
+            cascade: false,
+            bittorrent: false,
+            ..sc
+        },
+        &mut |_, _, _| {},
+    );
+    assert!(none["bittorrent"].is_null() && none["cascade"].is_null());
+    assert_eq!(
+        none["swarm"]["all"], v["swarm"]["all"],
+        "the baselines do not touch swarm's run"
+    );
 }
