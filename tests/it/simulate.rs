@@ -78,6 +78,7 @@ fn simulate_refuses_bad_arguments_with_exit_2() {
         (&["--hosts-per-group", "1000000"][..], "hosts in all"),
         (&["--hosts-per-group", "1"][..], "at least 2"),
         (&["--size", "1PiB", "--piece-size", "16KiB"][..], "pieces"),
+        (&["--baselines", "cascade,bogus"][..], "--baselines"),
     ] {
         let out = simulate(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
@@ -86,7 +87,7 @@ fn simulate_refuses_bad_arguments_with_exit_2() {
     }
 }
 
-/// `--plot FILE` draws the run: an SVG with swarm's and the cascade's
+/// `--plot FILE` draws the run: an SVG with swarm's and the baselines'
 /// curves that ends where swarm's last host finished. A path that cannot be
 /// written exits 5 before any simulation, and an existing link at the path
 /// is replaced, never written through.
@@ -110,8 +111,15 @@ fn simulate_plots_the_run_and_refuses_a_path_it_cannot_write() {
     let v = figures(&simulate(&with_plot));
     let svg = std::fs::read_to_string(&plot).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    assert_eq!(svg.matches("<polyline").count(), 4, "{svg}");
+    assert_eq!(svg.matches("<polyline").count(), 5, "{svg}");
     assert!(svg.contains("cascade: hosts done") && svg.contains("swarm: bytes"));
+    assert!(svg.contains("bittorrent-like: hosts done"));
+    let bt = v["bittorrent"]["done_over_time"].as_array().unwrap();
+    assert_eq!(
+        bt.last().unwrap()[1].as_f64(),
+        Some(1.0),
+        "every joiner done"
+    );
     assert_eq!(std::fs::read_to_string(&target).unwrap(), "keep");
     // the curves in the JSON end with every joiner done
     let done = v["swarm"]["done_over_time"].as_array().unwrap();
