@@ -2,8 +2,9 @@
 //! how the design scales past what one machine can emulate. Each simulated
 //! host runs the node's own policy (`core::host::Host`, driven by `swarm`
 //! as `node::engine` drives it); the network is flow-level (`net`: NICs and
-//! each group's WAN links shared max-min fair); the rsync cascade runs over
-//! the same network (`cascade`). Same scenario and seed, same result.
+//! each group's WAN links shared max-min fair); the rsync cascade
+//! (`cascade`) and a BitTorrent-like swarm (`bittorrent`) run over the same
+//! network. Same scenario and seed, same result.
 //!
 //! Not modelled: packets, loss and congestion control (a flow takes its
 //! fair share at once), CPU and disk (a host verifies and writes for free),
