@@ -103,14 +103,7 @@ pub fn run(sc: &Scenario, pieces: usize, piece_len: impl Fn(usize) -> f64, until
             }
         }
     }
-    let mut caps = Vec::with_capacity(2 * n + 2 * sc.groups);
-    caps.extend((0..n).map(|h| sc.up_of(h)));
-    caps.extend((0..n).map(|h| sc.down_of(h)));
-    caps.extend(std::iter::repeat_n(
-        sc.wan.unwrap_or(f64::INFINITY),
-        2 * sc.groups,
-    ));
-    let mut net = Net::new(caps);
+    let mut net = sc.network();
     let mut flows: LocalMap<u32, usize> = LocalMap::default();
     // each host rechokes at its own phase
     let phase: Vec<f64> = (0..n).map(|_| rng.random::<f64>() * RECHOKE).collect();

@@ -12,7 +12,6 @@
 use std::collections::VecDeque;
 
 use super::Scenario;
-use super::net::Net;
 
 const MAX_FORKS: usize = 2;
 const START_RTTS: f64 = 3.0;
@@ -34,14 +33,7 @@ struct Copy {
 /// When each host (the origin, host 0, at 0) has the image.
 pub fn run(sc: &Scenario, until: f64) -> Vec<Option<f64>> {
     let n = sc.host_count();
-    let mut caps = Vec::with_capacity(2 * n + 2 * sc.groups);
-    caps.extend((0..n).map(|h| sc.up_of(h)));
-    caps.extend((0..n).map(|h| sc.down_of(h)));
-    caps.extend(std::iter::repeat_n(
-        sc.wan.unwrap_or(f64::INFINITY),
-        2 * sc.groups,
-    ));
-    let mut net = Net::new(caps);
+    let mut net = sc.network();
     let mut todo: Vec<VecDeque<usize>> = vec![VecDeque::new(); sc.groups];
     for h in 1..n {
         todo[sc.group_of(h)].push_back(h);

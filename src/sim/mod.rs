@@ -140,6 +140,18 @@ impl Scenario {
             }
     }
 
+    /// The network's links: each host's NIC up, then down, then each
+    /// group's WAN link out, then in.
+    fn network(&self) -> net::Net {
+        let n = self.host_count();
+        let mut caps = Vec::with_capacity(2 * n + 2 * self.groups);
+        caps.extend((0..n).map(|h| self.up_of(h)));
+        caps.extend((0..n).map(|h| self.down_of(h)));
+        let wan = self.wan.unwrap_or(f64::INFINITY);
+        caps.extend(std::iter::repeat_n(wan, 2 * self.groups));
+        net::Net::new(caps)
+    }
+
     /// The physical limit for a fast host: S over the narrowest of the
     /// seed's uplink, a host's downlink and (with more than one group) the
     /// WAN.
@@ -197,6 +209,19 @@ fn times(hosts: &[HostOutcome], pick: impl Fn(usize) -> bool) -> Vec<f64> {
         .skip(1)
         .filter(|(h, _)| pick(*h))
         .filter_map(|(_, o)| o.done.map(|d| d - o.start))
+        .collect();
+    v.sort_by(f64::total_cmp);
+    v
+}
+
+/// Completion times of the joiners that finished, since each started,
+/// sorted (a baseline's `done`: when each host had the image).
+fn since_start(sc: &Scenario, done: &[Option<f64>]) -> Vec<f64> {
+    let mut v: Vec<f64> = done
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter_map(|(h, d)| d.map(|d| d - sc.start_of(h)))
         .collect();
     v.sort_by(f64::total_cmp);
     v
@@ -291,16 +316,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
     } else {
         Vec::new()
     };
-    let ct: Vec<f64> = {
-        let mut v: Vec<f64> = cascade
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter_map(|(h, d)| d.map(|d| d - sc.start_of(h)))
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
-    };
+    let ct = since_start(sc, &cascade);
     if sc.cascade {
         progress("cascade", ct.last().copied().unwrap_or(0.0), ct.len());
     }
@@ -311,14 +327,7 @@ pub fn run(sc: &Scenario, progress: &mut dyn FnMut(&str, f64, usize)) -> Value {
     });
     let bt_summary = sc.bittorrent.then(|| {
         let bt = bittorrent::run(sc, m.piece_count(), |p| m.piece_range(p).1 as f64, sc.limit);
-        let mut t: Vec<f64> = bt
-            .done
-            .iter()
-            .enumerate()
-            .skip(1)
-            .filter_map(|(h, d)| d.map(|d| d - sc.start_of(h)))
-            .collect();
-        t.sort_by(f64::total_cmp);
+        let t = since_start(sc, &bt.done);
         progress("bittorrent", t.last().copied().unwrap_or(0.0), t.len());
         let mut v = summary(sc, &t, joiners);
         v["done_over_time"] = json!(done_curve(sc, &t, joiners));

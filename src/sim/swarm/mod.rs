@@ -239,12 +239,6 @@ impl Swarm {
                 bootstrap_until: 0.0,
             });
         }
-        // links: up and down of each host, then each group's WAN out and in
-        let mut caps = Vec::with_capacity(2 * n + 2 * sc.groups);
-        caps.extend((0..n).map(|h| sc.up_of(h)));
-        caps.extend((0..n).map(|h| sc.down_of(h)));
-        let wan = sc.wan.unwrap_or(f64::INFINITY);
-        caps.extend(std::iter::repeat_n(wan, 2 * sc.groups));
         let mut s = Swarm {
             sc: sc.clone(),
             base: Instant::now(),
@@ -260,7 +254,7 @@ impl Swarm {
             req_index: Default::default(),
             next_req: 1,
             next_key: 1,
-            net: Net::new(caps),
+            net: sc.network(),
             manifest,
             flow_req: Default::default(),
             events_run: 0,
