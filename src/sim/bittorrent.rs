@@ -1,17 +1,21 @@
 //! A BitTorrent-like baseline over the same network, as a mainstream
 //! client (libtorrent's defaults, aria2 in the compare benchmark) runs a
-//! swarm: no groups, no bridges. Each host gets `PEERS` random others from
-//! the tracker (the seed among them for the first few) and connects to
-//! them; it uploads to at most `UNCHOKE` peers at once, chosen every
+//! swarm: no groups, no bridges. Each joiner gets `PEERS` random others
+//! from the tracker and connects to them (links go both ways, so a host has
+//! about twice as many peers; a peer not started yet is idle until it
+//! starts); it uploads to at most `UNCHOKE` peers at once, chosen every
 //! `RECHOKE` seconds by the bytes they sent it lately (a finished host: by
 //! the bytes it sent them, fastest first), plus one optimistic unchoke
 //! rotated every `OPTIMISTIC` seconds; a free slot goes to an interested
 //! peer at once. A host asks each peer that unchokes it for up to
 //! `PIPELINE` pieces at a time, rarest first among its peers, and in
-//! endgame for pieces already asked of others. A piece is one flow, with
+//! endgame for pieces already asked of others. A request reaches its peer
+//! one way's latency after it is made; the piece is then one flow, with
 //! TCP's share of a link (inversely proportional to the round trip), as
-//! the cascade's copies. The scenario's stagger applies; failures do not
-//! (the baseline is for the plain push).
+//! the cascade's copies, and arrives one way's latency after its last
+//! byte leaves. A choke does not cancel requests already made. The
+//! scenario's stagger applies; failures and WAN outages do not (the
+//! baseline is for the plain push).
 
 use bitvec::prelude::*;
 use rand::rngs::SmallRng;
@@ -19,7 +23,6 @@ use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 
 use super::Scenario;
-use super::net::Net;
 use crate::core::LocalMap;
 
 /// Peers a host asks the tracker for (libtorrent's `num_want`, 50).
@@ -35,7 +38,11 @@ const PIPELINE: usize = 2;
 struct Transfer {
     piece: u32,
     from: usize,
-    flow: u32,
+    /// When the request reaches `from`, and the flow once it has.
+    starts: f64,
+    flow: Option<u32>,
+    /// One way's latency.
+    lat: f64,
 }
 
 struct Host {
@@ -144,18 +151,32 @@ pub fn run(sc: &Scenario, pieces: usize, piece_len: impl Fn(usize) -> f64, until
         }
         for h in 1..n {
             if std::mem::take(&mut dirty[h]) && hosts[h].started && hosts[h].done.is_none() {
-                request(
-                    sc, &mut hosts, h, &mut net, &mut flows, &piece_len, &mut rng,
-                );
+                request(sc, &mut hosts, h, t, &mut rng);
             }
         }
         dirty[0] = false;
+        for (h, host) in hosts.iter_mut().enumerate().skip(1) {
+            for x in host.inflight.iter_mut() {
+                if x.flow.is_none() && x.starts <= t {
+                    let (gs, gd) = (sc.group_of(x.from) as u32, sc.group_of(h) as u32);
+                    let mut links = vec![x.from as u32, (n + h) as u32];
+                    if gs != gd {
+                        links.push((2 * n) as u32 + gs);
+                        links.push((2 * n + sc.groups) as u32 + gd);
+                    }
+                    let len = piece_len(x.piece as usize);
+                    let flow = net.start(&links, len, 1.0 / (2.0 * x.lat).max(1e-6));
+                    flows.insert(flow, h);
+                    x.flow = Some(flow);
+                }
+            }
+        }
         for (flow, into) in net.advance(dt) {
             let Some(to) = flows.remove(&flow) else {
                 continue;
             };
             net.stop(flow);
-            let Some(i) = hosts[to].inflight.iter().position(|x| x.flow == flow) else {
+            let Some(i) = hosts[to].inflight.iter().position(|x| x.flow == Some(flow)) else {
                 continue;
             };
             let x = hosts[to].inflight.swap_remove(i);
@@ -174,7 +195,7 @@ pub fn run(sc: &Scenario, pieces: usize, piece_len: impl Fn(usize) -> f64, until
                 .inflight
                 .iter()
                 .filter(|y| y.piece == x.piece)
-                .map(|y| y.flow)
+                .filter_map(|y| y.flow)
                 .collect();
             for f in dups {
                 net.stop(f);
@@ -187,7 +208,7 @@ pub fn run(sc: &Scenario, pieces: usize, piece_len: impl Fn(usize) -> f64, until
                 dirty[q] = true;
             }
             if hosts[to].have_count == pieces {
-                hosts[to].done = Some(t + into);
+                hosts[to].done = Some(t + into + x.lat);
                 left -= 1;
             }
         }
@@ -202,7 +223,8 @@ pub fn run(sc: &Scenario, pieces: usize, piece_len: impl Fn(usize) -> f64, until
     }
 }
 
-/// Whether `q` lacks a piece `h` has.
+/// Whether `q` lacks a piece `h` has (by whole words: the seed's bits past
+/// the last piece are set, but a finished `q` is not interested anyway).
 fn interested(hosts: &[Host], q: usize, h: usize) -> bool {
     hosts[q].started
         && hosts[q].done.is_none()
@@ -251,6 +273,9 @@ fn fill_slots(hosts: &mut [Host], h: usize, rng: &mut SmallRng) -> bool {
     let before = hosts[h].unchoked.len();
     let mut kept: Vec<usize> = std::mem::take(&mut hosts[h].unchoked);
     kept.retain(|&q| interested(hosts, q, h));
+    if hosts[h].optimistic.is_some_and(|o| !kept.contains(&o)) {
+        hosts[h].optimistic = None;
+    }
     let mut changed = kept.len() != before;
     if kept.len() < UNCHOKE + 1 {
         let mut cand: Vec<usize> = hosts[h]
@@ -270,16 +295,7 @@ fn fill_slots(hosts: &mut [Host], h: usize, rng: &mut SmallRng) -> bool {
 }
 
 /// Asks every peer that unchokes `h` for pieces, up to `PIPELINE` each.
-fn request(
-    sc: &Scenario,
-    hosts: &mut [Host],
-    h: usize,
-    net: &mut Net,
-    flows: &mut LocalMap<u32, usize>,
-    piece_len: &impl Fn(usize) -> f64,
-    rng: &mut SmallRng,
-) {
-    let n = hosts.len();
+fn request(sc: &Scenario, hosts: &mut [Host], h: usize, t: f64, rng: &mut SmallRng) {
     for k in 0..hosts[h].peers.len() {
         let q = hosts[h].peers[k];
         if !hosts[q].started || !hosts[q].unchoked.contains(&h) {
@@ -290,21 +306,17 @@ fn request(
                 break;
             };
             hosts[h].asked.set(p, true);
-            let (gs, gd) = (sc.group_of(q) as u32, sc.group_of(h) as u32);
-            let mut links = vec![q as u32, (n + h) as u32];
-            let lat = if gs == gd {
+            let lat = if sc.group_of(q) == sc.group_of(h) {
                 sc.lan_latency
             } else {
-                links.push((2 * n) as u32 + gs);
-                links.push((2 * n + sc.groups) as u32 + gd);
                 sc.wan_latency
             };
-            let flow = net.start(&links, piece_len(p), 1.0 / (2.0 * lat).max(1e-6));
-            flows.insert(flow, h);
             hosts[h].inflight.push(Transfer {
                 piece: p as u32,
                 from: q,
-                flow,
+                starts: t + lat,
+                flow: None,
+                lat,
             });
         }
     }

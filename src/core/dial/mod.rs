@@ -14,12 +14,14 @@
 //! handshakes to third parties.
 
 use crate::core::Map;
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 mod limits;
 
 use self::limits::DialLimits;
+use crate::core::{LocalMap, LocalSet};
 use crate::wire::{PeerId, PeerInfo};
 
 /// This host dials known peers only while it has fewer connections than
@@ -101,6 +103,8 @@ impl Known {
 #[derive(Default)]
 struct Source {
     entries: usize,
+    /// Of them, entries of other groups than this host's.
+    far: usize,
     failed: u32,
     connected: u32,
 }
@@ -186,19 +190,16 @@ impl Dialer {
                 dialing: None,
             },
         );
-        self.sources.entry(source).or_default().entries += 1;
+        let s = self.sources.entry(source).or_default();
+        s.entries += 1;
+        s.far += usize::from(!near);
         true
     }
 
     /// Drops an entry of `source` (not being dialed, least vouched for) of
     /// another group, if it has more than `FAR_KEEP` of them.
     fn evict_far(&mut self, source: PeerId, now: Instant) -> bool {
-        let far = || {
-            self.known
-                .iter()
-                .filter(move |(_, k)| k.source == Some(source) && !k.near)
-        };
-        if far().count() <= FAR_KEEP {
+        if self.sources.get(&source).is_none_or(|s| s.far <= FAR_KEEP) {
             return false;
         }
         self.evict_one(|k| k.source == Some(source) && !k.near, now)
@@ -243,6 +244,7 @@ impl Dialer {
         self.far -= usize::from(!k.near);
         if let Some(s) = k.source.and_then(|s| self.sources.get_mut(&s)) {
             s.entries -= 1;
+            s.far -= usize::from(!k.near);
         }
         if let Some(addrs) = &k.dialing {
             self.dialing -= 1;
@@ -341,10 +343,12 @@ impl Dialer {
         }
         info.addrs.truncate(MAX_ENTRY_ADDRS);
         let source = (!first_hand).then_some(info.id);
-        if let Some(s) = source {
-            self.sources.entry(s).or_default().entries += 1;
-        }
         let near = info.group == self.group;
+        if let Some(s) = source {
+            let s = self.sources.entry(s).or_default();
+            s.entries += 1;
+            s.far += usize::from(!near);
+        }
         self.far += usize::from(!near);
         self.known.insert(
             info.id,
@@ -380,15 +384,14 @@ impl Dialer {
             self.known.values().filter(|k| k.dialing.is_some()).count(),
             "the count of dials in flight"
         );
-        // one group: no election to agree on, the mesh of `DIAL_TARGET`
-        let groups = cross.is_some() || self.far > 0;
-        let group_target = if groups {
-            GROUP_DIAL_TARGET
-        } else {
-            DIAL_TARGET
-        };
+        debug_assert_eq!(
+            self.far,
+            self.known.values().filter(|k| !k.near).count(),
+            "the count of entries of other groups"
+        );
+        let group_target = self.group_target(cross.is_some());
         let busy = connections + self.dialing;
-        if busy >= CROSS_CEILING || (busy >= group_target.max(DIAL_TARGET) && cross.is_none()) {
+        if busy >= CROSS_CEILING || (busy >= group_target && cross.is_none()) {
             return Vec::new();
         }
         // members of this host's group first: it fetches from them, and
@@ -402,33 +405,45 @@ impl Dialer {
             .map(|(id, k)| (!k.near, k.hearsay(), 3 - k.vouchers, *id))
             .collect();
         due.sort_unstable();
-        // connections and dials in each other group met so far
-        let mut per_group: Vec<(String, usize)> = Vec::new();
+        // connections and dials in each other group, counted once per group
+        // met (by its name's hash: a table of made-up groups costs one
+        // pass each, not one per entry)
+        let mut per_group: LocalMap<u64, usize> = LocalMap::default();
+        let tag = |g: &str| {
+            let mut h = rustc_hash::FxHasher::default();
+            g.hash(&mut h);
+            h.finish()
+        };
+        if cross.is_some() {
+            for k in self
+                .known
+                .values()
+                .filter(|k| !k.near && k.dialing.is_some())
+            {
+                *per_group.entry(tag(&k.info.group)).or_default() += 1;
+            }
+        }
+        let mut linked: LocalSet<u64> = LocalSet::default();
         let mut out = Vec::new();
         for (other_group, hearsay, _, id) in due {
             let busy = connections + self.dialing;
             if busy >= CROSS_CEILING {
                 break;
             }
+            if hearsay && !self.limits.has_token(now) {
+                continue;
+            }
             let slot = if other_group {
                 let g = &self.known[&id].info.group;
-                let at = match per_group.iter().position(|(name, _)| name == g) {
-                    Some(at) => at,
-                    None => {
-                        let dialing = self
-                            .known
-                            .values()
-                            .filter(|k| k.dialing.is_some() && k.info.group == *g)
-                            .count();
-                        let linked = cross.map_or(0, |count| count(g));
-                        per_group.push((g.clone(), linked + dialing));
-                        per_group.len() - 1
-                    }
-                };
-                if busy >= DIAL_TARGET && per_group[at].1 >= CROSS_PER_GROUP {
+                let t = tag(g);
+                if linked.insert(t) {
+                    *per_group.entry(t).or_default() += cross.map_or(0, |count| count(g));
+                }
+                if busy >= DIAL_TARGET && per_group.get(&t).copied().unwrap_or(0) >= CROSS_PER_GROUP
+                {
                     continue;
                 }
-                Some(at)
+                Some(t)
             } else if busy >= group_target {
                 continue;
             } else {
@@ -436,9 +451,6 @@ impl Dialer {
             };
             let k = self.known.get_mut(&id).expect("listed above");
             let addrs = if hearsay {
-                if !self.limits.has_token(now) {
-                    continue;
-                }
                 self.limits.admit(&k.info.addrs, now)
             } else {
                 k.info.addrs.clone()
@@ -446,8 +458,8 @@ impl Dialer {
             if addrs.is_empty() {
                 continue;
             }
-            if let Some(at) = slot {
-                per_group[at].1 += 1;
+            if let Some(t) = slot {
+                *per_group.entry(t).or_default() += 1;
             }
             k.dialing = Some(addrs.clone());
             self.dialing += 1;
@@ -458,6 +470,21 @@ impl Dialer {
             });
         }
         out
+    }
+
+    /// How many connections members of this host's group are dialed up to:
+    /// `GROUP_DIAL_TARGET` when other groups exist (this host fetches
+    /// across, or has heard of hosts of other groups), else `DIAL_TARGET`.
+    /// A ticket holder can make a host of a one-group swarm believe in
+    /// other groups with one made-up entry: then it dials up to 64 members
+    /// of its group, not 24 (more connections, all to real members; see
+    /// docs/security.md).
+    fn group_target(&self, cross: bool) -> usize {
+        if cross || self.far > 0 {
+            GROUP_DIAL_TARGET
+        } else {
+            DIAL_TARGET
+        }
     }
 
     /// A peer at `addr` connected (its IP runs swarm: `limits`).
@@ -493,7 +520,7 @@ impl Dialer {
     /// is being dialed, or was learned and has not failed a dial yet while
     /// it would still be dialed (fewer than `GROUP_DIAL_TARGET` connections).
     pub fn meeting(&self, connections: usize) -> bool {
-        let more = connections + self.dialing < GROUP_DIAL_TARGET;
+        let more = connections + self.dialing < self.group_target(false);
         self.known
             .values()
             .any(|k| k.near && (k.dialing.is_some() || (more && k.failures == 0)))

@@ -171,8 +171,10 @@ pub struct Host {
     redirects: usize,
     /// Newcomers not yet told to the other peers, and when they will be
     /// (`flush_gossip`).
-    gossip: Vec<PeerInfo>,
+    gossip: Vec<PeerId>,
     gossip_due: Option<Instant>,
+    /// Lists made for newcomers so far (which other group comes first).
+    listed: usize,
 }
 
 impl Host {
@@ -224,6 +226,7 @@ impl Host {
             redirects: 0,
             gossip: Vec::new(),
             gossip_due: None,
+            listed: 0,
             manifest,
             cfg,
         };

@@ -205,7 +205,8 @@ impl Host {
     /// made every newcomer dial the same lowest ids (6.5 T*), lists from a
     /// start that moved from newcomer to newcomer (a random mesh) 3.3 T*;
     /// in table order, as before, 1.45.
-    fn list_for(&self, group: &str) -> Vec<PeerInfo> {
+    fn list_for(&mut self, group: &str) -> Vec<PeerInfo> {
+        self.listed = self.listed.wrapping_add(1);
         let mut all: Vec<&PeerInfo> = self.peers.values().map(|p| &p.info).collect();
         all.sort_by(|a, b| (a.group != group, &a.group).cmp(&(b.group != group, &b.group)));
         // (rank in its group, info)
@@ -219,7 +220,17 @@ impl Host {
         }
         let near_len = all.iter().take_while(|i| i.group == group).count();
         let (near, far) = ranked.split_at_mut(near_len);
-        far.sort_by(|a, b| (a.0, &a.1.group).cmp(&(b.0, &b.1.group)));
+        // every other group once before any twice; which group first turns
+        // from newcomer to newcomer, so that with more groups than the list
+        // has room for every group is named to some
+        let mut names: Vec<&str> = far.iter().map(|(_, i)| i.group.as_str()).collect();
+        names.dedup();
+        let turn = self.listed % names.len().max(1);
+        let order = |g: &str| {
+            let at = names.binary_search(&g).unwrap_or(0);
+            (at + names.len() - turn) % names.len()
+        };
+        far.sort_by_key(|(rank, i)| (*rank, order(&i.group)));
         let near_first = near_len.min(PER_SOURCE - FAR_KEEP);
         near[..near_first]
             .iter()
@@ -242,17 +253,21 @@ impl Host {
             return;
         }
         self.gossip_due = None;
-        let mut news = std::mem::take(&mut self.gossip);
-        news.retain(|i| self.by_id.contains_key(&i.id));
-        if news.len() > PER_SOURCE {
-            self.gossip = news.split_off(PER_SOURCE);
+        let mut ids = std::mem::take(&mut self.gossip);
+        // those still connected, as they are now
+        ids.retain(|id| self.by_id.contains_key(id));
+        if ids.len() > PER_SOURCE {
+            self.gossip = ids.split_off(PER_SOURCE);
             self.gossip_due = Some(now + GOSSIP_EVERY);
         }
-        if news.is_empty() {
+        if ids.is_empty() {
             return;
         }
         // one list for all (a host ignores itself in it)
-        let news: Arc<[PeerInfo]> = news.into();
+        let news: Arc<[PeerInfo]> = ids
+            .iter()
+            .map(|id| self.peers[&self.by_id[id]].info.clone())
+            .collect();
         for &key in self.peers.keys() {
             self.actions.push_back(Action::Send {
                 key,
@@ -280,8 +295,8 @@ impl Host {
             key,
             msg: Message::Peers(list.into()),
         });
-        if self.gossip.len() < MAX_CONNECTIONS {
-            self.gossip.push(info.clone());
+        if self.gossip.len() < MAX_CONNECTIONS && !self.gossip.contains(&info.id) {
+            self.gossip.push(info.id);
         }
         self.gossip_due.get_or_insert(now + GOSSIP_EVERY);
         if self.complete {
