@@ -36,7 +36,9 @@ pub enum Event {
     PieceDone {
         key: PeerKey,
         piece: u32,
-        data: Bytes,
+        /// The piece, to keep for serving; `None` when it was completed
+        /// in place on disk, never whole in memory.
+        data: Option<Bytes>,
         /// Bytes that came from the peer (all of them, or a delta's
         /// outboard and blocks) and from the basis.
         received: u64,

@@ -20,8 +20,19 @@
 //! the end, and rsync's rolling checksum would cost a pass per host over
 //! every byte for that case.
 //!
+//! A changed piece whose file is in the basis under the same path (a page
+//! rewritten in place, a file grown) gets that file's old blocks at the
+//! same offset written ahead into the new copy while the index reads
+//! them, from the buffer they were hashed in, and their CVs kept
+//! (`placed`). When the piece's outboard comes, the blocks whose CV it
+//! shares are in place already: a delta then reads, hashes and writes only
+//! the blocks that changed (`fill_in_place`), where it used to read, hash
+//! and write the whole piece a second time.
+//!
 //! Memory: 8 bytes of key and 8 of place per block (16 KiB) and per
-//! piece, in hash maps: about 2 MiB per GiB of basis.
+//! piece, in hash maps: about 2 MiB per GiB of basis; and 32 bytes per
+//! block of the changed pieces written ahead, at most 2 MiB per GiB of
+//! the image.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -36,7 +47,7 @@ use super::content::Content;
 use crate::manifest::blocks::{self, BLOCK, Cv};
 use crate::manifest::{FileSpan, Hash, Manifest, PACK_BELOW, layout, layout_piece, layout_pieces};
 use crate::text;
-use bitvec::vec::BitVec;
+use bitvec::prelude::{BitVec, Lsb0};
 
 /// One basis path: its files as a content stream, each file at a
 /// piece-aligned offset.
@@ -66,6 +77,11 @@ pub struct Basis {
     /// CVs of a block of zeros at the first block positions of a piece
     /// (`ZERO_CVS` at most; the rest are computed when asked).
     zero_cvs: Vec<Cv>,
+    /// CVs of the blocks written ahead into the new copy at a piece's own
+    /// place (see `own_places`), by piece: checked against the piece's
+    /// outboard when it comes, so that those blocks need no read, no hash
+    /// and no write then.
+    placed: HashMap<u32, Box<[Cv]>>,
     /// Bytes of regular files indexed.
     pub bytes: u64,
     /// See `missed`.
@@ -168,16 +184,21 @@ impl Basis {
             missed: AtomicU64::new(0),
             pieces: HashMap::with_capacity(windows.len()),
             blocks: HashMap::new(),
+            placed: HashMap::new(),
             zero_cvs: (0..(piece_size as usize / BLOCK).min(ZERO_CVS))
                 .map(|j| blocks::cv(j, &[0u8; BLOCK]))
                 .collect(),
+        };
+        let own = match fill {
+            Some((_, want)) => own_places(m, want.values().flatten().copied(), &basis.sources),
+            None => Own::default(),
         };
         // a batch at a time, so that the CVs waiting to be inserted stay
         // small whatever the basis's size
         let batch = (rayon::current_num_threads() * 8).max(16);
         let mut found = Vec::new();
+        let mut later = Vec::new();
         for part in windows.chunks(batch) {
-            type Hashed = (Place, u32, Hash, Vec<Cv>, Vec<u32>);
             let hashed: Vec<Hashed> = part
                 .par_iter()
                 // aligned, so that the pieces found go to the new copy by
@@ -198,33 +219,40 @@ impl Basis {
                         } else {
                             (*blake3::hash(buf).as_bytes(), Vec::new())
                         };
-                        // a piece of the new image, hashed just now: written
-                        // from this buffer
-                        let mut wrote = Vec::new();
+                        let mut out = Hashed {
+                            at: place(s, offset),
+                            len: len as u32,
+                            root,
+                            cvs,
+                            wrote: Vec::new(),
+                            later: Vec::new(),
+                            placed: None,
+                        };
                         if let Some((content, want)) = fill {
-                            for &i in want.get(&root).map_or(&[][..], Vec::as_slice) {
-                                let (at, n) = m.piece_range(i as usize);
-                                if n == len {
-                                    content.write_sparse(at, buf)?;
-                                    wrote.push(i);
-                                }
-                            }
+                            fill_from(&mut out, buf, m, content, want, &own)?;
                         }
-                        Ok(Some((place(s, offset), len as u32, root, cvs, wrote)))
+                        Ok(Some(out))
                     },
                 )
                 .filter_map(Result::transpose)
                 .collect::<std::io::Result<_>>()?;
-            for (at, len, root, cvs, wrote) in hashed {
-                found.extend(wrote);
-                basis.pieces.entry(root).or_insert((at, len));
-                for (j, cv) in cvs.iter().enumerate() {
+            for h in hashed {
+                found.extend(h.wrote);
+                later.extend(h.later);
+                if let Some((i, cvs)) = h.placed {
+                    basis.placed.insert(i, cvs);
+                }
+                basis.pieces.entry(h.root).or_insert((h.at, h.len));
+                for (j, cv) in h.cvs.iter().enumerate() {
                     basis
                         .blocks
                         .entry(key(cv))
-                        .or_insert(at + (j * BLOCK) as u64);
+                        .or_insert(h.at + (j * BLOCK) as u64);
                 }
             }
+        }
+        if let Some((content, _)) = fill {
+            found.extend(basis.fill_later(later, &found, m, content)?);
         }
         let unread = basis.missed.swap(0, Ordering::Relaxed);
         if unread > 0 {
@@ -234,6 +262,46 @@ impl Basis {
             );
         }
         Ok((basis, found))
+    }
+
+    /// The pieces found whole at a place that is not their own (a file
+    /// moved or copied in the tree), written now that no thread writes
+    /// any more: read again, checked, and written over what was written
+    /// ahead there. Returns the pieces written.
+    fn fill_later(
+        &mut self,
+        mut later: Vec<u32>,
+        found: &[u32],
+        m: &Manifest,
+        content: &Content,
+    ) -> std::io::Result<Vec<u32>> {
+        later.sort_unstable();
+        later.dedup();
+        let found: HashSet<u32> = found.iter().copied().collect();
+        let mut wrote = Vec::new();
+        let mut buf = PieceBuf::with_capacity(self.piece_size as usize);
+        for i in later.into_iter().filter(|i| !found.contains(i)) {
+            let (at, len) = m.piece_range(i as usize);
+            let hash = m.piece_hash(i as usize).expect("a piece of the image");
+            buf.resize(len as usize);
+            if !self.piece(hash, len, buf.as_mut_slice()) {
+                continue; // changed since: fetched instead
+            }
+            if self.placed.remove(&i).is_some() {
+                content.punch(at, len)?;
+            }
+            content.write_sparse(at, buf.as_slice())?;
+            wrote.push(i);
+        }
+        Ok(wrote)
+    }
+
+    /// The CVs of the blocks of `piece` that the index wrote ahead at its
+    /// place in the new copy (the old version's blocks at the same place
+    /// in the same file), from its first block on. A block whose CV in
+    /// the piece's outboard is the one here is in place already.
+    pub fn placed(&self, piece: u32) -> Option<&[Cv]> {
+        self.placed.get(&piece).map(|c| &c[..])
     }
 
     /// Whether there is anything to take from.
@@ -251,6 +319,48 @@ impl Basis {
             && buf.len() as u64 == len
             && self.read(at, buf)
             && blake3::hash(buf).as_bytes() == hash
+    }
+
+    /// Completes `piece` (`len` bytes at `offset` of `content`, its block
+    /// CVs `cvs` from the checked outboard) in place from what the index
+    /// wrote ahead there (`placed`): a block written ahead whose CV is the
+    /// outboard's is in place already; one the new version has as zeros
+    /// is punched; any other block the basis has elsewhere is read, checked
+    /// and written. Returns the blocks still wanted from a peer and the
+    /// bytes that came from the basis. Only a write can fail.
+    pub fn fill_in_place(
+        &self,
+        piece: u32,
+        cvs: &[Cv],
+        len: u64,
+        content: &Content,
+        offset: u64,
+    ) -> std::io::Result<(BitVec<u8, Lsb0>, u64)> {
+        let ahead = self.placed(piece).unwrap_or(&[]);
+        let mut wanted = bitvec::bitvec![u8, Lsb0; 0; cvs.len()];
+        let mut taken = 0u64;
+        let mut buf = PieceBuf::with_capacity(BLOCK);
+        for (j, cv) in cvs.iter().enumerate() {
+            let range = blocks::range(j, len);
+            let (at, n) = (offset + range.start as u64, range.len());
+            let old = ahead.get(j);
+            if self.is_zero_block(j, cv, n) {
+                if old.is_some_and(|o| !self.is_zero_block(j, o, n)) {
+                    content.punch(at, n as u64)?;
+                }
+            } else if old == Some(cv) {
+                taken += n as u64;
+            } else {
+                buf.resize(n);
+                if self.block(j, cv, buf.as_mut_slice()) {
+                    content.write_at(at, buf.as_slice())?;
+                    taken += n as u64;
+                } else {
+                    wanted.set(j, true);
+                }
+            }
+        }
+        Ok((wanted, taken))
     }
 
     /// Whether block `index` of a piece, `cv` by the outboard and
@@ -303,6 +413,113 @@ impl Basis {
     pub fn piece_size(&self) -> u32 {
         self.piece_size
     }
+}
+
+/// A window of the basis, hashed, and what was written from it.
+struct Hashed {
+    at: Place,
+    len: u32,
+    root: Hash,
+    cvs: Vec<Cv>,
+    /// Pieces of the new image found whole here and written.
+    wrote: Vec<u32>,
+    /// Pieces found whole here whose own place is another window: written
+    /// after the pass (`Basis::fill_later`), so that no two threads ever
+    /// write one piece.
+    later: Vec<u32>,
+    /// The piece whose own place this is, and the CVs of its blocks
+    /// written there ahead.
+    placed: Option<(u32, Box<[Cv]>)>,
+}
+
+/// Where the new image's wanted pieces lie in the basis when their file is
+/// there under the same path: the window at the same offset in that file
+/// (the first source that has the path). Only for files that start a
+/// piece in both layouts (`PACK_BELOW`), and pieces of more than one
+/// block; with how many bytes from the piece's start lie in that file in
+/// both versions, in whole blocks.
+#[derive(Default)]
+struct Own {
+    by_window: HashMap<(usize, u64), (u32, u32)>,
+    by_piece: HashMap<u32, (usize, u64)>,
+}
+
+fn own_places(m: &Manifest, wanted: impl Iterator<Item = u32>, sources: &[Source]) -> Own {
+    let mut paths: HashMap<&str, (usize, &FileSpan)> = HashMap::new();
+    for (s, src) in sources.iter().enumerate() {
+        for f in &src.spans {
+            paths.entry(f.path.as_str()).or_insert((s, f));
+        }
+    }
+    let files = m.files();
+    let mut own = Own::default();
+    for i in wanted {
+        let (off, len) = m.piece_range(i as usize);
+        let Some(f) = files.get(files.partition_point(|f| f.end() <= off)) else {
+            continue;
+        };
+        if !blocks::splittable(len) || f.offset > off || f.size < PACK_BELOW {
+            continue;
+        }
+        let o = off - f.offset;
+        let Some(&(s, old)) = paths.get(f.path.as_str()) else {
+            continue;
+        };
+        if old.size < PACK_BELOW || o >= old.size {
+            continue;
+        }
+        let common = len.min(f.size - o).min(old.size - o) / BLOCK as u64 * BLOCK as u64;
+        if common > 0 {
+            own.by_window
+                .insert((s, old.offset + o), (i, common as u32));
+            own.by_piece.insert(i, (s, old.offset + o));
+        }
+    }
+    own
+}
+
+/// What window `h` (its bytes in `buf`) gives the new copy: every wanted
+/// piece it is whole, written now if this is the piece's own place or it
+/// has none, else left for later; and where it is a changed piece's own
+/// place, the blocks both versions have there, written ahead at the
+/// piece's place (`Basis::placed`).
+fn fill_from(
+    h: &mut Hashed,
+    buf: &[u8],
+    m: &Manifest,
+    content: &Content,
+    want: &HashMap<Hash, Vec<u32>>,
+    own: &Own,
+) -> std::io::Result<()> {
+    let here = (
+        (h.at >> SOURCE_SHIFT) as usize,
+        h.at & ((1 << SOURCE_SHIFT) - 1),
+    );
+    for &i in want.get(&h.root).map_or(&[][..], Vec::as_slice) {
+        let (at, n) = m.piece_range(i as usize);
+        if n != u64::from(h.len) {
+            continue;
+        }
+        match own.by_piece.get(&i) {
+            Some(w) if *w != here => h.later.push(i),
+            _ => {
+                content.write_sparse(at, buf)?;
+                h.wrote.push(i);
+            }
+        }
+    }
+    if let Some(&(i, common)) = own.by_window.get(&here)
+        && m.piece_hash(i as usize) != Some(&h.root)
+        && !h.cvs.is_empty()
+    {
+        // the partial copy holds zeros there (fresh, or punched by the
+        // resume scan), so the zero blocks need no write
+        let (at, _) = m.piece_range(i as usize);
+        content.write_sparse(at, &buf[..common as usize])?;
+        let cvs = h.cvs[..common as usize / BLOCK].to_vec().into_boxed_slice();
+        h.placed = Some((i, cvs));
+    }
+    Ok(())
 }
 
 fn key(cv: &Cv) -> u64 {
@@ -459,7 +676,100 @@ mod tests {
         let got = fs::read(&target).unwrap();
         assert_eq!(&got[..P], &new[..P]);
         assert_eq!(&got[2 * P..], &new[2 * P..]);
-        assert_eq!(&got[P..2 * P], &vec![0u8; P][..]);
+        // piece 1 changed: its own place got the old version's blocks
+        // ahead, and their CVs are kept
+        assert_eq!(&got[P..2 * P], &old[P..2 * P]);
+    }
+
+    /// A changed piece is completed in place: blocks written ahead that
+    /// the new version has are neither read nor written again, a block
+    /// now zeros is punched, a block found elsewhere in the basis is
+    /// copied, and only the rest is wanted. Written as the fetch does,
+    /// the copy is the new version.
+    #[test]
+    fn a_changed_piece_is_completed_in_place() {
+        const P: usize = 4 * BLOCK;
+        let d = tempfile::tempdir().unwrap();
+        let old = data(2 * P, 5);
+        let mut new = old.clone();
+        new[P + 3] ^= 1; // block 0 of piece 1: wanted
+        new[P + BLOCK..P + 2 * BLOCK].fill(0); // block 1: now zeros
+        new.copy_within(..BLOCK, P + 3 * BLOCK); // block 3: piece 0's first block...
+        // ...which is not at block 0 of a piece there, so the basis does
+        // not have it at that position: wanted too
+        fs::write(d.path().join("old"), &old).unwrap();
+        let root = crate::manifest::Root::File {
+            size: new.len() as u64,
+            meta: crate::manifest::Meta::mode(0o644),
+        };
+        let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+        let m = Manifest::new("img".into(), root, P as u32, hashes);
+        let target = d.path().join("new");
+        fs::File::create(&target)
+            .unwrap()
+            .set_len(new.len() as u64)
+            .unwrap();
+        let content = Content::open(target.clone(), m.files(), true).unwrap();
+        let mut have = bitvec::bitvec![0; 2];
+        let (basis, pieces, _) =
+            Basis::index_and_fill(&[d.path().join("old")], &m, &content, &mut have).unwrap();
+        assert_eq!(pieces, 1);
+        assert!(basis.placed(0).is_none(), "found whole: nothing ahead");
+        assert_eq!(basis.placed(1).map(<[Cv]>::len), Some(4));
+        let cvs = blocks::cvs(&new[P..]);
+        let (wanted, taken) = basis
+            .fill_in_place(1, &cvs, P as u64, &content, P as u64)
+            .unwrap();
+        assert_eq!(wanted.iter_ones().collect::<Vec<_>>(), [0, 3]);
+        assert_eq!(taken, BLOCK as u64, "block 2 only: block 1 is zeros");
+        for j in wanted.iter_ones() {
+            let r = blocks::range(j, P as u64);
+            content
+                .write_at((P + r.start) as u64, &new[P + r.start..P + r.end])
+                .unwrap();
+        }
+        assert_eq!(fs::read(&target).unwrap(), new);
+    }
+
+    /// A file of the new tree whose bytes are another file of the basis
+    /// (moved onto a path the basis has with other bytes): its own place
+    /// is written ahead first, then overwritten whole once no thread
+    /// writes, so the copy is the new version and nothing stays ahead.
+    #[test]
+    fn a_piece_found_away_from_its_own_place_replaces_what_was_put_there() {
+        const P: usize = 4 * BLOCK;
+        let d = tempfile::tempdir().unwrap();
+        let (mut a, b) = (data(2 * P, 6), data(2 * P, 7));
+        a[BLOCK..2 * BLOCK].fill(0); // must not keep b's block there
+        fs::create_dir_all(d.path().join("old")).unwrap();
+        fs::write(d.path().join("old/a"), &a).unwrap();
+        fs::write(d.path().join("old/b"), &b).unwrap();
+        let entries = vec![crate::manifest::Entry {
+            path: "b".into(),
+            kind: crate::manifest::EntryKind::File {
+                size: a.len() as u64,
+            },
+            meta: crate::manifest::Meta::mode(0o644),
+        }];
+        let root = crate::manifest::Root::Dir {
+            meta: crate::manifest::Meta::mode(0o755),
+            entries,
+        };
+        let hashes = a.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+        let m = Manifest::new("t".into(), root, P as u32, hashes);
+        let target = d.path().join("new");
+        fs::create_dir_all(&target).unwrap();
+        fs::File::create(target.join("b"))
+            .unwrap()
+            .set_len(a.len() as u64)
+            .unwrap();
+        let content = Content::open(target.clone(), m.files(), true).unwrap();
+        let mut have = bitvec::bitvec![0; 2];
+        let (basis, pieces, _) =
+            Basis::index_and_fill(&[d.path().join("old")], &m, &content, &mut have).unwrap();
+        assert_eq!(pieces, 2);
+        assert!(basis.placed(0).is_none() && basis.placed(1).is_none());
+        assert_eq!(fs::read(target.join("b")).unwrap(), a);
     }
 
     #[test]

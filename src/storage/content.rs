@@ -224,7 +224,32 @@ impl Content {
         *self.sealed.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
-    pub fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+    /// Makes `len` bytes at `offset` read as zeros again: a hole where the
+    /// file system can punch one, else zeros written. For bytes a basis put
+    /// there ahead of the piece's outboard (`Basis::placed`) that the new
+    /// version has as zeros, and for an unverified piece of a resumed copy.
+    pub fn punch(&self, offset: u64, len: u64) -> io::Result<()> {
+        use rustix::fs::{FallocateFlags, fallocate};
+        let _sealed = self.writable_unsealed()?;
+        self.each_span(offset, len as usize, |open, at, range| {
+            let n = range.len() as u64;
+            match fallocate(
+                &open.file,
+                FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+                at,
+                n,
+            ) {
+                Ok(()) => Ok(()),
+                Err(rustix::io::Errno::OPNOTSUPP) => {
+                    open.file.write_all_at(&vec![0u8; range.len()], at)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })
+    }
+
+    /// The seal's read guard, once writes are known to be allowed.
+    fn writable_unsealed(&self) -> io::Result<std::sync::RwLockReadGuard<'_, bool>> {
         if !self.writable {
             return Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
@@ -239,6 +264,11 @@ impl Content {
                 "the copy is complete: no more writes",
             ));
         }
+        Ok(sealed)
+    }
+
+    pub fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
+        let _sealed = self.writable_unsealed()?;
         self.each_span(offset, buf.len(), |open, at, range| {
             self.write_file(open, at, &buf[range])
         })

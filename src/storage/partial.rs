@@ -119,6 +119,10 @@ impl Partial {
 
     /// Hashes every piece already on disk; returns the ones that verify.
     /// Pieces that were never written fail their hash and are fetched again.
+    /// One that fails and holds anything but zeros is punched back to
+    /// zeros: a basis may have written blocks of the old version there
+    /// ahead (`Basis::placed`), and later writes skip zero blocks, so an
+    /// unverified piece must read as zeros again.
     pub fn scan(&self, m: &Manifest, content: &Content) -> Result<BitVec, StorageError> {
         let ok: Vec<bool> = (0..m.piece_count())
             .into_par_iter()
@@ -128,7 +132,13 @@ impl Partial {
                 content
                     .read_at(offset, buf)
                     .map_err(io_at(&self.partial_path))?;
-                Ok(m.verify_piece(i, buf))
+                let ok = m.verify_piece(i, buf);
+                if !ok && buf.iter().any(|&b| b != 0) {
+                    content
+                        .punch(offset, len)
+                        .map_err(io_at(&self.partial_path))?;
+                }
+                Ok(ok)
             })
             .collect::<Result<_, StorageError>>()?;
         Ok(ok.into_iter().collect())
@@ -362,6 +372,37 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     use super::*;
+
+    /// A resumed copy: a verified piece is kept; one that does not verify
+    /// reads as zeros afterwards, whatever was written there (bytes a
+    /// basis put there ahead), so later writes that skip zero blocks
+    /// cannot leave old bytes in the copy.
+    #[test]
+    fn a_resume_scan_punches_pieces_that_do_not_verify() {
+        const P: usize = 64 << 10;
+        let d = tempfile::tempdir().unwrap();
+        let new: Vec<u8> = (0..2 * P).map(|i| (i % 253) as u8 + 1).collect();
+        let root = crate::manifest::Root::File {
+            size: new.len() as u64,
+            meta: crate::manifest::Meta::mode(0o644),
+        };
+        let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+        let m = Manifest::new("img".into(), root, P as u32, hashes);
+        let first = Partial::prepare(d.path(), &m, false).unwrap();
+        let content = first.content(&m).unwrap();
+        content.write_at(0, &new[..P]).unwrap();
+        content.write_at(P as u64, &vec![7u8; P]).unwrap();
+        drop((content, first));
+        let again = Partial::prepare(d.path(), &m, false).unwrap();
+        assert!(again.resumed);
+        let content = again.content(&m).unwrap();
+        let have = again.scan(&m, &content).unwrap();
+        assert_eq!(have.iter_ones().collect::<Vec<_>>(), [0]);
+        let mut got = vec![1u8; 2 * P];
+        content.read_at(0, &mut got).unwrap();
+        assert_eq!(&got[..P], &new[..P]);
+        assert!(got[P..].iter().all(|&b| b == 0));
+    }
 
     #[test]
     fn rename_never_replaces_nor_follows() {

@@ -45,7 +45,7 @@ impl Engine {
         &mut self,
         key: PeerKey,
         piece: u32,
-        data: Bytes,
+        data: Option<Bytes>,
         bytes: (u64, u64),
         elapsed: Duration,
     ) {
@@ -58,7 +58,7 @@ impl Engine {
         else {
             return; // a duplicate that finished after the winner
         };
-        if keep {
+        if keep && let Some(data) = data {
             let n = data.len();
             self.recent.insert(piece, data, n);
         }

@@ -13,7 +13,7 @@ use crate::manifest::Hash;
 use crate::manifest::blocks::{self, Cv};
 use crate::node::credit::Grant;
 use crate::node::rate::RateLimit;
-use crate::storage::{Basis, PieceBuf};
+use crate::storage::{Basis, Content, PieceBuf};
 use crate::wire::close;
 use crate::wire::{Request, Status};
 use std::sync::Arc;
@@ -57,14 +57,22 @@ async fn ask(
     Ok(Status::Ok)
 }
 
+/// Where a delta's piece goes: `len` bytes at `offset` of `content`.
+pub(super) struct Target<'a> {
+    pub piece: u32,
+    pub offset: u64,
+    pub len: u64,
+    pub hash: &'a Hash,
+    pub content: &'a Arc<Content>,
+}
+
 pub(super) async fn request(
     conn: &Connection,
-    piece: u32,
-    len: u64,
-    hash: &Hash,
+    t: Target<'_>,
     basis: &Arc<Basis>,
     wan: Option<&RateLimit>,
 ) -> anyhow::Result<Outcome> {
+    let (piece, len, hash) = (t.piece, t.len, t.hash);
     let n = blocks::count(len);
     let outboard_len = 32 * n as u64;
     if let Some(l) = wan {
@@ -81,8 +89,11 @@ pub(super) async fn request(
     let Some(cvs) = blocks::check_outboard(&raw, len, hash) else {
         return Ok(Outcome::Corrupt);
     };
+    crate::node::outboards::put(piece, &cvs);
+    if basis.placed(piece).is_some() {
+        return in_place(conn, &t, cvs, basis, wan).await;
+    }
     // the basis and zeros first, on a blocking thread (disk reads)
-    let cvs_kept = cvs.clone();
     let (b, c) = (basis.clone(), cvs.clone());
     let (mut data, wanted, from_basis) =
         tokio::task::spawn_blocking(move || from_basis(&b, &c, len)).await?;
@@ -131,11 +142,100 @@ pub(super) async fn request(
         }
         data = checked;
     }
-    crate::node::outboards::put(piece, &cvs_kept);
     Ok(Outcome::Delta {
         data,
         received: outboard_len + want_bytes,
         from_basis,
+    })
+}
+
+/// A piece whose old blocks the basis wrote ahead at its place: completed
+/// there (`Basis::fill_in_place`), and the blocks still wanted fetched in
+/// one request, checked, and written where they belong. No buffer of the
+/// whole piece, and no read or hash of the blocks already in place.
+async fn in_place(
+    conn: &Connection,
+    t: &Target<'_>,
+    cvs: Vec<Cv>,
+    basis: &Arc<Basis>,
+    wan: Option<&RateLimit>,
+) -> anyhow::Result<Outcome> {
+    let (piece, len, offset) = (t.piece, t.len, t.offset);
+    let outboard_len = 32 * cvs.len() as u64;
+    let (b, c, content) = (basis.clone(), Arc::new(cvs), t.content.clone());
+    let c2 = c.clone();
+    let local =
+        tokio::task::spawn_blocking(move || b.fill_in_place(piece, &c2, len, &content, offset))
+            .await?;
+    let (wanted, from_basis) = match local {
+        Ok(w) => w,
+        Err(e) => return Ok(Outcome::WriteFailed(e)),
+    };
+    let want_bytes: u64 = wanted
+        .iter_ones()
+        .map(|j| blocks::range(j, len).len() as u64)
+        .sum();
+    if want_bytes > 0 {
+        if let Some(l) = wan {
+            l.acquire(want_bytes as usize).await;
+        }
+        let mut data = PieceBuf::with_capacity(want_bytes as usize);
+        let req = Request::Blocks {
+            piece,
+            wanted: wanted.clone(),
+        };
+        let status = ask(conn, &req, want_bytes, |b| data.extend_from_slice(b)).await?;
+        if status != Status::Ok {
+            return Ok(Outcome::Refused(status));
+        }
+        let content = t.content.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            // the blocks came one after the other, in block order
+            let mut at = 0usize;
+            for j in wanted.iter_ones() {
+                let r = blocks::range(j, len);
+                let block = &data.as_slice()[at..at + r.len()];
+                if blocks::cv(j, block) != c[j] {
+                    return Ok(false);
+                }
+                at += r.len();
+            }
+            let mut at = 0usize;
+            for run in runs(&wanted) {
+                let (start, end) = (
+                    blocks::range(run.start, len),
+                    blocks::range(run.end - 1, len),
+                );
+                let n = end.end - start.start;
+                content.write_at(offset + start.start as u64, &data.as_slice()[at..at + n])?;
+                at += n;
+            }
+            Ok::<_, std::io::Error>(true)
+        })
+        .await?;
+        match written {
+            Ok(true) => {}
+            Ok(false) => return Ok(Outcome::Corrupt),
+            Err(e) => return Ok(Outcome::WriteFailed(e)),
+        }
+    }
+    Ok(Outcome::InPlace {
+        received: outboard_len + want_bytes,
+        from_basis,
+    })
+}
+
+/// Runs of consecutive set bits: block index ranges.
+fn runs(bits: &BitSlice<u8, Lsb0>) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut ones = bits.iter_ones().peekable();
+    std::iter::from_fn(move || {
+        let start = ones.next()?;
+        let mut end = start + 1;
+        while ones.peek() == Some(&end) {
+            ones.next();
+            end += 1;
+        }
+        Some(start..end)
     })
 }
 

@@ -52,6 +52,14 @@ pub(super) enum Outcome {
         received: u64,
         from_basis: u64,
     },
+    /// The piece, completed in place (`delta::in_place`): verified block
+    /// by block and written.
+    InPlace {
+        received: u64,
+        from_basis: u64,
+    },
+    /// A write of a piece completed in place failed (disk full).
+    WriteFailed(std::io::Error),
     /// The peer sent an outboard or blocks that do not check out.
     Corrupt,
     Refused(Status),
@@ -77,7 +85,14 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
         match &basis {
             Some(b) => {
                 let wan = job.wan_limit.as_deref();
-                delta::request(&job.conn, job.piece, len, &hash, b, wan).await
+                let target = delta::Target {
+                    piece: job.piece,
+                    offset,
+                    len,
+                    hash: &hash,
+                    content: &job.content,
+                };
+                delta::request(&job.conn, target, b, wan).await
             }
             None => request(&job.conn, job.piece, len).await,
         }
@@ -106,6 +121,21 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             )
             .await
         }
+        Ok(Outcome::InPlace {
+            received,
+            from_basis,
+        }) => Event::PieceDone {
+            key: job.key,
+            piece: job.piece,
+            data: None,
+            received,
+            from_basis,
+            elapsed: started.elapsed(),
+        },
+        Ok(Outcome::WriteFailed(why)) => Event::WriteFailed {
+            piece: job.piece,
+            why,
+        },
         Ok(Outcome::Corrupt) => Event::PieceFailed {
             key: job.key,
             piece: job.piece,
@@ -182,7 +212,7 @@ async fn store(
         Ok(Ok(Some(data))) => Event::PieceDone {
             key,
             piece,
-            data: Bytes::from_owner(data),
+            data: Some(Bytes::from_owner(data)),
             received,
             from_basis,
             elapsed: started.elapsed(),
