@@ -183,6 +183,11 @@ pub struct Download {
     cfg: DownloadConfig,
     have: BitVec,
     have_count: usize,
+    /// Pieces not to request now: a local source (the basis index) may
+    /// fill them (`hold`).
+    held: BitVec,
+    /// `have | held`: what a pick skips.
+    skip: BitVec,
     availability: Vec<u32>,
     remote_availability: Vec<u32>,
     inflight: Vec<u8>,
@@ -209,6 +214,8 @@ impl Download {
         let n = have.len();
         Download {
             have_count: have.count_ones(),
+            held: BitVec::repeat(false, n),
+            skip: have.clone(),
             have,
             availability: vec![0; n],
             remote_availability: vec![0; n],
@@ -237,6 +244,42 @@ impl Download {
     }
     pub fn is_complete(&self) -> bool {
         self.have_count == self.have.len()
+    }
+
+    /// Pieces not to request until `release`d or filled locally
+    /// (`local`): a basis is being indexed and may hold them.
+    pub fn hold(&mut self, pieces: &BitSlice) {
+        for i in pieces.iter_ones().filter(|&i| i < self.have.len()) {
+            if !self.have[i] {
+                self.held.set(i, true);
+                self.skip.set(i, true);
+            }
+        }
+    }
+
+    /// A held piece may be requested now.
+    pub fn release(&mut self, i: usize) {
+        if i < self.held.len() && self.held.replace(i, false) {
+            self.skip.set(i, self.have[i]);
+        }
+    }
+
+    /// Whether any piece is still held.
+    pub fn holding(&self) -> bool {
+        self.held.any()
+    }
+
+    /// A piece filled locally (found whole in the basis): held, so never
+    /// requested. Returns whether it is new.
+    pub fn local(&mut self, i: usize) -> bool {
+        if i >= self.have.len() || self.have[i] {
+            return false;
+        }
+        self.held.set(i, false);
+        self.have.set(i, true);
+        self.skip.set(i, true);
+        self.have_count += 1;
+        true
     }
 
     /// A piece this host lacks that a source reported changed (its file
@@ -438,6 +481,7 @@ impl Download {
         }
         if (i as usize) < self.have.len() && !self.have[i as usize] {
             self.have.set(i as usize, true);
+            self.skip.set(i as usize, true);
             self.have_count += 1;
         }
         let dups: Vec<Cancel> = self
@@ -574,7 +618,7 @@ impl Download {
                 !p.remote
                     && p.has_bitfield
                     && p.src.is_ready(now)
-                    && missing(&p.bits, &self.have).next().is_some()
+                    && missing(&p.bits, &self.skip).next().is_some()
             })
             .count();
         (limits.total / sources.max(1))
@@ -591,10 +635,10 @@ impl Download {
         // avoid map is nearly always empty, so skip hashing then
         let avoided = |i: usize| p.src.avoids(i);
         let random_phase = self.have_count < self.cfg.random_first;
-        let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
+        let (skip, availability, inflight) = (&self.skip, &self.availability, &self.inflight);
         let mut best = lowest_score(
             &mut self.rng,
-            missing(&p.bits, have)
+            missing(&p.bits, skip)
                 .filter(|&i| inflight[i] == 0 && !avoided(i))
                 .map(|i| (i, if random_phase { 0 } else { availability[i] })),
         );
@@ -605,7 +649,7 @@ impl Download {
         // left (a piece nobody holds must not keep the others from being
         // duplicated to faster peers).
         let unrequested_left = (0..self.have.len())
-            .any(|i| !self.have[i] && self.inflight[i] == 0 && self.availability[i] > 0);
+            .any(|i| !self.skip[i] && self.inflight[i] == 0 && self.availability[i] > 0);
         if unrequested_left {
             return None;
         }
@@ -619,7 +663,7 @@ impl Download {
             return None;
         }
         let mut best_inflight = u8::MAX;
-        for i in missing(&p.bits, &self.have) {
+        for i in missing(&p.bits, &self.skip) {
             if avoided(i) || !self.late.is_late(i, now) {
                 continue;
             }

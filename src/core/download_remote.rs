@@ -66,7 +66,7 @@ impl Download {
         let share = self.bridge?;
         let pulling = self.pulling_groups();
         let p = &self.peers[&key];
-        let (have, availability, inflight) = (&self.have, &self.availability, &self.inflight);
+        let (have, availability, inflight) = (&self.skip, &self.availability, &self.inflight);
         let remote_availability = &self.remote_availability;
         let me = self.group;
         let striped = pulling.len() > 1;

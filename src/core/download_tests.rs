@@ -627,6 +627,7 @@ impl Download {
                 proven_infl[i as usize] += u8::from(p.src.is_proven());
                 total += 1;
                 assert!(!self.have[i as usize], "piece {i} in flight but held");
+                assert!(!self.held[i as usize], "piece {i} in flight but held back");
             }
         }
         assert_eq!(avail, self.availability);
@@ -649,5 +650,44 @@ impl Download {
         assert_eq!(total, self.inflight_total);
         assert!(total <= self.cfg.total);
         assert_eq!(self.have.count_ones(), self.have_count);
+        assert_eq!(self.skip, self.have.clone() | self.held.clone(), "skip");
+        assert!((self.have.clone() & self.held.clone()).not_any());
     }
+}
+
+/// Pieces held for a local source are never requested, not even in the
+/// endgame; released, they are; filled locally, they count as had and
+/// the download completes without them.
+#[test]
+fn held_pieces_wait_for_the_local_source() {
+    let mut d = Download::new(bitvec![0; 6], cfg(), 1);
+    d.add_peer(1);
+    d.peer_bitfield(1, &full(6)).unwrap();
+    d.hold(&bitvec![0, 1, 1, 0, 1, 1]);
+    d.check_invariants();
+    let mut t = t0();
+    for _ in 0..5 {
+        t += Duration::from_secs(10);
+        for (k, i) in d.poll_requests(t) {
+            assert!([0, 3].contains(&i), "held piece {i} requested");
+            d.piece_received(k, i, 10, Duration::from_millis(1));
+        }
+        d.check_invariants();
+    }
+    assert_eq!(d.have_count(), 2);
+    assert!(d.holding());
+    d.release(1);
+    d.release(2);
+    assert!(d.local(4) && !d.local(4));
+    d.check_invariants();
+    let got = d.poll_requests(t);
+    assert_eq!(got.len(), 2, "{got:?}");
+    for (k, i) in got {
+        assert!([1, 2].contains(&i), "{i}");
+        d.piece_received(k, i, 10, Duration::from_millis(1));
+    }
+    assert!(!d.is_complete());
+    d.local(5);
+    d.check_invariants();
+    assert!(!d.holding() && d.is_complete());
 }

@@ -45,6 +45,14 @@ pub enum Event {
         from_basis: u64,
         elapsed: Duration,
     },
+    /// A batch of the basis's index: pieces found whole (written) and
+    /// pieces released to fetch (`storage::basis::Progress`).
+    Indexed(crate::storage::BasisProgress),
+    /// The index ended: a write failed, or it read everything.
+    IndexDone {
+        result: std::io::Result<()>,
+        took: Duration,
+    },
     PieceFailed {
         key: PeerKey,
         piece: u32,

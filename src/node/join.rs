@@ -199,12 +199,13 @@ struct Prepared {
     have: bitvec::vec::BitVec,
     /// `None` when the destination already is the image.
     partial: Option<Partial>,
-    basis: Option<Arc<Basis>>,
+    /// An older copy to index while the engine runs, and the pieces held
+    /// for it (`Basis::plan`).
+    basis: Option<(Arc<Basis>, bitvec::vec::BitVec)>,
 }
 
 /// The partial copy beside the destination: made, or resumed (its pieces
-/// re-verified), and filled with what the basis holds whole; the basis
-/// indexed for deltas.
+/// re-verified); the basis opened, and the pieces it may fill held.
 async fn prepare(
     cfg: &JoinConfig,
     m: &Arc<Manifest>,
@@ -215,47 +216,42 @@ async fn prepare(
     let m2 = m.clone();
     let basis_paths = basis_paths(cfg, &m.name);
     report.basis = basis_paths.iter().map(|p| crate::text::path(p)).collect();
-    // preparing and re-verifying a large partial copy, and indexing a
-    // basis, take a while
+    // preparing and re-verifying a large partial copy takes a while; the
+    // basis is opened here and indexed while the engine runs
     let prepared = tokio::task::spawn_blocking(move || {
         let partial = Partial::prepare(&dest, &m2, force)?;
         let content = partial.content(&m2)?;
-        let mut have = if partial.resumed {
+        let have = if partial.resumed {
             partial.scan(&m2, &content)?
         } else {
             // pieces of zeros are there already: the partial files are
             // sparse at their final sizes (holes stay holes)
             crate::storage::zero_pieces(&m2)
         };
-        let resumed = have.count_ones();
-        let mut used = None;
-        if !basis_paths.is_empty() && !have.all() {
-            let t = Instant::now();
-            let (b, pieces, bytes) = Basis::index_and_fill(&basis_paths, &m2, &content, &mut have)
-                .map_err(crate::storage::io_at(&partial.partial_path))?;
-            used = Some((b, t.elapsed(), pieces, bytes));
-        }
-        Ok::<_, crate::storage::StorageError>((partial, content, have, resumed, used))
+        let basis = (!basis_paths.is_empty() && !have.all())
+            .then(|| Basis::open(&basis_paths, &m2))
+            .filter(|b| !b.is_empty())
+            .map(|b| {
+                let held = b.plan(&m2, &have);
+                (Arc::new(b), held)
+            });
+        Ok::<_, crate::storage::StorageError>((partial, content, have, basis))
     });
-    let (partial, content, have, resumed, used) = tokio::select! {
+    let (partial, content, have, basis) = tokio::select! {
         r = prepared => r.map_err(anyhow::Error::from)??,
         _ = stop.cancelled() => return Err(NodeError::Interrupted),
     };
-    let basis = used.map(|(b, took, pieces, bytes)| {
+    let resumed = have.count_ones();
+    if let Some((b, held)) = &basis {
         tracing::info!(
-            "basis: {} files, {} indexed in {:.1}s, {pieces} of {} pieces ({}) taken from it whole",
+            "basis: {} files, {} to index; {} of {} pieces held for it, the rest fetched meanwhile",
             b.files,
             bytesize::ByteSize(b.bytes),
-            took.as_secs_f64(),
+            held.count_ones(),
             m.piece_count(),
-            bytesize::ByteSize(bytes),
         );
         report.basis_bytes_indexed = b.bytes;
-        report.basis_index_secs = took.as_secs_f64();
-        report.pieces_from_basis = pieces;
-        report.bytes_from_basis = bytes;
-        Arc::new(b)
-    });
+    }
     if resumed > 0 {
         tracing::info!(
             "resuming: {resumed} of {} pieces already on disk",
@@ -268,6 +264,6 @@ async fn prepare(
         content_root: partial.partial_path.clone(),
         have,
         partial: Some(partial),
-        basis: basis.filter(|b| !b.is_empty()),
+        basis,
     })
 }

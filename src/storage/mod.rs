@@ -27,7 +27,7 @@ use thiserror::Error;
 use crate::text;
 
 pub use at::Root;
-pub use basis::Basis;
+pub use basis::{Basis, Progress as BasisProgress};
 pub use buf::PieceBuf;
 pub use build::{BuildError, Hashing, build, build_counted, hash as hash_pieces, scan};
 pub use check::{Difference, Owners, compare};

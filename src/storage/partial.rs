@@ -152,19 +152,39 @@ impl Partial {
     /// fsync of DEST_DIR. A failure before
     /// the rename gives everything back to swarm's user with its
     /// in-progress mode (`revert`), so the same command resumes. Returns
-    /// the final path and the handle on what now lies there.
+    /// the final path, the handle on what now lies there, and the old
+    /// destination that --force replaced, still to remove: the new copy is
+    /// durable and in place before that (removing a large tree took 1.7 s
+    /// of the finish when 8 hosts removed theirs at once).
     pub fn finish(
         self,
         m: &Manifest,
         force: bool,
         keep: Keep,
-    ) -> Result<(PathBuf, Handle), StorageError> {
-        if let Err(e) = self.apply(m, keep).and_then(|()| self.sync()) {
+    ) -> Result<(PathBuf, Handle, Option<Replaced>), StorageError> {
+        let t = std::time::Instant::now();
+        let applied = self.apply(m, keep);
+        let t_apply = t.elapsed();
+        if let Err(e) = applied.and_then(|()| self.sync()) {
             self.revert(m);
             return Err(e);
         }
+        let t_sync = t.elapsed();
         match self.rename(m, force) {
-            Ok(()) => Ok((self.final_path, self.root.released())),
+            Ok(old) => {
+                tracing::debug!(
+                    "finished: metadata {:?}, durable {:?}, in place {:?}",
+                    t_apply,
+                    t_sync - t_apply,
+                    t.elapsed() - t_sync
+                );
+                let replaced = old.map(|(name, old)| Replaced {
+                    dest: self.dest,
+                    name,
+                    old,
+                });
+                Ok((self.final_path, self.root.released(), replaced))
+            }
             Err((e, committed)) => {
                 if !committed {
                     self.revert(m);
@@ -254,7 +274,12 @@ impl Partial {
 
     /// The rename into place. On error, whether the copy was already at
     /// the final name (then it is not reverted).
-    fn rename(&self, m: &Manifest, force: bool) -> Result<(), (StorageError, bool)> {
+    /// Returns the name the replaced destination is left at, to remove.
+    fn rename(
+        &self,
+        m: &Manifest,
+        force: bool,
+    ) -> Result<Option<(String, at::Ident)>, (StorageError, bool)> {
         let early = |e| (e, false);
         let late = |e| (e, true);
         let dest = &self.dest;
@@ -273,7 +298,7 @@ impl Partial {
         } else {
             None
         };
-        if let Some(old) = old {
+        let replaced = if let Some(old) = old {
             // The old destination (a link there included: only the link
             // moves) goes to the partial name in the same step as the new
             // copy takes its place, and is removed from there: only if it
@@ -283,7 +308,7 @@ impl Partial {
                 .map_err(early)?
             {
                 is_ours(&self.final_name).map_err(late)?;
-                remove_old(dest, &self.partial_name, old);
+                Some((self.partial_name.clone(), old))
             } else {
                 let moved = format!(".{}.swarm-replaced-{:016x}", m.name, rand::random::<u64>());
                 dest.rename_noreplace(&self.final_name, &moved)
@@ -291,14 +316,30 @@ impl Partial {
                 dest.rename_noreplace(&self.partial_name, &self.final_name)
                     .map_err(early)?;
                 is_ours(&self.final_name).map_err(late)?;
-                remove_old(dest, &moved, old);
+                Some((moved, old))
             }
         } else {
             dest.rename_noreplace(&self.partial_name, &self.final_name)
                 .map_err(early)?;
             is_ours(&self.final_name).map_err(late)?;
-        }
-        dest.sync().map_err(late)
+            None
+        };
+        dest.sync().map_err(late)?;
+        Ok(replaced)
+    }
+}
+
+/// The old destination that --force replaced, at a temporary name beside
+/// the new copy until `remove`d.
+pub struct Replaced {
+    dest: Dir,
+    name: String,
+    old: at::Ident,
+}
+
+impl Replaced {
+    pub fn remove(self) {
+        remove_old(&self.dest, &self.name, self.old);
     }
 }
 

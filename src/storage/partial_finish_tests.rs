@@ -128,7 +128,7 @@ fn setuid_only_with_keep_setuid_and_owners() {
         );
         let p = Partial::prepare(d.path(), &m, false).unwrap();
         p.content(&m).unwrap().write_at(0, &[1u8; 10]).unwrap();
-        p.finish(&m, false, keep).unwrap();
+        assert!(p.finish(&m, false, keep).unwrap().2.is_none());
         let md = fs::metadata(d.path().join("x")).unwrap();
         assert_eq!(md.permissions().mode() & 0o7777, want, "{keep:?}");
     }

@@ -162,6 +162,8 @@ pub struct Host {
     bridge_salt: [u8; 32],
     elected_at: Option<Instant>,
     alone_since: Option<Instant>,
+    /// Set while a local source holds pieces (`hold`).
+    indexing: bool,
     /// When the last piece arrived (or the run started).
     last_progress: Instant,
     all_done_since: Option<Instant>,
@@ -219,6 +221,7 @@ impl Host {
             heard_peers: false,
             elected_at: None,
             alone_since: None,
+            indexing: false,
             last_progress: now,
             all_done_since: None,
             stats: HostStats::default(),
@@ -341,6 +344,59 @@ impl Host {
         Some(keep)
     }
 
+    /// A local source is being read (the basis index): `pieces` are not
+    /// requested until it releases them or fills them, and while it runs
+    /// an idle or lone joiner is not stalled.
+    pub fn hold(&mut self, pieces: &BitSlice) {
+        if let Some(d) = &mut self.download {
+            d.hold(pieces);
+            self.indexing = true;
+        }
+    }
+
+    /// Held pieces the local source does not fill: request them now.
+    pub fn release(&mut self, pieces: &[u32]) {
+        if let Some(d) = &mut self.download {
+            for &i in pieces {
+                d.release(i as usize);
+            }
+        }
+    }
+
+    /// A held piece was filled from the local source (written and
+    /// verified). Returns whether it is new.
+    pub fn piece_local(&mut self, now: Instant, piece: u32) -> bool {
+        let Some(d) = &mut self.download else {
+            return false;
+        };
+        if !d.local(piece as usize) {
+            return false;
+        }
+        let complete = d.is_complete();
+        self.last_progress = now;
+        self.actions.push_back(Action::HaveChanged);
+        if complete {
+            self.start_finalize();
+        }
+        true
+    }
+
+    /// The local source is done: whatever it still held is requested.
+    pub fn indexed(&mut self, now: Instant) {
+        self.indexing = false;
+        self.last_progress = now;
+        if let Some(d) = &mut self.download
+            && d.holding()
+        {
+            let held: Vec<u32> = (0..d.piece_count() as u32)
+                .filter(|&i| !d.have()[i as usize])
+                .collect();
+            for i in held {
+                d.release(i as usize);
+            }
+        }
+    }
+
     /// A request failed; a corrupt piece bans its peer and closes it.
     pub fn piece_failed(
         &mut self,
@@ -426,7 +482,7 @@ impl Host {
         }
         let (have, total) = (self.have_count(), self.manifest.piece_count());
         // a joiner left with nobody to talk to gives up after a while
-        let joining = !self.complete && self.download.is_some();
+        let joining = !self.complete && self.download.is_some() && !self.indexing;
         if joining && self.peers.is_empty() && !self.dialer.is_dialing() {
             let since = *self.alone_since.get_or_insert(now);
             if now - since > ALONE_TIMEOUT {

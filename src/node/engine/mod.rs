@@ -8,8 +8,10 @@
 //!
 //! This file holds the state and the event loop; the handlers are `impl
 //! Engine` blocks by concern: `peers` (the connection handles), `pieces`
-//! (fetches, serves, finalizing), `report` (report and status).
+//! (fetches, serves, finalizing), `index` (the basis indexed beside the
+//! fetches), `report` (report and status).
 
+mod index;
 mod peers;
 mod pieces;
 mod report;
@@ -25,6 +27,7 @@ use quinn::Endpoint;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use self::index::Index;
 use self::peers::Peer;
 
 use super::event::Event;
@@ -63,6 +66,11 @@ pub struct Engine {
     manifest_bytes: Arc<Vec<u8>>,
     content: Arc<Content>,
     basis: Option<Arc<crate::storage::Basis>>,
+    /// The basis's index, while it runs (`index::start_index`).
+    index: Index,
+    /// The finish of the copy, and then the removal of the old one that
+    /// --force replaced: awaited before the run ends.
+    finishing: Option<tokio::task::JoinHandle<()>>,
     partial: Option<Partial>,
     /// Pieces received lately that a peer still lacks, served from memory
     /// (`RECENT_BYTES` at most).
@@ -104,8 +112,9 @@ pub struct Parts {
     /// join whose destination already is the image has all of `have` and
     /// no `partial`.
     pub is_join: bool,
-    /// An older copy to fetch pieces as deltas against.
-    pub basis: Option<Arc<crate::storage::Basis>>,
+    /// An older copy to index while fetching, and fetch pieces as deltas
+    /// against; with the pieces held for the index (`Basis::plan`).
+    pub basis: Option<(Arc<crate::storage::Basis>, BitVec)>,
     pub endpoint: Endpoint,
     pub exit: Exit,
     pub status: watch::Sender<Status>,
@@ -139,12 +148,22 @@ impl Engine {
             p.partial.is_some(),
             p.started,
         );
+        let mut host = host;
+        let (basis, index) = match p.basis {
+            Some((b, held)) => {
+                host.hold(&held);
+                (Some(b), Index::pending(held))
+            }
+            None => (None, Index::default()),
+        };
         let (have, _) = watch::channel(Arc::new(p.have));
         Engine {
             id: p.id,
             host,
             content: Arc::new(p.content),
-            basis: p.basis,
+            basis,
+            index,
+            finishing: None,
             partial: p.partial,
             recent: RecentPieces::new(RECENT_BYTES),
             manifest: p.manifest,
@@ -181,6 +200,7 @@ impl Engine {
         self.publish_status();
         // a joiner that resumed a complete copy only needs to finalize
         self.act();
+        self.start_index();
         let result = loop {
             let wake = self.host.poll_timeout(Instant::now());
             tokio::select! {
@@ -209,6 +229,7 @@ impl Engine {
         for t in self.fetches.values() {
             t.cancel();
         }
+        self.index.stop();
         // Let the control writers deliver what is queued (Done above all),
         // then close every connection.
         let mut conns = Vec::new();
@@ -224,6 +245,12 @@ impl Engine {
         })
         .await;
         close_endpoint(&self.endpoint, conns.iter().map(|(_, c)| c)).await;
+        // nothing is received any more: a task still sending gives up
+        // rather than wait on a full queue
+        self.events.close();
+        if let Some(f) = self.finishing.take() {
+            let _ = f.await;
+        }
         for (remote, conn) in &conns {
             self.count_quic(*remote, conn);
         }
@@ -283,6 +310,8 @@ impl Engine {
                 self.on_serve_ended(key, piece, bytes, completed, counted)
             }
             Event::Finalized(r) => self.on_finalized(r)?,
+            Event::Indexed(p) => self.on_indexed(now, p),
+            Event::IndexDone { result, took } => self.on_index_done(now, result, took)?,
         }
         self.act();
         Ok(())

@@ -214,14 +214,27 @@ impl Engine {
         }
         // its open files go with it: a --force basis is removed after the
         // rename, and its space must not stay held while this host lingers
+        // (nor by the index, which has nothing left to fill)
         self.basis = None;
+        self.index.stop();
         let tx = self.events_tx.clone();
         let content = self.content.clone();
-        tokio::task::spawn_blocking(move || {
+        self.finishing = Some(tokio::task::spawn_blocking(move || {
             content.seal();
-            let r = partial.finish(&m, force, keep);
-            let _ = tx.blocking_send(Event::Finalized(r));
-        });
+            match partial.finish(&m, force, keep) {
+                Ok((path, root, replaced)) => {
+                    // complete now: the copy is durable and in place; the
+                    // old one goes while this host serves or exits
+                    let _ = tx.blocking_send(Event::Finalized(Ok((path, root))));
+                    if let Some(r) = replaced {
+                        r.remove();
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(Event::Finalized(Err(e)));
+                }
+            }
+        }));
     }
 
     /// The complete copy is in place: serve from it and tell every peer.

@@ -90,7 +90,7 @@ pub(super) async fn request(
         return Ok(Outcome::Corrupt);
     };
     crate::node::outboards::put(piece, &cvs);
-    if basis.placed(piece).is_some() {
+    if basis.placed(piece) {
         return in_place(conn, &t, cvs, basis, wan).await;
     }
     // the basis and zeros first, on a blocking thread (disk reads)

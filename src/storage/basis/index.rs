@@ -1,0 +1,320 @@
+//! The index: one pass over the basis, every window read and hashed on
+//! all cores, while the join already fetches (the engine runs it on a
+//! blocking thread and hears of it batch by batch).
+//!
+//! What the pass may fill is held from fetching until it says
+//! (`Basis::plan`): a piece is found whole and written (`found`), or its
+//! own place was read and differs, its old blocks written ahead
+//! (`released`: it is fetched as a delta now, completed in place), or
+//! the pass ends (everything still held is released). So the network
+//! works while the disk is read: first on new data (files grown at the
+//! end, new files), then on each changed piece as soon as its old version
+//! was read. The batches are read in a random order per host, so that
+//! the joiners of one swarm release different pieces first and have
+//! something to trade.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use bitvec::prelude::*;
+use rand::seq::SliceRandom;
+use rayon::prelude::*;
+
+use super::{Basis, Place, SOURCE_SHIFT, Source, key, place};
+use crate::manifest::blocks::{self, BLOCK, Cv};
+use crate::manifest::{FileSpan, Hash, Manifest, PACK_BELOW};
+use crate::storage::{Content, PieceBuf};
+use crate::text;
+
+/// What one batch of the pass gave.
+#[derive(Default, Debug)]
+pub struct Progress {
+    /// Held pieces found whole, written and verified.
+    pub found: Vec<u32>,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Held pieces the basis does not have whole: to fetch now.
+    pub released: Vec<u32>,
+}
+
+impl Progress {
+    fn is_empty(&self) -> bool {
+        self.found.is_empty() && self.released.is_empty()
+    }
+}
+
+impl Basis {
+    /// Which pieces that `have` lacks the pass may fill, and so are held
+    /// from fetching until it says: all but the new data. New data is a
+    /// piece of a file, past the end of its old version under the same
+    /// path (a file grown at the end), or of a file the basis has not got
+    /// under its path when no file that left the image has its size (it
+    /// may have moved, and then the pass finds it).
+    pub fn plan(&self, m: &Manifest, have: &BitSlice) -> BitVec {
+        let ours: HashSet<&str> = m.files().iter().map(|f| f.path.as_str()).collect();
+        let mut old: HashMap<&str, &FileSpan> = HashMap::new();
+        let mut gone = HashSet::new();
+        for f in self.sources.iter().flat_map(|s| &s.spans) {
+            old.entry(f.path.as_str()).or_insert(f);
+            if !ours.contains(f.path.as_str()) {
+                gone.insert(f.size);
+            }
+        }
+        let files = m.files();
+        let mut held = BitVec::repeat(false, have.len());
+        for i in have.iter_zeros() {
+            let (off, len) = m.piece_range(i);
+            let f = files.get(files.partition_point(|f| f.end() <= off));
+            let new_data = f.is_some_and(|f| {
+                f.offset <= off
+                    && off + len <= f.end()
+                    && match old.get(f.path.as_str()) {
+                        Some(o) => off - f.offset >= o.size,
+                        None => !gone.contains(&f.size),
+                    }
+            });
+            held.set(i, !new_data);
+        }
+        held
+    }
+
+    /// The pass. With `fill` (the new copy and the pieces held for the
+    /// pass, `plan`), writes what it finds there and says so to
+    /// `progress` after every batch; `progress` returning false, or
+    /// `stop`, ends the pass early. Only a write can fail. Run once.
+    pub fn run(
+        &self,
+        m: &Manifest,
+        fill: Option<(&Content, &BitSlice)>,
+        stop: &AtomicBool,
+        mut progress: impl FnMut(Progress) -> bool,
+    ) -> std::io::Result<()> {
+        let mut held: BitVec = fill.map(|(_, h)| h.to_bitvec()).unwrap_or_default();
+        let mut want: HashMap<Hash, Vec<u32>> = HashMap::new();
+        for i in held.iter_ones() {
+            if let Some(h) = m.piece_hash(i) {
+                want.entry(*h).or_default().push(i as u32);
+            }
+        }
+        let own = own_places(m, held.iter_ones().map(|i| i as u32), &self.sources);
+        // a batch at a time, so that the CVs waiting to be inserted stay
+        // small whatever the basis's size
+        let batch = (rayon::current_num_threads() * 8).max(16);
+        let mut order: Vec<&[(usize, u64, u64)]> = self.windows.chunks(batch).collect();
+        order.shuffle(&mut rand::rng());
+        let mut later = Vec::new();
+        for part in order {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            let hashed: Vec<Hashed> = part
+                .par_iter()
+                // aligned, so that the pieces found go to the new copy by
+                // O_DIRECT, not through a copy into the page cache
+                .map_init(
+                    || PieceBuf::with_capacity(self.piece_size as usize),
+                    |buf, &(s, offset, len)| {
+                        buf.overwrite(len as usize);
+                        let buf = buf.as_mut_slice();
+                        if let Err(e) = self.sources[s].content.read_at(offset, buf) {
+                            tracing::debug!("basis {}: {e}", text::path(&self.sources[s].shown));
+                            self.missed.fetch_add(1, Ordering::Relaxed);
+                            return Ok(None);
+                        }
+                        let (root, cvs) = if blocks::splittable(len) {
+                            let cvs = blocks::cvs(buf);
+                            (blocks::root(&cvs, len).expect("cvs of a whole window"), cvs)
+                        } else {
+                            (*blake3::hash(buf).as_bytes(), Vec::new())
+                        };
+                        let mut h = Hashed {
+                            at: place(s, offset),
+                            len: len as u32,
+                            root,
+                            cvs,
+                            wrote: Vec::new(),
+                            later: Vec::new(),
+                            placed: None,
+                        };
+                        if let Some((content, _)) = fill {
+                            fill_from(&mut h, buf, m, content, &want, &own, &held)?;
+                        }
+                        Ok(Some(h))
+                    },
+                )
+                .filter_map(Result::transpose)
+                .collect::<std::io::Result<_>>()?;
+            let mut p = Progress::default();
+            {
+                let mut ix = self.index.write().unwrap_or_else(|e| e.into_inner());
+                for h in hashed {
+                    for i in h.wrote {
+                        if held.replace(i as usize, false) {
+                            p.found.push(i);
+                            p.bytes += m.piece_range(i as usize).1;
+                        }
+                    }
+                    later.extend(h.later);
+                    if let Some((i, cvs)) = h.placed {
+                        ix.placed.insert(i, cvs);
+                        if held.replace(i as usize, false) {
+                            p.released.push(i);
+                        }
+                    }
+                    ix.pieces.entry(h.root).or_insert((h.at, h.len));
+                    for (j, cv) in h.cvs.iter().enumerate() {
+                        ix.blocks
+                            .entry(key(cv))
+                            .or_insert(h.at + (j * BLOCK) as u64);
+                    }
+                }
+            }
+            if !p.is_empty() && !progress(p) {
+                return Ok(());
+            }
+        }
+        let mut p = Progress::default();
+        if let Some((content, _)) = fill {
+            // found whole away from their own place (a file moved onto a
+            // path the basis has with other bytes), and still held
+            later.sort_unstable();
+            later.dedup();
+            let mut buf = PieceBuf::with_capacity(self.piece_size as usize);
+            for i in later {
+                if !held[i as usize] {
+                    continue;
+                }
+                let (at, len) = m.piece_range(i as usize);
+                let hash = m.piece_hash(i as usize).expect("a piece of the image");
+                buf.overwrite(len as usize);
+                if self.piece(hash, len, buf.as_mut_slice()) {
+                    content.write_sparse(at, buf.as_slice())?;
+                    held.set(i as usize, false);
+                    p.found.push(i);
+                    p.bytes += len;
+                }
+            }
+        }
+        p.released.extend(held.iter_ones().map(|i| i as u32));
+        let unread = self.missed.swap(0, Ordering::Relaxed);
+        if unread > 0 {
+            tracing::warn!(
+                "basis: {unread} of {} pieces' worth could not be read; what they hold is fetched instead",
+                self.windows.len()
+            );
+        }
+        if !p.is_empty() {
+            progress(p);
+        }
+        Ok(())
+    }
+}
+
+/// A window of the basis, hashed, and what was written from it.
+struct Hashed {
+    at: Place,
+    len: u32,
+    root: Hash,
+    cvs: Vec<Cv>,
+    /// Held pieces found whole here and written.
+    wrote: Vec<u32>,
+    /// Held pieces found whole here whose own place is another window:
+    /// written after the pass if still held, so that no two threads ever
+    /// write one piece, nor the pass a piece it released.
+    later: Vec<u32>,
+    /// The piece whose own place this is, and the CVs of its blocks
+    /// written there ahead.
+    placed: Option<(u32, Box<[Cv]>)>,
+}
+
+/// Where the held pieces lie in the basis when their file is there under
+/// the same path: the window at the same offset in that file (the first
+/// source that has the path). Only for files that start a piece in both
+/// layouts (`PACK_BELOW`), and pieces of more than one block; with how
+/// many bytes from the piece's start lie in that file in both versions,
+/// in whole blocks.
+#[derive(Default)]
+struct Own {
+    by_window: HashMap<(usize, u64), (u32, u32)>,
+    by_piece: HashMap<u32, (usize, u64)>,
+}
+
+fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source]) -> Own {
+    let mut paths: HashMap<&str, (usize, &FileSpan)> = HashMap::new();
+    for (s, src) in sources.iter().enumerate() {
+        for f in &src.spans {
+            paths.entry(f.path.as_str()).or_insert((s, f));
+        }
+    }
+    let files = m.files();
+    let mut own = Own::default();
+    for i in held {
+        let (off, len) = m.piece_range(i as usize);
+        let Some(f) = files.get(files.partition_point(|f| f.end() <= off)) else {
+            continue;
+        };
+        if !blocks::splittable(len) || f.offset > off || f.size < PACK_BELOW {
+            continue;
+        }
+        let o = off - f.offset;
+        let Some(&(s, old)) = paths.get(f.path.as_str()) else {
+            continue;
+        };
+        if old.size < PACK_BELOW || o >= old.size {
+            continue;
+        }
+        let common = len.min(f.size - o).min(old.size - o) / BLOCK as u64 * BLOCK as u64;
+        if common > 0 {
+            own.by_window
+                .insert((s, old.offset + o), (i, common as u32));
+            own.by_piece.insert(i, (s, old.offset + o));
+        }
+    }
+    own
+}
+
+/// What window `h` (its bytes in `buf`) gives the new copy: every held
+/// piece it is whole, written now if this is the piece's own place or it
+/// has none, else left for later; and where it is a changed piece's own
+/// place, the blocks both versions have there, written ahead at the
+/// piece's place (`Basis::placed`).
+fn fill_from(
+    h: &mut Hashed,
+    buf: &[u8],
+    m: &Manifest,
+    content: &Content,
+    want: &HashMap<Hash, Vec<u32>>,
+    own: &Own,
+    held: &BitSlice,
+) -> std::io::Result<()> {
+    let here = (
+        (h.at >> SOURCE_SHIFT) as usize,
+        h.at & ((1 << SOURCE_SHIFT) - 1),
+    );
+    for &i in want.get(&h.root).map_or(&[][..], Vec::as_slice) {
+        let (at, n) = m.piece_range(i as usize);
+        if n != u64::from(h.len) || !held[i as usize] {
+            continue;
+        }
+        match own.by_piece.get(&i) {
+            Some(w) if *w != here => h.later.push(i),
+            _ => {
+                content.write_sparse(at, buf)?;
+                h.wrote.push(i);
+            }
+        }
+    }
+    if let Some(&(i, common)) = own.by_window.get(&here)
+        && held[i as usize]
+        && m.piece_hash(i as usize) != Some(&h.root)
+        && !h.cvs.is_empty()
+    {
+        // the partial copy holds zeros there (fresh, or punched by the
+        // resume scan), so the zero blocks need no write
+        let (at, _) = m.piece_range(i as usize);
+        content.write_sparse(at, &buf[..common as usize])?;
+        let cvs = h.cvs[..common as usize / BLOCK].to_vec().into_boxed_slice();
+        h.placed = Some((i, cvs));
+    }
+    Ok(())
+}

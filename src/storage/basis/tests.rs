@@ -1,0 +1,319 @@
+use super::*;
+use bitvec::slice::BitSlice;
+
+/// The index run as a join runs it: the pieces `have` lacks planned, the
+/// held ones filled. Returns the basis, the pieces found and released
+/// (sorted), and the bytes found.
+fn run(
+    paths: &[PathBuf],
+    m: &Manifest,
+    content: &Content,
+    have: &BitSlice,
+) -> (Basis, Vec<u32>, Vec<u32>, u64) {
+    let b = Basis::open(paths, m);
+    let held = b.plan(m, have);
+    let (mut found, mut released, mut bytes) = (Vec::new(), Vec::new(), 0);
+    b.run(m, Some((content, &held)), &AtomicBool::new(false), |p| {
+        found.extend(p.found);
+        released.extend(p.released);
+        bytes += p.bytes;
+        true
+    })
+    .unwrap();
+    found.sort_unstable();
+    released.sort_unstable();
+    (b, found, released, bytes)
+}
+
+/// A manifest of one file of `size` bytes (hashes unused here).
+fn image(size: u64, piece_size: u32) -> Manifest {
+    let root = crate::manifest::Root::File {
+        size,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let n = Manifest::pieces_for(&root, piece_size).unwrap() as usize;
+    Manifest::new("img".into(), root, piece_size, vec![[0; 32]; n])
+}
+
+fn data(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 131 + seed as usize * 7) % 251) as u8)
+        .collect()
+}
+
+/// Whole pieces and single blocks are found wherever a file moved to
+/// in the tree; a block's bytes at another position in its piece are
+/// not taken for it; what changed after indexing is not used.
+#[test]
+fn finds_pieces_and_blocks_and_checks_what_it_reads() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().join("old");
+    fs::create_dir_all(root.join("sub")).unwrap();
+    let a = data(2 * P + 1000, 1);
+    fs::write(root.join("sub/a"), &a).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
+    let basis = Basis::index(std::slice::from_ref(&root), &image(4 * P as u64, P as u32));
+    assert_eq!((basis.files, basis.bytes), (1, a.len() as u64));
+    let mut buf = vec![0u8; P];
+    let h1 = *blake3::hash(&a[P..2 * P]).as_bytes();
+    assert!(basis.piece(&h1, P as u64, &mut buf));
+    assert_eq!(buf, &a[P..2 * P]);
+    let tail = *blake3::hash(&a[2 * P..]).as_bytes();
+    let mut t = vec![0u8; 1000];
+    assert!(basis.piece(&tail, 1000, &mut t));
+    // a new version of piece 0 with block 2 rewritten: blocks 0, 1, 3
+    // come from the basis, block 2 does not
+    let mut new = a[..P].to_vec();
+    new[2 * BLOCK + 9] ^= 0xff;
+    let cvs = blocks::cvs(&new);
+    let mut b = vec![0u8; BLOCK];
+    for (j, cv) in cvs.iter().enumerate() {
+        assert_eq!(basis.block(j, cv, &mut b), j != 2, "block {j}");
+    }
+    // the same bytes as another block position are not that block
+    let moved = blocks::cv(1, &a[..BLOCK]);
+    assert!(!basis.block(1, &moved, &mut b));
+    // the basis changes after indexing: nothing wrong is used
+    let mut changed = a.clone();
+    changed[P + 5] ^= 1;
+    fs::write(root.join("sub/a"), &changed).unwrap();
+    assert!(!basis.piece(&h1, P as u64, &mut buf));
+    let cv1 = blocks::cv(0, &a[P..P + BLOCK]);
+    let missed = basis.missed();
+    assert!(!basis.block(0, &cv1, &mut b));
+    assert_eq!(basis.missed(), missed + 1, "counted, for the warning");
+    assert!(basis.is_zero_block(3, &blocks::cv(3, &[0u8; BLOCK]), BLOCK));
+    assert!(basis.is_zero_block(1, &blocks::cv(1, &[0u8; 100]), 100));
+    assert!(!basis.is_zero_block(1, &blocks::cv(2, &[0u8; BLOCK]), BLOCK));
+}
+
+/// The pieces found whole are written as they are hashed, and only
+/// those are set; the copy reads back the new version's bytes there.
+#[test]
+fn index_and_fill_writes_the_pieces_it_finds() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let old = data(3 * P, 4);
+    let mut new = old.clone();
+    new[P + 7] ^= 1; // piece 1 changed
+    fs::write(d.path().join("old"), &old).unwrap();
+    let root = crate::manifest::Root::File {
+        size: new.len() as u64,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+    let m = Manifest::new("img".into(), root, P as u32, hashes);
+    let target = d.path().join("new");
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(new.len() as u64)
+        .unwrap();
+    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let have = bitvec::bitvec![0; 3];
+    let (_, found, released, bytes) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!((found, bytes), (vec![0, 2], 2 * P as u64));
+    assert_eq!(released, [1]);
+    let got = fs::read(&target).unwrap();
+    assert_eq!(&got[..P], &new[..P]);
+    assert_eq!(&got[2 * P..], &new[2 * P..]);
+    // piece 1 changed: its own place got the old version's blocks
+    // ahead, and their CVs are kept
+    assert_eq!(&got[P..2 * P], &old[P..2 * P]);
+}
+
+/// A changed piece is completed in place: blocks written ahead that
+/// the new version has are neither read nor written again, a block
+/// now zeros is punched, a block found elsewhere in the basis is
+/// copied, and only the rest is wanted. Written as the fetch does,
+/// the copy is the new version.
+#[test]
+fn a_changed_piece_is_completed_in_place() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let old = data(2 * P, 5);
+    let mut new = old.clone();
+    new[P + 3] ^= 1; // block 0 of piece 1: wanted
+    new[P + BLOCK..P + 2 * BLOCK].fill(0); // block 1: now zeros
+    new.copy_within(..BLOCK, P + 3 * BLOCK); // block 3: piece 0's first block...
+    // ...which is not at block 0 of a piece there, so the basis does
+    // not have it at that position: wanted too
+    fs::write(d.path().join("old"), &old).unwrap();
+    let root = crate::manifest::Root::File {
+        size: new.len() as u64,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
+    let m = Manifest::new("img".into(), root, P as u32, hashes);
+    let target = d.path().join("new");
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(new.len() as u64)
+        .unwrap();
+    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let have = bitvec::bitvec![0; 2];
+    let (basis, found, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!((found, released), (vec![0], vec![1]));
+    assert!(!basis.placed(0), "found whole: nothing ahead");
+    assert!(basis.placed(1));
+    let cvs = blocks::cvs(&new[P..]);
+    let (wanted, taken) = basis
+        .fill_in_place(1, &cvs, P as u64, &content, P as u64)
+        .unwrap();
+    assert_eq!(wanted.iter_ones().collect::<Vec<_>>(), [0, 3]);
+    assert_eq!(taken, BLOCK as u64, "block 2 only: block 1 is zeros");
+    for j in wanted.iter_ones() {
+        let r = blocks::range(j, P as u64);
+        content
+            .write_at((P + r.start) as u64, &new[P + r.start..P + r.end])
+            .unwrap();
+    }
+    assert_eq!(fs::read(&target).unwrap(), new);
+}
+
+/// A tree of one file `b` of `new`'s bytes over a basis of `old` files,
+/// piece size `P`: the manifest, and an empty partial copy's content.
+fn tree_over(
+    d: &Path,
+    old: &[(&str, &[u8])],
+    new: &[u8],
+    p: usize,
+) -> (Manifest, Content, PathBuf) {
+    fs::create_dir_all(d.join("old")).unwrap();
+    for (name, bytes) in old {
+        fs::write(d.join("old").join(name), bytes).unwrap();
+    }
+    let entries = vec![crate::manifest::Entry {
+        path: "b".into(),
+        kind: crate::manifest::EntryKind::File {
+            size: new.len() as u64,
+        },
+        meta: crate::manifest::Meta::mode(0o644),
+    }];
+    let root = crate::manifest::Root::Dir {
+        meta: crate::manifest::Meta::mode(0o755),
+        entries,
+    };
+    let hashes = new.chunks(p).map(|c| *blake3::hash(c).as_bytes()).collect();
+    let m = Manifest::new("t".into(), root, p as u32, hashes);
+    let target = d.join("new");
+    fs::create_dir_all(&target).unwrap();
+    fs::File::create(target.join("b"))
+        .unwrap()
+        .set_len(new.len() as u64)
+        .unwrap();
+    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    (m, content, target)
+}
+
+/// A file of the new tree whose bytes are another file of the basis,
+/// moved onto a path the basis has with other bytes: its pieces are
+/// released at once with that path's old blocks written ahead, and
+/// completed in place from the other file, a zero block punched over
+/// what was written ahead there; nothing is wanted from a peer.
+#[test]
+fn a_file_moved_onto_another_is_completed_in_place() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let (mut a, b) = (data(2 * P, 6), data(2 * P, 7));
+    a[BLOCK..2 * BLOCK].fill(0); // must not keep b's block there
+    let (m, content, target) = tree_over(d.path(), &[("a", &a), ("b", &b)], &a, P);
+    let have = bitvec::bitvec![0; 2];
+    let (basis, found, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!((found, released), (vec![], vec![0, 1]));
+    for i in 0..2 {
+        let cvs = blocks::cvs(&a[i * P..(i + 1) * P]);
+        let (wanted, _) = basis
+            .fill_in_place(i as u32, &cvs, P as u64, &content, (i * P) as u64)
+            .unwrap();
+        assert!(wanted.not_any(), "piece {i}: {wanted}");
+    }
+    assert_eq!(fs::read(target.join("b")).unwrap(), a);
+}
+
+/// A piece whose own place cannot take blocks ahead (the old file ends a
+/// few bytes into it) but that is whole elsewhere is written after the
+/// pass: found, not fetched.
+#[test]
+fn a_piece_whole_away_from_its_own_place_is_found_after_the_pass() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let a = data(2 * P, 8);
+    let short = data(P + 100, 9);
+    let (m, content, target) = tree_over(d.path(), &[("a", &a), ("b", &short)], &a, P);
+    let have = bitvec::bitvec![0; 2];
+    let (basis, found, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    // piece 0 of b: its own place took blocks ahead; piece 1: found in a
+    assert_eq!((found, released), (vec![1], vec![0]));
+    assert!(basis.placed(0) && !basis.placed(1));
+    let got = fs::read(target.join("b")).unwrap();
+    assert_eq!(&got[P..], &a[P..]);
+}
+
+#[test]
+fn a_basis_that_is_missing_or_a_link_is_skipped() {
+    let d = tempfile::tempdir().unwrap();
+    let f = d.path().join("f");
+    fs::write(&f, data(3 * BLOCK, 2)).unwrap();
+    std::os::unix::fs::symlink(&f, d.path().join("l")).unwrap();
+    let b = Basis::index(
+        &[d.path().join("nope"), d.path().join("l")],
+        &image(3 * BLOCK as u64, 4 * BLOCK as u32),
+    );
+    assert!(b.is_empty());
+    let b = Basis::index(
+        std::slice::from_ref(&f),
+        &image(3 * BLOCK as u64, 4 * BLOCK as u32),
+    );
+    assert_eq!((b.files, b.is_empty()), (1, false));
+    // more than twice the image's size is not hashed
+    let b = Basis::index(
+        std::slice::from_ref(&f),
+        &image(BLOCK as u64, 4 * BLOCK as u32),
+    );
+    assert!(b.is_empty());
+    // nor a file larger than any of the image's, within that budget
+    let big = d.path().join("big");
+    fs::write(&big, data(13 * BLOCK, 3)).unwrap();
+    let entries = (0..10)
+        .map(|i| crate::manifest::Entry {
+            path: format!("f{i}"),
+            kind: crate::manifest::EntryKind::File { size: BLOCK as u64 },
+            meta: crate::manifest::Meta::mode(0o644),
+        })
+        .collect();
+    let root = crate::manifest::Root::Dir {
+        meta: crate::manifest::Meta::mode(0o755),
+        entries,
+    };
+    let n = Manifest::pieces_for(&root, 4 * BLOCK as u32).unwrap() as usize;
+    let tree = Manifest::new("t".into(), root, 4 * BLOCK as u32, vec![[0; 32]; n]);
+    assert!(Basis::index(&[big], &tree).is_empty());
+}
+
+/// What the index may fill is held; new data is fetched at once: a file
+/// grown past its old end, and a new file unless a file that left the
+/// image has its size (then it may have moved, and the pass finds it).
+#[test]
+fn the_plan_holds_what_the_basis_may_have() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    fs::create_dir_all(d.path().join("old")).unwrap();
+    fs::write(d.path().join("old/a"), data(2 * P, 1)).unwrap();
+    fs::write(d.path().join("old/gone"), data(3 * P, 2)).unwrap();
+    let file = |path: &str, size: usize| crate::manifest::Entry {
+        path: path.into(),
+        kind: crate::manifest::EntryKind::File { size: size as u64 },
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let root = crate::manifest::Root::Dir {
+        meta: crate::manifest::Meta::mode(0o755),
+        entries: vec![file("a", 4 * P), file("fresh", 2 * P), file("moved", 3 * P)],
+    };
+    let m = Manifest::new("t".into(), root, P as u32, vec![[0; 32]; 9]);
+    let b = Basis::open(&[d.path().join("old")], &m);
+    let mut have = bitvec::bitvec![0; 9];
+    have.set(7, true);
+    let held = b.plan(&m, &have);
+    assert_eq!(held.iter_ones().collect::<Vec<_>>(), [0, 1, 6, 8]);
+}
