@@ -197,7 +197,9 @@ impl Content {
     /// (`manifest::blocks::BLOCK`, from `offset`): the partial files are
     /// sparse at their final sizes, so those read as zeros already and a
     /// hole of the seed's file stays a hole. Safe on resume too: a partial
-    /// file only ever gets verified bytes of the same manifest.
+    /// file holds only verified bytes of the same manifest and zeros once
+    /// the resume scan has punched every piece that does not verify (a
+    /// basis may have written old blocks ahead there).
     pub fn write_sparse(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         use crate::manifest::blocks::BLOCK;
         let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
@@ -240,9 +242,12 @@ impl Content {
                 n,
             ) {
                 Ok(()) => Ok(()),
-                Err(rustix::io::Errno::OPNOTSUPP) => {
-                    open.file.write_all_at(&vec![0u8; range.len()], at)
-                }
+                // no holes here (or not this way): zeros written
+                Err(
+                    rustix::io::Errno::OPNOTSUPP
+                    | rustix::io::Errno::NOSYS
+                    | rustix::io::Errno::INVAL,
+                ) => open.file.write_all_at(&vec![0u8; range.len()], at),
                 Err(e) => Err(e.into()),
             }
         })

@@ -301,16 +301,21 @@ impl Partial {
         let replaced = if let Some(old) = old {
             // The old destination (a link there included: only the link
             // moves) goes to the partial name in the same step as the new
-            // copy takes its place, and is removed from there: only if it
-            // is still what was at the final name (see `remove_old`).
+            // copy takes its place, then out of the way of a later join's
+            // partial copy, and is removed from there once this copy is
+            // reported complete: only if it is still what was at the final
+            // name (see `remove_old`).
+            let moved = format!(".{}.swarm-replaced-{:016x}", m.name, rand::random::<u64>());
             if dest
                 .exchange(&self.partial_name, &self.final_name)
                 .map_err(early)?
             {
                 is_ours(&self.final_name).map_err(late)?;
-                Some((self.partial_name.clone(), old))
+                match dest.rename_noreplace(&self.partial_name, &moved) {
+                    Ok(()) => Some((moved, old)),
+                    Err(_) => Some((self.partial_name.clone(), old)),
+                }
             } else {
-                let moved = format!(".{}.swarm-replaced-{:016x}", m.name, rand::random::<u64>());
                 dest.rename_noreplace(&self.final_name, &moved)
                     .map_err(early)?;
                 dest.rename_noreplace(&self.partial_name, &self.final_name)

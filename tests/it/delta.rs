@@ -157,6 +157,8 @@ fn delta_a_tree_with_files_added_removed_renamed_and_grown() {
     a.wait_ok(LIMIT);
     seed.proc.kill9();
     assert_same(&src, &d.join("a/pgdata"));
+    let left: Vec<_> = fs::read_dir(d.join("a")).unwrap().collect();
+    assert_eq!(left.len(), 1, "the replaced tree is left: {left:?}");
     let (got, _) = received(d, "a");
     assert_fetched_about(got, changed, "tree");
 }

@@ -107,9 +107,11 @@ pub enum Action {
 /// Why a run gave up (the driver words it).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Stop {
-    /// No peer connected and none being dialed for `ALONE_TIMEOUT`.
+    /// No peer connected and none being dialed for `ALONE_TIMEOUT` (not
+    /// while a local source holds pieces: `Host::hold`).
     Alone { have: usize, total: usize },
-    /// No piece for `STALL_TIMEOUT` with nothing in flight.
+    /// No piece for `STALL_TIMEOUT` with nothing in flight (nor while a
+    /// local source holds pieces).
     Stalled { have: usize, total: usize },
     /// The only copies of `piece` changed at their source.
     Changed {

@@ -22,6 +22,8 @@ pub(super) struct Index {
     pending: Option<BitVec>,
     /// Set to end the pass early (the engine is done).
     stop: Arc<AtomicBool>,
+    /// When it started; `None` again once it is over.
+    started: Option<Instant>,
 }
 
 impl Index {
@@ -32,8 +34,11 @@ impl Index {
         }
     }
 
-    pub(super) fn stop(&self) {
+    /// Ends the pass: the copy is complete, or the run is over. Returns
+    /// how long it had run if it was still running.
+    pub(super) fn stop(&mut self) -> Option<Duration> {
         self.stop.store(true, Ordering::Relaxed);
+        self.started.take().map(|t| t.elapsed())
     }
 }
 
@@ -44,11 +49,18 @@ impl Engine {
         };
         let (m, content) = (self.manifest.clone(), self.content.clone());
         let (tx, stop) = (self.events_tx.clone(), self.index.stop.clone());
+        self.index.started = Some(Instant::now());
         tokio::task::spawn_blocking(move || {
             let t = Instant::now();
-            let result = basis.run(&m, Some((&content, &held)), &stop, |p| {
-                tx.blocking_send(Event::Indexed(p)).is_ok()
+            // a panic must not leave the pieces held (and the stall rule
+            // off) for ever: it ends the join like a failed write
+            let run = std::panic::AssertUnwindSafe(|| {
+                basis.run(&m, Some((&content, &held)), &stop, |p| {
+                    tx.blocking_send(Event::Indexed(p)).is_ok()
+                })
             });
+            let result = std::panic::catch_unwind(run)
+                .unwrap_or_else(|_| Err(std::io::Error::other("the basis index failed")));
             let _ = tx.blocking_send(Event::IndexDone {
                 result,
                 took: t.elapsed(),
@@ -73,7 +85,9 @@ impl Engine {
         took: Duration,
     ) -> Result<(), NodeError> {
         self.host.indexed(now);
-        self.report.basis_index_secs = took.as_secs_f64();
+        if self.index.started.take().is_some() {
+            self.report.basis_index_secs = took.as_secs_f64();
+        }
         if let Err(why) = result {
             if self.host.is_complete() {
                 return Ok(());
@@ -94,7 +108,7 @@ impl Engine {
                 took.as_secs_f64(),
                 self.report.pieces_from_basis,
                 self.manifest.piece_count(),
-                bytesize::ByteSize(self.report.bytes_from_basis),
+                bytesize::ByteSize(b.whole_bytes.load(Ordering::Relaxed)),
             );
             if b.found_nothing() {
                 self.basis = None; // nothing to take deltas from

@@ -229,7 +229,9 @@ impl Engine {
         for t in self.fetches.values() {
             t.cancel();
         }
-        self.index.stop();
+        if let Some(took) = self.index.stop() {
+            self.report.basis_index_secs = took.as_secs_f64();
+        }
         // Let the control writers deliver what is queued (Done above all),
         // then close every connection.
         let mut conns = Vec::new();

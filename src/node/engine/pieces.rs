@@ -216,7 +216,10 @@ impl Engine {
         // rename, and its space must not stay held while this host lingers
         // (nor by the index, which has nothing left to fill)
         self.basis = None;
-        self.index.stop();
+        if let Some(took) = self.index.stop() {
+            // complete before the pass read everything: how long it ran
+            self.report.basis_index_secs = took.as_secs_f64();
+        }
         let tx = self.events_tx.clone();
         let content = self.content.clone();
         self.finishing = Some(tokio::task::spawn_blocking(move || {

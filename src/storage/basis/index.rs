@@ -90,10 +90,10 @@ impl Basis {
         mut progress: impl FnMut(Progress) -> bool,
     ) -> std::io::Result<()> {
         let mut held: BitVec = fill.map(|(_, h)| h.to_bitvec()).unwrap_or_default();
-        let mut want: HashMap<Hash, Vec<u32>> = HashMap::new();
+        let mut want: HashMap<Hash, Wanted> = HashMap::new();
         for i in held.iter_ones() {
             if let Some(h) = m.piece_hash(i) {
-                want.entry(*h).or_default().push(i as u32);
+                want.entry(*h).or_default().pieces.push(i as u32);
             }
         }
         let own = own_places(m, held.iter_ones().map(|i| i as u32), &self.sources);
@@ -102,7 +102,7 @@ impl Basis {
         let batch = (rayon::current_num_threads() * 8).max(16);
         let mut order: Vec<&[(usize, u64, u64)]> = self.windows.chunks(batch).collect();
         order.shuffle(&mut rand::rng());
-        let mut later = Vec::new();
+        let mut later = BitVec::<usize, Lsb0>::repeat(false, held.len());
         for part in order {
             if stop.load(Ordering::Relaxed) {
                 return Ok(());
@@ -118,7 +118,7 @@ impl Basis {
                         let buf = buf.as_mut_slice();
                         if let Err(e) = self.sources[s].content.read_at(offset, buf) {
                             tracing::debug!("basis {}: {e}", text::path(&self.sources[s].shown));
-                            self.missed.fetch_add(1, Ordering::Relaxed);
+                            self.unread.fetch_add(1, Ordering::Relaxed);
                             return Ok(None);
                         }
                         let (root, cvs) = if blocks::splittable(len) {
@@ -154,7 +154,9 @@ impl Basis {
                             p.bytes += m.piece_range(i as usize).1;
                         }
                     }
-                    later.extend(h.later);
+                    for i in h.later {
+                        later.set(i as usize, true);
+                    }
                     if let Some((i, cvs)) = h.placed {
                         ix.placed.insert(i, cvs);
                         if held.replace(i as usize, false) {
@@ -169,6 +171,7 @@ impl Basis {
                     }
                 }
             }
+            self.whole_bytes.fetch_add(p.bytes, Ordering::Relaxed);
             if !p.is_empty() && !progress(p) {
                 return Ok(());
             }
@@ -177,10 +180,11 @@ impl Basis {
         if let Some((content, _)) = fill {
             // found whole away from their own place (a file moved onto a
             // path the basis has with other bytes), and still held
-            later.sort_unstable();
-            later.dedup();
             let mut buf = PieceBuf::with_capacity(self.piece_size as usize);
-            for i in later {
+            for i in later.iter_ones().map(|i| i as u32) {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
                 if !held[i as usize] {
                     continue;
                 }
@@ -195,8 +199,9 @@ impl Basis {
                 }
             }
         }
+        self.whole_bytes.fetch_add(p.bytes, Ordering::Relaxed);
         p.released.extend(held.iter_ones().map(|i| i as u32));
-        let unread = self.missed.swap(0, Ordering::Relaxed);
+        let unread = self.unread.load(Ordering::Relaxed);
         if unread > 0 {
             tracing::warn!(
                 "basis: {unread} of {} pieces' worth could not be read; what they hold is fetched instead",
@@ -219,8 +224,8 @@ struct Hashed {
     /// Held pieces found whole here and written.
     wrote: Vec<u32>,
     /// Held pieces found whole here whose own place is another window:
-    /// written after the pass if still held, so that no two threads ever
-    /// write one piece, nor the pass a piece it released.
+    /// written after the pass if still held, so that the pass never
+    /// writes a piece it released (nor one written ahead).
     later: Vec<u32>,
     /// The piece whose own place this is, and the CVs of its blocks
     /// written there ahead.
@@ -273,17 +278,27 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source])
     own
 }
 
+/// The held pieces of one hash, and whether a window of that hash took
+/// them already: the first does, so that content repeated many times in
+/// the image and the basis costs one pass over its pieces, not one per
+/// window, and each piece is written once.
+#[derive(Default)]
+struct Wanted {
+    pieces: Vec<u32>,
+    taken: AtomicBool,
+}
+
 /// What window `h` (its bytes in `buf`) gives the new copy: every held
-/// piece it is whole, written now if this is the piece's own place or it
-/// has none, else left for later; and where it is a changed piece's own
-/// place, the blocks both versions have there, written ahead at the
-/// piece's place (`Basis::placed`).
+/// piece it is whole, if no window of its hash came first: written now if
+/// this is the piece's own place or it has none, else left for later; and
+/// where it is a changed piece's own place, the blocks both versions have
+/// there, written ahead at the piece's place (`Basis::placed`).
 fn fill_from(
     h: &mut Hashed,
     buf: &[u8],
     m: &Manifest,
     content: &Content,
-    want: &HashMap<Hash, Vec<u32>>,
+    want: &HashMap<Hash, Wanted>,
     own: &Own,
     held: &BitSlice,
 ) -> std::io::Result<()> {
@@ -291,7 +306,10 @@ fn fill_from(
         (h.at >> SOURCE_SHIFT) as usize,
         h.at & ((1 << SOURCE_SHIFT) - 1),
     );
-    for &i in want.get(&h.root).map_or(&[][..], Vec::as_slice) {
+    let first = want
+        .get(&h.root)
+        .filter(|w| !w.taken.swap(true, Ordering::Relaxed));
+    for &i in first.map_or(&[][..], |w| w.pieces.as_slice()) {
         let (at, n) = m.piece_range(i as usize);
         if n != u64::from(h.len) || !held[i as usize] {
             continue;
@@ -304,14 +322,24 @@ fn fill_from(
             }
         }
     }
-    if let Some(&(i, common)) = own.by_window.get(&here)
-        && held[i as usize]
-        && m.piece_hash(i as usize) != Some(&h.root)
-        && !h.cvs.is_empty()
-    {
+    let Some(&(i, common)) = own.by_window.get(&here) else {
+        return Ok(());
+    };
+    let (at, n) = m.piece_range(i as usize);
+    if !held[i as usize] {
+        return Ok(());
+    }
+    if m.piece_hash(i as usize) == Some(&h.root) {
+        // unchanged at its own place, its hash's pieces taken by another
+        // window (content repeated in the image): written from here all
+        // the same, as nobody else writes it
+        if first.is_none() && n == u64::from(h.len) {
+            content.write_sparse(at, buf)?;
+            h.wrote.push(i);
+        }
+    } else if !h.cvs.is_empty() {
         // the partial copy holds zeros there (fresh, or punched by the
         // resume scan), so the zero blocks need no write
-        let (at, _) = m.piece_range(i as usize);
         content.write_sparse(at, &buf[..common as usize])?;
         let cvs = h.cvs[..common as usize / BLOCK].to_vec().into_boxed_slice();
         h.placed = Some((i, cvs));

@@ -1,7 +1,10 @@
 //! An older copy on the local disk as a source (issue 22): last night's
 //! image, file or tree, at DEST_DIR/NAME or named with `--basis`. It is
-//! only ever read, never through a link, and nothing read from it is used
-//! before it is verified against the manifest.
+//! only ever read, never through a link, and nothing read from it counts
+//! as part of the copy before it is verified against the manifest (blocks
+//! written ahead into the partial copy are checked against the piece's
+//! outboard before the piece is done, and punched back to zeros by a
+//! resume's scan otherwise).
 //!
 //! The basis is indexed once, laid out as a manifest of it would be at the
 //! new manifest's piece size (`manifest::layout`: the tree walked in the
@@ -80,6 +83,10 @@ pub struct Basis {
     pub bytes: u64,
     /// See `missed`.
     missed: AtomicU64,
+    /// Windows the index could not read.
+    unread: AtomicU64,
+    /// Bytes of the pieces the index found whole (`index.rs`).
+    pub(crate) whole_bytes: AtomicU64,
     /// Files to index.
     pub files: usize,
 }
@@ -153,6 +160,8 @@ impl Basis {
             windows,
             piece_size,
             missed: AtomicU64::new(0),
+            unread: AtomicU64::new(0),
+            whole_bytes: AtomicU64::new(0),
             index: RwLock::new(Index::default()),
             zero_cvs: (0..(piece_size as usize / BLOCK).min(ZERO_CVS))
                 .map(|j| blocks::cv(j, &[0u8; BLOCK]))

@@ -317,3 +317,38 @@ fn the_plan_holds_what_the_basis_may_have() {
     let held = b.plan(&m, &have);
     assert_eq!(held.iter_ones().collect::<Vec<_>>(), [0, 1, 6, 8]);
 }
+
+/// An image of one piece's content repeated, over a basis of the same:
+/// every piece is found whole (each written once, from its own place or
+/// after the pass), none fetched.
+#[test]
+fn repeated_content_is_found_whole_everywhere() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let one = data(P, 3);
+    let img: Vec<u8> = one.repeat(6);
+    fs::write(d.path().join("old"), &img[..4 * P]).unwrap();
+    let root = crate::manifest::Root::File {
+        size: img.len() as u64,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let m = Manifest::new(
+        "img".into(),
+        root,
+        P as u32,
+        vec![*blake3::hash(&one).as_bytes(); 6],
+    );
+    let target = d.path().join("new");
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(img.len() as u64)
+        .unwrap();
+    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let have = bitvec::bitvec![0; 6];
+    let b = Basis::open(&[d.path().join("old")], &m);
+    // pieces 4 and 5 lie past the old end: new data, not held
+    assert_eq!(b.plan(&m, &have).count_ones(), 4);
+    let (_, found, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!((found, released), (vec![0, 1, 2, 3], vec![]));
+    assert_eq!(&fs::read(&target).unwrap()[..4 * P], &img[..4 * P]);
+}
