@@ -97,23 +97,13 @@ pub(super) async fn request(
     let (b, c) = (basis.clone(), cvs.clone());
     let (mut data, wanted, from_basis) =
         tokio::task::spawn_blocking(move || from_basis(&b, &c, len)).await?;
-    let want_bytes: u64 = wanted
-        .iter_ones()
-        .map(|j| blocks::range(j, len).len() as u64)
-        .sum();
+    let want_bytes = wanted_bytes(&wanted, len);
     if want_bytes > 0 {
-        if let Some(l) = wan {
-            l.acquire(want_bytes as usize).await;
-        }
         let ranges: Vec<std::ops::Range<usize>> =
             wanted.iter_ones().map(|j| blocks::range(j, len)).collect();
         let (mut at, mut r) = (0usize, 0usize);
         let buf = data.as_mut_slice();
-        let req = Request::Blocks {
-            piece,
-            wanted: wanted.clone(),
-        };
-        let status = ask(conn, &req, want_bytes, |mut b| {
+        let status = ask_blocks(conn, piece, &wanted, want_bytes, wan, |mut b| {
             // the blocks arrive one after the other; put each in place
             while !b.is_empty() && r < ranges.len() {
                 let range = &ranges[r];
@@ -171,20 +161,11 @@ async fn in_place(
         Ok(w) => w,
         Err(e) => return Ok(Outcome::WriteFailed(e)),
     };
-    let want_bytes: u64 = wanted
-        .iter_ones()
-        .map(|j| blocks::range(j, len).len() as u64)
-        .sum();
+    let want_bytes = wanted_bytes(&wanted, len);
     if want_bytes > 0 {
-        if let Some(l) = wan {
-            l.acquire(want_bytes as usize).await;
-        }
         let mut data = PieceBuf::with_capacity(want_bytes as usize);
-        let req = Request::Blocks {
-            piece,
-            wanted: wanted.clone(),
-        };
-        let status = ask(conn, &req, want_bytes, |b| data.extend_from_slice(b)).await?;
+        let into = |b: &[u8]| data.extend_from_slice(b);
+        let status = ask_blocks(conn, piece, &wanted, want_bytes, wan, into).await?;
         if status != Status::Ok {
             return Ok(Outcome::Refused(status));
         }
@@ -223,6 +204,34 @@ async fn in_place(
         received: outboard_len + want_bytes,
         from_basis,
     })
+}
+
+/// Bytes of the blocks set in `wanted`, of a piece of `len` bytes.
+fn wanted_bytes(wanted: &BitSlice<u8, Lsb0>, len: u64) -> u64 {
+    wanted
+        .iter_ones()
+        .map(|j| blocks::range(j, len).len() as u64)
+        .sum()
+}
+
+/// Asks `conn` for the blocks of `piece` set in `wanted` (`want_bytes`
+/// in all), past the WAN bucket first when it leads to another group.
+async fn ask_blocks(
+    conn: &Connection,
+    piece: u32,
+    wanted: &BitVec<u8, Lsb0>,
+    want_bytes: u64,
+    wan: Option<&RateLimit>,
+    into: impl FnMut(&[u8]),
+) -> anyhow::Result<Status> {
+    if let Some(l) = wan {
+        l.acquire(want_bytes as usize).await;
+    }
+    let req = Request::Blocks {
+        piece,
+        wanted: wanted.clone(),
+    };
+    ask(conn, &req, want_bytes, into).await
 }
 
 /// Runs of consecutive set bits: block index ranges.

@@ -97,19 +97,7 @@ fn index_and_fill_writes_the_pieces_it_finds() {
     let old = data(3 * P, 4);
     let mut new = old.clone();
     new[P + 7] ^= 1; // piece 1 changed
-    fs::write(d.path().join("old"), &old).unwrap();
-    let root = crate::manifest::Root::File {
-        size: new.len() as u64,
-        meta: crate::manifest::Meta::mode(0o644),
-    };
-    let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
-    let m = Manifest::new("img".into(), root, P as u32, hashes);
-    let target = d.path().join("new");
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(new.len() as u64)
-        .unwrap();
-    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let (m, content, target) = file_over(d.path(), &old, &new, P);
     let have = bitvec::bitvec![0; 3];
     let (_, found, released, bytes) = run(&[d.path().join("old")], &m, &content, &have);
     assert_eq!((found, bytes), (vec![0, 2], 2 * P as u64));
@@ -138,19 +126,7 @@ fn a_changed_piece_is_completed_in_place() {
     new.copy_within(..BLOCK, P + 3 * BLOCK); // block 3: piece 0's first block...
     // ...which is not at block 0 of a piece there, so the basis does
     // not have it at that position: wanted too
-    fs::write(d.path().join("old"), &old).unwrap();
-    let root = crate::manifest::Root::File {
-        size: new.len() as u64,
-        meta: crate::manifest::Meta::mode(0o644),
-    };
-    let hashes = new.chunks(P).map(|c| *blake3::hash(c).as_bytes()).collect();
-    let m = Manifest::new("img".into(), root, P as u32, hashes);
-    let target = d.path().join("new");
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(new.len() as u64)
-        .unwrap();
-    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let (m, content, target) = file_over(d.path(), &old, &new, P);
     let have = bitvec::bitvec![0; 2];
     let (basis, found, released, _) = run(&[d.path().join("old")], &m, &content, &have);
     assert_eq!((found, released), (vec![0], vec![1]));
@@ -169,6 +145,25 @@ fn a_changed_piece_is_completed_in_place() {
             .unwrap();
     }
     assert_eq!(fs::read(&target).unwrap(), new);
+}
+
+/// A single-file image `new` over a basis file `old`, piece size `p`:
+/// the manifest, and an empty partial copy's content and path.
+fn file_over(d: &Path, old: &[u8], new: &[u8], p: usize) -> (Manifest, Content, PathBuf) {
+    fs::write(d.join("old"), old).unwrap();
+    let root = crate::manifest::Root::File {
+        size: new.len() as u64,
+        meta: crate::manifest::Meta::mode(0o644),
+    };
+    let hashes = new.chunks(p).map(|c| *blake3::hash(c).as_bytes()).collect();
+    let m = Manifest::new("img".into(), root, p as u32, hashes);
+    let target = d.join("new");
+    fs::File::create(&target)
+        .unwrap()
+        .set_len(new.len() as u64)
+        .unwrap();
+    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    (m, content, target)
 }
 
 /// A tree of one file `b` of `new`'s bytes over a basis of `old` files,
@@ -327,23 +322,7 @@ fn repeated_content_is_found_whole_everywhere() {
     let d = tempfile::tempdir().unwrap();
     let one = data(P, 3);
     let img: Vec<u8> = one.repeat(6);
-    fs::write(d.path().join("old"), &img[..4 * P]).unwrap();
-    let root = crate::manifest::Root::File {
-        size: img.len() as u64,
-        meta: crate::manifest::Meta::mode(0o644),
-    };
-    let m = Manifest::new(
-        "img".into(),
-        root,
-        P as u32,
-        vec![*blake3::hash(&one).as_bytes(); 6],
-    );
-    let target = d.path().join("new");
-    fs::File::create(&target)
-        .unwrap()
-        .set_len(img.len() as u64)
-        .unwrap();
-    let content = Content::open(target.clone(), m.files(), true).unwrap();
+    let (m, content, target) = file_over(d.path(), &img[..4 * P], &img, P);
     let have = bitvec::bitvec![0; 6];
     let b = Basis::open(&[d.path().join("old")], &m);
     // pieces 4 and 5 lie past the old end: new data, not held
