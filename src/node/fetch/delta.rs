@@ -200,6 +200,7 @@ async fn in_place(
             Err(e) => return Ok(Outcome::WriteFailed(e)),
         }
     }
+    basis.forget(piece);
     Ok(Outcome::InPlace {
         received: outboard_len + want_bytes,
         from_basis,

@@ -34,8 +34,8 @@
 //!
 //! Memory: 8 bytes of key and 8 of place per block (16 KiB) and per
 //! piece, in hash maps: about 2 MiB per GiB of basis; and 32 bytes per
-//! block of the changed pieces written ahead, at most 2 MiB per GiB of
-//! the image.
+//! block of the changed pieces written ahead and not yet complete, at
+//! most 2 MiB per GiB of the image.
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -209,6 +209,14 @@ impl Basis {
     /// file): then `fill_in_place` completes it.
     pub fn placed(&self, piece: u32) -> bool {
         self.read_index().placed.contains_key(&piece)
+    }
+
+    /// Drops what the index kept of `piece` written ahead: it is complete.
+    /// A duplicate of its fetch still running then completes it as any
+    /// other delta, over bytes that are final already.
+    pub fn forget(&self, piece: u32) {
+        let mut ix = self.index.write().unwrap_or_else(|e| e.into_inner());
+        ix.placed.remove(&piece);
     }
 
     /// Completes `piece` (`len` bytes at `offset` of `content`, its block

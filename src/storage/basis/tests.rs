@@ -145,6 +145,8 @@ fn a_changed_piece_is_completed_in_place() {
             .unwrap();
     }
     assert_eq!(fs::read(&target).unwrap(), new);
+    basis.forget(1);
+    assert!(!basis.placed(1), "complete: nothing kept");
 }
 
 /// A single-file image `new` over a basis file `old`, piece size `p`:
