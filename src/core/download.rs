@@ -269,6 +269,12 @@ impl Download {
         self.held.any()
     }
 
+    /// Every held piece may be requested now.
+    pub fn release_all(&mut self) {
+        self.held.fill(false);
+        self.skip.copy_from_bitslice(&self.have);
+    }
+
     /// A piece filled locally (found whole in the basis): held, so never
     /// requested. Returns whether it is new.
     pub fn local(&mut self, i: usize) -> bool {

@@ -66,7 +66,7 @@ impl Download {
         let share = self.bridge?;
         let pulling = self.pulling_groups();
         let p = &self.peers[&key];
-        let (have, availability, inflight) = (&self.skip, &self.availability, &self.inflight);
+        let (skip, availability, inflight) = (&self.skip, &self.availability, &self.inflight);
         let remote_availability = &self.remote_availability;
         let me = self.group;
         let striped = pulling.len() > 1;
@@ -75,7 +75,7 @@ impl Download {
         // a remote peer whose group is not pulling is in a full group
         let only_mine = striped
             && !pulling.contains(&p.group)
-            && (have.iter_zeros().any(|i| stripe_owner(i, &pulling) == me)
+            && (skip.iter_zeros().any(|i| stripe_owner(i, &pulling) == me)
                 || self.peers.values().any(|q| {
                     // a source that is backing off, or failed the piece,
                     // offers nothing (a peer that claims pieces and never
@@ -84,11 +84,11 @@ impl Download {
                         && q.group != me
                         && pulling.contains(&q.group)
                         && q.src.is_ready(now)
-                        && missing(&q.bits, have).any(|i| wanted(i) && !q.src.avoids(i))
+                        && missing(&q.bits, skip).any(|i| wanted(i) && !q.src.avoids(i))
                 }));
         lowest_score(
             &mut self.rng,
-            missing(&p.bits, have)
+            missing(&p.bits, skip)
                 .filter(|&i| wanted(i) && !p.src.avoids(i) && (!only_mine || mine(i)))
                 .map(|i| {
                     (

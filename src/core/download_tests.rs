@@ -690,4 +690,15 @@ fn held_pieces_wait_for_the_local_source() {
     d.local(5);
     d.check_invariants();
     assert!(!d.holding() && d.is_complete());
+    // what is still held when the local source ends is asked for
+    let mut e = Download::new(bitvec![0; 3], cfg(), 1);
+    e.add_peer(1);
+    e.peer_bitfield(1, &full(3)).unwrap();
+    e.hold(&bitvec![1, 1, 0]);
+    e.local(0);
+    e.release_all();
+    e.check_invariants();
+    let got: Vec<u32> = e.poll_requests(t).into_iter().map(|r| r.1).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(!got.contains(&0), "{got:?}");
 }

@@ -387,15 +387,8 @@ impl Host {
     pub fn indexed(&mut self, now: Instant) {
         self.indexing = false;
         self.last_progress = now;
-        if let Some(d) = &mut self.download
-            && d.holding()
-        {
-            let held: Vec<u32> = (0..d.piece_count() as u32)
-                .filter(|&i| !d.have()[i as usize])
-                .collect();
-            for i in held {
-                d.release(i as usize);
-            }
+        if let Some(d) = &mut self.download {
+            d.release_all();
         }
     }
 
