@@ -79,6 +79,7 @@ pub(super) async fn request(
         l.acquire(outboard_len as usize).await;
     }
     let mut raw = Vec::with_capacity(outboard_len as usize);
+    let asked = std::time::Instant::now();
     let status = ask(conn, &Request::Outboard(piece), outboard_len, |b| {
         raw.extend_from_slice(b)
     })
@@ -90,8 +91,9 @@ pub(super) async fn request(
         return Ok(Outcome::Corrupt);
     };
     crate::node::outboards::put(piece, &cvs);
+    let outboard_took = asked.elapsed();
     if basis.placed(piece) {
-        return in_place(conn, &t, cvs, basis, wan).await;
+        return in_place(conn, &t, cvs, basis, wan, outboard_took).await;
     }
     // the basis and zeros first, on a blocking thread (disk reads)
     let (b, c) = (basis.clone(), cvs.clone());
@@ -149,8 +151,10 @@ async fn in_place(
     cvs: Vec<Cv>,
     basis: &Arc<Basis>,
     wan: Option<&RateLimit>,
+    outboard_took: std::time::Duration,
 ) -> anyhow::Result<Outcome> {
     let (piece, len, offset) = (t.piece, t.len, t.offset);
+    let filling = std::time::Instant::now();
     let outboard_len = 32 * cvs.len() as u64;
     let (b, c, content) = (basis.clone(), Arc::new(cvs), t.content.clone());
     let c2 = c.clone();
@@ -162,6 +166,8 @@ async fn in_place(
         Err(e) => return Ok(Outcome::WriteFailed(e)),
     };
     let want_bytes = wanted_bytes(&wanted, len);
+    let fill_took = filling.elapsed();
+    let fetching = std::time::Instant::now();
     if want_bytes > 0 {
         let mut data = PieceBuf::with_capacity(want_bytes as usize);
         let into = |b: &[u8]| data.extend_from_slice(b);
@@ -201,6 +207,14 @@ async fn in_place(
         }
     }
     basis.forget(piece);
+    tracing::trace!(
+        piece,
+        ?outboard_took,
+        ?fill_took,
+        blocks_took = ?fetching.elapsed(),
+        want_bytes,
+        "delta in place"
+    );
     Ok(Outcome::InPlace {
         received: outboard_len + want_bytes,
         from_basis,
