@@ -383,9 +383,12 @@ fn in_flight_buffers_stay_bounded_for_any_piece_size() {
         let piece = 1u32 << log2;
         let c = DownloadConfig::for_piece_size(piece);
         assert!(c.total >= 2 && c.per_peer <= c.total);
-        assert!(c.total as u64 * piece as u64 <= INFLIGHT_BYTES.max(2 * piece as u64));
+        assert!(c.total as u64 * piece as u64 <= (2 * INFLIGHT_BYTES).max(2 * piece as u64));
     }
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 4);
+    // at least 8 in flight while they fit in 32 MiB (`MIN_REQUESTS`)
+    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
+    assert_eq!(DownloadConfig::for_piece_size(8 << 20).total, 4);
+    assert_eq!(DownloadConfig::for_piece_size(16 << 20).total, 2);
     assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 16);
     assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);

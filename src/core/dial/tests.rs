@@ -47,7 +47,11 @@ fn members_of_the_group_come_first_within_the_target() {
     }
     d.learn(info(200, "near"), SEED, false, now);
     let due = ids(d.take_due(now, 1, Some(&|_| 0)));
-    assert_eq!(due.len(), DIAL_TARGET - 1);
+    // up to the target, within the hearsay bucket's burst
+    assert_eq!(
+        due.len(),
+        (DIAL_TARGET - 1).min(super::limits::BURST as usize)
+    );
     assert_eq!(due[0], 200);
 }
 
