@@ -18,7 +18,10 @@ use super::tls::POST_AUTH_WINDOW;
 use crate::core::credit::Credit;
 
 /// The budget when no endpoint set one: twice the requests a joiner has in
-/// flight (`core::INFLIGHT_BYTES`), room for the manifest beside them.
+/// flight with 1 MiB pieces (`core::INFLIGHT_BYTES`), room for the
+/// manifest beside them; as much as it has with 4 MiB pieces (8 of them,
+/// `limits::MIN_REQUESTS`), where a grant cut short is topped up as bytes
+/// are read.
 pub const DEFAULT_LIMIT: u64 = 32 << 20;
 
 static CREDIT: LazyLock<Mutex<Credit>> = LazyLock::new(|| Mutex::new(Credit::new(DEFAULT_LIMIT)));
