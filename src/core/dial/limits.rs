@@ -87,6 +87,12 @@ impl DialLimits {
         self.tokens >= 1.0
     }
 
+    /// When the next token comes (now if one is left).
+    pub(super) fn next_token(&mut self, now: Instant) -> Instant {
+        self.refill(now);
+        now + Duration::from_secs_f64((1.0 - self.tokens).max(0.0) / RATE)
+    }
+
     fn ip_blocked(&self, ip: IpAddr, now: Instant) -> bool {
         if self.live.contains_key(&ip) {
             return false;

@@ -278,3 +278,39 @@ fn a_bridge_meets_every_other_group_past_the_dial_targets() {
     d.learn(info(1, "far"), source(1), false, now);
     assert!(d.take_due(now, CROSS_CEILING, Some(&|_| 0)).is_empty());
 }
+
+/// `take_due` skips the table while nothing can be dialed (no token for
+/// hearsay, no entry due), but misses nothing: a token, a redial coming
+/// due, or a change to the table ends the wait.
+#[test]
+fn a_host_waiting_for_tokens_dials_as_soon_as_one_comes() {
+    let t0 = Instant::now();
+    let mut d = Dialer::new("a", t0);
+    let burst = super::limits::BURST as u16;
+    for i in 0..burst + 3 {
+        assert!(d.learn(info(i, "a"), SEED, false, t0));
+    }
+    assert_eq!(d.take_due(t0, 0, None).len(), burst as usize);
+    assert!(d.take_due(t0, 0, None).is_empty(), "no token left");
+    assert!(
+        d.take_due(t0 + Duration::from_millis(100), 0, None)
+            .is_empty()
+    );
+    // a token every 500 ms (RATE)
+    let t1 = t0 + Duration::from_millis(501);
+    assert_eq!(d.take_due(t1, 0, None).len(), 1);
+    assert!(d.take_due(t1, 0, None).is_empty());
+    // a peer that went away is redialled first-hand, without a token
+    let gone = info(1, "a");
+    d.connected(&gone.id, t1);
+    d.redial_later(gone.clone(), gone.addrs[0], t1);
+    assert!(d.take_due(t1, 0, None).is_empty(), "not due yet");
+    let t2 = t1 + REDIAL_AFTER;
+    assert_eq!(ids(d.take_due(t2, 0, None))[0], 1);
+    // with no entry left to dial, a newly learned one is dialed at once
+    let t3 = t2 + Duration::from_secs(60);
+    let _ = d.take_due(t3, 0, None);
+    assert!(d.take_due(t3, 0, None).is_empty());
+    assert!(d.learn(info(500, "a"), SEED, false, t3));
+    assert_eq!(ids(d.take_due(t3, 0, None)), [500]);
+}
