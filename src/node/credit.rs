@@ -1,7 +1,7 @@
 //! Receive credit on quinn connections (`core::credit`): an authenticated
 //! connection's receive window is `tls::POST_AUTH_WINDOW` plus what this
 //! host granted for its own requests on it, from one budget per process
-//! (`Tuning::conn_window`, 32 MiB). A fetch holds a `Grant` for the bytes it
+//! (`Tuning::conn_window`, 64 MiB). A fetch holds a `Grant` for the bytes it
 //! expects; reading them shrinks the window again, and a request that ends
 //! short leaves its credit with the connection for the next one.
 //!
@@ -17,12 +17,11 @@ use quinn::{Connection, VarInt};
 use super::tls::POST_AUTH_WINDOW;
 use crate::core::credit::Credit;
 
-/// The budget when no endpoint set one: twice the requests a joiner has in
-/// flight with 1 MiB pieces (`core::INFLIGHT_BYTES`), room for the
-/// manifest beside them; as much as it has with 4 MiB pieces (8 of them,
-/// `limits::MIN_REQUESTS`), where a grant cut short is topped up as bytes
-/// are read.
-pub const DEFAULT_LIMIT: u64 = 32 << 20;
+/// The budget (and `Tuning::conn_window`'s default): twice the most a
+/// joiner has in flight (32 MiB: 8 requests of 4 MiB,
+/// `limits::MIN_REQUESTS`), so that credit a refused or cancelled request
+/// leaves with its connection, and the manifest, leave room for the rest.
+pub const DEFAULT_LIMIT: u64 = 64 << 20;
 
 static CREDIT: LazyLock<Mutex<Credit>> = LazyLock::new(|| Mutex::new(Credit::new(DEFAULT_LIMIT)));
 

@@ -60,7 +60,7 @@ impl Default for Tuning {
                 None => Some(LAN_DELAY_FLOOR),
             },
             stream_window: window.unwrap_or(8 << 20),
-            conn_window: window.map_or(32 << 20, |w| w * 4),
+            conn_window: window.map_or(crate::node::credit::DEFAULT_LIMIT, |w| w * 4),
             send_window: window.map_or(32 << 20, |w| w * 4),
             max_mtu: env("SWARM_QUIC_MAX_MTU")
                 .and_then(|m| m.parse().ok())

@@ -171,7 +171,6 @@ impl Dialer {
     /// host (simulated, 10 groups of 10: a host heard of 64 of the 99, none
     /// of its own group, and elected itself a second bridge of it).
     pub fn learn(&mut self, mut info: PeerInfo, source: PeerId, defer: bool, now: Instant) -> bool {
-        self.touch();
         if info.addrs.is_empty() || self.sources.get(&source).is_some_and(Source::distrusted) {
             return false;
         }
@@ -195,6 +194,8 @@ impl Dialer {
         }
         info.addrs.truncate(MAX_ENTRY_ADDRS);
         let wait = if defer { DIAL_DEFER } else { Duration::ZERO };
+        // a new entry: `take_due` must look at the table again
+        self.touch();
         self.far += usize::from(!near);
         self.known.insert(
             info.id,
