@@ -377,49 +377,6 @@ fn a_piece_nobody_holds_does_not_block_endgame() {
     d.check_invariants();
 }
 
-#[test]
-fn in_flight_buffers_stay_bounded_for_any_piece_size() {
-    for log2 in 12..=30 {
-        let piece = 1u32 << log2;
-        let c = DownloadConfig::for_piece_size(piece);
-        assert!(c.total >= 2 && c.per_peer <= c.total);
-        assert!(c.total as u64 * piece as u64 <= (2 * INFLIGHT_BYTES).max(2 * piece as u64));
-    }
-    // at least 8 in flight while they fit in 32 MiB (`MIN_REQUESTS`)
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).total, 8);
-    assert_eq!(DownloadConfig::for_piece_size(8 << 20).total, 4);
-    assert_eq!(DownloadConfig::for_piece_size(16 << 20).total, 2);
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer, 3);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).total, 16);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer, 12);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 20).per_peer_min, 1);
-    assert_eq!(DownloadConfig::for_piece_size(4 << 20).per_peer_min, 1);
-    assert_eq!(DownloadConfig::for_piece_size(256 << 10).per_peer_min, 4);
-}
-
-/// Grown for deltas (`limits::scale`), the limits keep piece buffers
-/// within 4 x `INFLIGHT_BYTES` (or the unscaled 2 of a huge piece) and a
-/// peer's requests within the streams it may open.
-#[test]
-fn scaled_limits_stay_within_memory_and_streams() {
-    use crate::core::MAX_PEER_REQUESTS;
-    for log2 in 12..=30 {
-        let piece = 1u64 << log2;
-        let c = DownloadConfig::for_piece_size(piece as u32);
-        assert_eq!(c.scaled(1), (c.total, c.per_peer, c.per_remote_peer));
-        let (total, peer, remote) = c.scaled(4);
-        assert!(total as u64 * piece <= (4 * INFLIGHT_BYTES).max(c.total as u64 * piece));
-        assert!(peer <= total && remote <= total);
-        assert!(peer <= MAX_PEER_REQUESTS.max(c.per_peer), "{log2}");
-    }
-    assert_eq!(
-        DownloadConfig::for_piece_size(1 << 20).scaled(4),
-        (64, 15, 12)
-    );
-    assert_eq!(DownloadConfig::for_piece_size(16 << 20).scaled(4).0, 4);
-    assert_eq!(DownloadConfig::for_piece_size(1 << 30).scaled(4).0, 2);
-}
-
 proptest! {
     #[test]
     fn missing_lists_held_pieces_we_lack(
