@@ -467,10 +467,10 @@ impl Download {
         elapsed: Duration,
     ) -> Vec<Cancel> {
         let tracked = self.finish_request(peer, i);
-        // the typical time of this group's sources (a bridge's WAN pieces
-        // take longer and are never duplicated)
-        if tracked && self.peers.get(&peer).is_some_and(|p| !p.remote) {
-            self.late.delivered(elapsed);
+        // the typical time of this group's sources, and apart that of
+        // other groups' (a bridge's WAN pieces take longer)
+        if tracked && let Some(p) = self.peers.get(&peer) {
+            self.late.delivered(elapsed, p.remote);
         }
         if bytes > 0 {
             self.wire = 0.8 * self.wire + 0.2 * bytes as f64;
@@ -541,11 +541,12 @@ impl Download {
         if self.is_complete() {
             return None;
         }
-        let late = self
-            .peers
-            .values()
-            .flat_map(|p| &p.requested)
-            .filter_map(|&i| self.late.late_at(i as usize));
+        let late = self.peers.values().flat_map(|p| {
+            p.requested.iter().filter_map(|&i| match p.remote {
+                false => self.late.late_at(i as usize),
+                true => self.late.late_remote_at(i as usize),
+            })
+        });
         self.peers
             .values()
             .flat_map(|p| p.src.wake_times().copied())

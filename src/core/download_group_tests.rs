@@ -53,6 +53,46 @@ fn a_bridge_pulls_across_groups_only_what_its_group_lacks() {
     assert!(d.poll_requests(t0()).is_empty());
 }
 
+/// A piece stuck at one source of another group is asked of a second
+/// one once it is late by the WAN's own yardstick, and the first copy
+/// to arrive cancels the other; before that, nothing crosses twice.
+#[test]
+fn a_bridge_duplicates_a_piece_stuck_across_the_wan_once_it_is_late() {
+    let c = DownloadConfig {
+        per_peer: 8,
+        per_remote_peer: 2,
+        total: 16,
+        ..cfg()
+    };
+    let ms = Duration::from_millis;
+    let t = t0();
+    let mut d = Download::new(bitvec![0; 4], c, 3);
+    d.set_bridge(share(0, 1));
+    for k in [1, 2] {
+        d.add_remote_peer(k, REMOTE);
+        d.peer_bitfield(k, &full(4)).unwrap();
+    }
+    let reqs = d.poll_requests(t);
+    assert_eq!(reqs.len(), 4, "{reqs:?}");
+    // everything arrives in 100 ms but one piece at the first peer
+    let (stuck, at) = (reqs[0].1, reqs[0].0);
+    for &(k, i) in &reqs[1..] {
+        assert!(d.piece_received(k, i, 10, ms(100)).is_empty());
+    }
+    let other = if at == 1 { 2 } else { 1 };
+    assert!(d.poll_requests(t + ms(100)).is_empty());
+    // late at 4 x 100 ms: the other peer, idle and proven, is asked too
+    assert_eq!(d.poll_timeout(t + ms(100)), Some(t + ms(400)));
+    assert!(d.poll_requests(t + ms(399)).is_empty());
+    assert_eq!(d.poll_requests(t + ms(400)), [(other, stuck)]);
+    assert!(d.poll_requests(t + ms(900)).is_empty(), "two at most");
+    d.check_invariants();
+    let cancel = d.piece_received(other, stuck, 10, ms(150));
+    assert_eq!(cancel.len(), 1);
+    assert_eq!((cancel[0].peer, cancel[0].piece), (at, stuck));
+    assert!(d.is_complete());
+}
+
 #[test]
 fn bridges_split_the_cross_group_pieces() {
     let mut wanted = Vec::new();

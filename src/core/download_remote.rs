@@ -43,7 +43,8 @@ impl Download {
     /// Group-rarest: a piece of this bridge's share that no local peer
     /// holds and nobody is fetching; among those, the one fewest remote
     /// peers hold, so that several groups pulling from one source take
-    /// different pieces and can trade them. No endgame duplicates here.
+    /// different pieces and can trade them. Past those, a WAN endgame
+    /// (`wan_endgame`).
     ///
     /// With other groups still pulling too, each piece has an owner among
     /// them (`group::stripe_owner`), so that the pulling groups take
@@ -86,7 +87,7 @@ impl Download {
                         && q.src.is_ready(now)
                         && missing(&q.bits, skip).any(|i| wanted(i) && !q.src.avoids(i))
                 }));
-        lowest_score(
+        let best = lowest_score(
             &mut self.rng,
             missing(&p.bits, skip)
                 .filter(|&i| wanted(i) && !p.src.avoids(i) && (!only_mine || mine(i)))
@@ -96,7 +97,31 @@ impl Download {
                         if mine(i) { 0 } else { 1u32 << 31 } + remote_availability[i],
                     )
                 }),
-        )
+        );
+        best.or_else(|| self.wan_endgame(key, now))
+    }
+
+    /// A piece of this bridge's share stuck at one source of another group
+    /// (late by `late::WAN_LATE_FACTOR`), asked of `key` too: a proven peer
+    /// of another group with nothing in flight from this host, once no
+    /// piece of the share is left unrequested there. At most two requests
+    /// of a piece at once; the first to deliver cancels the other.
+    fn wan_endgame(&self, key: PeerKey, now: Instant) -> Option<usize> {
+        let share = self.bridge?;
+        let p = &self.peers[&key];
+        if !p.requested.is_empty() || !p.src.is_proven() {
+            return None;
+        }
+        let lacked = |i: usize| !self.skip[i] && self.availability[i] == 0 && share.takes(i);
+        let unrequested_left = (0..self.have.len())
+            .any(|i| lacked(i) && self.inflight[i] == 0 && self.remote_availability[i] > 0);
+        if unrequested_left {
+            return None;
+        }
+        missing(&p.bits, &self.skip)
+            .filter(|&i| lacked(i) && self.inflight[i] == 1 && !p.src.avoids(i))
+            .filter(|&i| self.late.late_remote_at(i).is_some_and(|t| t <= now))
+            .min_by_key(|&i| self.late.late_remote_at(i))
     }
 
     /// The tags of the groups still pulling the image in: this host's, and

@@ -4,6 +4,12 @@
 //! take (a moving average). Most of what is in flight when the endgame
 //! starts arrives in time, and a copy of it only takes bandwidth from the
 //! rest; a piece at a slow or silent source turns late and is duplicated.
+//!
+//! A bridge's pieces from other groups have their own yardstick (they
+//! cross a longer, thinner link) and a larger factor: a duplicate there
+//! crosses the WAN again, so only a piece stuck at one source (a flow that
+//! lost its window to losses: 1 MiB pieces took 3-4 s at the end of a 2 x 4
+//! delta run where the others took 0.2-0.5 s) is asked of another.
 
 use std::time::{Duration, Instant};
 
@@ -11,11 +17,16 @@ use std::time::{Duration, Instant};
 /// times as long as a piece typically takes.
 pub const LATE_FACTOR: f64 = 1.5;
 
+/// The same for a bridge's pieces from other groups.
+pub const WAN_LATE_FACTOR: f64 = 4.0;
+
 pub struct Lateness {
     /// When each piece in flight was asked for by its oldest request.
     asked_at: Vec<Option<Instant>>,
     /// How long a request typically takes to deliver (moving average).
     typical: Option<Duration>,
+    /// The same for requests to other groups.
+    typical_remote: Option<Duration>,
 }
 
 impl Lateness {
@@ -23,6 +34,7 @@ impl Lateness {
         Lateness {
             asked_at: vec![None; pieces],
             typical: None,
+            typical_remote: None,
         }
     }
 
@@ -37,12 +49,24 @@ impl Lateness {
         self.asked_at[i] = oldest;
     }
 
-    /// A piece arrived after `elapsed`.
-    pub fn delivered(&mut self, elapsed: Duration) {
-        self.typical = Some(match self.typical {
+    /// A piece arrived after `elapsed`, from another group if `remote`.
+    pub fn delivered(&mut self, elapsed: Duration, remote: bool) {
+        let typical = if remote {
+            &mut self.typical_remote
+        } else {
+            &mut self.typical
+        };
+        *typical = Some(match *typical {
             None => elapsed,
             Some(t) => (t * 7 + elapsed) / 8,
         });
+    }
+
+    /// When piece `i`, in flight to another group, turns late there; not
+    /// before a piece came from another group.
+    pub fn late_remote_at(&self, i: usize) -> Option<Instant> {
+        let typical = self.typical_remote?;
+        Some(self.asked_at[i]? + typical.mul_f64(WAN_LATE_FACTOR))
     }
 
     /// When piece `i`, in flight, turns late. Before any piece arrived
@@ -73,8 +97,12 @@ mod tests {
         let mut l = Lateness::new(2);
         l.asked(0, t);
         assert!(l.is_late(0, t), "no typical time yet: anything may be");
-        l.delivered(ms(100));
+        l.delivered(ms(100), false);
         assert_eq!(l.late_at(0), Some(t + ms(150)));
+        assert_eq!(l.late_remote_at(0), None, "nothing came from afar yet");
+        l.delivered(ms(400), true);
+        assert_eq!(l.late_remote_at(0), Some(t + ms(1600)));
+        assert_eq!(l.late_at(0), Some(t + ms(150)), "its own yardstick");
         assert!(!l.is_late(0, t + ms(149)));
         assert!(l.is_late(0, t + ms(150)));
         // a later request does not make the piece younger
@@ -85,7 +113,7 @@ mod tests {
         l.set_oldest(0, None);
         assert_eq!(l.late_at(0), None);
         // a moving average: one slow piece moves it by an eighth
-        l.delivered(ms(900));
+        l.delivered(ms(900), false);
         l.asked(1, t);
         assert_eq!(l.late_at(1), Some(t + ms(200).mul_f64(LATE_FACTOR)));
     }
