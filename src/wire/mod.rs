@@ -18,9 +18,9 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 /// The ALPN of this version: `swarm/` and the version in decimal.
-pub const ALPN: &[u8] = b"swarm/5";
+pub const ALPN: &[u8] = b"swarm/6";
 /// Versions whose ALPN a host accepts at the TLS layer, only to close such
 /// a connection with the version close reason instead of a TLS alert.
 pub const KNOWN_VERSIONS: std::ops::RangeInclusive<u16> = 1..=15;
@@ -268,7 +268,18 @@ pub enum Request {
         piece: u32,
         wanted: BitVec<u8, Lsb0>,
     },
+    /// `5 | piece u32 | bits u32 | hints: bits x 2 bytes`: the piece's
+    /// outboard, then the blocks whose CV does not start with their hint
+    /// and that are not all zeros, framed as a Piece answer (a delta in
+    /// one round trip: a hint is the first two bytes of the CV of the
+    /// block the requester already has there). At most `MAX_DELTA_BLOCKS`.
+    Delta { piece: u32, hints: Vec<[u8; 2]> },
 }
+
+/// Most blocks a Delta request may give hints for (pieces of up to
+/// 64 MiB): its hints are as long as the bitmap of a Blocks request of
+/// a 1 GiB piece. A larger piece is fetched with Outboard and Blocks.
+pub const MAX_DELTA_BLOCKS: usize = crate::manifest::blocks::MAX_BLOCKS / 16;
 
 /// Length of a request's fixed head (type and piece).
 pub const REQUEST_LEN: usize = 5;
@@ -280,6 +291,7 @@ mod req {
     pub const MANIFEST: u8 = 2;
     pub const OUTBOARD: u8 = 3;
     pub const BLOCKS: u8 = 4;
+    pub const DELTA: u8 = 5;
 }
 
 impl Request {
@@ -304,6 +316,12 @@ impl Request {
                 w.u32(wanted.len() as u32);
                 w.bytes(wanted.as_raw_slice());
             }
+            Request::Delta { piece, hints } => {
+                w.u8(req::DELTA);
+                w.u32(*piece);
+                w.u32(hints.len() as u32);
+                w.bytes(hints.as_flattened());
+            }
         }
         w.buf
     }
@@ -322,6 +340,12 @@ impl Request {
                     crate::manifest::blocks::MAX_BLOCKS as u64,
                 )?;
                 REQUEST_LEN + 4 + bits.div_ceil(8)
+            }
+            Some(&req::DELTA) if head.len() < REQUEST_LEN + 4 => REQUEST_LEN + 4,
+            Some(&req::DELTA) => {
+                let bits = u32::from_le_bytes(head[5..9].try_into().expect("4 bytes")) as usize;
+                check_limit("delta block count", bits as u64, MAX_DELTA_BLOCKS as u64)?;
+                REQUEST_LEN + 4 + 2 * bits
             }
             Some(1..=3) => REQUEST_LEN,
             _ => {
@@ -357,6 +381,16 @@ impl Request {
                 wanted.truncate(n);
                 Request::Blocks { piece: i, wanted }
             }
+            req::DELTA => {
+                let n = r.u32()? as usize;
+                check_limit("delta block count", n as u64, MAX_DELTA_BLOCKS as u64)?;
+                let hints = r
+                    .bytes(2 * n)?
+                    .chunks_exact(2)
+                    .map(|h| [h[0], h[1]])
+                    .collect();
+                Request::Delta { piece: i, hints }
+            }
             t => {
                 return Err(DecodeError::invalid(
                     "request",
@@ -372,7 +406,7 @@ impl Request {
     pub fn piece(&self) -> Option<u32> {
         match self {
             Request::Piece(i) | Request::Outboard(i) => Some(*i),
-            Request::Blocks { piece, .. } => Some(*piece),
+            Request::Blocks { piece, .. } | Request::Delta { piece, .. } => Some(*piece),
             Request::Manifest => None,
         }
     }

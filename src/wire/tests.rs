@@ -45,7 +45,7 @@ fn pinned_bytes() {
     // side's proof checked out
     let mut want = vec![72, 0, 0, 0]; // length: type and body
     want.push(1); // type
-    want.extend([5, 0]); // version 5
+    want.extend([6, 0]); // version 6
     want.extend([7; 32]); // manifest id
     want.extend([1; 16]); // peer id
     want.extend(1_795_000_000_000u64.to_le_bytes()); // started
@@ -61,6 +61,11 @@ fn pinned_bytes() {
     assert_eq!(
         Request::Blocks { piece: 1, wanted }.encode(),
         [4, 1, 0, 0, 0, 10, 0, 0, 0, 0b1, 0b10]
+    );
+    let hints = vec![[0xab, 0xcd], [1, 2]];
+    assert_eq!(
+        Request::Delta { piece: 3, hints }.encode(),
+        [5, 3, 0, 0, 0, 2, 0, 0, 0, 0xab, 0xcd, 1, 2]
     );
 }
 
@@ -83,6 +88,20 @@ fn requests_are_read_in_bounded_steps() {
     assert!(Request::decode(&[4, 0, 0, 0, 0, 3, 0, 0, 0, 0b1000]).is_err());
     assert!(Request::decode(&[4, 0, 0, 0, 0, 9, 0, 0, 0, 0]).is_err());
     assert!(Request::decode(&[1, 0, 0, 0, 0, 0]).is_err());
+    // Delta: two bytes of hint per block, at most MAX_DELTA_BLOCKS
+    let whole = Request::Delta {
+        piece: 9,
+        hints: vec![[7, 7]; MAX_DELTA_BLOCKS],
+    }
+    .encode();
+    assert_eq!(whole.len(), MAX_REQUEST_LEN);
+    assert_eq!(Request::more(&whole[..5]).unwrap(), 4);
+    assert_eq!(Request::more(&whole[..9]).unwrap(), 2 * MAX_DELTA_BLOCKS);
+    assert_eq!(Request::decode(&whole).unwrap().piece(), Some(9));
+    let mut too_many = whole[..9].to_vec();
+    too_many[5..9].copy_from_slice(&(MAX_DELTA_BLOCKS as u32 + 1).to_le_bytes());
+    assert!(Request::more(&too_many).is_err());
+    assert!(Request::decode(&[5, 0, 0, 0, 0, 2, 0, 0, 0, 1, 2, 3]).is_err());
 }
 
 #[test]

@@ -46,7 +46,7 @@ pub struct Seen {
     pub connections: HashMap<PeerId, usize>,
     /// Piece requests received.
     pub requests: usize,
-    /// Of those, a delta's Blocks requests.
+    /// Of those, a delta's Blocks and Delta requests.
     pub blocks_requests: usize,
     /// Manifest requests received (always refused).
     pub manifest_requests: usize,
@@ -327,23 +327,35 @@ async fn serve(
         }
     }
     let (i, len) = match Request::decode(&req) {
-        Ok(r @ (Request::Piece(_) | Request::Outboard(_) | Request::Blocks { .. })) => {
+        Ok(
+            r @ (Request::Piece(_)
+            | Request::Outboard(_)
+            | Request::Blocks { .. }
+            | Request::Delta { .. }),
+        ) => {
             let i = r.piece().unwrap();
             let whole = piece_len(img.size, img.piece, i);
             let len = match &r {
-                Request::Outboard(_) => blocks::count(whole as u64) * 32,
+                Request::Outboard(_) | Request::Delta { .. } => blocks::count(whole as u64) * 32,
                 Request::Blocks { wanted, .. } => wanted
                     .iter_ones()
                     .map(|j| blocks::range(j, whole as u64).len())
                     .sum(),
                 _ => whole,
             };
-            if let (Request::Outboard(_), Mode::BadBlocks) = (&r, mode) {
-                // the truth: the joiner then asks for blocks
+            if let (Request::Outboard(_) | Request::Delta { .. }, Mode::BadBlocks) = (&r, mode) {
+                // the truth: the joiner then asks for blocks, or (Delta)
+                // takes the random blocks that follow
                 let start = i as usize * img.piece as usize;
                 let mut out = vec![0u8];
                 for cv in blocks::cvs(&img.data[start..start + whole]) {
                     out.extend_from_slice(&cv);
+                }
+                if let Request::Delta { .. } = r {
+                    let mut bytes = vec![0u8; whole];
+                    rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+                    out.extend(swarm::wire::piece::encode(&bytes));
+                    seen.lock().unwrap().blocks_requests += 1;
                 }
                 let _ = send.write_all(&out).await;
                 let _ = send.finish();
@@ -363,7 +375,7 @@ async fn serve(
     };
     let _ = i;
     seen.lock().unwrap().requests += 1;
-    if req.first() == Some(&4) {
+    if matches!(req.first(), Some(&4 | &5)) {
         seen.lock().unwrap().blocks_requests += 1;
     }
     match mode {
@@ -407,7 +419,8 @@ async fn serve(
 
 /// The bytes of an answer to `req` (a decoded request's raw form) that
 /// carry `data`: a whole piece is framed in groups with their masks
-/// (`wire::piece`), an outboard or blocks go as they are.
+/// (`wire::piece`), an outboard or blocks go as they are (for Delta, an
+/// outboard that does not check out is all the joiner reads).
 fn answer(req: &[u8], data: Vec<u8>) -> Vec<u8> {
     match Request::decode(req) {
         Ok(Request::Piece(_)) => swarm::wire::piece::encode(&data),

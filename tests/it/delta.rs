@@ -112,6 +112,67 @@ fn delta_a_file_with_rewritten_pages_and_appended_data() {
     );
 }
 
+/// A changed block whose CV starts with the same two bytes as the old
+/// block's (the hint of a Delta request, so the holder does not send it)
+/// is fetched with a Blocks request; a block that became zeros is left a
+/// hole and never sent. The copy is right, and only the changed blocks
+/// cross the network.
+#[test]
+fn delta_a_hint_that_matches_a_changed_block_is_fetched_anyway() {
+    use swarm::manifest::blocks;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let old = random(1 << 20, 5);
+    let mut new = old.clone();
+    // piece 0 (256 KiB, 16 blocks), block 1: old and new CVs share two
+    // bytes (about 65,536 tries)
+    let x = random(PAGE, 6);
+    let want = blocks::cv(1, &x);
+    let mut y = random(PAGE, 7);
+    for k in 0u64.. {
+        y[..8].copy_from_slice(&k.to_le_bytes());
+        if blocks::cv(1, &y)[..2] == want[..2] {
+            break;
+        }
+    }
+    new[PAGE..2 * PAGE].copy_from_slice(&x);
+    let mut old = old;
+    old[PAGE..2 * PAGE].copy_from_slice(&y);
+    // piece 1: block 3 rewritten, block 5 now zeros
+    let p1 = 256 << 10;
+    new[p1 + 3 * PAGE..p1 + 4 * PAGE].copy_from_slice(&random(PAGE, 8));
+    new[p1 + 5 * PAGE..p1 + 6 * PAGE].fill(0);
+    let changed = 2 * PAGE as u64;
+    let src = d.join("src/img");
+    fs::create_dir_all(src.parent().unwrap()).unwrap();
+    fs::write(&src, &new).unwrap();
+    fs::create_dir_all(d.join("a")).unwrap();
+    fs::write(d.join("a/img"), &old).unwrap();
+    let mut seed = seed(d, &src, &["--piece-size", "256KiB"]);
+    let mut cmd = swarm();
+    cmd.env("RUST_LOG", "warn,swarm::node::fetch=debug")
+        .arg("join")
+        .arg(&seed.ticket)
+        .arg(d.join("a"))
+        .args(["--listen", "127.0.0.1:0", "--exit-on-complete", "--force"])
+        .arg("--report")
+        .arg(d.join("a.json"));
+    let mut a = Proc::spawn(cmd, "a", d);
+    a.wait_ok(LIMIT);
+    seed.proc.kill9();
+    assert_same(&src, &d.join("a/img"));
+    let log = a.log_text();
+    assert!(
+        log.contains("changed blocks the hints did not bring") && log.contains("blocks=1"),
+        "{log}"
+    );
+    let r = report(&d.join("a.json"));
+    assert_eq!(r["pieces_corrupt"].as_u64(), Some(0), "{r}");
+    let (got, from_basis) = received(d, "a");
+    assert_fetched_about(got, changed, "a");
+    assert_eq!(from_basis, new.len() as u64 - 3 * PAGE as u64);
+}
+
 /// A datadir-like tree: a file changed in place, one grown, one new that
 /// sorts first, one removed, one renamed. Pieces follow files, so the new
 /// file shifts nothing and the renamed one is found whole.

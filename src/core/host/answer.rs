@@ -52,6 +52,9 @@ impl Host {
             Request::Blocks { wanted, .. } => {
                 blocks::splittable(len) && wanted.len() == blocks::count(len) && wanted.any()
             }
+            Request::Delta { hints, .. } => {
+                blocks::splittable(len) && hints.len() == blocks::count(len)
+            }
             _ => true,
         };
         if !fits {

@@ -1,21 +1,33 @@
-//! Fetching a piece as a delta against the basis: ask the peer for the
-//! piece's outboard and check it against the manifest; take every block
-//! the basis has (checked against its CV as it is read) and every block
-//! of zeros (left a hole); ask the peer for the rest in one request and
-//! check each block it sends against its CV. Two round trips instead of
-//! one, and 32 bytes of outboard per 16 KiB block of the piece.
+//! Fetching a piece as a delta against the basis.
+//!
+//! A piece whose old blocks the index wrote ahead at its place (`placed`,
+//! the common case: a file changed in place or grown) takes one round
+//! trip: a Delta request gives, for each block, the first two bytes of
+//! the CV of the block already there, and the holder answers with the
+//! outboard and the blocks whose CV differs (not those of zeros). The
+//! outboard is checked against the manifest and each block against its
+//! CV. A block the hints did not bring (two bytes of a changed CV that
+//! happen to match: one block in 65,536) is asked for with Blocks.
+//!
+//! Any other piece (its bytes elsewhere in the basis, or a piece of more
+//! than `MAX_DELTA_BLOCKS` blocks) takes two: the outboard, checked; every
+//! block the basis has (checked against its CV as it is read) and every
+//! block of zeros (left a hole) taken locally; the rest in one Blocks
+//! request, each block checked against its CV.
+//!
+//! An outboard is 32 bytes per 16 KiB block of the piece.
 
 use bitvec::prelude::*;
 use quinn::Connection;
 
-use super::Outcome;
+use super::{Decoding, Outcome, Reading};
 use crate::manifest::Hash;
 use crate::manifest::blocks::{self, Cv};
 use crate::node::credit::Grant;
 use crate::node::rate::RateLimit;
 use crate::storage::{Basis, Content, PieceBuf};
 use crate::wire::close;
-use crate::wire::{Request, Status};
+use crate::wire::{self, MAX_DELTA_BLOCKS, Request, Status};
 use std::sync::Arc;
 
 /// Asks `conn` for `req`; returns its status and, if it is Ok, the next
@@ -25,7 +37,7 @@ async fn ask(
     conn: &Connection,
     req: &Request,
     len: u64,
-    mut into: impl FnMut(&[u8]),
+    into: impl FnMut(&[u8]),
 ) -> anyhow::Result<Status> {
     let mut credit = Grant::new(conn, 1 + len, 1 + len);
     let (mut send, mut recv) = conn.open_bi().await?;
@@ -36,25 +48,51 @@ async fn ask(
     if status != Status::Ok {
         return Ok(status);
     }
-    let mut got = 0u64;
-    while got < len {
-        match recv.read_chunk((len - got) as usize, true).await {
-            Ok(Some(chunk)) => {
-                credit.read(chunk.bytes.len() as u64);
-                got += chunk.bytes.len() as u64;
-                into(&chunk.bytes);
-            }
-            Ok(None) => anyhow::bail!("stream ended after {got} of {len} bytes"),
-            Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
-                return Ok(Status::Changed);
-            }
-            Err(e) => {
-                let _ = recv.stop(close::CANCEL.into());
-                return Err(e.into());
-            }
-        }
+    let mut exact = Exact { left: len, into };
+    if !super::read_answer(&mut recv, &mut credit, &mut exact).await? {
+        return Ok(Status::Changed);
     }
     Ok(Status::Ok)
+}
+
+/// The next `left` bytes of an answer, handed to `into`.
+struct Exact<F> {
+    left: u64,
+    into: F,
+}
+
+impl<F: FnMut(&[u8])> Reading for Exact<F> {
+    fn want(&self) -> usize {
+        self.left.min(usize::MAX as u64) as usize
+    }
+    fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        anyhow::ensure!(bytes.len() as u64 <= self.left, "answer longer than asked");
+        self.left -= bytes.len() as u64;
+        (self.into)(bytes);
+        Ok(())
+    }
+}
+
+/// The blocks of a Delta answer, one after the other, and which they are
+/// (a `wire::piece::Sink`: a block not sent is "zeros" to the decoder).
+struct Sent {
+    /// Whether this came from a Delta answer (else none came yet).
+    from_delta: bool,
+    at: usize,
+    data: Vec<u8>,
+    which: BitVec<u8, Lsb0>,
+}
+
+impl wire::piece::Sink for Sent {
+    fn put(&mut self, bytes: &[u8]) {
+        // the decoder hands over one block, or part of one, at a time
+        self.which.set(self.at / blocks::BLOCK, true);
+        self.data.extend_from_slice(bytes);
+        self.at += bytes.len();
+    }
+    fn put_zeros(&mut self, n: usize) {
+        self.at += n;
+    }
 }
 
 /// Where a delta's piece goes: `len` bytes at `offset` of `content`.
@@ -74,6 +112,11 @@ pub(super) async fn request(
 ) -> anyhow::Result<Outcome> {
     let (piece, len, hash) = (t.piece, t.len, t.hash);
     let n = blocks::count(len);
+    if n <= MAX_DELTA_BLOCKS
+        && let Some(hints) = basis.hints(piece, n)
+    {
+        return at_once(conn, &t, hints, basis, wan).await;
+    }
     let outboard_len = 32 * n as u64;
     if let Some(l) = wan {
         l.acquire(outboard_len as usize).await;
@@ -93,7 +136,13 @@ pub(super) async fn request(
     crate::node::outboards::put(piece, &cvs);
     let outboard_took = asked.elapsed();
     if basis.placed(piece) {
-        return in_place(conn, &t, cvs, basis, wan, outboard_took).await;
+        let sent = Sent {
+            from_delta: false,
+            at: 0,
+            data: Vec::new(),
+            which: bitvec![u8, Lsb0; 0; n],
+        };
+        return in_place(conn, &t, cvs, sent, basis, wan, outboard_took).await;
     }
     // the basis and zeros first, on a blocking thread (disk reads)
     let (b, c) = (basis.clone(), cvs.clone());
@@ -141,14 +190,90 @@ pub(super) async fn request(
     })
 }
 
+/// A placed piece in one round trip (see the module): the outboard and
+/// the blocks the hints say differ, then `in_place`.
+async fn at_once(
+    conn: &Connection,
+    t: &Target<'_>,
+    hints: Vec<[u8; 2]>,
+    basis: &Arc<Basis>,
+    wan: Option<&RateLimit>,
+) -> anyhow::Result<Outcome> {
+    let (piece, len) = (t.piece, t.len);
+    let n = hints.len();
+    let outboard_len = 32 * n as u64;
+    if let Some(l) = wan {
+        l.acquire(outboard_len as usize).await;
+    }
+    let asked = std::time::Instant::now();
+    // the holder may send it all at once: outboard, masks and blocks
+    let most = 1 + outboard_len + len + 4 * len.div_ceil(wire::piece::GROUP as u64);
+    let mut credit = Grant::new(conn, most, most);
+    let (mut send, mut recv) = conn.open_bi().await?;
+    send.write_all(&Request::Delta { piece, hints }.encode())
+        .await?;
+    send.finish()?;
+    let status = super::read_status(&mut recv).await?;
+    credit.read(1);
+    if status != Status::Ok {
+        return Ok(Outcome::Refused(status));
+    }
+    let mut raw = Vec::with_capacity(outboard_len as usize);
+    let mut outboard = Exact {
+        left: outboard_len,
+        into: |b: &[u8]| raw.extend_from_slice(b),
+    };
+    if !super::read_answer(&mut recv, &mut credit, &mut outboard).await? {
+        return Ok(Outcome::Refused(Status::Changed));
+    }
+    let Some(cvs) = blocks::check_outboard(&raw, len, t.hash) else {
+        let _ = recv.stop(close::CANCEL.into());
+        return Ok(Outcome::Corrupt);
+    };
+    crate::node::outboards::put(piece, &cvs);
+    let mut answer = Decoding {
+        d: wire::piece::Decoder::new(len),
+        out: Sent {
+            from_delta: true,
+            at: 0,
+            data: Vec::new(),
+            which: bitvec![u8, Lsb0; 0; n],
+        },
+    };
+    if !super::read_answer(&mut recv, &mut credit, &mut answer).await? {
+        return Ok(Outcome::Refused(Status::Changed));
+    }
+    if let Some(l) = wan {
+        l.acquire(answer.out.data.len()).await;
+    }
+    let (mut sent, masks) = (answer.out, answer.d.received);
+    let outboard_took = asked.elapsed();
+    // masks count as received bytes; the blocks are counted by `in_place`
+    sent.data.shrink_to_fit();
+    let masks = masks - sent.data.len() as u64;
+    let outcome = in_place(conn, t, cvs, sent, basis, wan, outboard_took).await?;
+    Ok(match outcome {
+        Outcome::InPlace {
+            received,
+            from_basis,
+        } => Outcome::InPlace {
+            received: received + masks,
+            from_basis,
+        },
+        other => other,
+    })
+}
+
 /// A piece whose old blocks the basis wrote ahead at its place: completed
-/// there (`Basis::fill_in_place`), and the blocks still wanted fetched in
-/// one request, checked, and written where they belong. No buffer of the
-/// whole piece, and no read or hash of the blocks already in place.
+/// there (`Basis::fill_in_place`), and the blocks still wanted taken from
+/// `sent` (those a Delta answer brought) or fetched in one Blocks request,
+/// checked, and written where they belong. No buffer of the whole piece,
+/// and no read or hash of the blocks already in place.
 async fn in_place(
     conn: &Connection,
     t: &Target<'_>,
     cvs: Vec<Cv>,
+    sent: Sent,
     basis: &Arc<Basis>,
     wan: Option<&RateLimit>,
     outboard_took: std::time::Duration,
@@ -165,27 +290,53 @@ async fn in_place(
         Ok(w) => w,
         Err(e) => return Ok(Outcome::WriteFailed(e)),
     };
-    let want_bytes = wanted_bytes(&wanted, len);
     let fill_took = filling.elapsed();
     let fetching = std::time::Instant::now();
-    if want_bytes > 0 {
-        let mut data = PieceBuf::with_capacity(want_bytes as usize);
-        let into = |b: &[u8]| data.extend_from_slice(b);
-        let status = ask_blocks(conn, piece, &wanted, want_bytes, wan, into).await?;
+    // what the Delta answer did not bring (none after Outboard: all)
+    let from_delta = sent.from_delta;
+    let mut more = wanted.clone();
+    more &= !sent.which.clone();
+    let more_bytes = wanted_bytes(&more, len);
+    let mut extra = Vec::with_capacity(more_bytes as usize);
+    if more_bytes > 0 && from_delta {
+        tracing::debug!(
+            piece,
+            blocks = more.count_ones(),
+            "changed blocks the hints did not bring: asking with Blocks"
+        );
+    }
+    if more_bytes > 0 {
+        let into = |b: &[u8]| extra.extend_from_slice(b);
+        let status = ask_blocks(conn, piece, &more, more_bytes, wan, into).await?;
         if status != Status::Ok {
             return Ok(Outcome::Refused(status));
         }
+    }
+    let received = outboard_len + sent.data.len() as u64 + more_bytes;
+    let want_bytes = wanted_bytes(&wanted, len);
+    if want_bytes > 0 {
         let content = t.content.clone();
         let written = tokio::task::spawn_blocking(move || {
-            // the blocks came one after the other, in block order
-            let mut at = 0usize;
-            for j in wanted.iter_ones() {
-                let r = blocks::range(j, len);
-                let block = &data.as_slice()[at..at + r.len()];
-                if blocks::cv(j, block) != c[j] {
-                    return Ok(false);
+            // the wanted blocks in block order, from the two answers
+            let mut data = PieceBuf::with_capacity(want_bytes as usize);
+            let (mut s, mut e) = (0usize, 0usize);
+            for j in 0..c.len() {
+                let n = blocks::range(j, len).len();
+                let block = if sent.which[j] {
+                    s += n;
+                    &sent.data[s - n..s]
+                } else if more[j] {
+                    e += n;
+                    &extra[e - n..e]
+                } else {
+                    continue;
+                };
+                if wanted[j] {
+                    if blocks::cv(j, block) != c[j] {
+                        return Ok(false);
+                    }
+                    data.extend_from_slice(block);
                 }
-                at += r.len();
             }
             let mut at = 0usize;
             for run in runs(&wanted) {
@@ -216,7 +367,7 @@ async fn in_place(
         "delta in place"
     );
     Ok(Outcome::InPlace {
-        received: outboard_len + want_bytes,
+        received,
         from_basis,
     })
 }

@@ -248,33 +248,69 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
     send.finish()?;
     let status = read_status(&mut recv).await?;
     credit.read(1);
-    match status {
-        Status::Ok => {
-            // read chunks as quinn hands them over, never more than the
-            // answer holds next; one copy into a buffer aligned for a
-            // direct write, zero blocks filled in (`wire::piece`)
-            let mut data = PieceBuf::with_capacity(len as usize);
-            let mut d = wire::piece::Decoder::new(len);
-            while d.want() > 0 {
-                match recv.read_chunk(d.want(), true).await {
-                    Ok(Some(chunk)) => {
-                        credit.read(chunk.bytes.len() as u64);
-                        d.feed(&chunk.bytes, &mut data)?;
-                    }
-                    Ok(None) => anyhow::bail!("stream ended after {} of {len} bytes", data.len()),
-                    Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
-                        return Ok(Outcome::Refused(Status::Changed));
-                    }
-                    Err(e) => {
-                        let _ = recv.stop(close::CANCEL.into());
-                        return Err(e.into());
-                    }
-                }
-            }
-            Ok(Outcome::Data(data, d.received))
-        }
-        s => Ok(Outcome::Refused(s)),
+    if status != Status::Ok {
+        return Ok(Outcome::Refused(status));
     }
+    // read chunks as quinn hands them over, never more than the answer
+    // holds next; one copy into a buffer aligned for a direct write, zero
+    // blocks filled in (`wire::piece`)
+    let mut a = Decoding {
+        d: wire::piece::Decoder::new(len),
+        out: PieceBuf::with_capacity(len as usize),
+    };
+    if !read_answer(&mut recv, &mut credit, &mut a).await? {
+        return Ok(Outcome::Refused(Status::Changed));
+    }
+    Ok(Outcome::Data(a.out, a.d.received))
+}
+
+/// An answer read as it comes: how many bytes it holds next (0: it is
+/// complete), and where they go.
+pub(super) trait Reading {
+    fn want(&self) -> usize;
+    fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()>;
+}
+
+/// A piece answer (`wire::piece`) decoded into `out`.
+pub(super) struct Decoding<S> {
+    pub d: wire::piece::Decoder,
+    pub out: S,
+}
+
+impl<S: wire::piece::Sink> Reading for Decoding<S> {
+    fn want(&self) -> usize {
+        self.d.want()
+    }
+    fn feed(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        Ok(self.d.feed(bytes, &mut self.out)?)
+    }
+}
+
+/// Reads the rest of an answer into `r`, giving its receive credit back
+/// as it goes. `Ok(false)`: the holder reset the stream with CHANGED (its
+/// copy no longer matches the manifest).
+pub(super) async fn read_answer(
+    recv: &mut quinn::RecvStream,
+    credit: &mut Grant,
+    r: &mut impl Reading,
+) -> anyhow::Result<bool> {
+    while r.want() > 0 {
+        match recv.read_chunk(r.want(), true).await {
+            Ok(Some(chunk)) => {
+                credit.read(chunk.bytes.len() as u64);
+                r.feed(&chunk.bytes)?;
+            }
+            Ok(None) => anyhow::bail!("stream ended {} bytes short of the answer", r.want()),
+            Err(quinn::ReadError::Reset(code)) if code == close::CHANGED.into() => {
+                return Ok(false);
+            }
+            Err(e) => {
+                let _ = recv.stop(close::CANCEL.into());
+                return Err(e.into());
+            }
+        }
+    }
+    Ok(true)
 }
 
 /// The status byte of an answer. A holder whose copy changed may reset

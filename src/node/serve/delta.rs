@@ -1,5 +1,6 @@
 //! Serving a delta: a piece's outboard (the CVs of its blocks), and the
-//! blocks a requester lacks after looking in its basis. Both read the
+//! blocks a requester lacks after looking in its basis, asked for by
+//! their index (Blocks) or by a hint of what the requester has (Delta). Both read the
 //! piece a chunk at a time, as a whole-piece serve does; a piece read from
 //! disk is checked against the manifest's hash by merging the CVs of its
 //! blocks, and if it no longer matches (`Changed`) the answer is cut
@@ -18,6 +19,7 @@ use crate::node::event::PieceSource;
 use crate::node::outboards;
 use crate::node::rate::RateLimit;
 use crate::wire::Status;
+use crate::wire::piece::{self, GROUP_BLOCKS};
 
 const _: () = assert!(SERVE_CHUNK.is_multiple_of(BLOCK));
 
@@ -75,38 +77,105 @@ fn still_matches(from: &PieceSource, cvs: &[Cv], len: u64) -> bool {
     }
 }
 
-/// Status, then the piece's `blocks::count(len)` CVs: known already
-/// (`outboards`), or read and hashed now.
+/// The piece's `blocks::count(len)` CVs: known already (`outboards`), or
+/// read, hashed and checked against the manifest now.
+async fn outboard_of(piece: u32, from: &PieceSource, len: u64) -> anyhow::Result<Arc<[Cv]>> {
+    if let Some(cvs) = outboards::get(piece).filter(|c| c.len() == blocks::count(len)) {
+        return Ok(cvs);
+    }
+    let mut cvs = Vec::with_capacity(blocks::count(len));
+    let mut done = 0u64;
+    while done < len {
+        let n = (len - done).min(SERVE_CHUNK as u64) as usize;
+        cvs.extend(chunk(from, done, n, true).await?.1);
+        done += n as u64;
+    }
+    if !still_matches(from, &cvs, len) {
+        return Err(Changed.into());
+    }
+    outboards::put(piece, &cvs);
+    Ok(cvs.into())
+}
+
+/// Status, then the outboard `cvs`.
+fn outboard_answer(cvs: &[Cv]) -> Bytes {
+    let mut out = Vec::with_capacity(1 + 32 * cvs.len());
+    out.push(Status::Ok as u8);
+    for cv in cvs {
+        out.extend_from_slice(cv);
+    }
+    out.into()
+}
+
+/// Status, then the piece's `blocks::count(len)` CVs.
 pub async fn send_outboard(
     send: &mut SendStream,
     piece: u32,
     from: PieceSource,
     len: u64,
 ) -> anyhow::Result<u64> {
-    let cvs: Arc<[Cv]> = match outboards::get(piece) {
-        Some(cvs) if cvs.len() == blocks::count(len) => cvs,
-        _ => {
-            let mut cvs = Vec::with_capacity(blocks::count(len));
-            let mut done = 0u64;
-            while done < len {
-                let n = (len - done).min(SERVE_CHUNK as u64) as usize;
-                cvs.extend(chunk(&from, done, n, true).await?.1);
-                done += n as u64;
+    let answer = outboard_answer(&outboard_of(piece, &from, len).await?);
+    let sent = answer.len() as u64 - 1;
+    write_limited(send, vec![answer], &[], stall_timeout(sent)).await?;
+    send.finish()?;
+    Ok(sent)
+}
+
+/// Status, the outboard, then the blocks whose CV does not start with the
+/// requester's hint (the CV of the block it has there), framed as a Piece
+/// answer (`wire::piece`): per group of blocks a mask of those that
+/// follow; a block of zeros never follows. Blocks read from disk are
+/// checked against the outboard (itself checked against the manifest)
+/// before they leave.
+pub async fn send_delta(
+    send: &mut SendStream,
+    piece: u32,
+    from: PieceSource,
+    len: u64,
+    hints: &[[u8; 2]],
+    limits: &[Arc<RateLimit>],
+) -> anyhow::Result<u64> {
+    let cvs = outboard_of(piece, &from, len).await?;
+    let stall = stall_timeout(len);
+    let answer = outboard_answer(&cvs);
+    let mut sent = answer.len() as u64 - 1;
+    write_limited(send, vec![answer], &[], stall).await?;
+    let disk = matches!(from, PieceSource::Disk { .. });
+    let differs = |b: usize| cvs[b][..2] != hints[b];
+    let count = cvs.len();
+    for g in (0..count).step_by(GROUP_BLOCKS) {
+        let end = (g + GROUP_BLOCKS).min(count);
+        let mut out = vec![0u8; 4];
+        let mut mask = 0u32;
+        let mut b = g;
+        while b < end {
+            if !differs(b) {
+                b += 1;
+                continue;
             }
-            if !still_matches(&from, &cvs, len) {
+            let mut e = b + 1;
+            while e < end && differs(e) {
+                e += 1;
+            }
+            let at = (b * BLOCK) as u64;
+            let n = ((e * BLOCK) as u64).min(len) - at;
+            let (bytes, got) = chunk(&from, at, n as usize, disk).await?;
+            if disk && got[..] != cvs[b..e] {
+                // the file changed since the piece was checked
                 return Err(Changed.into());
             }
-            outboards::put(piece, &cvs);
-            cvs.into()
+            for (k, block) in bytes.chunks(BLOCK).enumerate() {
+                if !piece::is_zero(block) {
+                    mask |= 1 << (b + k - g);
+                    out.extend_from_slice(block);
+                }
+            }
+            b = e;
         }
-    };
-    let mut out = Vec::with_capacity(1 + 32 * cvs.len());
-    out.push(Status::Ok as u8);
-    for cv in cvs.iter() {
-        out.extend_from_slice(cv);
+        out[..4].copy_from_slice(&mask.to_le_bytes());
+        sent += out.len() as u64;
+        write_limited(send, vec![out.into()], limits, stall).await?;
     }
-    let sent = out.len() as u64 - 1;
-    write_limited(send, vec![out.into()], &[], stall_timeout(sent)).await?;
     send.finish()?;
     Ok(sent)
 }

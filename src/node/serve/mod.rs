@@ -233,6 +233,9 @@ async fn serve_one(
                     Request::Blocks { wanted, .. } => {
                         delta::send_blocks(&mut send, piece, from, len, &wanted, &limits).await
                     }
+                    Request::Delta { hints, .. } => {
+                        delta::send_delta(&mut send, piece, from, len, &hints, &limits).await
+                    }
                     _ => send_piece(&mut send, from, len, &limits).await,
                 }
             };

@@ -227,9 +227,9 @@ struct Hashed {
     /// written after the pass if still held, so that the pass never
     /// writes a piece it released (nor one written ahead).
     later: Vec<u32>,
-    /// The piece whose own place this is, and the CVs of its blocks
-    /// written there ahead.
-    placed: Option<(u32, Box<[Cv]>)>,
+    /// The piece whose own place this is, and what was written there
+    /// ahead.
+    placed: Option<(u32, super::Ahead)>,
 }
 
 /// Where the held pieces lie in the basis when their file is there under
@@ -268,7 +268,15 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source])
         if old.size < PACK_BELOW || o >= old.size {
             continue;
         }
-        let common = len.min(f.size - o).min(old.size - o) / BLOCK as u64 * BLOCK as u64;
+        // whole blocks both versions have there, and the old file's
+        // shorter last block where the new file still covers it (a block
+        // of the same length and bytes has the same CV)
+        let common = len.min(f.size - o).min(old.size - o);
+        let common = if old.size - o <= len && old.size <= f.size {
+            common
+        } else {
+            common / BLOCK as u64 * BLOCK as u64
+        };
         if common > 0 {
             own.by_window
                 .insert((s, old.offset + o), (i, common as u32));
@@ -340,9 +348,20 @@ fn fill_from(
     } else if !h.cvs.is_empty() {
         // the partial copy holds zeros there (fresh, or punched by the
         // resume scan), so the zero blocks need no write
-        content.write_sparse(at, &buf[..common as usize])?;
-        let cvs = h.cvs[..common as usize / BLOCK].to_vec().into_boxed_slice();
-        h.placed = Some((i, cvs));
+        // a shorter last block only where the window ends with the old
+        // file (no smaller file packed after it in the old layout): a CV
+        // kept must be that of exactly the bytes written
+        let common = if u64::from(common) == u64::from(h.len) {
+            common as usize
+        } else {
+            common as usize / BLOCK * BLOCK
+        };
+        let common = common.min(buf.len());
+        content.write_sparse(at, &buf[..common])?;
+        let cvs: Box<[Cv]> = h.cvs[..(n as usize).div_ceil(BLOCK).min(h.cvs.len())].into();
+        let written = common.div_ceil(BLOCK).min(cvs.len());
+        let ahead = super::Ahead { cvs, written };
+        h.placed = Some((i, ahead));
     }
     Ok(())
 }

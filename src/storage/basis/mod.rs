@@ -102,7 +102,18 @@ struct Index {
     /// place (see `index::own_places`), by piece: checked against the
     /// piece's outboard when it comes, so that those blocks need no read,
     /// no hash and no write then.
-    placed: HashMap<u32, Box<[Cv]>>,
+    placed: HashMap<u32, Ahead>,
+}
+
+/// What the index wrote ahead at a changed piece's own place.
+#[derive(Clone, Default)]
+pub(super) struct Ahead {
+    /// The CVs of the old window's blocks there: the hints of a Delta
+    /// request (`hints`).
+    pub cvs: Box<[Cv]>,
+    /// How many of them (the first) were written ahead: not a block the
+    /// old file shares with a smaller file packed after it.
+    pub written: usize,
 }
 
 const ZERO_CVS: usize = 1024;
@@ -211,6 +222,22 @@ impl Basis {
         self.read_index().placed.contains_key(&piece)
     }
 
+    /// For a piece of `count` blocks written ahead (`placed`), the first
+    /// two bytes of the CV of each block of the old version at its place
+    /// (two zeros past the old version's end): a holder answering a Delta
+    /// request sends the blocks whose CV does not start with them. A
+    /// block not written ahead whose CV matches is in the basis there,
+    /// and `fill_in_place` copies it.
+    pub fn hints(&self, piece: u32, count: usize) -> Option<Vec<[u8; 2]>> {
+        let ix = self.read_index();
+        let old = &ix.placed.get(&piece)?.cvs;
+        Some(
+            (0..count)
+                .map(|j| old.get(j).map_or([0; 2], |cv| [cv[0], cv[1]]))
+                .collect(),
+        )
+    }
+
     /// Drops what the index kept of `piece` written ahead: it is complete.
     /// A duplicate of its fetch still running then completes it as any
     /// other delta, over bytes that are final already.
@@ -238,7 +265,7 @@ impl Basis {
             .read_index()
             .placed
             .get(&piece)
-            .cloned()
+            .map(|a| a.cvs[..a.written].to_vec())
             .unwrap_or_default();
         let mut wanted = bitvec::bitvec![u8, Lsb0; 0; cvs.len()];
         let mut taken = 0u64;

@@ -176,29 +176,58 @@ fn tree_over(
     new: &[u8],
     p: usize,
 ) -> (Manifest, Content, PathBuf) {
+    trees_over(d, old, &[("b", new)], p)
+}
+
+/// A tree of `new` files (in path order) over a basis of `old` files,
+/// piece size `P`: the manifest, and an empty partial copy's content.
+fn trees_over(
+    d: &Path,
+    old: &[(&str, &[u8])],
+    new: &[(&str, &[u8])],
+    p: usize,
+) -> (Manifest, Content, PathBuf) {
     fs::create_dir_all(d.join("old")).unwrap();
     for (name, bytes) in old {
         fs::write(d.join("old").join(name), bytes).unwrap();
     }
-    let entries = vec![crate::manifest::Entry {
-        path: "b".into(),
-        kind: crate::manifest::EntryKind::File {
-            size: new.len() as u64,
-        },
-        meta: crate::manifest::Meta::mode(0o644),
-    }];
+    let entries = new
+        .iter()
+        .map(|(name, bytes)| crate::manifest::Entry {
+            path: (*name).into(),
+            kind: crate::manifest::EntryKind::File {
+                size: bytes.len() as u64,
+            },
+            meta: crate::manifest::Meta::mode(0o644),
+        })
+        .collect();
     let root = crate::manifest::Root::Dir {
         meta: crate::manifest::Meta::mode(0o755),
         entries,
     };
-    let hashes = new.chunks(p).map(|c| *blake3::hash(c).as_bytes()).collect();
+    // the content stream as the layout places the files (pieces follow
+    // files of 64 KiB and more; smaller ones are packed after)
+    let sizes = new.iter().map(|(n, b)| (n.to_string(), b.len() as u64));
+    let spans = crate::manifest::layout(sizes, p as u32).unwrap();
+    let mut stream = vec![0u8; spans.last().map_or(0, |s| s.end()) as usize];
+    for (s, (_, bytes)) in spans.iter().zip(new) {
+        stream[s.offset as usize..s.end() as usize].copy_from_slice(bytes);
+    }
+    let hashes = (0..crate::manifest::layout_pieces(&spans, p as u32) as usize)
+        .map(|i| {
+            let (at, n) = crate::manifest::layout_piece(&spans, p as u32, i);
+            *blake3::hash(&stream[at as usize..(at + n) as usize]).as_bytes()
+        })
+        .collect();
     let m = Manifest::new("t".into(), root, p as u32, hashes);
     let target = d.join("new");
     fs::create_dir_all(&target).unwrap();
-    fs::File::create(target.join("b"))
-        .unwrap()
-        .set_len(new.len() as u64)
-        .unwrap();
+    for (name, bytes) in new {
+        fs::File::create(target.join(name))
+            .unwrap()
+            .set_len(bytes.len() as u64)
+            .unwrap();
+    }
     let content = Content::open(target.clone(), m.files(), true).unwrap();
     (m, content, target)
 }
@@ -226,6 +255,84 @@ fn a_file_moved_onto_another_is_completed_in_place() {
         assert!(wanted.not_any(), "piece {i}: {wanted}");
     }
     assert_eq!(fs::read(target.join("b")).unwrap(), a);
+}
+
+/// The last piece of a file whose size is not a multiple of a block:
+/// the old file's shorter last block is written ahead too (the new file
+/// covers it), so it is taken in place and not fetched, and the hints of
+/// a Delta request carry its CV.
+#[test]
+fn a_changed_last_piece_keeps_its_short_last_block() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let old = data(P + BLOCK + 100, 11);
+    let mut new = old.clone();
+    new[P + 5] ^= 1; // block 0 of piece 1; its 100-byte block 1 is kept
+    let (m, content, target) = file_over(d.path(), &old, &new, P);
+    let have = bitvec::bitvec![0; 2];
+    let (basis, _, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!(released, [1]);
+    let len = (BLOCK + 100) as u64;
+    let cvs = blocks::cvs(&new[P..]);
+    let old_cvs = blocks::cvs(&old[P..]);
+    let hints = basis.hints(1, 2).expect("placed");
+    assert_eq!(
+        hints,
+        [[old_cvs[0][0], old_cvs[0][1]], [cvs[1][0], cvs[1][1]]]
+    );
+    let (wanted, taken) = basis
+        .fill_in_place(1, &cvs, len, &content, P as u64)
+        .unwrap();
+    assert_eq!(wanted.iter_ones().collect::<Vec<_>>(), [0]);
+    assert_eq!(taken, 100);
+    content.write_at(P as u64, &new[P..P + BLOCK]).unwrap();
+    assert_eq!(fs::read(&target).unwrap(), new);
+}
+
+/// A file's last piece with a small file packed after it, in both
+/// versions: the old window holds the small file's bytes too, so only
+/// the big file's whole blocks are written ahead (the block it shares
+/// with the small file has a CV of both, and is copied from the basis
+/// like any block found there), and the copy is right.
+#[test]
+fn a_short_last_block_shared_with_a_packed_file_is_not_taken() {
+    const P: usize = 4 * BLOCK;
+    let d = tempfile::tempdir().unwrap();
+    let a_old = data(P + BLOCK + 4096, 12);
+    let mut a_new = a_old.clone();
+    a_new[P + 7] ^= 1; // block 0 of piece 1
+    let c = data(8192, 13); // packed after a, unchanged
+    let (m, content, target) = trees_over(
+        d.path(),
+        &[("a", &a_old), ("c", &c)],
+        &[("a", &a_new), ("c", &c)],
+        P,
+    );
+    assert_eq!(m.piece_count(), 2);
+    let have = bitvec::bitvec![0; 2];
+    let (basis, _, released, _) = run(&[d.path().join("old")], &m, &content, &have);
+    assert_eq!(released, [1]);
+    let (at, len) = m.piece_range(1);
+    let new_piece = [&a_new[P..], &c[..]].concat();
+    assert_eq!(new_piece.len() as u64, len);
+    let cvs = blocks::cvs(&new_piece);
+    // the hints carry block 1's old CV all the same: a holder need not
+    // send it
+    let hints = basis.hints(1, 2).expect("placed");
+    assert_eq!(hints[1], [cvs[1][0], cvs[1][1]]);
+    let (wanted, taken) = basis.fill_in_place(1, &cvs, len, &content, at).unwrap();
+    // block 1 (a's last 4 KiB and c) is read from the basis, where the
+    // old window has it at the same place, and written
+    assert_eq!(wanted.iter_ones().collect::<Vec<_>>(), [0]);
+    assert_eq!(taken, 4096 + 8192);
+    for j in wanted.iter_ones() {
+        let r = blocks::range(j, len);
+        content
+            .write_at(at + r.start as u64, &new_piece[r])
+            .unwrap();
+    }
+    assert_eq!(fs::read(target.join("a")).unwrap(), a_new);
+    assert_eq!(fs::read(target.join("c")).unwrap(), c);
 }
 
 /// A piece whose own place cannot take blocks ahead (the old file ends a
