@@ -1,5 +1,6 @@
 //! The first bytes of a request stream and of its answer: a request
-//! (Piece, Manifest, Outboard, or Blocks with its bitmap) is read in the
+//! (Piece, Manifest, Outboard, Blocks with its bitmap, or Delta with its
+//! hints) is read in the
 //! steps `Request::more` gives, never past `MAX_REQUEST_LEN`, and whatever
 //! decodes re-encodes to the same bytes. A status byte that decodes is the
 //! status's own code.
@@ -7,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use swarm::manifest::blocks::MAX_BLOCKS;
-use swarm::wire::{MAX_REQUEST_LEN, REQUEST_LEN, Request, Status};
+use swarm::wire::{MAX_DELTA_BLOCKS, MAX_REQUEST_LEN, REQUEST_LEN, Request, Status};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() >= REQUEST_LEN {
@@ -28,6 +29,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(r.encode(), &data[..len]);
             if let Request::Blocks { wanted, .. } = &r {
                 assert!(wanted.len() <= MAX_BLOCKS);
+            }
+            if let Request::Delta { hints, .. } = &r {
+                assert!(hints.len() <= MAX_DELTA_BLOCKS);
             }
             assert_eq!(Request::decode(&r.encode()).ok(), Some(r));
         }

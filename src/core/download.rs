@@ -5,8 +5,9 @@
 //! Peers are local (this host's group) or remote (another group). Local
 //! peers are asked for any piece they hold. Remote peers are asked only by
 //! a bridge (`set_bridge`), only for pieces of its share that no local peer
-//! holds and nobody is fetching (group-rarest), and never twice: every
-//! cross-group byte crosses a WAN link. When several groups pull at once,
+//! holds and nobody is fetching (group-rarest), and twice only for a piece
+//! stuck at one source (`wan_endgame`): every cross-group byte crosses a
+//! WAN link. When several groups pull at once,
 //! a bridge asks a group with a complete copy for its own group's stripe
 //! first (`download_remote.rs`).
 //!
@@ -541,10 +542,14 @@ impl Download {
         if self.is_complete() {
             return None;
         }
+        // a piece asked of another group may turn late here too (a
+        // member got it) or there (`wan_endgame`)
         let late = self.peers.values().flat_map(|p| {
-            p.requested.iter().filter_map(|&i| match p.remote {
-                false => self.late.late_at(i as usize),
-                true => self.late.late_remote_at(i as usize),
+            p.requested.iter().flat_map(|&i| {
+                let remote = p.remote.then(|| self.late.late_remote_at(i as usize));
+                [self.late.late_at(i as usize), remote.flatten()]
+                    .into_iter()
+                    .flatten()
             })
         });
         self.peers

@@ -9,9 +9,10 @@ pub struct DownloadConfig {
     /// The fewest a local peer is allowed when many share `total` (see
     /// "Slots" in the `download` module doc).
     pub per_peer_min: usize,
-    /// The same for a peer of another group: few, since no cross-group
-    /// request is ever duplicated, and a slow WAN source holding many
-    /// pieces would hold up the end of the download.
+    /// The same for a peer of another group: few, since a cross-group
+    /// request is duplicated only once late (`wan_endgame`), and a slow
+    /// WAN source holding many pieces would hold up the end of the
+    /// download.
     pub per_remote_peer: usize,
     pub total: usize,
     pub random_first: usize,

@@ -49,7 +49,7 @@ async fn ask(
         return Ok(status);
     }
     let mut exact = Exact { left: len, into };
-    if !super::read_answer(&mut recv, &mut credit, &mut exact).await? {
+    if !super::read_answer(&mut recv, &mut credit, &mut exact, None).await? {
         return Ok(Status::Changed);
     }
     Ok(Status::Ok)
@@ -113,7 +113,7 @@ pub(super) async fn request(
     let (piece, len, hash) = (t.piece, t.len, t.hash);
     let n = blocks::count(len);
     if n <= MAX_DELTA_BLOCKS
-        && let Some(hints) = basis.hints(piece, n)
+        && let Some(hints) = basis.hints(piece, hash, n)
     {
         return at_once(conn, &t, hints, basis, wan).await;
     }
@@ -223,7 +223,7 @@ async fn at_once(
         left: outboard_len,
         into: |b: &[u8]| raw.extend_from_slice(b),
     };
-    if !super::read_answer(&mut recv, &mut credit, &mut outboard).await? {
+    if !super::read_answer(&mut recv, &mut credit, &mut outboard, None).await? {
         return Ok(Outcome::Refused(Status::Changed));
     }
     let Some(cvs) = blocks::check_outboard(&raw, len, t.hash) else {
@@ -240,11 +240,10 @@ async fn at_once(
             which: bitvec![u8, Lsb0; 0; n],
         },
     };
-    if !super::read_answer(&mut recv, &mut credit, &mut answer).await? {
+    // the WAN bucket's tokens as the blocks come: reading no faster
+    // holds the holder back (receive credit)
+    if !super::read_answer(&mut recv, &mut credit, &mut answer, wan).await? {
         return Ok(Outcome::Refused(Status::Changed));
-    }
-    if let Some(l) = wan {
-        l.acquire(answer.out.data.len()).await;
     }
     let (mut sent, masks) = (answer.out, answer.d.received);
     let outboard_took = asked.elapsed();
@@ -267,8 +266,8 @@ async fn at_once(
 /// A piece whose old blocks the basis wrote ahead at its place: completed
 /// there (`Basis::fill_in_place`), and the blocks still wanted taken from
 /// `sent` (those a Delta answer brought) or fetched in one Blocks request,
-/// checked, and written where they belong. No buffer of the whole piece,
-/// and no read or hash of the blocks already in place.
+/// checked, and written where they belong straight from the answers. No
+/// read or hash of the blocks already in place.
 async fn in_place(
     conn: &Connection,
     t: &Target<'_>,
@@ -317,36 +316,47 @@ async fn in_place(
     if want_bytes > 0 {
         let content = t.content.clone();
         let written = tokio::task::spawn_blocking(move || {
-            // the wanted blocks in block order, from the two answers
-            let mut data = PieceBuf::with_capacity(want_bytes as usize);
-            let (mut s, mut e) = (0usize, 0usize);
+            // each wanted block from the answer it came in, checked, and
+            // written in runs that lie one after the other in that answer
+            // and in the piece
+            let answers = [&sent.data[..], &extra[..]];
+            let mut at = [0usize; 2];
+            // (answer, start in it, length, offset in the copy)
+            let mut run: Option<(usize, usize, usize, u64)> = None;
+            let write = |(a, start, n, to): (usize, usize, usize, u64)| {
+                content.write_at(to, &answers[a][start..start + n])
+            };
             for j in 0..c.len() {
-                let n = blocks::range(j, len).len();
-                let block = if sent.which[j] {
-                    s += n;
-                    &sent.data[s - n..s]
-                } else if more[j] {
-                    e += n;
-                    &extra[e - n..e]
-                } else {
-                    continue;
+                let r = blocks::range(j, len);
+                let a = match (sent.which[j], more[j]) {
+                    (true, _) => 0,
+                    (false, true) => 1,
+                    (false, false) => continue,
                 };
-                if wanted[j] {
-                    if blocks::cv(j, block) != c[j] {
-                        return Ok(false);
+                let (start, n) = (at[a], r.len());
+                at[a] += n;
+                if !wanted[j] {
+                    continue;
+                }
+                if blocks::cv(j, &answers[a][start..start + n]) != c[j] {
+                    return Ok(false);
+                }
+                let to = offset + r.start as u64;
+                match &mut run {
+                    Some((ra, rs, rn, rt))
+                        if *ra == a && *rs + *rn == start && *rt + *rn as u64 == to =>
+                    {
+                        *rn += n
                     }
-                    data.extend_from_slice(block);
+                    _ => {
+                        if let Some(done) = run.replace((a, start, n, to)) {
+                            write(done)?;
+                        }
+                    }
                 }
             }
-            let mut at = 0usize;
-            for run in runs(&wanted) {
-                let (start, end) = (
-                    blocks::range(run.start, len),
-                    blocks::range(run.end - 1, len),
-                );
-                let n = end.end - start.start;
-                content.write_at(offset + start.start as u64, &data.as_slice()[at..at + n])?;
-                at += n;
+            if let Some(done) = run {
+                write(done)?;
             }
             Ok::<_, std::io::Error>(true)
         })
@@ -398,20 +408,6 @@ async fn ask_blocks(
         wanted: wanted.clone(),
     };
     ask(conn, &req, want_bytes, into).await
-}
-
-/// Runs of consecutive set bits: block index ranges.
-fn runs(bits: &BitSlice<u8, Lsb0>) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
-    let mut ones = bits.iter_ones().peekable();
-    std::iter::from_fn(move || {
-        let start = ones.next()?;
-        let mut end = start + 1;
-        while ones.peek() == Some(&end) {
-            ones.next();
-            end += 1;
-        }
-        Some(start..end)
-    })
 }
 
 /// The piece with what the basis has and the zero blocks filled in; the

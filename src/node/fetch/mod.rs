@@ -72,6 +72,9 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
         .piece_hash(job.piece as usize)
         .unwrap_or(&[0; 32]);
     let basis = job.basis.clone().filter(|_| blocks::splittable(len));
+    // from before the WAN bucket's wait: the core's piece ages count it
+    // too, and a piece waiting for tokens must not look late
+    let started = Instant::now();
     if basis.is_none()
         && let Some(l) = &job.wan_limit
     {
@@ -80,7 +83,6 @@ pub async fn run(job: Job, events: mpsc::Sender<Event>) {
             _ = job.cancel.cancelled() => return,
         }
     }
-    let started = Instant::now();
     let work = async {
         match &basis {
             Some(b) => {
@@ -258,7 +260,7 @@ async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outc
         d: wire::piece::Decoder::new(len),
         out: PieceBuf::with_capacity(len as usize),
     };
-    if !read_answer(&mut recv, &mut credit, &mut a).await? {
+    if !read_answer(&mut recv, &mut credit, &mut a, None).await? {
         return Ok(Outcome::Refused(Status::Changed));
     }
     Ok(Outcome::Data(a.out, a.d.received))
@@ -287,16 +289,21 @@ impl<S: wire::piece::Sink> Reading for Decoding<S> {
 }
 
 /// Reads the rest of an answer into `r`, giving its receive credit back
-/// as it goes. `Ok(false)`: the holder reset the stream with CHANGED (its
-/// copy no longer matches the manifest).
+/// as it goes, after taking `wan`'s tokens for it if given. `Ok(false)`:
+/// the holder reset the stream with CHANGED (its copy no longer matches
+/// the manifest).
 pub(super) async fn read_answer(
     recv: &mut quinn::RecvStream,
     credit: &mut Grant,
     r: &mut impl Reading,
+    wan: Option<&RateLimit>,
 ) -> anyhow::Result<bool> {
     while r.want() > 0 {
         match recv.read_chunk(r.want(), true).await {
             Ok(Some(chunk)) => {
+                if let Some(l) = wan {
+                    l.acquire(chunk.bytes.len()).await;
+                }
                 credit.read(chunk.bytes.len() as u64);
                 r.feed(&chunk.bytes)?;
             }

@@ -139,7 +139,7 @@ pub async fn send_delta(
     let stall = stall_timeout(len);
     let answer = outboard_answer(&cvs);
     let mut sent = answer.len() as u64 - 1;
-    write_limited(send, vec![answer], &[], stall).await?;
+    write_limited(send, vec![answer], limits, stall).await?;
     let disk = matches!(from, PieceSource::Disk { .. });
     let differs = |b: usize| cvs[b][..2] != hints[b];
     let count = cvs.len();

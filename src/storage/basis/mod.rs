@@ -228,8 +228,16 @@ impl Basis {
     /// request sends the blocks whose CV does not start with them. A
     /// block not written ahead whose CV matches is in the basis there,
     /// and `fill_in_place` copies it.
-    pub fn hints(&self, piece: u32, count: usize) -> Option<Vec<[u8; 2]>> {
+    ///
+    /// None for a piece the basis holds whole elsewhere (a file moved onto
+    /// a path the old version had with other bytes): its hints would ask
+    /// for every block, and the outboard alone lets `fill_in_place` take
+    /// them all from the basis.
+    pub fn hints(&self, piece: u32, hash: &Hash, count: usize) -> Option<Vec<[u8; 2]>> {
         let ix = self.read_index();
+        if ix.pieces.contains_key(hash) {
+            return None;
+        }
         let old = &ix.placed.get(&piece)?.cvs;
         Some(
             (0..count)
