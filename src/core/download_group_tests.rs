@@ -96,6 +96,32 @@ fn a_bridge_duplicates_a_piece_stuck_across_the_wan_once_it_is_late() {
     assert!(d.is_complete());
 }
 
+/// A member whose group still lacks pieces another group holds (its
+/// bridge is pulling them) is not in the endgame: what it asked of its
+/// group is not duplicated. Once nothing more is to come, it is.
+#[test]
+fn a_member_waiting_for_its_bridge_does_not_duplicate() {
+    let mut d = Download::new(bitvec![0; 4], cfg(), 1);
+    d.add_remote_peer(1, REMOTE);
+    d.peer_bitfield(1, &full(4)).unwrap();
+    for k in [2, 3] {
+        d.add_peer(k);
+        d.peer_bitfield(k, &bitvec![1, 0, 0, 0]).unwrap();
+    }
+    let t = t0();
+    let reqs = d.poll_requests(t);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    let (holder, _) = reqs[0];
+    assert!(d.poll_requests(t + Duration::from_secs(5)).is_empty());
+    // nothing more to come from the other group (here its peer left):
+    // the late piece goes to the idle peer too
+    d.remove_peer(1);
+    let more = d.poll_requests(t + Duration::from_secs(5));
+    assert_eq!(more.len(), 1, "{more:?}");
+    assert!(more[0].1 == 0 && more[0].0 != holder, "{more:?}");
+    d.check_invariants();
+}
+
 #[test]
 fn bridges_split_the_cross_group_pieces() {
     let mut wanted = Vec::new();

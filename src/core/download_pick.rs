@@ -36,6 +36,20 @@ impl Download {
         if unrequested_left {
             return None;
         }
+        // Nor while more is to come that this group will then hold: pieces
+        // held for the local source (the index of a basis), or pieces only
+        // another group holds (a member waiting for its bridge). Such a
+        // host is out of work for most of a run, and it duplicated every
+        // late piece, mostly into cancels mid-piece: 1 x 8 and 2 x 4 delta
+        // runs of a 1 GiB tree (p = 1%) received 1.24-1.27 (max 1.35) and
+        // 1.14-1.15 (max 1.30) x the changed bytes at the NIC, 1.12-1.15
+        // (1.19) and 1.08 (1.12) with this rule, in the same time.
+        let more_to_come = self.holding()
+            || (0..self.have.len())
+                .any(|i| !self.skip[i] && self.inflight[i] == 0 && self.remote_availability[i] > 0);
+        if more_to_come {
+            return None;
+        }
         // Only a peer with nothing in flight duplicates (libtorrent's
         // strict endgame), and only a piece that is late: most of what is
         // in flight when the endgame starts arrives in time, and a copy of

@@ -377,6 +377,39 @@ fn a_piece_nobody_holds_does_not_block_endgame() {
     d.check_invariants();
 }
 
+/// No endgame while the local source (a basis's index) holds pieces: a
+/// late piece is duplicated only once they are released and asked for.
+#[test]
+fn no_endgame_while_the_local_source_holds_pieces() {
+    let ms = Duration::from_millis;
+    let mut d = Download::new(bitvec![0; 3], cfg(), 1);
+    for k in [1, 2] {
+        d.add_peer(k);
+        d.peer_bitfield(k, &full(3)).unwrap();
+    }
+    d.hold(&bitvec![0, 0, 1]);
+    let t = t0();
+    let reqs = d.poll_requests(t);
+    assert_eq!(reqs.len(), 2, "{reqs:?}");
+    // the first arrives; the other turns late, and a peer is idle
+    d.piece_received(reqs[0].0, reqs[0].1, 10, ms(10));
+    let (holder, stuck) = reqs[1];
+    let later = t + Duration::from_secs(5);
+    assert!(
+        d.poll_requests(later).is_empty(),
+        "duplicated while holding"
+    );
+    d.release(2);
+    let next = d.poll_requests(later);
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].1, 2);
+    d.piece_received(next[0].0, 2, 10, ms(10));
+    let dup = d.poll_requests(later);
+    assert_eq!(dup.len(), 1, "{dup:?}");
+    assert!(dup[0].1 == stuck && dup[0].0 != holder, "{dup:?}");
+    d.check_invariants();
+}
+
 proptest! {
     #[test]
     fn missing_lists_held_pieces_we_lack(
