@@ -83,6 +83,18 @@ struct Sent {
     which: BitVec<u8, Lsb0>,
 }
 
+impl Sent {
+    /// Nothing yet, of a piece of `n` blocks.
+    fn new(n: usize, from_delta: bool) -> Sent {
+        Sent {
+            from_delta,
+            at: 0,
+            data: Vec::new(),
+            which: bitvec![u8, Lsb0; 0; n],
+        }
+    }
+}
+
 impl wire::piece::Sink for Sent {
     fn put(&mut self, bytes: &[u8]) {
         // the decoder hands over one block, or part of one, at a time
@@ -136,12 +148,7 @@ pub(super) async fn request(
     crate::node::outboards::put(piece, &cvs);
     let outboard_took = asked.elapsed();
     if basis.placed(piece) {
-        let sent = Sent {
-            from_delta: false,
-            at: 0,
-            data: Vec::new(),
-            which: bitvec![u8, Lsb0; 0; n],
-        };
+        let sent = Sent::new(n, false);
         return in_place(conn, &t, cvs, sent, basis, wan, outboard_took).await;
     }
     // the basis and zeros first, on a blocking thread (disk reads)
@@ -233,12 +240,7 @@ async fn at_once(
     crate::node::outboards::put(piece, &cvs);
     let mut answer = Decoding {
         d: wire::piece::Decoder::new(len),
-        out: Sent {
-            from_delta: true,
-            at: 0,
-            data: Vec::new(),
-            which: bitvec![u8, Lsb0; 0; n],
-        },
+        out: Sent::new(n, true),
     };
     // the WAN bucket's tokens as the blocks come: reading no faster
     // holds the holder back (receive credit)
