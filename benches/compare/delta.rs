@@ -10,7 +10,8 @@
 //!
 //! * `file`: S bytes in 16 KiB pages; the new version has p% of the pages
 //!   rewritten (new random content, distinct page-aligned places) and S/20
-//!   bytes appended.
+//!   bytes appended (SWARM_BENCH_DELTA_APPEND sets that percentage: 0 for
+//!   a push of page rewrites alone).
 //! * `tree`: a datadir-like tree (base/1, base/16384, base/16385, global) of
 //!   a few hundred files, sizes log-uniform from 4 KiB to S/64 (at least
 //!   64 KiB), S in all. The new version: p% of the pages of all kept files
@@ -118,6 +119,14 @@ pub fn run(
                 .ok_or_else(|| format!("SWARM_BENCH_DELTA_P: {p:?} is not a percentage"))
         })
         .collect::<Result<_, _>>()?;
+    let append: f64 = std::env::var("SWARM_BENCH_DELTA_APPEND")
+        .map(|a| {
+            a.parse()
+                .ok()
+                .filter(|a| (0.0..=100.0).contains(a))
+                .ok_or_else(|| format!("SWARM_BENCH_DELTA_APPEND: {a:?} is not a percentage"))
+        })
+        .unwrap_or(Ok(5.0))?;
     let variants = env_list("SWARM_BENCH_DELTA_VARIANTS", "file,tree");
     if let Some(v) = variants
         .iter()
@@ -154,7 +163,7 @@ pub fn run(
                 let mut rng =
                     SmallRng::seed_from_u64(size ^ (p * 1000.0) as u64 ^ variant.len() as u64);
                 let img = if variant == "file" {
-                    make_file(dir.path(), size, p, &mut rng)
+                    make_file(dir.path(), size, p, append, &mut rng)
                 } else {
                     make_tree(dir.path(), size, p, &mut rng)
                 }?;

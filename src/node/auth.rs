@@ -4,7 +4,7 @@
 //! connection or relayed through a man in the middle; the role in the
 //! context keeps a server from reflecting the client's own proof.
 
-pub const LABEL: &[u8] = b"EXPORTER-swarm/6 auth";
+pub const LABEL: &[u8] = b"EXPORTER-swarm/7 auth";
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Role {

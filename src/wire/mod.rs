@@ -18,9 +18,9 @@ use crate::codec::{DecodeError, Reader, Writer, check_limit};
 use crate::manifest::ManifestId;
 use crate::ticket::{decode_addr, encode_addr};
 
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 /// The ALPN of this version: `swarm/` and the version in decimal.
-pub const ALPN: &[u8] = b"swarm/6";
+pub const ALPN: &[u8] = b"swarm/7";
 /// Versions whose ALPN a host accepts at the TLS layer, only to close such
 /// a connection with the version close reason instead of a TLS alert.
 pub const KNOWN_VERSIONS: std::ops::RangeInclusive<u16> = 1..=15;

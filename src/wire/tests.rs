@@ -45,7 +45,7 @@ fn pinned_bytes() {
     // side's proof checked out
     let mut want = vec![72, 0, 0, 0]; // length: type and body
     want.push(1); // type
-    want.extend([6, 0]); // version 6
+    want.extend([7, 0]); // version 7
     want.extend([7; 32]); // manifest id
     want.extend([1; 16]); // peer id
     want.extend(1_795_000_000_000u64.to_le_bytes()); // started

@@ -336,7 +336,7 @@ async fn serve(
             let i = r.piece().unwrap();
             let whole = piece_len(img.size, img.piece, i);
             let len = match &r {
-                Request::Outboard(_) | Request::Delta { .. } => blocks::count(whole as u64) * 32,
+                Request::Outboard(_) => blocks::count(whole as u64) * 32,
                 Request::Blocks { wanted, .. } => wanted
                     .iter_ones()
                     .map(|j| blocks::range(j, whole as u64).len())
@@ -344,18 +344,20 @@ async fn serve(
                 _ => whole,
             };
             if let (Request::Outboard(_) | Request::Delta { .. }, Mode::BadBlocks) = (&r, mode) {
-                // the truth: the joiner then asks for blocks, or (Delta)
-                // takes the random blocks that follow
+                // the truth (Outboard): the joiner then asks for blocks;
+                // random blocks (Delta): they do not make the piece's
+                // hash, and the joiner asks for the outboard
                 let start = i as usize * img.piece as usize;
                 let mut out = vec![0u8];
-                for cv in blocks::cvs(&img.data[start..start + whole]) {
-                    out.extend_from_slice(&cv);
-                }
                 if let Request::Delta { .. } = r {
                     let mut bytes = vec![0u8; whole];
                     rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
-                    out.extend(swarm::wire::piece::encode(&bytes));
+                    out.extend(swarm::wire::piece::encode_delta(&bytes, |_| true));
                     seen.lock().unwrap().blocks_requests += 1;
+                } else {
+                    for cv in blocks::cvs(&img.data[start..start + whole]) {
+                        out.extend_from_slice(&cv);
+                    }
                 }
                 let _ = send.write_all(&out).await;
                 let _ = send.finish();
@@ -419,11 +421,12 @@ async fn serve(
 
 /// The bytes of an answer to `req` (a decoded request's raw form) that
 /// carry `data`: a whole piece is framed in groups with their masks
-/// (`wire::piece`), an outboard or blocks go as they are (for Delta, an
-/// outboard that does not check out is all the joiner reads).
+/// (`wire::piece`), a Delta's blocks too (every block sent), an outboard
+/// or blocks go as they are.
 fn answer(req: &[u8], data: Vec<u8>) -> Vec<u8> {
     match Request::decode(req) {
         Ok(Request::Piece(_)) => swarm::wire::piece::encode(&data),
+        Ok(Request::Delta { .. }) => swarm::wire::piece::encode_delta(&data, |_| true),
         _ => data,
     }
 }

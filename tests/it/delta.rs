@@ -113,10 +113,12 @@ fn delta_a_file_with_rewritten_pages_and_appended_data() {
 }
 
 /// A changed block whose CV starts with the same two bytes as the old
-/// block's (the hint of a Delta request, so the holder does not send it)
-/// is fetched with a Blocks request; a block that became zeros is left a
-/// hole and never sent. The copy is right, and only the changed blocks
-/// cross the network.
+/// block's (the hint of a Delta request, so the holder does not send it):
+/// the piece's CVs made of the blocks sent and kept do not merge to its
+/// hash, so the joiner asks for the outboard and fetches that block with
+/// a Blocks request; a block that became zeros (the answer's zeros mask)
+/// is left a hole and never sent. The copy is right, and only the
+/// changed blocks cross the network.
 #[test]
 fn delta_a_hint_that_matches_a_changed_block_is_fetched_anyway() {
     use swarm::manifest::blocks;
@@ -163,7 +165,9 @@ fn delta_a_hint_that_matches_a_changed_block_is_fetched_anyway() {
     assert_same(&src, &d.join("a/img"));
     let log = a.log_text();
     assert!(
-        log.contains("changed blocks the hints did not bring") && log.contains("blocks=1"),
+        log.contains("do not make the piece's hash: asking for its outboard")
+            && log.contains("changed blocks the hints did not bring")
+            && log.contains("blocks=1"),
         "{log}"
     );
     let r = report(&d.join("a.json"));

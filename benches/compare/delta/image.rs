@@ -66,7 +66,14 @@ fn rewrite(rng: &mut SmallRng, data: &mut [u8], pages: &[u64]) -> u64 {
     n
 }
 
-pub fn make_file(dir: &Path, size: u64, p: f64, rng: &mut SmallRng) -> Result<Image, String> {
+/// `p`% of the pages rewritten, `append`% of `size` appended.
+pub fn make_file(
+    dir: &Path,
+    size: u64,
+    p: f64,
+    append: f64,
+    rng: &mut SmallRng,
+) -> Result<Image, String> {
     let (old, new) = (dir.join("old/image.bin"), dir.join("seed/image.bin"));
     let mut data = random(rng, size);
     write(&old, &data, OLD_MTIME)?;
@@ -74,7 +81,7 @@ pub fn make_file(dir: &Path, size: u64, p: f64, rng: &mut SmallRng) -> Result<Im
     let k = (pages as f64 * p / 100.0).round() as usize;
     let chosen: Vec<u64> = sample(rng, pages, k).iter().map(|i| i as u64).collect();
     let rewritten = rewrite(rng, &mut data, &chosen);
-    let appended = size / 20;
+    let appended = (size as f64 * append / 100.0) as u64;
     data.extend(random(rng, appended));
     write(&new, &data, NEW_MTIME)?;
     Ok(Image {

@@ -69,6 +69,11 @@ impl Engine {
     }
 
     pub(super) fn on_indexed(&mut self, now: Instant, p: BasisProgress) {
+        tracing::trace!(
+            found = p.found.len(),
+            released = p.released.len(),
+            "indexed"
+        );
         for &i in &p.found {
             if self.host.piece_local(now, i) {
                 self.report.pieces_from_basis += 1;

@@ -4,10 +4,15 @@
 //! the common case: a file changed in place or grown) takes one round
 //! trip: a Delta request gives, for each block, the first two bytes of
 //! the CV of the block already there, and the holder answers with the
-//! outboard and the blocks whose CV differs (not those of zeros). The
-//! outboard is checked against the manifest and each block against its
-//! CV. A block the hints did not bring (two bytes of a changed CV that
-//! happen to match: one block in 65,536) is asked for with Blocks.
+//! blocks whose CV differs (two masks per group say which follow and
+//! which are zeros; the others are kept). The piece's CVs are then those
+//! of the blocks sent, of zeros, and of the old blocks kept, and they must
+//! merge to the manifest's hash: so every block is checked without an
+//! outboard, which cost 32 bytes per 16 KiB block of the piece, an eighth
+//! of a delta of one page. When they do not merge (two bytes of a changed
+//! CV that happen to match the old one's: one block in 65,536; or a
+//! holder that lies), the outboard is asked for: it says which blocks are
+//! wrong or missing, and those are asked for with Blocks.
 //!
 //! Any other piece (its bytes elsewhere in the basis, or a piece of more
 //! than `MAX_DELTA_BLOCKS` blocks) takes two: the outboard, checked; every
@@ -26,7 +31,6 @@ use crate::manifest::blocks::{self, Cv};
 use crate::node::credit::Grant;
 use crate::node::rate::RateLimit;
 use crate::storage::{Basis, Content, PieceBuf};
-use crate::wire::close;
 use crate::wire::{self, MAX_DELTA_BLOCKS, Request, Status};
 use std::sync::Arc;
 
@@ -74,13 +78,15 @@ impl<F: FnMut(&[u8])> Reading for Exact<F> {
 }
 
 /// The blocks of a Delta answer, one after the other, and which they are
-/// (a `wire::piece::Sink`: a block not sent is "zeros" to the decoder).
+/// (a `wire::piece::Sink`).
 struct Sent {
     /// Whether this came from a Delta answer (else none came yet).
     from_delta: bool,
     at: usize,
     data: Vec<u8>,
     which: BitVec<u8, Lsb0>,
+    /// The blocks the answer says are zeros.
+    zeros: BitVec<u8, Lsb0>,
 }
 
 impl Sent {
@@ -91,7 +97,34 @@ impl Sent {
             at: 0,
             data: Vec::new(),
             which: bitvec![u8, Lsb0; 0; n],
+            zeros: bitvec![u8, Lsb0; 0; n],
         }
+    }
+
+    /// The piece's CVs by this answer: those of the blocks sent, of zeros,
+    /// and `old` for the blocks kept; if they merge to `hash`. `zero_cv`
+    /// gives the CV of a block of zeros (index, length).
+    fn cvs(
+        &self,
+        old: &[Cv],
+        len: u64,
+        hash: &Hash,
+        zero_cv: impl Fn(usize, usize) -> Cv,
+    ) -> Option<Vec<Cv>> {
+        let mut at = 0;
+        let mut cvs = Vec::with_capacity(self.which.len());
+        for j in 0..self.which.len() {
+            let n = blocks::range(j, len).len();
+            cvs.push(if self.which[j] {
+                at += n;
+                blocks::cv(j, self.data.get(at - n..at)?)
+            } else if self.zeros[j] {
+                zero_cv(j, n)
+            } else {
+                *old.get(j)?
+            });
+        }
+        (blocks::root(&cvs, len).as_ref() == Some(hash)).then_some(cvs)
     }
 }
 
@@ -103,8 +136,46 @@ impl wire::piece::Sink for Sent {
         self.at += bytes.len();
     }
     fn put_zeros(&mut self, n: usize) {
+        self.zeros.set(self.at / blocks::BLOCK, true);
         self.at += n;
     }
+    fn keep(&mut self, n: usize) {
+        self.at += n;
+    }
+}
+
+/// A Delta request's hints: the first two bytes of each old block's CV
+/// (two zeros past the old version's end).
+fn hints(old: &[Cv], n: usize) -> Vec<[u8; 2]> {
+    (0..n)
+        .map(|j| old.get(j).map_or([0; 2], |cv| [cv[0], cv[1]]))
+        .collect()
+}
+
+/// Asks for the piece's outboard and checks it against the manifest:
+/// its CVs, or what came instead.
+async fn outboard(
+    conn: &Connection,
+    t: &Target<'_>,
+    wan: Option<&RateLimit>,
+) -> anyhow::Result<Result<Vec<Cv>, Outcome>> {
+    let outboard_len = 32 * blocks::count(t.len) as u64;
+    if let Some(l) = wan {
+        l.acquire(outboard_len as usize).await;
+    }
+    let mut raw = Vec::with_capacity(outboard_len as usize);
+    let status = ask(conn, &Request::Outboard(t.piece), outboard_len, |b| {
+        raw.extend_from_slice(b)
+    })
+    .await?;
+    if status != Status::Ok {
+        return Ok(Err(Outcome::Refused(status)));
+    }
+    let Some(cvs) = blocks::check_outboard(&raw, t.len, t.hash) else {
+        return Ok(Err(Outcome::Corrupt));
+    };
+    crate::node::outboards::put(t.piece, &cvs);
+    Ok(Ok(cvs))
 }
 
 /// Where a delta's piece goes: `len` bytes at `offset` of `content`.
@@ -125,31 +196,25 @@ pub(super) async fn request(
     let (piece, len, hash) = (t.piece, t.len, t.hash);
     let n = blocks::count(len);
     if n <= MAX_DELTA_BLOCKS
-        && let Some(hints) = basis.hints(piece, hash, n)
+        && let Some(old) = basis.old_cvs(piece, hash)
     {
-        return at_once(conn, &t, hints, basis, wan).await;
+        return at_once(conn, &t, old, basis, wan).await;
     }
     let outboard_len = 32 * n as u64;
-    if let Some(l) = wan {
-        l.acquire(outboard_len as usize).await;
-    }
-    let mut raw = Vec::with_capacity(outboard_len as usize);
     let asked = std::time::Instant::now();
-    let status = ask(conn, &Request::Outboard(piece), outboard_len, |b| {
-        raw.extend_from_slice(b)
-    })
-    .await?;
-    if status != Status::Ok {
-        return Ok(Outcome::Refused(status));
-    }
-    let Some(cvs) = blocks::check_outboard(&raw, len, hash) else {
-        return Ok(Outcome::Corrupt);
+    let cvs = match outboard(conn, &t, wan).await? {
+        Ok(cvs) => cvs,
+        Err(outcome) => return Ok(outcome),
     };
-    crate::node::outboards::put(piece, &cvs);
     let outboard_took = asked.elapsed();
     if basis.placed(piece) {
         let sent = Sent::new(n, false);
-        return in_place(conn, &t, cvs, sent, basis, wan, outboard_took).await;
+        let got = Got {
+            sent,
+            outboard_len,
+            took: outboard_took,
+        };
+        return in_place(conn, &t, cvs, got, basis, wan).await;
     }
     // the basis and zeros first, on a blocking thread (disk reads)
     let (b, c) = (basis.clone(), cvs.clone());
@@ -197,26 +262,24 @@ pub(super) async fn request(
     })
 }
 
-/// A placed piece in one round trip (see the module): the outboard and
-/// the blocks the hints say differ, then `in_place`.
+/// A placed piece in one round trip (see the module): the blocks the
+/// hints say differ, the piece's CVs made of them and of `old` (the old
+/// blocks' CVs) and checked, then `in_place`.
 async fn at_once(
     conn: &Connection,
     t: &Target<'_>,
-    hints: Vec<[u8; 2]>,
+    old: Vec<Cv>,
     basis: &Arc<Basis>,
     wan: Option<&RateLimit>,
 ) -> anyhow::Result<Outcome> {
     let (piece, len) = (t.piece, t.len);
-    let n = hints.len();
-    let outboard_len = 32 * n as u64;
-    if let Some(l) = wan {
-        l.acquire(outboard_len as usize).await;
-    }
+    let n = blocks::count(len);
     let asked = std::time::Instant::now();
-    // the holder may send it all at once: outboard, masks and blocks
-    let most = 1 + outboard_len + len + 4 * len.div_ceil(wire::piece::GROUP as u64);
+    // the holder may send it all at once: two masks per group and blocks
+    let most = 1 + len + 8 * len.div_ceil(wire::piece::GROUP as u64);
     let mut credit = Grant::new(conn, most, most);
     let (mut send, mut recv) = conn.open_bi().await?;
+    let hints = hints(&old, n);
     send.write_all(&Request::Delta { piece, hints }.encode())
         .await?;
     send.finish()?;
@@ -225,21 +288,8 @@ async fn at_once(
     if status != Status::Ok {
         return Ok(Outcome::Refused(status));
     }
-    let mut raw = Vec::with_capacity(outboard_len as usize);
-    let mut outboard = Exact {
-        left: outboard_len,
-        into: |b: &[u8]| raw.extend_from_slice(b),
-    };
-    if !super::read_answer(&mut recv, &mut credit, &mut outboard, None).await? {
-        return Ok(Outcome::Refused(Status::Changed));
-    }
-    let Some(cvs) = blocks::check_outboard(&raw, len, t.hash) else {
-        let _ = recv.stop(close::CANCEL.into());
-        return Ok(Outcome::Corrupt);
-    };
-    crate::node::outboards::put(piece, &cvs);
     let mut answer = Decoding {
-        d: wire::piece::Decoder::new(len),
+        d: wire::piece::Decoder::delta(len),
         out: Sent::new(n, true),
     };
     // the WAN bucket's tokens as the blocks come: reading no faster
@@ -248,12 +298,37 @@ async fn at_once(
         return Ok(Outcome::Refused(Status::Changed));
     }
     let (mut sent, masks) = (answer.out, answer.d.received);
-    let outboard_took = asked.elapsed();
-    // masks count as received bytes; the blocks are counted by `in_place`
     sent.data.shrink_to_fit();
+    // masks count as received bytes; the blocks are counted by `in_place`
     let masks = masks - sent.data.len() as u64;
-    let outcome = in_place(conn, t, cvs, sent, basis, wan, outboard_took).await?;
-    Ok(match outcome {
+    let (b, hash) = (basis.clone(), *t.hash);
+    let (sent, made) = tokio::task::spawn_blocking(move || {
+        let made = sent.cvs(&old, len, &hash, |j, n| b.zero_cv(j, n));
+        (sent, made)
+    })
+    .await?;
+    let (cvs, outboard_len) = match made {
+        Some(cvs) => {
+            crate::node::outboards::put(piece, &cvs);
+            (cvs, 0)
+        }
+        None => {
+            tracing::debug!(
+                piece,
+                "delta: the blocks sent and kept do not make the piece's hash: asking for its outboard"
+            );
+            match outboard(conn, t, wan).await? {
+                Ok(cvs) => (cvs, 32 * n as u64),
+                Err(outcome) => return Ok(outcome),
+            }
+        }
+    };
+    let got = Got {
+        sent,
+        outboard_len,
+        took: asked.elapsed(),
+    };
+    Ok(match in_place(conn, t, cvs, got, basis, wan).await? {
         Outcome::InPlace {
             received,
             from_basis,
@@ -265,6 +340,15 @@ async fn at_once(
     })
 }
 
+/// What a piece's first round trip brought: the blocks of a Delta answer
+/// (none after an Outboard request), the outboard's bytes if one came,
+/// and how long it took.
+struct Got {
+    sent: Sent,
+    outboard_len: u64,
+    took: std::time::Duration,
+}
+
 /// A piece whose old blocks the basis wrote ahead at its place: completed
 /// there (`Basis::fill_in_place`), and the blocks still wanted taken from
 /// `sent` (those a Delta answer brought) or fetched in one Blocks request,
@@ -274,14 +358,17 @@ async fn in_place(
     conn: &Connection,
     t: &Target<'_>,
     cvs: Vec<Cv>,
-    sent: Sent,
+    got: Got,
     basis: &Arc<Basis>,
     wan: Option<&RateLimit>,
-    outboard_took: std::time::Duration,
 ) -> anyhow::Result<Outcome> {
     let (piece, len, offset) = (t.piece, t.len, t.offset);
     let filling = std::time::Instant::now();
-    let outboard_len = 32 * cvs.len() as u64;
+    let Got {
+        sent,
+        outboard_len,
+        took: outboard_took,
+    } = got;
     let (b, c, content) = (basis.clone(), Arc::new(cvs), t.content.clone());
     let c2 = c.clone();
     let local =

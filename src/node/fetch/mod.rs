@@ -239,6 +239,10 @@ impl wire::piece::Sink for PieceBuf {
     fn put_zeros(&mut self, n: usize) {
         self.extend_zeros(n);
     }
+    fn keep(&mut self, n: usize) {
+        // only a Delta answer keeps blocks; a piece's decoder never does
+        self.extend_zeros(n);
+    }
 }
 
 async fn request(conn: &Connection, piece: u32, len: u64) -> anyhow::Result<Outcome> {

@@ -121,12 +121,12 @@ pub async fn send_outboard(
     Ok(sent)
 }
 
-/// Status, the outboard, then the blocks whose CV does not start with the
-/// requester's hint (the CV of the block it has there), framed as a Piece
-/// answer (`wire::piece`): per group of blocks a mask of those that
-/// follow; a block of zeros never follows. Blocks read from disk are
-/// checked against the outboard (itself checked against the manifest)
-/// before they leave.
+/// Status, then the blocks whose CV does not start with the requester's
+/// hint (the CV of the block it has there), framed as a Delta answer
+/// (`wire::piece`): per group of blocks a mask of those that follow and
+/// one of those that are zeros (which never follow); the requester keeps
+/// its own for the others. Blocks read from disk are checked against the
+/// outboard (itself checked against the manifest) before they leave.
 pub async fn send_delta(
     send: &mut SendStream,
     piece: u32,
@@ -137,16 +137,17 @@ pub async fn send_delta(
 ) -> anyhow::Result<u64> {
     let cvs = outboard_of(piece, &from, len).await?;
     let stall = stall_timeout(len);
-    let answer = outboard_answer(&cvs);
-    let mut sent = answer.len() as u64 - 1;
-    write_limited(send, vec![answer], limits, stall).await?;
+    let mut sent = 0;
     let disk = matches!(from, PieceSource::Disk { .. });
     let differs = |b: usize| cvs[b][..2] != hints[b];
     let count = cvs.len();
     for g in (0..count).step_by(GROUP_BLOCKS) {
         let end = (g + GROUP_BLOCKS).min(count);
-        let mut out = vec![0u8; 4];
-        let mut mask = 0u32;
+        // the status goes with the first group
+        let status = usize::from(g == 0);
+        let mut out = vec![0u8; status + 8];
+        out[0] = Status::Ok as u8;
+        let (mut mask, mut zeros) = (0u32, 0u32);
         let mut b = g;
         while b < end {
             if !differs(b) {
@@ -165,15 +166,18 @@ pub async fn send_delta(
                 return Err(Changed.into());
             }
             for (k, block) in bytes.chunks(BLOCK).enumerate() {
-                if !piece::is_zero(block) {
+                if piece::is_zero(block) {
+                    zeros |= 1 << (b + k - g);
+                } else {
                     mask |= 1 << (b + k - g);
                     out.extend_from_slice(block);
                 }
             }
             b = e;
         }
-        out[..4].copy_from_slice(&mask.to_le_bytes());
-        sent += out.len() as u64;
+        out[status..status + 4].copy_from_slice(&mask.to_le_bytes());
+        out[status + 4..status + 8].copy_from_slice(&zeros.to_le_bytes());
+        sent += (out.len() - status) as u64;
         write_limited(send, vec![out.into()], limits, stall).await?;
     }
     send.finish()?;

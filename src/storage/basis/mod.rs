@@ -109,7 +109,7 @@ struct Index {
 #[derive(Clone, Default)]
 pub(super) struct Ahead {
     /// The CVs of the old window's blocks there: the hints of a Delta
-    /// request (`hints`).
+    /// request, and the CVs of the blocks it keeps (`old_cvs`).
     pub cvs: Box<[Cv]>,
     /// How many of them (the first) were written ahead: not a block the
     /// old file shares with a smaller file packed after it.
@@ -222,28 +222,23 @@ impl Basis {
         self.read_index().placed.contains_key(&piece)
     }
 
-    /// For a piece of `count` blocks written ahead (`placed`), the first
-    /// two bytes of the CV of each block of the old version at its place
-    /// (two zeros past the old version's end): a holder answering a Delta
-    /// request sends the blocks whose CV does not start with them. A
-    /// block not written ahead whose CV matches is in the basis there,
-    /// and `fill_in_place` copies it.
+    /// For a piece written ahead (`placed`), the CV of each block of the
+    /// old version at its place (as many as the old window has): a Delta
+    /// request's hints are their first two bytes, and the blocks a holder
+    /// does not send because of them are these. A block not written ahead
+    /// whose CV this is lies in the basis there, and `fill_in_place`
+    /// copies it.
     ///
     /// None for a piece the basis holds whole elsewhere (a file moved onto
     /// a path the old version had with other bytes): its hints would ask
     /// for every block, and the outboard alone lets `fill_in_place` take
     /// them all from the basis.
-    pub fn hints(&self, piece: u32, hash: &Hash, count: usize) -> Option<Vec<[u8; 2]>> {
+    pub fn old_cvs(&self, piece: u32, hash: &Hash) -> Option<Vec<Cv>> {
         let ix = self.read_index();
         if ix.pieces.contains_key(hash) {
             return None;
         }
-        let old = &ix.placed.get(&piece)?.cvs;
-        Some(
-            (0..count)
-                .map(|j| old.get(j).map_or([0; 2], |cv| [cv[0], cv[1]]))
-                .collect(),
-        )
+        Some(ix.placed.get(&piece)?.cvs.to_vec())
     }
 
     /// Drops what the index kept of `piece` written ahead: it is complete.
@@ -302,11 +297,16 @@ impl Basis {
     }
 
     /// Whether block `index` of a piece, `cv` by the outboard and
-    /// `buf.len()` long, is all zeros.
+    /// `len` bytes long, is all zeros.
     pub fn is_zero_block(&self, index: usize, cv: &Cv, len: usize) -> bool {
+        &self.zero_cv(index, len) == cv
+    }
+
+    /// The CV of `len` zeros as block `index` of a piece.
+    pub fn zero_cv(&self, index: usize, len: usize) -> Cv {
         match self.zero_cvs.get(index) {
-            Some(z) if len == BLOCK => z == cv,
-            _ => &blocks::cv(index, &vec![0u8; len]) == cv,
+            Some(z) if len == BLOCK => *z,
+            _ => blocks::cv(index, &vec![0u8; len]),
         }
     }
 

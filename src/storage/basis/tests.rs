@@ -251,7 +251,7 @@ fn a_file_moved_onto_another_is_completed_in_place() {
         // whole in the basis (as a): no hints of b's old blocks, which
         // would ask a holder for every block
         let hash = m.piece_hash(i).unwrap();
-        assert!(basis.hints(i as u32, hash, 4).is_none(), "piece {i}");
+        assert!(basis.old_cvs(i as u32, hash).is_none(), "piece {i}");
         let cvs = blocks::cvs(&a[i * P..(i + 1) * P]);
         let (wanted, _) = basis
             .fill_in_place(i as u32, &cvs, P as u64, &content, (i * P) as u64)
@@ -279,11 +279,8 @@ fn a_changed_last_piece_keeps_its_short_last_block() {
     let len = (BLOCK + 100) as u64;
     let cvs = blocks::cvs(&new[P..]);
     let old_cvs = blocks::cvs(&old[P..]);
-    let hints = basis.hints(1, m.piece_hash(1).unwrap(), 2).expect("placed");
-    assert_eq!(
-        hints,
-        [[old_cvs[0][0], old_cvs[0][1]], [cvs[1][0], cvs[1][1]]]
-    );
+    let kept = basis.old_cvs(1, m.piece_hash(1).unwrap()).expect("placed");
+    assert_eq!(kept, [old_cvs[0], cvs[1]]);
     let (wanted, taken) = basis
         .fill_in_place(1, &cvs, len, &content, P as u64)
         .unwrap();
@@ -322,8 +319,8 @@ fn a_short_last_block_shared_with_a_packed_file_is_not_taken() {
     let cvs = blocks::cvs(&new_piece);
     // the hints carry block 1's old CV all the same: a holder need not
     // send it
-    let hints = basis.hints(1, m.piece_hash(1).unwrap(), 2).expect("placed");
-    assert_eq!(hints[1], [cvs[1][0], cvs[1][1]]);
+    let kept = basis.old_cvs(1, m.piece_hash(1).unwrap()).expect("placed");
+    assert_eq!(kept[1], cvs[1]);
     let (wanted, taken) = basis.fill_in_place(1, &cvs, len, &content, at).unwrap();
     // block 1 (a's last 4 KiB and c) is read from the basis, where the
     // old window has it at the same place, and written
