@@ -20,7 +20,7 @@ use bitvec::prelude::*;
 use rand::seq::SliceRandom;
 use rayon::prelude::*;
 
-use super::{Basis, Place, SOURCE_SHIFT, Source, key, place};
+use super::{Basis, Place, SOURCE_SHIFT, key, place};
 use crate::manifest::blocks::{self, BLOCK, Cv};
 use crate::manifest::{FileSpan, Hash, Manifest, PACK_BELOW};
 use crate::storage::{Content, PieceBuf};
@@ -49,7 +49,8 @@ impl Basis {
     /// piece of a file, past the end of its old version under the same
     /// path (a file grown at the end), or of a file the basis has not got
     /// under its path when no file that left the image has its size (it
-    /// may have moved, and then the pass finds it).
+    /// may have moved, and then the pass finds it); or a packed piece
+    /// (small files) whose shape the basis has nowhere (`packed_places`).
     pub fn plan(&self, m: &Manifest, have: &BitSlice) -> BitVec {
         let ours: HashSet<&str> = m.files().iter().map(|f| f.path.as_str()).collect();
         let mut old: HashMap<&str, &FileSpan> = HashMap::new();
@@ -75,6 +76,17 @@ impl Basis {
             });
             held.set(i, !new_data);
         }
+        let packed: HashSet<u32> = packed_places(m, held.iter_ones().map(|i| i as u32), self)
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect();
+        for i in held.clone().iter_ones() {
+            let (off, _) = m.piece_range(i);
+            let f = files.get(files.partition_point(|f| f.end() <= off));
+            if f.is_none_or(|f| !starts_in_large(f, off)) && !packed.contains(&(i as u32)) {
+                held.set(i, false);
+            }
+        }
         held
     }
 
@@ -96,7 +108,7 @@ impl Basis {
                 want.entry(*h).or_default().pieces.push(i as u32);
             }
         }
-        let own = own_places(m, held.iter_ones().map(|i| i as u32), &self.sources);
+        let own = own_places(m, held.iter_ones().map(|i| i as u32), self);
         // a batch at a time, so that the CVs waiting to be inserted stay
         // small whatever the basis's size
         let batch = (rayon::current_num_threads() * 8).max(16);
@@ -135,6 +147,7 @@ impl Basis {
                             wrote: Vec::new(),
                             later: Vec::new(),
                             placed: None,
+                            differs: None,
                         };
                         if let Some((content, _)) = fill {
                             fill_from(&mut h, buf, m, content, &want, &own, &held)?;
@@ -162,6 +175,11 @@ impl Basis {
                         if held.replace(i as usize, false) {
                             p.released.push(i);
                         }
+                    }
+                    if let Some(i) = h.differs
+                        && held.replace(i as usize, false)
+                    {
+                        p.released.push(i);
                     }
                     ix.pieces.entry(h.root).or_insert((h.at, h.len));
                     for (j, cv) in h.cvs.iter().enumerate() {
@@ -230,6 +248,8 @@ struct Hashed {
     /// The piece whose own place this is, and what was written there
     /// ahead.
     placed: Option<(u32, super::Ahead)>,
+    /// The packed piece whose own place this is, if it differs.
+    differs: Option<u32>,
 }
 
 /// Where the held pieces lie in the basis when their file is there under
@@ -237,14 +257,18 @@ struct Hashed {
 /// source that has the path). Only for files that start a piece in both
 /// layouts (`PACK_BELOW`), and pieces of more than one block; with how
 /// many bytes from the piece's start lie in that file in both versions,
-/// in whole blocks.
+/// in whole blocks. And a packed piece's (`packed_places`).
 #[derive(Default)]
 struct Own {
     by_window: HashMap<(usize, u64), (u32, u32)>,
     by_piece: HashMap<u32, (usize, u64)>,
+    /// Packed pieces by their window: released when it is read and
+    /// differs.
+    packed: HashMap<(usize, u64), u32>,
 }
 
-fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source]) -> Own {
+fn own_places(m: &Manifest, held: impl Iterator<Item = u32> + Clone, basis: &Basis) -> Own {
+    let sources = &basis.sources;
     let mut paths: HashMap<&str, (usize, &FileSpan)> = HashMap::new();
     for (s, src) in sources.iter().enumerate() {
         for f in &src.spans {
@@ -253,12 +277,16 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source])
     }
     let files = m.files();
     let mut own = Own::default();
+    for (i, w) in packed_places(m, held.clone(), basis) {
+        own.packed.insert(w, i);
+        own.by_piece.insert(i, w);
+    }
     for i in held {
         let (off, len) = m.piece_range(i as usize);
         let Some(f) = files.get(files.partition_point(|f| f.end() <= off)) else {
             continue;
         };
-        if !blocks::splittable(len) || f.offset > off || f.size < PACK_BELOW {
+        if !blocks::splittable(len) || !starts_in_large(f, off) {
             continue;
         }
         let o = off - f.offset;
@@ -284,6 +312,69 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32>, sources: &[Source])
         }
     }
     own
+}
+
+/// Whether a piece at `off` starts inside `f` (the first file that ends
+/// past it), a file that starts a piece in both layouts.
+fn starts_in_large(f: &FileSpan, off: u64) -> bool {
+    f.offset <= off && f.size >= PACK_BELOW
+}
+
+/// What a range of a layout holds: its length, and each file in it (path,
+/// size, where it starts relative to the range). Two ranges of the same
+/// shape hold the same bytes if their files do.
+type Shape<'a> = (u64, Vec<(&'a str, u64, i128)>);
+
+fn shape(files: &[FileSpan], off: u64, len: u64) -> Shape<'_> {
+    let k = files.partition_point(|f| f.end() <= off);
+    let held = files[k..]
+        .iter()
+        .take_while(|f| f.offset < off + len)
+        .map(|f| {
+            (
+                f.path.as_str(),
+                f.size,
+                i128::from(f.offset) - i128::from(off),
+            )
+        });
+    (len, held.collect())
+}
+
+/// Which of `pieces` are packed (small files, or the gap before a large
+/// one: not `starts_in_large`) and where the basis has a window of the
+/// same shape (the first): only there can the index find such a piece
+/// whole, since small files are packed in tree order and one file added,
+/// removed or resized shifts the rest of its run. A packed piece the basis
+/// has no such window for is fetched from the start (`Basis::plan`): held
+/// until the pass ended, it came last, on every joiner at once (1 x 8, 1
+/// GiB tree, p = 1%: 16 pieces released at the end of every pass, and
+/// the hosts chased each other for them for the last second).
+fn packed_places(
+    m: &Manifest,
+    pieces: impl Iterator<Item = u32>,
+    basis: &Basis,
+) -> Vec<(u32, (usize, u64))> {
+    let files = m.files();
+    let packed: Vec<(u32, u64, u64)> = pieces
+        .filter_map(|i| {
+            let (off, len) = m.piece_range(i as usize);
+            let f = files.get(files.partition_point(|f| f.end() <= off))?;
+            (!starts_in_large(f, off)).then_some((i, off, len))
+        })
+        .collect();
+    if packed.is_empty() {
+        return Vec::new();
+    }
+    let mut windows: HashMap<Shape, (usize, u64)> = HashMap::new();
+    for &(s, off, len) in &basis.windows {
+        windows
+            .entry(shape(&basis.sources[s].spans, off, len))
+            .or_insert((s, off));
+    }
+    packed
+        .into_iter()
+        .filter_map(|(i, off, len)| Some((i, *windows.get(&shape(files, off, len))?)))
+        .collect()
 }
 
 /// The held pieces of one hash, and whether a window of that hash took
@@ -329,6 +420,19 @@ fn fill_from(
                 h.wrote.push(i);
             }
         }
+    }
+    if let Some(&i) = own.packed.get(&here)
+        && held[i as usize]
+    {
+        let (at, n) = m.piece_range(i as usize);
+        if m.piece_hash(i as usize) != Some(&h.root) {
+            h.differs = Some(i);
+        } else if first.is_none() && n == u64::from(h.len) {
+            // as for a piece unchanged at its own place below
+            content.write_sparse(at, buf)?;
+            h.wrote.push(i);
+        }
+        return Ok(());
     }
     let Some(&(i, common)) = own.by_window.get(&here) else {
         return Ok(());

@@ -441,3 +441,58 @@ fn repeated_content_is_found_whole_everywhere() {
     assert_eq!((found, released), (vec![0, 1, 2, 3], vec![]));
     assert_eq!(&fs::read(&target).unwrap()[..4 * P], &img[..4 * P]);
 }
+
+/// Small files packed into pieces: a packed piece is held only where the
+/// basis packs the same files at the same places (its shape), and then
+/// released as soon as that window is read and differs; a packed piece
+/// whose run of files shifted (a file grew) is fetched from the start,
+/// not held to the end of the pass.
+#[test]
+fn packed_pieces_are_held_only_where_the_basis_packs_the_same_files() {
+    const P: usize = 4 * BLOCK; // 64 KiB: files of 32 KiB are packed
+    const F: usize = 32 << 10;
+    let d = tempfile::tempdir().unwrap();
+    let (a, b, c, e, f) = (data(F, 1), data(F, 2), data(F, 3), data(F, 5), data(F, 6));
+    let dd = data(F, 4);
+    let mut b2 = b.clone();
+    b2[100] ^= 1; // same size, new bytes
+    let mut f2 = f.clone();
+    f2.extend(data(4096, 7)); // grown: the run e, f shifts
+    let (m, content, target) = trees_over(
+        d.path(),
+        &[
+            ("a", &a),
+            ("b", &b),
+            ("c", &c),
+            ("d", &dd),
+            ("e", &e),
+            ("f", &f),
+        ],
+        &[
+            ("a", &a),
+            ("b", &b2),
+            ("c", &c),
+            ("d", &dd),
+            ("e", &e),
+            ("f", &f2),
+        ],
+        P,
+    );
+    assert_eq!(m.piece_count(), 4);
+    let have = bitvec::bitvec![0; 4];
+    let b0 = Basis::open(&[d.path().join("old")], &m);
+    let held = b0.plan(&m, &have);
+    // 0 (a, b) and 1 (c, d) have their shape in the basis; 2 (e and the
+    // grown f) has not; 3 is f's new end
+    assert_eq!(held.iter_ones().collect::<Vec<_>>(), [0, 1]);
+    let mut calls = Vec::new();
+    b0.run(&m, Some((&content, &held)), &AtomicBool::new(false), |p| {
+        calls.push((p.found, p.released));
+        true
+    })
+    .unwrap();
+    // piece 0 released by the batch that read its window, not at the end
+    assert_eq!(calls, [(vec![1], vec![0])]);
+    assert_eq!(fs::read(target.join("c")).unwrap(), c);
+    assert_eq!(fs::read(target.join("d")).unwrap(), dd);
+}
