@@ -496,3 +496,47 @@ fn packed_pieces_are_held_only_where_the_basis_packs_the_same_files() {
     assert_eq!(fs::read(target.join("c")).unwrap(), c);
     assert_eq!(fs::read(target.join("d")).unwrap(), dd);
 }
+
+/// A file that was small (packed) and grew past `PACK_BELOW` is fetched
+/// from the start: its old bytes lie elsewhere in another piece, where the
+/// pass cannot find its pieces. A piece of one block whose old version
+/// differs (a file's last block rewritten) is released when its window is
+/// read, not at the end of the pass.
+#[test]
+fn pieces_without_a_place_in_the_basis_are_not_held_to_the_end() {
+    const P: usize = 4 * BLOCK;
+    const K: usize = 1 << 10;
+    let d = tempfile::tempdir().unwrap();
+    let (a, h) = (data(212 * K, 1), data(8 * K, 2));
+    let (g_old, g_new) = (data(32 * K, 3), data(100 * K, 3));
+    let t_old = data(208 * K, 4);
+    let mut t_new = t_old.clone();
+    t_new[200 * K] ^= 1; // its last piece, of one block
+    let (m, content, _) = trees_over(
+        d.path(),
+        &[("a", &a), ("g", &g_old), ("h", &h), ("t", &t_old)],
+        &[("a", &a), ("g", &g_new), ("h", &h), ("t", &t_new)],
+        P,
+    );
+    assert_eq!(m.piece_count(), 10);
+    let have = bitvec::bitvec![0; 10];
+    let b = Basis::open(&[d.path().join("old")], &m);
+    let held = b.plan(&m, &have);
+    // a (0-3) and t (6-9) are where they were; g (4, 5) grew from small
+    assert_eq!(
+        held.iter_ones().collect::<Vec<_>>(),
+        [0, 1, 2, 3, 6, 7, 8, 9]
+    );
+    let mut calls = Vec::new();
+    b.run(&m, Some((&content, &held)), &AtomicBool::new(false), |p| {
+        let (mut f, mut r) = (p.found, p.released);
+        f.sort_unstable();
+        r.sort_unstable();
+        calls.push((f, r));
+        true
+    })
+    .unwrap();
+    // one batch: a's last piece (with g and h after it in the old
+    // window) and t's rewritten last block released there
+    assert_eq!(calls, [(vec![0, 1, 2, 6, 7, 8], vec![3, 9])]);
+}
