@@ -262,22 +262,33 @@ mod tests {
         p
     }
 
-    fn decode(len: usize, wire: &[u8], step: usize) -> Result<(Vec<u8>, u64), DecodeError> {
-        let mut d = Decoder::new(len as u64);
-        let mut out = Vec::with_capacity(len);
+    /// Feeds `wire` to `d` in steps of at most `step` bytes, as a reader
+    /// would: the bytes it took.
+    fn feed_all(
+        mut d: Decoder,
+        wire: &[u8],
+        step: usize,
+        out: &mut impl Sink,
+    ) -> Result<u64, DecodeError> {
         let mut at = 0;
         while d.want() > 0 {
             let n = d.want().min(step).min(wire.len() - at);
             if n == 0 {
                 return Err(DecodeError::invalid("answer", "short"));
             }
-            d.feed(&wire[at..at + n], &mut out)?;
+            d.feed(&wire[at..at + n], out)?;
             at += n;
         }
         if at != wire.len() {
             return Err(DecodeError::Trailing(wire.len() - at));
         }
-        Ok((out, d.received))
+        Ok(d.received)
+    }
+
+    fn decode(len: usize, wire: &[u8], step: usize) -> Result<(Vec<u8>, u64), DecodeError> {
+        let mut out = Vec::with_capacity(len);
+        let received = feed_all(Decoder::new(len as u64), wire, step, &mut out)?;
+        Ok((out, received))
     }
 
     #[test]
@@ -331,21 +342,9 @@ mod tests {
     }
 
     fn decode_delta(len: usize, wire: &[u8], step: usize) -> Result<Kinds, DecodeError> {
-        let mut d = Decoder::delta(len as u64);
         let mut out = Kinds::default();
-        let mut at = 0;
-        while d.want() > 0 {
-            let n = d.want().min(step).min(wire.len() - at);
-            if n == 0 {
-                return Err(DecodeError::invalid("answer", "short"));
-            }
-            d.feed(&wire[at..at + n], &mut out)?;
-            at += n;
-        }
-        if at != wire.len() {
-            return Err(DecodeError::Trailing(wire.len() - at));
-        }
-        assert_eq!(d.received, wire.len() as u64);
+        let received = feed_all(Decoder::delta(len as u64), wire, step, &mut out)?;
+        assert_eq!(received, wire.len() as u64);
         Ok(out)
     }
 
