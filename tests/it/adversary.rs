@@ -33,9 +33,9 @@ pub enum Mode {
     Reset,
     /// Claims no piece, stays connected, and never says Done.
     Mute,
-    /// Knows the image (`start_with`): answers a delta's outboard
-    /// truthfully, then sends random bytes for the blocks (and for whole
-    /// pieces).
+    /// Knows the image (`start_with`): answers an outboard truthfully; a
+    /// Delta with random blocks (even pieces) or with every block said to
+    /// be zeros (odd pieces); whole pieces with random bytes.
     BadBlocks,
 }
 
@@ -48,6 +48,8 @@ pub struct Seen {
     pub requests: usize,
     /// Of those, a delta's Blocks and Delta requests.
     pub blocks_requests: usize,
+    /// Of those, Outboard requests (`Mode::BadBlocks` counts them).
+    pub outboard_requests: usize,
     /// Manifest requests received (always refused).
     pub manifest_requests: usize,
     /// After being dropped for a corrupt piece, the adversary dials that
@@ -351,10 +353,13 @@ async fn serve(
                 let mut out = vec![0u8];
                 if let Request::Delta { .. } = r {
                     let mut bytes = vec![0u8; whole];
-                    rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+                    if i % 2 == 0 {
+                        rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+                    }
                     out.extend(swarm::wire::piece::encode_delta(&bytes, |_| true));
                     seen.lock().unwrap().blocks_requests += 1;
                 } else {
+                    seen.lock().unwrap().outboard_requests += 1;
                     for cv in blocks::cvs(&img.data[start..start + whole]) {
                         out.extend_from_slice(&cv);
                     }

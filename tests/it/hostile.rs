@@ -239,10 +239,11 @@ async fn hostile_sources_do_not_stop_honest_joiners() {
     assert!(corrupt > 0, "no joiner counted the corrupt pieces");
 }
 
-/// Deltas against hostile sources: one sends an outboard that does not
-/// check out, one a true outboard and then random blocks. Joiners that
-/// hold the old version drop both as corrupt, never write a bad block,
-/// and end with the right copy.
+/// Deltas against hostile sources: one sends random bytes for every
+/// answer; one answers Delta requests with random blocks or with every
+/// block said to be zeros, and outboards truthfully. Joiners that hold
+/// the old version drop both as corrupt, never write a bad block, and end
+/// with the right copy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_delta_sources_are_dropped() {
     use crate::adversary::{self, Mode};
@@ -285,7 +286,13 @@ async fn hostile_delta_sources_are_dropped() {
         if a.mode == Mode::BadBlocks {
             assert!(
                 seen.blocks_requests > 0,
-                "its outboard led to no Blocks request"
+                "it was asked for no delta's blocks"
+            );
+            // its bad Delta answers do not make the piece's hash: the
+            // joiner asks for the outboard, which shows the lie
+            assert!(
+                seen.outboard_requests > 0,
+                "its Delta answers led to no Outboard request"
             );
         }
         assert!(

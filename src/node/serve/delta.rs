@@ -146,7 +146,9 @@ pub async fn send_delta(
         // the status goes with the first group
         let status = usize::from(g == 0);
         let mut out = vec![0u8; status + 8];
-        out[0] = Status::Ok as u8;
+        if status == 1 {
+            out[0] = Status::Ok as u8;
+        }
         let (mut mask, mut zeros) = (0u32, 0u32);
         let mut b = g;
         while b < end {

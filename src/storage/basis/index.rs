@@ -60,14 +60,17 @@ impl Basis {
     /// them cost the last second of every join.
     pub fn plan(&self, m: &Manifest, have: &BitSlice) -> BitVec {
         let ours: HashSet<&str> = m.files().iter().map(|f| f.path.as_str()).collect();
-        let mut old: HashMap<&str, &FileSpan> = HashMap::new();
+        let mut old: HashMap<&str, (usize, &FileSpan)> = HashMap::new();
         let mut gone = HashSet::new();
-        for f in self.sources.iter().flat_map(|s| &s.spans) {
-            old.entry(f.path.as_str()).or_insert(f);
-            if !ours.contains(f.path.as_str()) {
-                gone.insert(f.size);
+        for (s, src) in self.sources.iter().enumerate() {
+            for f in &src.spans {
+                old.entry(f.path.as_str()).or_insert((s, f));
+                if !ours.contains(f.path.as_str()) {
+                    gone.insert(f.size);
+                }
             }
         }
+        let indexed = self.indexed_windows();
         let files = m.files();
         let mut held = BitVec::repeat(false, have.len());
         let mut packed = Vec::new();
@@ -80,8 +83,11 @@ impl Basis {
                 packed.push(i as u32);
                 continue;
             }
+            let o = off - f.offset;
             let hold = match old.get(f.path.as_str()) {
-                Some(o) => o.size >= PACK_BELOW && off - f.offset < o.size,
+                Some(&(s, old)) => {
+                    old.size >= PACK_BELOW && o < old.size && indexed.contains(&(s, old.offset + o))
+                }
                 None => gone.contains(&f.size),
             };
             held.set(i, hold);
@@ -90,6 +96,11 @@ impl Basis {
             held.set(i as usize, true);
         }
         held
+    }
+
+    /// Where the windows the pass reads start: (source, offset).
+    fn indexed_windows(&self) -> HashSet<(usize, u64)> {
+        self.windows.iter().map(|&(s, off, _)| (s, off)).collect()
     }
 
     /// The pass. With `fill` (the new copy and the pieces held for the
@@ -280,6 +291,7 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32> + Clone, basis: &Bas
         }
     }
     let files = m.files();
+    let indexed = basis.indexed_windows();
     let mut own = Own::default();
     for (i, w) in packed_places(m, held.clone(), basis) {
         own.differs_at.insert(w, i);
@@ -310,6 +322,11 @@ fn own_places(m: &Manifest, held: impl Iterator<Item = u32> + Clone, basis: &Bas
             common / BLOCK as u64 * BLOCK as u64
         };
         let w = (s, old.offset + o);
+        if !indexed.contains(&w) {
+            // not read (a file too large, or past the budget): the piece
+            // is not held (`plan`)
+            continue;
+        }
         if blocks::splittable(len) && common > 0 {
             own.by_window.insert(w, (i, common as u32));
         } else {
@@ -397,9 +414,11 @@ struct Wanted {
 
 /// What window `h` (its bytes in `buf`) gives the new copy: every held
 /// piece it is whole, if no window of its hash came first: written now if
-/// this is the piece's own place or it has none, else left for later; and
+/// this is the piece's own place or it has none, else left for later;
 /// where it is a changed piece's own place, the blocks both versions have
-/// there, written ahead at the piece's place (`Basis::placed`).
+/// there, written ahead at the piece's place (`Basis::placed`); and where
+/// it is the own place of a piece with nothing to write ahead
+/// (`Own::differs_at`) that differs, that piece released.
 fn fill_from(
     h: &mut Hashed,
     buf: &[u8],

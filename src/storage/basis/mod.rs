@@ -223,7 +223,8 @@ impl Basis {
     }
 
     /// For a piece written ahead (`placed`), the CV of each block of the
-    /// old version at its place (as many as the old window has): a Delta
+    /// old version at its place (as many as the old window has, at most
+    /// the new piece's count): a Delta
     /// request's hints are their first two bytes, and the blocks a holder
     /// does not send because of them are these. A block not written ahead
     /// whose CV this is lies in the basis there, and `fill_in_place`
